@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs everything ublk-qcow2 needs on Debian 12 (safe to run again).
+#   scripts/setup.sh          build + test dependencies
+#   scripts/setup.sh --vm     also what the test-VM tier needs (kernel build, qemu-system)
+set -euo pipefail
+
+pkgs=(build-essential cmake ninja-build pkg-config git
+      liburing-dev zlib1g-dev libzstd-dev libabsl-dev
+      libgtest-dev libgmock-dev libbenchmark-dev
+      qemu-utils clang clang-format)
+vm_pkgs=(qemu-system-x86 linux-source-6.1 busybox-static fio e2fsprogs fdisk
+         flex bison bc libelf-dev libssl-dev cpio xz-utils kmod)
+if [[ "${1:-}" == "--vm" ]]; then pkgs+=("${vm_pkgs[@]}"); fi
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  SUDO=""
+  [[ $(id -u) -eq 0 ]] || SUDO=sudo
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+else
+  echo "setup: all packages present"
+fi

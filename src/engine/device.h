@@ -1,0 +1,51 @@
+// Device: what a block frontend (src/ublk, qcow2-img io/convert/bench) serves.
+//
+// A virtual disk of size_bytes(); the qcow2 Image and the raw passthrough
+// implement it. Offsets and lengths are in bytes and 512-byte aligned.
+// Every call returns 0 or -errno (liburing's convention on the data path).
+// Many calls may be in flight at once on one event loop.
+//
+// Thread-safety: one event loop (thread) per Device for now; see DESIGN.md
+// "Multi-queue is coming" for what must stay possible.
+#ifndef UQ_SRC_ENGINE_DEVICE_H_
+#define UQ_SRC_ENGINE_DEVICE_H_
+
+#include <sys/uio.h>
+
+#include <cstdint>
+#include <span>
+
+#include "absl/status/status.h"
+#include "src/io/task.h"
+
+namespace uq::engine {
+
+class Device {
+ public:
+  virtual ~Device() = default;
+
+  virtual uint64_t size_bytes() const = 0;
+  virtual bool read_only() const = 0;
+  // Allocation granularity the frontend should advertise (cluster size for
+  // qcow2, 4096 for raw).
+  virtual uint32_t granularity_bytes() const = 0;
+
+  // Fills iov (total length = request length) with the disk's bytes.
+  virtual Task<int> Read(uint64_t offset_bytes, std::span<const iovec> iov) = 0;
+  // `fua`: the data is durable when the call completes.
+  virtual Task<int> Write(uint64_t offset_bytes, std::span<const iovec> iov, bool fua) = 0;
+  // May deallocate; the range reads as zero afterwards (qcow2: zero flag /
+  // unallocated with no backing).
+  virtual Task<int> Discard(uint64_t offset_bytes, uint64_t length_bytes) = 0;
+  // The range reads as zero afterwards. `may_unmap`: clusters may be freed.
+  virtual Task<int> WriteZeroes(uint64_t offset_bytes, uint64_t length_bytes, bool may_unmap) = 0;
+  // Every write completed before Flush was issued is durable when it returns.
+  virtual Task<int> Flush() = 0;
+  // Flushes and marks the image clean (qcow2: clears the dirty bit). No
+  // operation may be in flight or issued afterwards.
+  virtual Task<absl::Status> Close() = 0;
+};
+
+}  // namespace uq::engine
+
+#endif  // UQ_SRC_ENGINE_DEVICE_H_

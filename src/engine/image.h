@@ -1,0 +1,47 @@
+// Opening images as Devices: qcow2 (with its backing chain and data file) or
+// raw. This is the engine's entry point for src/ublk, src/cli and tools/.
+#ifndef UQ_SRC_ENGINE_IMAGE_H_
+#define UQ_SRC_ENGINE_IMAGE_H_
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "src/engine/device.h"
+#include "src/io/block_file.h"
+#include "src/io/task.h"
+
+namespace uq::engine {
+
+// Opens a file named by an image (backing file, external data file). `path` is
+// already resolved against the naming image's directory.
+using FileOpener = std::function<absl::StatusOr<std::unique_ptr<io::BlockFile>>(
+    const std::string& path, bool writable)>;
+
+enum class ImageFormat { kAuto, kQcow2, kRaw };
+
+struct OpenOptions {
+  ImageFormat format = ImageFormat::kAuto;  // kAuto: qcow2 if the magic says so
+  bool read_only = false;
+  // Metadata cache budgets in bytes; 0 = default (QEMU-like: the L2 cache
+  // covers a 64 GiB image at 64 KiB clusters, i.e. 8 MiB of L2 entries).
+  uint64_t l2_cache_bytes = 0;
+  uint64_t refcount_cache_bytes = 0;
+  // Serve the named internal snapshot (read-only) instead of the active layer.
+  std::string snapshot;
+  // Path of the image itself; relative backing / data file names are resolved
+  // against its directory.
+  std::string path;
+  // How to open backing files (always read-only) and the external data file.
+  FileOpener opener;
+};
+
+// Opens `file` as a Device. Errors are one line naming the problem (bad
+// magic, unsupported feature, corrupt bit on a writable open, ...).
+Task<absl::StatusOr<std::unique_ptr<Device>>> OpenImage(std::unique_ptr<io::BlockFile> file,
+                                                        OpenOptions options);
+
+}  // namespace uq::engine
+
+#endif  // UQ_SRC_ENGINE_IMAGE_H_

@@ -1,0 +1,36 @@
+// RawDevice: a raw image file served as a Device (raw backing files,
+// `-f raw` in qcow2-img, and the frontend's tests).
+#ifndef UQ_SRC_ENGINE_RAW_DEVICE_H_
+#define UQ_SRC_ENGINE_RAW_DEVICE_H_
+
+#include <memory>
+
+#include "src/engine/device.h"
+#include "src/io/block_file.h"
+
+namespace uq::engine {
+
+class RawDevice final : public Device {
+ public:
+  // size_bytes: the virtual size (the file's size for an image of its own;
+  // reads past the file's end return zeros).
+  RawDevice(std::unique_ptr<io::BlockFile> file, uint64_t size_bytes);
+
+  uint64_t size_bytes() const override { return size_bytes_; }
+  bool read_only() const override { return file_->read_only(); }
+  uint32_t granularity_bytes() const override { return 4096; }
+  Task<int> Read(uint64_t offset_bytes, std::span<const iovec> iov) override;
+  Task<int> Write(uint64_t offset_bytes, std::span<const iovec> iov, bool fua) override;
+  Task<int> Discard(uint64_t offset_bytes, uint64_t length_bytes) override;
+  Task<int> WriteZeroes(uint64_t offset_bytes, uint64_t length_bytes, bool may_unmap) override;
+  Task<int> Flush() override;
+  Task<absl::Status> Close() override;
+
+ private:
+  std::unique_ptr<io::BlockFile> file_;
+  uint64_t size_bytes_;
+};
+
+}  // namespace uq::engine
+
+#endif  // UQ_SRC_ENGINE_RAW_DEVICE_H_

@@ -1,0 +1,144 @@
+// Task<T>: a lazy, single-awaiter C++20 coroutine with symmetric transfer.
+//
+// A Task does nothing until it is awaited (co_await task) or started with
+// Spawn(). The awaiting coroutine is resumed, by symmetric transfer, on the
+// thread and at the moment the task finishes; there is no scheduler here:
+// whoever completes the I/O the task waits on (the event loop, the in-memory
+// file) drives it forward.
+//
+// Errors are values (int -errno on the data path, absl::Status elsewhere).
+// Exceptions are not used for control flow: unhandled_exception terminates.
+//
+// Thread-safety: a Task and its frame belong to one thread at a time.
+#ifndef UQ_SRC_IO_TASK_H_
+#define UQ_SRC_IO_TASK_H_
+
+#include <coroutine>
+#include <cstdlib>
+#include <exception>
+#include <optional>
+#include <utility>
+
+namespace uq {
+
+template <typename T>
+class Task;
+
+namespace internal {
+
+struct PromiseBase {
+  std::coroutine_handle<> continuation = std::noop_coroutine();
+  // Set by Spawn(): the frame destroys itself when it finishes.
+  bool detached = false;
+
+  std::suspend_always initial_suspend() noexcept { return {}; }
+
+  struct FinalAwaiter {
+    bool await_ready() noexcept { return false; }
+    template <typename P>
+    std::coroutine_handle<> await_suspend(std::coroutine_handle<P> h) noexcept {
+      PromiseBase& p = h.promise();
+      std::coroutine_handle<> next = p.continuation;
+      if (p.detached) h.destroy();
+      return next;
+    }
+    void await_resume() noexcept {}
+  };
+  FinalAwaiter final_suspend() noexcept { return {}; }
+  [[noreturn]] void unhandled_exception() noexcept { std::terminate(); }
+};
+
+template <typename T>
+struct Promise : PromiseBase {
+  std::optional<T> value;
+  Task<T> get_return_object() noexcept;
+  template <typename U>
+  void return_value(U&& v) {
+    value.emplace(std::forward<U>(v));
+  }
+};
+
+template <>
+struct Promise<void> : PromiseBase {
+  Task<void> get_return_object() noexcept;
+  void return_void() noexcept {}
+};
+
+}  // namespace internal
+
+template <typename T = void>
+class [[nodiscard]] Task {
+ public:
+  using promise_type = internal::Promise<T>;
+  using Handle = std::coroutine_handle<promise_type>;
+
+  Task() = default;
+  explicit Task(Handle h) : h_(h) {}
+  Task(Task&& o) noexcept : h_(std::exchange(o.h_, {})) {}
+  Task& operator=(Task&& o) noexcept {
+    if (this != &o) {
+      if (h_) h_.destroy();
+      h_ = std::exchange(o.h_, {});
+    }
+    return *this;
+  }
+  Task(const Task&) = delete;
+  Task& operator=(const Task&) = delete;
+  ~Task() {
+    if (h_) h_.destroy();
+  }
+
+  bool valid() const { return static_cast<bool>(h_); }
+
+  // Awaiting starts the task and resumes the awaiter when it finishes.
+  auto operator co_await() && noexcept {
+    struct Awaiter {
+      Handle h;
+      bool await_ready() noexcept { return false; }
+      std::coroutine_handle<> await_suspend(std::coroutine_handle<> awaiter) noexcept {
+        h.promise().continuation = awaiter;
+        return h;
+      }
+      T await_resume() {
+        if constexpr (!std::is_void_v<T>) return std::move(*h.promise().value);
+      }
+    };
+    return Awaiter{h_};
+  }
+
+  // Releases the frame to Spawn().
+  Handle Release() { return std::exchange(h_, {}); }
+
+ private:
+  Handle h_{};
+};
+
+namespace internal {
+template <typename T>
+Task<T> Promise<T>::get_return_object() noexcept {
+  return Task<T>(std::coroutine_handle<Promise<T>>::from_promise(*this));
+}
+inline Task<void> Promise<void>::get_return_object() noexcept {
+  return Task<void>(std::coroutine_handle<Promise<void>>::from_promise(*this));
+}
+}  // namespace internal
+
+// Starts a Task<void> now and lets it run to completion on its own; its frame
+// is freed when it finishes. Runs synchronously until the first suspension.
+inline void Spawn(Task<void> task) {
+  auto h = task.Release();
+  if (!h) return;
+  h.promise().detached = true;
+  h.resume();
+}
+
+// Runs `task` and stores its result into *out when it finishes (used by
+// drivers that pump an event loop until `out` has a value).
+template <typename T>
+Task<void> StoreResult(Task<T> task, std::optional<T>* out) {
+  out->emplace(co_await std::move(task));
+}
+
+}  // namespace uq
+
+#endif  // UQ_SRC_IO_TASK_H_
