@@ -108,6 +108,11 @@ struct DecodeLimits {
 // hold at least the first cluster or the whole file if it is shorter; a buffer
 // shorter than the fixed header is "truncated". Unknown incompatible bits are
 // rejected naming the bit (and its name from the feature table, if any).
+// The dirty and corrupt bits are accepted: acting on them (refcount rebuild,
+// refusing a writable open) is the engine's job. With limits.file_size_bytes
+// == 0 the end-of-file checks of the tables are skipped.
+// Error codes: kUnimplemented for unsupported features (version, encryption,
+// unknown incompatible bits, compression type), kInvalidArgument otherwise.
 absl::StatusOr<Header> DecodeHeader(std::span<const std::byte> buf, const DecodeLimits& limits);
 
 // The number of bytes DecodeHeader wants to see: the first cluster, read after
@@ -117,17 +122,21 @@ absl::StatusOr<uint64_t> HeaderReadSize(std::span<const std::byte> first_bytes);
 
 // Encodes header, extensions (backing format, feature table for the known
 // bits, data file, opaque ones) and the backing file name into `out`, which
-// must be one cluster. Sets header_length / backing_file_offset / size
-// consistently. Fails if it does not fit in one cluster.
+// must be one cluster. Sets header_length (72 for v2, 112 for v3 like QEMU,
+// with compression_type at byte 104) / backing_file_offset / size
+// consistently; h.header_length and h.feature_names are ignored (the feature
+// table written names the known bits). Fails if it does not fit in one
+// cluster.
 absl::Status EncodeHeader(const Header& h, std::span<std::byte> out);
 
 // Clears unknown autoclear bits, as the spec requires of a writer that opens
 // the image read-write. Returns true if anything changed.
 bool ClearUnknownAutoclear(Header& h);
 
-// Human name of a feature bit ("dirty", "corrupt", "external data file",
-// "compression type", "extended L2", "lazy refcounts", "bitmaps", "raw external
-// data"), or the name from the image's feature table, or "".
+// Human name of a feature bit as QEMU writes it in the feature name table
+// ("dirty bit", "corrupt bit", "external data file", "compression type",
+// "extended L2 entries", "lazy refcounts", "bitmaps", "raw external data"), or
+// the name from the image's feature table for other bits, or "".
 std::string FeatureBitName(const Header& h, uint8_t type, uint8_t bit);
 
 }  // namespace uq::format

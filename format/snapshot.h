@@ -33,6 +33,7 @@ struct Snapshot {
 absl::StatusOr<std::vector<Snapshot>> DecodeSnapshotTable(std::span<const std::byte> buf,
                                                           uint32_t count, uint32_t cluster_bits);
 size_t SnapshotTableSize(const std::vector<Snapshot>& snaps);
+// REQUIRES: out.size() >= SnapshotTableSize(snaps); the rest is zeroed.
 void EncodeSnapshotTable(const std::vector<Snapshot>& snaps, std::span<std::byte> out);
 
 }  // namespace uq::format
