@@ -1,0 +1,180 @@
+#include "src/ublk/server.h"
+
+#include <fcntl.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "format/status_macros.h"
+#include "src/ublk/params.h"
+
+namespace uq::ublk {
+
+namespace {
+
+// START_USER_RECOVERY answers EBUSY until the dead server's /dev/ublkcN is
+// fully released and the device is QUIESCED (the kernel's monitor runs every
+// few seconds).
+constexpr auto kRecoveryWait = std::chrono::seconds(30);
+// devtmpfs creates /dev/ublkcN right away, a udev rule may briefly replace it.
+constexpr auto kCdevWait = std::chrono::seconds(5);
+
+absl::StatusOr<int> OpenCharDev(uint32_t dev_id) {
+  std::string path = absl::StrCat(kCharDevPrefix, dev_id);
+  auto deadline = std::chrono::steady_clock::now() + kCdevWait;
+  while (true) {
+    int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+    if (fd >= 0) return fd;
+    int e = errno;
+    if ((e != ENOENT && e != EBUSY) || std::chrono::steady_clock::now() > deadline) {
+      return absl::UnavailableError(absl::StrCat("cannot open ", path, ": ", std::strerror(e)));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Start(std::unique_ptr<Control> control,
+                                                      const ServerOptions& options,
+                                                      std::vector<QueueBackend> backends) {
+  if (backends.empty()) return absl::InvalidArgumentError("no queue to serve");
+  std::unique_ptr<Server> server(new Server(std::move(control), options));
+  server->done_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (server->done_fd_ < 0) {
+    return absl::InternalError(absl::StrCat("eventfd: ", std::strerror(errno)));
+  }
+  absl::Status st = options.recover ? server->StartRecovery(std::move(backends))
+                                    : server->StartNew(std::move(backends));
+  if (!st.ok()) {
+    // A new device goes away entirely; a failed recovery leaves the device
+    // (its disk may still hold a mounted filesystem) for `detach`.
+    server->Teardown(/*del=*/server->added_).IgnoreError();
+    server->shut_down_ = true;
+    return st;
+  }
+  return server;
+}
+
+Server::~Server() { Shutdown().IgnoreError(); }
+
+absl::Status Server::StartNew(std::vector<QueueBackend> backends) {
+  engine::Device& first = *backends[0].device;
+  CtrlDevInfo want{};
+  want.nr_hw_queues = static_cast<uint16_t>(backends.size());
+  want.queue_depth = options_.depth;
+  want.max_io_buf_bytes = options_.max_io_buf_bytes;
+  want.dev_id = options_.dev_id;
+  want.flags = kFlagUserRecovery | (options_.reissue ? kFlagUserRecoveryReissue : 0);
+  UQ_ASSIGN_OR_RETURN(info_, control_->AddDev(want));
+  added_ = true;
+  if (info_.nr_hw_queues == 0 || info_.queue_depth == 0) {
+    return absl::InternalError("ADD_DEV returned no queues");
+  }
+  if (backends.size() > info_.nr_hw_queues) backends.resize(info_.nr_hw_queues);
+
+  Geometry g;
+  g.size_bytes = first.size_bytes();
+  g.granularity_bytes = first.granularity_bytes();
+  g.read_only = first.read_only();
+  g.max_io_buf_bytes = info_.max_io_buf_bytes;
+  UQ_RETURN_IF_ERROR(control_->SetParams(info_.dev_id, ComputeParams(g)));
+
+  UQ_RETURN_IF_ERROR(StartQueues(std::move(backends)));
+  return control_->StartDev(info_.dev_id, getpid());
+}
+
+absl::Status Server::StartRecovery(std::vector<QueueBackend> backends) {
+  UQ_ASSIGN_OR_RETURN(info_, control_->GetDevInfo(options_.dev_id));
+  if ((info_.flags & kFlagUserRecovery) == 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("device ", info_.dev_id, " was created without user recovery"));
+  }
+  if (backends.size() != info_.nr_hw_queues) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "device ", info_.dev_id, " has ", info_.nr_hw_queues, " queues, not ", backends.size()));
+  }
+  auto deadline = std::chrono::steady_clock::now() + kRecoveryWait;
+  while (true) {
+    absl::Status st = control_->StartUserRecovery(info_.dev_id);
+    if (st.ok()) break;
+    if (!absl::IsUnavailable(st) || std::chrono::steady_clock::now() > deadline) {
+      return absl::Status(
+          st.code(),
+          absl::StrCat(st.message(),
+                       info_.state == kStateLive ? " (is its server still running?)" : ""));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  UQ_RETURN_IF_ERROR(StartQueues(std::move(backends)));
+  UQ_RETURN_IF_ERROR(control_->EndUserRecovery(info_.dev_id, getpid()));
+  UQ_ASSIGN_OR_RETURN(CtrlDevInfo now, control_->GetDevInfo(info_.dev_id));
+  info_.state = now.state;
+  info_.ublksrv_pid = now.ublksrv_pid;
+  return absl::OkStatus();
+}
+
+absl::Status Server::StartQueues(std::vector<QueueBackend> backends) {
+  UQ_ASSIGN_OR_RETURN(cdev_fd_, OpenCharDev(info_.dev_id));
+  // The IO commands follow the numbering the kernel accepted for ADD_DEV; a
+  // kernel that knows ioctl encoding keeps the flag in dev_info.
+  const bool ioctl_io = (info_.flags & kFlagCmdIoctlEncode) != 0;
+  for (size_t q = 0; q < backends.size(); ++q) {
+    QueueConfig config;
+    config.q_id = static_cast<uint16_t>(q);
+    config.depth = info_.queue_depth;
+    config.buf_bytes = info_.max_io_buf_bytes;
+    config.cdev_fd = cdev_fd_;
+    config.ioctl_encoded = ioctl_io;
+    config.done_fd = done_fd_;
+    absl::StatusOr<cpu_set_t> cpus = control_->GetQueueAffinity(info_.dev_id, config.q_id);
+    if (cpus.ok()) {
+      config.has_affinity = true;
+      config.affinity = *cpus;
+    }
+    UQ_ASSIGN_OR_RETURN(auto queue, Queue::Create(config, std::move(backends[q].loop),
+                                                  std::move(backends[q].device)));
+    queues_.push_back(std::move(queue));
+  }
+  for (auto& q : queues_) q->Start();
+  return absl::OkStatus();
+}
+
+absl::Status Server::Teardown(bool del) {
+  absl::Status first;
+  if (!queues_.empty() || cdev_fd_ >= 0) {
+    // Completes every pending FETCH with ABORT (also on a never-started or
+    // already-stopped device), after the kernel drained in-flight requests.
+    absl::Status st = control_->StopDev(info_.dev_id);
+    if (!st.ok() && !absl::IsNotFound(st)) first.Update(st);
+  }
+  for (auto& q : queues_) q->Join();
+  for (auto& q : queues_) first.Update(q->close_status());
+  queues_.clear();  // munmap: DEL_DEV waits for every mapping to go
+  if (cdev_fd_ >= 0) {
+    ::close(cdev_fd_);
+    cdev_fd_ = -1;
+  }
+  if (del && added_) {
+    first.Update(control_->DelDev(info_.dev_id));
+  }
+  if (done_fd_ >= 0) {
+    ::close(done_fd_);
+    done_fd_ = -1;
+  }
+  return first;
+}
+
+absl::Status Server::Shutdown() {
+  if (shut_down_) return absl::OkStatus();
+  shut_down_ = true;
+  added_ = true;  // a recovered device is ours to delete too
+  return Teardown(/*del=*/true);
+}
+
+}  // namespace uq::ublk
