@@ -61,7 +61,9 @@ absl::StatusOr<std::vector<Snapshot>> DecodeSnapshotTable(std::span<const std::b
       return absl::InvalidArgumentError(absl::StrCat("snapshot ", i, " l1_size ", s.l1_size,
                                                      " is too large (max ", kMaxL1Entries, ")"));
     }
-    const size_t size = EntrySize(extra_size, id_size, name_size);
+    // The padding after the last entry may be missing (QEMU skips it only
+    // between entries), so only the unpadded entry must fit.
+    const size_t size = kEntryFixedBytes + extra_size + id_size + name_size;
     if (size > buf.size() - offset) {
       return absl::InvalidArgumentError(absl::StrCat("snapshot ", i, " needs ", size,
                                                      " bytes at table offset ", offset,
@@ -73,7 +75,7 @@ absl::StatusOr<std::vector<Snapshot>> DecodeSnapshotTable(std::span<const std::b
     s.id.assign(reinterpret_cast<const char*>(q), id_size);
     q += id_size;
     s.name.assign(reinterpret_cast<const char*>(q), name_size);
-    offset += size;
+    offset = std::min(buf.size(), offset + EntrySize(extra_size, id_size, name_size));
     snaps.push_back(std::move(s));
   }
   return snaps;

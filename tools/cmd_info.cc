@@ -1,0 +1,256 @@
+// qcow2-img info: describes an image (and optionally its backing chain) the
+// way qemu-img 7.2 does, as human text or JSON.
+#include <limits.h>
+#include <stdlib.h>
+
+#include <cstdio>
+#include <ctime>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "format/endian.h"
+#include "tools/commands.h"
+#include "tools/json.h"
+#include "tools/util.h"
+
+namespace uq::tools {
+namespace {
+
+struct InfoArgs {
+  std::string format;  // "" = probe
+  bool json = false;
+  bool backing_chain = false;
+  std::string file;
+};
+
+absl::StatusOr<InfoArgs> ParseArgs(std::span<char* const> argv) {
+  InfoArgs args;
+  std::vector<std::string> positional;
+  for (size_t i = 0; i < argv.size(); ++i) {
+    const std::string arg = argv[i];
+    std::string output;
+    if (arg == "--output" || arg == "-f") {
+      if (i + 1 >= argv.size()) {
+        return absl::InvalidArgumentError(absl::StrCat("option ", arg, " needs an argument"));
+      }
+      (arg == "-f" ? args.format : output) = argv[++i];
+    } else if (arg.starts_with("--output=")) {
+      output = arg.substr(9);
+    } else if (arg.starts_with("-f") && arg.size() > 2) {
+      args.format = arg.substr(2);
+    } else if (arg == "--backing-chain") {
+      args.backing_chain = true;
+    } else if (arg == "-U" || arg == "--force-share") {
+      // Accepted for qemu-img compatibility: info never locks.
+    } else if (arg.size() > 1 && arg[0] == '-') {
+      return absl::InvalidArgumentError(absl::StrCat("unknown option '", arg, "'"));
+    } else {
+      positional.push_back(arg);
+    }
+    if (!output.empty()) {
+      if (output == "json") {
+        args.json = true;
+      } else if (output == "human") {
+        args.json = false;
+      } else {
+        return absl::InvalidArgumentError(
+            absl::StrCat("--output ", output, " is not supported (human or json)"));
+      }
+    }
+  }
+  if (positional.size() != 1) {
+    return absl::InvalidArgumentError(positional.empty() ? "missing file name"
+                                                         : "expected exactly one file name");
+  }
+  args.file = positional[0];
+  return args;
+}
+
+// Snapshot extra data (spec "Snapshots"): bytes 0..7 vm_state_size_large,
+// 8..15 disk size, 16..23 icount (-1 = unknown).
+uint64_t VmStateSize(const format::Snapshot& s) {
+  if (s.extra_data.size() >= 8) return format::LoadBE64(s.extra_data.data());
+  return s.vm_state_size;
+}
+std::optional<int64_t> Icount(const format::Snapshot& s) {
+  if (s.extra_data.size() < 24) return std::nullopt;
+  const uint64_t v = format::LoadBE64(s.extra_data.data() + 16);
+  if (v == ~uint64_t{0}) return std::nullopt;
+  return static_cast<int64_t>(v);
+}
+
+const char* CompressionName(const format::Header& h) {
+  return h.compression_type == format::CompressionType::kZstd ? "zstd" : "zlib";
+}
+
+Json ToJson(const ImageDescription& d) {
+  Json j = Json::Object();
+  const format::Header* h = d.header ? &*d.header : nullptr;
+  if (h && !h->backing_file.empty() && h->backing_format) {
+    j.Set("backing-filename-format", Json::String(*h->backing_format));
+  }
+  if (!d.snapshots.empty()) {
+    Json& snaps = j.Set("snapshots", Json::Array());
+    for (const format::Snapshot& s : d.snapshots) {
+      Json o = Json::Object();
+      if (std::optional<int64_t> icount = Icount(s)) o.Set("icount", Json::Int(*icount));
+      o.Set("vm-clock-nsec", Json::Int(static_cast<int64_t>(s.vm_clock_nsec % 1000000000)));
+      o.Set("name", Json::String(s.name));
+      o.Set("date-sec", Json::Int(s.date_sec));
+      o.Set("date-nsec", Json::Int(s.date_nsec));
+      o.Set("vm-clock-sec", Json::Int(static_cast<int64_t>(s.vm_clock_nsec / 1000000000)));
+      o.Set("id", Json::String(s.id));
+      o.Set("vm-state-size", Json::Int(static_cast<int64_t>(VmStateSize(s))));
+      snaps.Push(std::move(o));
+    }
+  }
+  j.Set("virtual-size", Json::Int(static_cast<int64_t>(d.virtual_size_bytes)));
+  j.Set("filename", Json::String(d.filename));
+  if (h) j.Set("cluster-size", Json::Int(static_cast<int64_t>(h->cluster_size())));
+  j.Set("format", Json::String(d.format));
+  j.Set("actual-size", Json::Int(static_cast<int64_t>(d.actual_size_bytes)));
+  if (h) {
+    Json& spec = j.Set("format-specific", Json::Object());
+    spec.Set("type", Json::String("qcow2"));
+    Json& data = spec.Set("data", Json::Object());
+    data.Set("compat", Json::String(h->version == 2 ? "0.10" : "1.1"));
+    data.Set("compression-type", Json::String(CompressionName(*h)));
+    if (h->version == 3) {
+      data.Set("lazy-refcounts", Json::Bool(h->compatible_features & format::kCompatLazyRefcounts));
+    }
+    data.Set("refcount-bits", Json::Int(int64_t{1} << h->refcount_order));
+    if (h->version == 3) {
+      if (h->data_file) data.Set("data-file", Json::String(*h->data_file));
+      if (h->has_data_file()) {
+        data.Set("data-file-raw",
+                 Json::Bool(h->autoclear_features & format::kAutoclearDataFileRaw));
+      }
+      data.Set("corrupt", Json::Bool(h->incompatible_features & format::kIncompatCorrupt));
+      data.Set("extended-l2", Json::Bool(h->extended_l2()));
+    }
+    if (!h->backing_file.empty()) {
+      j.Set("full-backing-filename", Json::String(d.full_backing_filename));
+      j.Set("backing-filename", Json::String(h->backing_file));
+    }
+  }
+  const bool dirty = h && (h->incompatible_features & format::kIncompatDirty);
+  j.Set("dirty-flag", Json::Bool(dirty));
+  return j;
+}
+
+std::string FormatDate(uint32_t date_sec) {
+  const time_t t = static_cast<time_t>(date_sec);
+  struct tm tm;
+  localtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof(buf), "%Y-%m-%d %H:%M:%S", &tm);
+  return buf;
+}
+
+std::string ToHuman(const ImageDescription& d) {
+  const format::Header* h = d.header ? &*d.header : nullptr;
+  std::string out;
+  absl::StrAppend(&out, "image: ", d.filename, "\n", "file format: ", d.format, "\n",
+                  "virtual size: ", HumanSize(d.virtual_size_bytes), " (", d.virtual_size_bytes,
+                  " bytes)\n", "disk size: ", HumanSize(d.actual_size_bytes), "\n");
+  if (h) absl::StrAppend(&out, "cluster_size: ", h->cluster_size(), "\n");
+  if (h && (h->incompatible_features & format::kIncompatDirty)) {
+    absl::StrAppend(&out, "cleanly shut down: no\n");
+  }
+  if (h && !h->backing_file.empty()) {
+    absl::StrAppend(&out, "backing file: ", h->backing_file);
+    if (d.full_backing_filename != h->backing_file) {
+      absl::StrAppend(&out, " (actual path: ", d.full_backing_filename, ")");
+    }
+    absl::StrAppend(&out, "\n");
+    if (h->backing_format) absl::StrAppend(&out, "backing file format: ", *h->backing_format, "\n");
+  }
+  if (!d.snapshots.empty()) {
+    absl::StrAppend(&out, "Snapshot list:\n",
+                    absl::StrFormat("%-10s%-17s%8s%20s%13s%11s\n", "ID", "TAG", "VM SIZE", "DATE",
+                                    "VM CLOCK", "ICOUNT"));
+    for (const format::Snapshot& s : d.snapshots) {
+      const uint64_t clock_ms = s.vm_clock_nsec / 1000000;
+      const std::string clock =
+          absl::StrFormat("%02d:%02d:%02d.%03d", clock_ms / 3600000, (clock_ms / 60000) % 60,
+                          (clock_ms / 1000) % 60, clock_ms % 1000);
+      const std::optional<int64_t> icount = Icount(s);
+      absl::StrAppend(&out, absl::StrFormat("%-9s %-16s %8s%20s%13s%11s\n", s.id, s.name,
+                                            HumanSize(VmStateSize(s)), FormatDate(s.date_sec),
+                                            clock, icount ? absl::StrCat(*icount) : ""));
+    }
+  }
+  if (h) {
+    absl::StrAppend(&out, "Format specific information:\n");
+    absl::StrAppend(&out, "    compat: ", h->version == 2 ? "0.10" : "1.1", "\n");
+    absl::StrAppend(&out, "    compression type: ", CompressionName(*h), "\n");
+    if (h->version == 3) {
+      absl::StrAppend(&out, "    lazy refcounts: ",
+                      (h->compatible_features & format::kCompatLazyRefcounts) ? "true" : "false",
+                      "\n");
+    }
+    absl::StrAppend(&out, "    refcount bits: ", 1u << h->refcount_order, "\n");
+    if (h->version == 3) {
+      if (h->data_file) absl::StrAppend(&out, "    data file: ", *h->data_file, "\n");
+      if (h->has_data_file()) {
+        absl::StrAppend(&out, "    data file raw: ",
+                        (h->autoclear_features & format::kAutoclearDataFileRaw) ? "true" : "false",
+                        "\n");
+      }
+      absl::StrAppend(&out, "    corrupt: ",
+                      (h->incompatible_features & format::kIncompatCorrupt) ? "true" : "false",
+                      "\n");
+      absl::StrAppend(&out, "    extended l2: ", h->extended_l2() ? "true" : "false", "\n");
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+int CmdInfo(std::span<char* const> argv) {
+  absl::StatusOr<InfoArgs> args = ParseArgs(argv);
+  if (!args.ok()) return Fail("info", args.status());
+
+  std::vector<ImageDescription> chain;
+  std::set<std::string> seen;
+  std::string path = args->file;
+  std::string format = args->format;
+  for (;;) {
+    absl::StatusOr<ImageDescription> d = DescribeImage(path, format);
+    if (!d.ok()) return Fail(path, d.status());
+    char real[PATH_MAX];
+    const std::string key = realpath(path.c_str(), real) ? std::string(real) : path;
+    if (!seen.insert(key).second) return Fail(path, "backing chain loops back to this image");
+    const bool more = args->backing_chain && d->header && !d->full_backing_filename.empty();
+    if (more) {
+      path = d->full_backing_filename;
+      format = d->header->backing_format.value_or("");
+    }
+    chain.push_back(*std::move(d));
+    if (!more) break;
+  }
+
+  if (args->json) {
+    std::string text;
+    if (args->backing_chain) {
+      Json arr = Json::Array();
+      for (const ImageDescription& d : chain) arr.Push(ToJson(d));
+      text = arr.Serialize();
+    } else {
+      text = ToJson(chain[0]).Serialize();
+    }
+    std::printf("%s\n", text.c_str());
+  } else {
+    for (size_t i = 0; i < chain.size(); ++i) {
+      std::printf("%s%s", i ? "\n" : "", ToHuman(chain[i]).c_str());
+    }
+  }
+  return 0;
+}
+
+}  // namespace uq::tools
