@@ -1,0 +1,59 @@
+// Command-line parsing for `ublk-qcow2` (pure: no I/O, unit-tested).
+#ifndef UQ_SRC_CLI_OPTIONS_H_
+#define UQ_SRC_CLI_OPTIONS_H_
+
+#include <cstdint>
+#include <span>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace uq::cli {
+
+enum class Format { kQcow2, kRaw, kAuto };
+
+const char* FormatName(Format f);
+absl::StatusOr<Format> ParseFormat(absl::string_view s);
+
+// How an image is served; also what the state file records for `recover`.
+struct ImageSpec {
+  std::string image;  // absolute once attached
+  Format format = Format::kQcow2;
+  bool read_only = false;
+  std::string snapshot;  // implies read_only
+  uint16_t queues = 1;
+  uint16_t depth = 128;
+  uint64_t cache_size_bytes = 0;  // 0 = engine default
+  bool reissue = false;
+};
+
+enum class Verb { kHelp, kAttach, kDetach, kList, kRecover, kMount, kUnmount };
+
+struct Command {
+  Verb verb = Verb::kHelp;
+  ImageSpec spec;           // attach, mount
+  bool foreground = false;  // attach, recover
+  // detach: one of device path, id, all. recover: id.
+  std::string device;
+  int64_t dev_id = -1;
+  bool all = false;
+  bool json = false;  // list --output=json
+  int partition = 0;  // mount --partition M (0: whole disk)
+  std::string dir;    // mount, unmount
+};
+
+// `args` excludes argv[0]. Errors are one line for "ublk-qcow2: <msg>".
+absl::StatusOr<Command> ParseCommandLine(std::span<const std::string> args);
+
+// "4096", "64K", "8M", "1G" (binary units, optional trailing "iB"/"B").
+absl::StatusOr<uint64_t> ParseSize(absl::string_view s);
+
+// "/dev/ublkb3" or "/dev/ublkb3p2" -> 3.
+absl::StatusOr<uint32_t> DevIdFromPath(absl::string_view path);
+
+extern const char kUsage[];
+
+}  // namespace uq::cli
+
+#endif  // UQ_SRC_CLI_OPTIONS_H_

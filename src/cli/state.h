@@ -1,0 +1,49 @@
+// The per-device state file an attached server writes, so that `recover`,
+// `list` and `detach` know which image a device serves and how.
+//
+// Location: $UBLK_QCOW2_STATE_DIR, else /run/ublk-qcow2 (falling back to
+// /tmp/ublk-qcow2 where /run is not writable); one "N.json" per device id,
+// written atomically (temp file + rename), plus the daemon's log "N.log".
+// Contents: one flat JSON object (strings, integers, booleans).
+#ifndef UQ_SRC_CLI_STATE_H_
+#define UQ_SRC_CLI_STATE_H_
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <map>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "src/cli/options.h"
+
+namespace uq::cli {
+
+struct DeviceState {
+  uint32_t dev_id = 0;
+  pid_t pid = 0;
+  ImageSpec spec;
+};
+
+// The state directory (created if missing).
+std::string StateDir();
+std::string StatePath(uint32_t dev_id);
+std::string LogPath(uint32_t dev_id);
+
+absl::Status WriteState(const DeviceState& state);
+// NotFound when the device has no state file.
+absl::StatusOr<DeviceState> ReadState(uint32_t dev_id);
+void RemoveState(uint32_t dev_id);
+
+// Flat JSON objects (exposed for tests and `list --output=json`).
+std::string JsonQuote(absl::string_view s);
+std::string EncodeState(const DeviceState& state);
+absl::StatusOr<DeviceState> DecodeState(absl::string_view text);
+// Parses {"k": "str" | int | true | false, ...} into raw values: strings
+// unquoted, other values as written.
+absl::StatusOr<std::map<std::string, std::string>> ParseFlatJson(absl::string_view text);
+
+}  // namespace uq::cli
+
+#endif  // UQ_SRC_CLI_STATE_H_

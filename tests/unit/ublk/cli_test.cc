@@ -1,0 +1,134 @@
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "src/cli/options.h"
+#include "src/cli/state.h"
+
+namespace uq::cli {
+namespace {
+
+absl::StatusOr<Command> Parse(std::vector<std::string> args) { return ParseCommandLine(args); }
+
+TEST(CliParseTest, AttachWithEverything) {
+  auto c = Parse({"attach", "--read-only", "--snapshot", "s1", "--queues=2", "--depth", "64",
+                  "--cache-size", "32M", "--format", "qcow2", "--foreground", "--reissue",
+                  "disk.qcow2"});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->verb, Verb::kAttach);
+  EXPECT_TRUE(c->spec.read_only);
+  EXPECT_EQ(c->spec.snapshot, "s1");
+  EXPECT_EQ(c->spec.queues, 2);
+  EXPECT_EQ(c->spec.depth, 64);
+  EXPECT_EQ(c->spec.cache_size_bytes, 32u << 20);
+  EXPECT_TRUE(c->foreground);
+  EXPECT_TRUE(c->spec.reissue);
+  EXPECT_EQ(c->spec.image, "disk.qcow2");
+}
+
+TEST(CliParseTest, SnapshotImpliesReadOnly) {
+  auto c = Parse({"attach", "--snapshot", "s", "d.qcow2"});
+  ASSERT_TRUE(c.ok());
+  EXPECT_TRUE(c->spec.read_only);
+  EXPECT_FALSE(Parse({"mount", "--rw", "--snapshot", "s", "d.qcow2", "/mnt"}).ok());
+}
+
+TEST(CliParseTest, Errors) {
+  EXPECT_FALSE(Parse({}).ok());
+  EXPECT_FALSE(Parse({"frobnicate"}).ok());
+  EXPECT_FALSE(Parse({"attach"}).ok());
+  EXPECT_FALSE(Parse({"attach", "a", "b"}).ok());
+  EXPECT_FALSE(Parse({"attach", "--queues", "0", "a"}).ok());
+  EXPECT_FALSE(Parse({"attach", "--depth", "5000", "a"}).ok());
+  EXPECT_FALSE(Parse({"attach", "--format", "vmdk", "a"}).ok());
+  EXPECT_FALSE(Parse({"attach", "--bogus", "a"}).ok());
+  EXPECT_FALSE(Parse({"detach"}).ok());
+  EXPECT_FALSE(Parse({"detach", "-n", "1", "--all"}).ok());
+  EXPECT_FALSE(Parse({"detach", "/dev/sda"}).ok());
+  EXPECT_FALSE(Parse({"recover"}).ok());
+  EXPECT_FALSE(Parse({"mount", "img"}).ok());
+  EXPECT_FALSE(Parse({"list", "--output", "xml"}).ok());
+}
+
+TEST(CliParseTest, DetachForms) {
+  auto a = Parse({"detach", "/dev/ublkb7"});
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(a->dev_id, 7);
+  auto b = Parse({"detach", "-n", "3"});
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(b->dev_id, 3);
+  auto c = Parse({"detach", "--all"});
+  ASSERT_TRUE(c.ok());
+  EXPECT_TRUE(c->all);
+}
+
+TEST(CliParseTest, MountDefaultsReadOnly) {
+  auto c = Parse({"mount", "--partition", "2", "d.qcow2", "/mnt"});
+  ASSERT_TRUE(c.ok());
+  EXPECT_TRUE(c->spec.read_only);
+  EXPECT_EQ(c->partition, 2);
+  EXPECT_EQ(c->dir, "/mnt");
+  auto rw = Parse({"mount", "--rw", "d.qcow2", "/mnt"});
+  ASSERT_TRUE(rw.ok());
+  EXPECT_FALSE(rw->spec.read_only);
+}
+
+TEST(CliParseTest, ListJson) {
+  auto c = Parse({"list", "--output=json"});
+  ASSERT_TRUE(c.ok());
+  EXPECT_TRUE(c->json);
+}
+
+TEST(CliParseTest, Sizes) {
+  EXPECT_EQ(*ParseSize("4096"), 4096u);
+  EXPECT_EQ(*ParseSize("64K"), 65536u);
+  EXPECT_EQ(*ParseSize("8MiB"), 8u << 20);
+  EXPECT_EQ(*ParseSize("1g"), 1u << 30);
+  EXPECT_FALSE(ParseSize("").ok());
+  EXPECT_FALSE(ParseSize("x").ok());
+  EXPECT_FALSE(ParseSize("99999999999999999999").ok());
+}
+
+TEST(CliParseTest, DevIdFromPath) {
+  EXPECT_EQ(*DevIdFromPath("/dev/ublkb0"), 0u);
+  EXPECT_EQ(*DevIdFromPath("/dev/ublkb12p3"), 12u);
+  EXPECT_FALSE(DevIdFromPath("/dev/ublkc1").ok());
+  EXPECT_FALSE(DevIdFromPath("/dev/ublkb").ok());
+  EXPECT_FALSE(DevIdFromPath("/dev/ublkb1x").ok());
+}
+
+TEST(StateTest, RoundTrip) {
+  DeviceState s;
+  s.dev_id = 4;
+  s.pid = 1234;
+  s.spec.image = "/tmp/a \"quoted\"\\dir/disk.qcow2";
+  s.spec.format = Format::kRaw;
+  s.spec.read_only = true;
+  s.spec.snapshot = "snap";
+  s.spec.queues = 2;
+  s.spec.depth = 64;
+  s.spec.cache_size_bytes = 1 << 20;
+  s.spec.reissue = true;
+  auto d = DecodeState(EncodeState(s));
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->dev_id, 4u);
+  EXPECT_EQ(d->pid, 1234);
+  EXPECT_EQ(d->spec.image, s.spec.image);
+  EXPECT_EQ(d->spec.format, Format::kRaw);
+  EXPECT_TRUE(d->spec.read_only);
+  EXPECT_EQ(d->spec.snapshot, "snap");
+  EXPECT_EQ(d->spec.queues, 2);
+  EXPECT_EQ(d->spec.depth, 64);
+  EXPECT_EQ(d->spec.cache_size_bytes, 1u << 20);
+  EXPECT_TRUE(d->spec.reissue);
+}
+
+TEST(StateTest, RejectsGarbage) {
+  EXPECT_FALSE(DecodeState("").ok());
+  EXPECT_FALSE(DecodeState("{\"dev_id\": 1").ok());
+  EXPECT_FALSE(DecodeState("{\"dev_id\": 1}").ok());
+}
+
+}  // namespace
+}  // namespace uq::cli
