@@ -35,6 +35,9 @@ struct OpenOptions {
   std::string path;
   // How to open backing files (always read-only) and the external data file.
   FileOpener opener;
+  // Backing chain depth still allowed below this image (guards against
+  // loops such as a -> b -> a). Decremented for each backing file.
+  uint32_t max_backing_depth = 64;
 };
 
 // Opens `file` as a Device. Errors are one line naming the problem (bad

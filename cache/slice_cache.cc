@@ -1,0 +1,195 @@
+#include "cache/slice_cache.h"
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <utility>
+
+namespace uq::cache {
+
+uint64_t SliceCache::Ref::offset_bytes() const { return entry_->offset_bytes; }
+std::span<std::byte> SliceCache::Ref::data() { return entry_->data; }
+std::span<const std::byte> SliceCache::Ref::data() const { return entry_->data; }
+void SliceCache::Ref::MarkDirty() { ++entry_->dirty_gen; }
+void SliceCache::Ref::Reset() {
+  if (entry_ != nullptr) cache_->Unpin(std::exchange(entry_, nullptr));
+}
+
+SliceCache::SliceCache(io::BlockFile* file, uint32_t slice_bytes, uint64_t capacity_bytes,
+                       std::string name)
+    : file_(file),
+      slice_bytes_(slice_bytes),
+      capacity_slices_(std::max<uint64_t>(2, (capacity_bytes + slice_bytes - 1) / slice_bytes)),
+      name_(std::move(name)) {}
+
+SliceCache::~SliceCache() = default;
+
+bool SliceCache::has_dirty() const {
+  for (const auto& [offset, e] : entries_) {
+    if (e->dirty()) return true;
+  }
+  return false;
+}
+
+void SliceCache::Unpin(Entry* e) { --e->pins; }
+
+void SliceCache::Touch(Entry* e) { lru_.splice(lru_.begin(), lru_, e->lru_it); }
+
+Task<int> SliceCache::Load(Entry* e) {
+  e->loading = true;
+  int64_t r = co_await file_->Read(e->offset_bytes, e->data);
+  e->loading = false;
+  e->valid = r >= 0;
+  e->waiters.WakeAll();
+  co_return r < 0 ? static_cast<int>(r) : 0;
+}
+
+Task<int> SliceCache::Get(uint64_t offset_bytes, Ref* out) {
+  auto it = entries_.find(offset_bytes);
+  if (it != entries_.end()) {
+    Entry* e = it->second.get();
+    ++e->pins;
+    Touch(e);
+    while (e->loading) co_await e->waiters.Wait();
+    if (!e->valid) {
+      // An earlier load failed: retry it ourselves.
+      int r = co_await Load(e);
+      if (r < 0) {
+        Unpin(e);
+        co_return r;
+      }
+    }
+    ++stats_.hits;
+    *out = Ref(this, e);
+    co_return 0;
+  }
+
+  ++stats_.misses;
+  auto owned = std::make_unique<Entry>();
+  Entry* e = owned.get();
+  e->offset_bytes = offset_bytes;
+  if (!spare_buffers_.empty()) {
+    e->data = std::move(spare_buffers_.back());
+    spare_buffers_.pop_back();
+  } else {
+    e->data.resize(slice_bytes_);
+  }
+  e->pins = 1;
+  e->loading = true;  // claims the load before any suspension
+  lru_.push_front(e);
+  e->lru_it = lru_.begin();
+  entries_.emplace(offset_bytes, std::move(owned));
+
+  // Make room first (may write back dirty slices), then read.
+  co_await EvictIfOverBudget();
+  int r = co_await Load(e);
+  if (r < 0) {
+    Unpin(e);
+    co_return r;
+  }
+  *out = Ref(this, e);
+  co_return 0;
+}
+
+Task<int> SliceCache::EvictIfOverBudget() {
+  int result = 0;
+  while (entries_.size() > capacity_slices_) {
+    Entry* victim = nullptr;
+    for (auto rit = lru_.rbegin(); rit != lru_.rend(); ++rit) {
+      Entry* e = *rit;
+      if (e->pins == 0 && !e->loading && !e->writing) {
+        victim = e;
+        break;
+      }
+    }
+    if (victim == nullptr) break;  // everything pinned: run over budget
+    if (victim->dirty()) {
+      ++victim->pins;
+      std::vector<Entry*> one(1, victim);
+      int r = co_await WriteBack(std::move(one));
+      Unpin(victim);
+      if (r < 0) {
+        result = r;
+        break;  // keep it dirty; the next flush reports the error
+      }
+      continue;  // state may have changed while writing: pick again
+    }
+    ++stats_.evictions;
+    lru_.erase(victim->lru_it);
+    auto node = entries_.extract(victim->offset_bytes);
+    spare_buffers_.push_back(std::move(node.mapped()->data));
+  }
+  co_return result;
+}
+
+Task<int> SliceCache::WriteBack(std::vector<Entry*> batch) {
+  // One writer per slice at a time: wait out a write-back already running.
+  for (Entry* e : batch) {
+    while (e->writing) co_await e->waiters.Wait();
+  }
+  struct Copy {
+    Entry* entry;
+    uint64_t gen;
+    std::vector<std::byte> bytes;
+  };
+  std::vector<Copy> copies;
+  for (Entry* e : batch) {
+    if (!e->valid || !e->dirty() || e->writing) continue;
+    e->writing = true;
+    copies.push_back({e, e->dirty_gen, std::vector<std::byte>(e->data.begin(), e->data.end())});
+  }
+  if (copies.empty()) co_return 0;
+
+  int result = 0;
+  if (hook_) result = co_await hook_();
+  if (result >= 0) {
+    for (Copy& c : copies) {
+      int64_t r = co_await file_->Write(c.entry->offset_bytes, c.bytes);
+      if (r < 0) {
+        std::fprintf(stderr, "%s cache: write-back at offset %llu failed: %s\n", name_.c_str(),
+                     static_cast<unsigned long long>(c.entry->offset_bytes),
+                     std::strerror(static_cast<int>(-r)));
+        result = static_cast<int>(r);
+        continue;
+      }
+      ++stats_.writebacks;
+      // Modified again while in flight: stays dirty for the next write-back.
+      if (c.entry->dirty_gen == c.gen) c.entry->clean_gen = c.gen;
+    }
+  }
+  for (Copy& c : copies) c.entry->writing = false;
+  for (Copy& c : copies) c.entry->waiters.WakeAll();
+  co_return result;
+}
+
+Task<int> SliceCache::Flush() {
+  std::vector<Entry*> batch;
+  for (auto& [offset, e] : entries_) {
+    if (e->dirty() || e->writing) {
+      ++e->pins;
+      batch.push_back(e.get());
+    }
+  }
+  int r = co_await WriteBack(batch);
+  for (Entry* e : batch) Unpin(e);
+  co_return r;
+}
+
+Task<void> SliceCache::Drop(uint64_t offset_bytes, uint64_t length_bytes) {
+  uint64_t end = offset_bytes + length_bytes;
+  for (uint64_t off = offset_bytes / slice_bytes_ * slice_bytes_; off < end; off += slice_bytes_) {
+    auto it = entries_.find(off);
+    if (it == entries_.end()) continue;
+    Entry* e = it->second.get();
+    ++e->pins;  // keeps it alive while we wait
+    while (e->writing || e->loading) co_await e->waiters.Wait();
+    --e->pins;
+    if (e->pins != 0) continue;
+    it = entries_.find(off);
+    lru_.erase(e->lru_it);
+    auto node = entries_.extract(it);
+    spare_buffers_.push_back(std::move(node.mapped()->data));
+  }
+}
+
+}  // namespace uq::cache

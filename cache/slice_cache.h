@@ -1,0 +1,155 @@
+// SliceCache: a bounded write-back cache of fixed-size metadata slices (L2
+// table slices, refcount block slices) read from and written to one BlockFile.
+//
+// Ownership: the cache owns its slice buffers; the BlockFile is borrowed and
+// must outlive the cache. A Ref pins one slice: a pinned slice is never
+// evicted and its buffer stays valid until the Ref is destroyed.
+//
+// Bounded memory: at most capacity_bytes / slice_bytes slices are kept, except
+// that pinned (and loading) slices are never evicted, so with more concurrent
+// users than slots the cache temporarily exceeds its budget by the number of
+// pins. Eviction takes the least recently used clean unpinned slice; when only
+// dirty ones remain, the LRU dirty slice is written back first.
+//
+// Concurrent misses of one slice share one read: the first caller loads, the
+// others park on the slice's wait list.
+//
+// Write-back ordering: before any slice of this cache is written (flush or
+// eviction), the cache takes a private copy of every slice it is about to
+// write, then awaits the writeback hook, then writes the copies. The engine's
+// L2 cache hook flushes the refcount cache and fsyncs the file(s), so every
+// L2 entry that reaches the disk has durable refcounts and durable data (both
+// were in place before the copy was taken). Modifications made while a write
+// is in flight leave the slice dirty (a generation counter per slice).
+//
+// Thread-safety: one event loop thread. The multi-queue engine will need a
+// lock per slice (or one metadata owner thread) around Get/MarkDirty; Ref
+// pins are the only per-request state, so they can move to queue threads.
+#ifndef UQ_CACHE_SLICE_CACHE_H_
+#define UQ_CACHE_SLICE_CACHE_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <list>
+#include <memory>
+#include <span>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "cache/wait_list.h"
+#include "src/io/block_file.h"
+#include "src/io/task.h"
+
+namespace uq::cache {
+
+class SliceCache {
+ private:
+  struct Entry;
+
+ public:
+  struct Stats {
+    uint64_t hits = 0;
+    uint64_t misses = 0;
+    uint64_t evictions = 0;
+    uint64_t writebacks = 0;  // slices written
+  };
+
+  // A pin on one loaded slice. Move-only; destroying it unpins.
+  class Ref {
+   public:
+    Ref() = default;
+    Ref(Ref&& o) noexcept : cache_(o.cache_), entry_(o.entry_) { o.entry_ = nullptr; }
+    Ref& operator=(Ref&& o) noexcept {
+      if (this != &o) {
+        Reset();
+        cache_ = o.cache_;
+        entry_ = o.entry_;
+        o.entry_ = nullptr;
+      }
+      return *this;
+    }
+    Ref(const Ref&) = delete;
+    Ref& operator=(const Ref&) = delete;
+    ~Ref() { Reset(); }
+
+    bool valid() const { return entry_ != nullptr; }
+    uint64_t offset_bytes() const;
+    std::span<std::byte> data();
+    std::span<const std::byte> data() const;
+    // Records a modification: the slice will be written back.
+    void MarkDirty();
+    void Reset();
+
+   private:
+    friend class SliceCache;
+    Ref(SliceCache* c, Entry* e) : cache_(c), entry_(e) {}
+    SliceCache* cache_ = nullptr;
+    Entry* entry_ = nullptr;
+  };
+
+  // REQUIRES: slice_bytes is a power of two >= 512. capacity_bytes is rounded
+  // up to at least two slices.
+  SliceCache(io::BlockFile* file, uint32_t slice_bytes, uint64_t capacity_bytes, std::string name);
+  ~SliceCache();
+  SliceCache(const SliceCache&) = delete;
+  SliceCache& operator=(const SliceCache&) = delete;
+
+  // Pins the slice at `offset_bytes` (slice aligned), reading it on a miss.
+  // Returns 0 or -errno (a failed read leaves nothing cached).
+  Task<int> Get(uint64_t offset_bytes, Ref* out);
+
+  // Writes every dirty slice back (through the hook). Does not fsync.
+  Task<int> Flush();
+
+  // Forgets every slice in [offset, offset + length) without writing it back
+  // (the clusters were freed). REQUIRES: none of them is pinned.
+  Task<void> Drop(uint64_t offset_bytes, uint64_t length_bytes);
+
+  // Called (and awaited) before any slice of this cache is written.
+  void set_writeback_hook(std::function<Task<int>()> hook) { hook_ = std::move(hook); }
+
+  bool has_dirty() const;
+  uint32_t slice_bytes() const { return slice_bytes_; }
+  uint64_t capacity_slices() const { return capacity_slices_; }
+  size_t size() const { return entries_.size(); }
+  const Stats& stats() const { return stats_; }
+  const std::string& name() const { return name_; }
+
+ private:
+  struct Entry {
+    uint64_t offset_bytes = 0;
+    std::vector<std::byte> data;
+    uint32_t pins = 0;
+    bool valid = false;
+    bool loading = false;
+    bool writing = false;
+    uint64_t dirty_gen = 0;  // bumped by MarkDirty
+    uint64_t clean_gen = 0;  // dirty_gen last written
+    WaitList waiters;        // load / write-back completion
+    std::list<Entry*>::iterator lru_it;
+    bool dirty() const { return dirty_gen != clean_gen; }
+  };
+
+  void Unpin(Entry* e);
+  void Touch(Entry* e);
+  Task<int> Load(Entry* e);
+  Task<int> EvictIfOverBudget();
+  // Writes the dirty ones among `batch` (each pinned by the caller).
+  Task<int> WriteBack(std::vector<Entry*> batch);
+
+  io::BlockFile* file_;
+  uint32_t slice_bytes_;
+  uint64_t capacity_slices_;
+  std::string name_;
+  std::function<Task<int>()> hook_;
+  std::unordered_map<uint64_t, std::unique_ptr<Entry>> entries_;
+  std::list<Entry*> lru_;  // front = most recently used
+  std::vector<std::vector<std::byte>> spare_buffers_;
+  Stats stats_;
+};
+
+}  // namespace uq::cache
+
+#endif  // UQ_CACHE_SLICE_CACHE_H_

@@ -1,0 +1,39 @@
+#include "src/engine/image.h"
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "format/endian.h"
+#include "format/header.h"
+#include "src/engine/qcow2_image.h"
+#include "src/engine/raw_device.h"
+
+namespace uq::engine {
+
+Task<absl::StatusOr<std::unique_ptr<Device>>> OpenImage(std::unique_ptr<io::BlockFile> file,
+                                                        OpenOptions options) {
+  if (!file) co_return absl::InvalidArgumentError("no file");
+  bool is_qcow2 = false;
+  if (options.format != ImageFormat::kRaw) {
+    std::byte magic[4] = {};
+    if (file->size_bytes() >= 4) {
+      int64_t r = co_await file->Read(0, magic);
+      if (r < 0) {
+        co_return absl::DataLossError(absl::StrCat("reading magic: ", std::strerror(-r)));
+      }
+    }
+    is_qcow2 = format::LoadBE32(magic) == format::kQcowMagic;
+    if (options.format == ImageFormat::kQcow2 && !is_qcow2) {
+      co_return absl::InvalidArgumentError("not a qcow2 image (bad magic)");
+    }
+  }
+  if (!is_qcow2) {
+    const uint64_t size = file->size_bytes();
+    co_return std::unique_ptr<Device>(std::make_unique<RawDevice>(std::move(file), size));
+  }
+  auto img = co_await Qcow2Image::Open(std::move(file), options);
+  if (!img.ok()) co_return img.status();
+  co_return std::unique_ptr<Device>(std::move(*img));
+}
+
+}  // namespace uq::engine
