@@ -65,7 +65,7 @@ absl::Status UnlockImage(int fd) {
 absl::Status LockImage(int fd, bool exclusive) {
   unsigned perms =
       exclusive ? (kPermConsistentRead | kPermWrite | kPermResize) : kPermConsistentRead;
-  unsigned unshared = exclusive ? (kPermWrite | kPermResize) : kPermWrite;
+  unsigned unshared = kPermWrite | kPermResize;
 
   // Switching modes: start from nothing held.
   if (absl::Status s = UnlockImage(fd); !s.ok()) return s;

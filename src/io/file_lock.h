@@ -7,8 +7,10 @@
 // running QEMU refuse each other the way two QEMUs do:
 //   exclusive (writer): holds consistent-read, write, resize; shares neither
 //                       write nor resize. Refused if anyone reads or writes.
-//   shared (reader):    holds consistent-read; does not share write. Refused
-//                       if anyone writes; many readers coexist.
+//   shared (reader):    holds consistent-read; shares neither write nor
+//                       resize. Refused if anyone writes; readers coexist.
+// These are the bytes QEMU 7.2 takes for a qcow2 image opened read-write /
+// read-only (a raw image in QEMU shares writes, so it does not conflict).
 //
 // Locks belong to the open file description behind `fd`: they are released
 // when every fd sharing it is closed (or by UnlockImage), they do not conflict
