@@ -31,7 +31,7 @@ uint64_t EncodeL1Entry(const L1Entry& e) {
 }
 
 absl::StatusOr<L2Entry> DecodeL2Entry(uint64_t raw, uint64_t bitmap, uint32_t cluster_bits,
-                                      bool extended_l2) {
+                                      bool extended_l2, bool external_data_file) {
   L2Entry e;
   if (raw & kOflagCompressed) {
     if (extended_l2 && bitmap != 0) {
@@ -60,6 +60,7 @@ absl::StatusOr<L2Entry> DecodeL2Entry(uint64_t raw, uint64_t bitmap, uint32_t cl
         absl::StrFormat("L2 entry 0x%016x: host offset 0x%x is not aligned to cluster_bits %u", raw,
                         e.host_offset, cluster_bits));
   }
+  const bool allocated = e.host_offset != 0 || (external_data_file && e.copied);
   if (extended_l2) {
     e.alloc_bitmap = static_cast<uint32_t>(bitmap);
     e.zero_bitmap = static_cast<uint32_t>(bitmap >> 32);
@@ -69,19 +70,19 @@ absl::StatusOr<L2Entry> DecodeL2Entry(uint64_t raw, uint64_t bitmap, uint32_t cl
           "zero",
           raw, bitmap, e.alloc_bitmap & e.zero_bitmap));
     }
-    if (e.host_offset == 0 && e.alloc_bitmap != 0) {
+    if (!allocated && e.alloc_bitmap != 0) {
       return absl::InvalidArgumentError(absl::StrFormat(
           "extended L2 entry 0x%016x: bitmap 0x%016x allocates subclusters without a host "
           "cluster",
           raw, bitmap));
     }
-    e.type = e.host_offset ? ClusterType::kNormal : ClusterType::kUnallocated;
+    e.type = allocated ? ClusterType::kNormal : ClusterType::kUnallocated;
     return e;
   }
   if (raw & kOflagZero) {
     e.type = e.host_offset ? ClusterType::kZeroAlloc : ClusterType::kZeroPlain;
   } else {
-    e.type = e.host_offset ? ClusterType::kNormal : ClusterType::kUnallocated;
+    e.type = allocated ? ClusterType::kNormal : ClusterType::kUnallocated;
   }
   return e;
 }

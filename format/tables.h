@@ -58,8 +58,11 @@ struct L2Entry {
 
 // `raw` is the first word; `bitmap` the second word (extended L2 only, else 0).
 // cluster_bits decides the compressed-descriptor split (x = 62 - (cluster_bits - 8)).
+// With an external data file, host offset 0 is a valid data cluster: the
+// spec (and QEMU) read offset 0 with COPIED set as kNormal at offset 0 there,
+// and as kUnallocated otherwise.
 absl::StatusOr<L2Entry> DecodeL2Entry(uint64_t raw, uint64_t bitmap, uint32_t cluster_bits,
-                                      bool extended_l2);
+                                      bool extended_l2, bool external_data_file = false);
 // Returns {first word, bitmap word}.
 struct EncodedL2 {
   uint64_t entry;
@@ -70,8 +73,8 @@ EncodedL2 EncodeL2Entry(const L2Entry& e, uint32_t cluster_bits, bool extended_l
 // Compressed-cluster descriptor: host offset in bits 0..x-1, number of
 // additional 512-byte sectors in bits x..61, x = 62 - (cluster_bits - 8).
 struct CompressedDescriptor {
-  uint64_t host_offset = 0;     // byte offset, need not be aligned
-  uint64_t extra_sectors = 0;   // additional 512-byte sectors after the first
+  uint64_t host_offset = 0;    // byte offset, need not be aligned
+  uint64_t extra_sectors = 0;  // additional 512-byte sectors after the first
 };
 uint64_t EncodeCompressedDescriptor(const CompressedDescriptor& d, uint32_t cluster_bits);
 CompressedDescriptor DecodeCompressedDescriptor(uint64_t raw, uint32_t cluster_bits);
