@@ -86,7 +86,9 @@ absl::Status Server::StartNew(std::vector<QueueBackend> backends) {
   UQ_RETURN_IF_ERROR(control_->SetParams(info_.dev_id, ComputeParams(g)));
 
   UQ_RETURN_IF_ERROR(StartQueues(std::move(backends)));
-  return control_->StartDev(info_.dev_id, getpid());
+  UQ_RETURN_IF_ERROR(control_->StartDev(info_.dev_id, getpid()));
+  live_ = true;
+  return absl::OkStatus();
 }
 
 absl::Status Server::StartRecovery(std::vector<QueueBackend> backends) {
@@ -113,6 +115,7 @@ absl::Status Server::StartRecovery(std::vector<QueueBackend> backends) {
   }
   UQ_RETURN_IF_ERROR(StartQueues(std::move(backends)));
   UQ_RETURN_IF_ERROR(control_->EndUserRecovery(info_.dev_id, getpid()));
+  live_ = true;
   UQ_ASSIGN_OR_RETURN(CtrlDevInfo now, control_->GetDevInfo(info_.dev_id));
   info_.state = now.state;
   info_.ublksrv_pid = now.ublksrv_pid;
@@ -147,6 +150,22 @@ absl::Status Server::StartQueues(std::vector<QueueBackend> backends) {
 
 absl::Status Server::Teardown(bool del) {
   absl::Status first;
+  if (live_) {
+    // With UBLK_F_USER_RECOVERY, STOP_DEV first quiesces the device and then
+    // fails every new request (6.1 sets force_abort), so the page cache that
+    // del_gendisk() would write back never reaches us. Write it back now,
+    // while the queues still serve.
+    std::string path = absl::StrCat(kBlockDevPrefix, info_.dev_id);
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+      if (::fsync(fd) != 0) {
+        first.Update(
+            absl::DataLossError(absl::StrCat("flushing ", path, ": ", std::strerror(errno))));
+      }
+      ::close(fd);
+    }
+    live_ = false;
+  }
   if (!queues_.empty() || cdev_fd_ >= 0) {
     // Completes every pending FETCH with ABORT (also on a never-started or
     // already-stopped device), after the kernel drained in-flight requests.

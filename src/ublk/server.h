@@ -3,7 +3,8 @@
 // Start() either creates a device (ADD_DEV, SET_PARAMS, queue threads,
 // START_DEV) or takes over a quiesced one whose server died (GET_DEV_INFO,
 // START_USER_RECOVERY, queue threads, END_USER_RECOVERY), and returns once
-// the device is live. Shutdown() stops it (STOP_DEV), lets every queue thread
+// the device is live. Shutdown() writes back the block device's page cache
+// (fsync of /dev/ublkbN), stops it (STOP_DEV), lets every queue thread
 // finish and Close() its Device, releases /dev/ublkcN (descriptor mappings
 // included: DEL_DEV waits for them) and deletes the device (DEL_DEV).
 //
@@ -88,6 +89,7 @@ class Server {
   ServerOptions options_;
   CtrlDevInfo info_{};
   bool added_ = false;
+  bool live_ = false;  // START_DEV / END_USER_RECOVERY succeeded
   bool shut_down_ = false;
   int cdev_fd_ = -1;
   int done_fd_ = -1;
