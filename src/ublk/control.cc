@@ -152,7 +152,9 @@ absl::StatusOr<CtrlDevInfo> Control::AddDev(const CtrlDevInfo& info) {
   int res;
   if (encoding_ == Encoding::kUnknown) {
     res = attempt(true);
-    if (Unsupported(res)) {
+    // 6.1 looks the device up by id for every number but its own ADD_DEV,
+    // so an ioctl-encoded ADD_DEV (dev_id -1) answers ENODEV there.
+    if (Unsupported(res) || res == -ENODEV) {
       res = attempt(false);
       if (res >= 0) encoding_ = Encoding::kLegacy;
     } else if (res >= 0) {
