@@ -249,6 +249,12 @@ int RunServer(const Command& cmd, bool recover, Notifier& notify) {
       return notify.Error(absl::FailedPreconditionError(
           absl::StrCat("device ", id, " is dead (stopped), nothing to recover: detach it")));
     }
+    // A server killed a moment ago may still be exiting.
+    auto dying = Clock::now() + std::chrono::seconds(10);
+    while (ProcessAlive(info->ublksrv_pid) && info->ublksrv_pid != getpid() &&
+           Clock::now() < dying) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
     if (ProcessAlive(info->ublksrv_pid) && info->ublksrv_pid != getpid()) {
       return notify.Error(absl::FailedPreconditionError(
           absl::StrCat("device ", id, " is still served by pid ", info->ublksrv_pid)));
