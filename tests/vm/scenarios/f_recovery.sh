@@ -14,7 +14,7 @@ qemu-img create -q -f qcow2 "$img" 128M
 dev=$(attach --reissue "$img")
 old_pid=$(server_pid "$dev")
 fio --name=rec --filename="$dev" --ioengine=io_uring --direct=1 --rw=randwrite --bs=4k \
-  --iodepth=16 --size=32M --verify=md5 --do_verify=1 --verify_fatal=1 \
+  --iodepth=16 --size=32M --rate_iops=1500 --verify=md5 --do_verify=1 --verify_fatal=1 \
   --output="$WORK/fio1.out" &
 fio_pid=$!
 sleep 3
