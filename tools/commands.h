@@ -23,6 +23,10 @@ struct Command {
 
 int CmdCreate(std::span<char* const> args);
 int CmdInfo(std::span<char* const> args);
+// Engine-backed subcommands (cmd_io.cc, cmd_convert.cc, cmd_bench.cc).
+int CmdIo(std::span<char* const> args);
+int CmdConvert(std::span<char* const> args);
+int CmdBench(std::span<char* const> args);
 
 }  // namespace uq::tools
 

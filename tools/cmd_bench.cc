@@ -1,0 +1,355 @@
+// qcow2-img bench: qemu-img bench's request generator over the engine, so the
+// two can run side by side on one image.
+//
+//   qcow2-img bench [-c COUNT] [-d DEPTH] [-f FMT] [--flush-interval=N]
+//                   [-i io_uring] [--no-drain] [-o OFFSET] [--pattern=N] [-q]
+//                   [-s SIZE] [-S STEP] [-t none|writeback] [-U] [-w] FILE
+//
+// COUNT requests of SIZE bytes (default 75000 x 4 KiB), DEPTH in flight
+// (default 64), offsets OFFSET, OFFSET+STEP, ... wrapping inside the image
+// (qemu's rule: modulo image size minus SIZE). -w writes PATTERN bytes. With
+// --flush-interval=N a flush is sent after every N completed requests, after
+// draining the queue unless --no-drain. -t none opens with O_DIRECT.
+#include <bit>
+#include <chrono>
+#include <cinttypes>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "tools/commands.h"
+#include "tools/engine_util.h"
+
+namespace uq::tools {
+
+namespace {
+
+constexpr uint64_t kSectorBytes = 512;
+
+struct BenchConfig {
+  uint64_t count = 75000;
+  uint64_t depth = 64;
+  uint64_t size_bytes = 4096;
+  uint64_t step_bytes = 0;  // 0 = size_bytes
+  uint64_t offset_bytes = 0;
+  uint64_t flush_interval = 0;
+  bool drain_on_flush = true;
+  bool write = false;
+  bool quiet = false;
+  uint8_t pattern = 0;
+};
+
+// Request scheduling in qemu-img bench's callback style: completions submit
+// the next requests. Each request runs as its own detached coroutine.
+class Bench {
+ public:
+  Bench(io::EventLoop& loop, engine::Device& device, const BenchConfig& config)
+      : loop_(loop), device_(device), config_(config), next_offset_(config.offset_bytes) {
+    buffers_.reserve(config.depth);
+    for (uint64_t i = 0; i < config.depth; ++i) {
+      buffers_.emplace_back(config.size_bytes);
+      if (config.write) std::memset(buffers_.back().data(), config.pattern, config.size_bytes);
+      free_slots_.push_back(static_cast<int>(i));
+    }
+  }
+
+  // Runs every request; returns 0 or the first -errno.
+  int Run() {
+    Submit();
+    while (completed_ < config_.count || flushing_ || in_flight_ > 0) {
+      if (error_ < 0 && in_flight_ == 0 && !flushing_) break;
+      int r = loop_.RunOnce(/*wait=*/true);
+      if (r < 0 && r != -EINTR) return r;
+    }
+    return error_;
+  }
+
+ private:
+  uint64_t NextOffset() {
+    uint64_t offset = next_offset_;
+    uint64_t image = device_.size_bytes();
+    next_offset_ += config_.step_bytes;
+    // qemu's wrap rule: keep every request inside the image.
+    next_offset_ = image <= config_.size_bytes ? 0 : next_offset_ % (image - config_.size_bytes);
+    return offset;
+  }
+
+  void Submit() {
+    if (submitting_) return;  // a completion inside Spawn: the outer loop continues
+    submitting_ = true;
+    while (error_ == 0 && !draining_ && submitted_ < config_.count && in_flight_ < config_.depth) {
+      int slot = free_slots_.back();
+      free_slots_.pop_back();
+      ++submitted_;
+      ++in_flight_;
+      Spawn(Request(NextOffset(), slot));
+    }
+    submitting_ = false;
+  }
+
+  Task<void> Request(uint64_t offset, int slot) {
+    iovec v = buffers_[slot].Iov();
+    std::span<const iovec> iov(&v, 1);
+    int r = config_.write ? co_await device_.Write(offset, iov, /*fua=*/false)
+                          : co_await device_.Read(offset, iov);
+    free_slots_.push_back(slot);
+    --in_flight_;
+    ++completed_;
+    if (r < 0 && error_ == 0) {
+      error_ = r;
+      error_offset_ = offset;
+    }
+    if (error_ == 0 && config_.flush_interval != 0 && completed_ % config_.flush_interval == 0) {
+      if (config_.drain_on_flush) draining_ = true;
+      flushes_due_++;
+    }
+    MaybeFlush();
+    Submit();
+  }
+
+  void MaybeFlush() {
+    if (flushes_due_ == 0 || flushing_) return;
+    if (config_.drain_on_flush && in_flight_ > 0) return;
+    --flushes_due_;
+    flushing_ = true;
+    Spawn(FlushRequest());
+  }
+
+  Task<void> FlushRequest() {
+    int r = co_await device_.Flush();
+    flushing_ = false;
+    if (r < 0 && error_ == 0) {
+      error_ = r;
+      error_offset_ = UINT64_MAX;
+    }
+    if (flushes_due_ == 0) draining_ = false;
+    MaybeFlush();
+    Submit();
+  }
+
+ public:
+  uint64_t error_offset() const { return error_offset_; }
+
+ private:
+  io::EventLoop& loop_;
+  engine::Device& device_;
+  const BenchConfig& config_;
+  std::vector<AlignedBuffer> buffers_;
+  std::vector<int> free_slots_;
+  uint64_t next_offset_;
+  uint64_t submitted_ = 0;
+  uint64_t completed_ = 0;
+  uint64_t in_flight_ = 0;
+  uint64_t flushes_due_ = 0;
+  bool draining_ = false;
+  bool flushing_ = false;
+  bool submitting_ = false;
+  int error_ = 0;
+  uint64_t error_offset_ = 0;
+};
+
+constexpr const char kBenchUsage[] =
+    "usage: qcow2-img bench [-c COUNT] [-d DEPTH] [-f FMT] [--flush-interval=N] [-i io_uring] "
+    "[--no-drain] [-o OFFSET] [--pattern=N] [-q] [-s SIZE] [-S STEP] [-t none|writeback] [-U] "
+    "[-w] FILE";
+
+}  // namespace
+
+int CmdBench(std::span<char* const> args) {
+  const int argc = static_cast<int>(args.size());
+  char* const* argv = args.data();
+  BenchConfig config;
+  EngineOpenOptions options;
+  std::string path;
+  bool no_drain = false;
+  for (int i = 0; i < argc; ++i) {
+    absl::string_view a = argv[i];
+    // Long options: --name=value or --name value.
+    if (absl::StartsWith(a, "--")) {
+      absl::string_view name = a.substr(2);
+      std::string value;
+      bool has_value = false;
+      if (size_t eq = name.find('='); eq != absl::string_view::npos) {
+        value = std::string(name.substr(eq + 1));
+        name = name.substr(0, eq);
+        has_value = true;
+      }
+      auto take_value = [&]() -> bool {
+        if (has_value) return true;
+        if (i + 1 >= argc) return false;
+        value = argv[++i];
+        return true;
+      };
+      if (name == "no-drain") {
+        no_drain = true;
+      } else if (name == "force-share") {
+        // Sharing is not locked here; accepted for command-line compatibility.
+      } else if (name == "pattern" || name == "flush-interval") {
+        if (!take_value()) return ReportError(absl::StrCat("bench: --", name, " needs a value"));
+        auto n = ParseCount(value, name);
+        if (!n.ok()) return ReportError(absl::StrCat("bench: ", n.status().message()));
+        if (name == "pattern") {
+          if (*n > 255) return ReportError(absl::StrCat("bench: invalid pattern '", value, "'"));
+          config.pattern = static_cast<uint8_t>(*n);
+        } else {
+          config.flush_interval = *n;
+        }
+      } else if (name == "help") {
+        std::printf("%s\n", kBenchUsage);
+        return 0;
+      } else {
+        return ReportError(absl::StrCat("bench: unknown option '", a, "'; ", kBenchUsage));
+      }
+      continue;
+    }
+    if (a.size() < 2 || a[0] != '-') {
+      if (!path.empty()) return ReportError(absl::StrCat("bench: unexpected argument '", a, "'"));
+      path = std::string(a);
+      continue;
+    }
+    char opt = a[1];
+    if (absl::string_view("cdfiosSt").find(opt) != absl::string_view::npos) {
+      std::string value;
+      if (a.size() > 2) {
+        value = std::string(a.substr(2));
+      } else if (i + 1 < argc) {
+        value = argv[++i];
+      } else {
+        return ReportError(absl::StrCat("bench: option -", std::string(1, opt), " needs a value"));
+      }
+      absl::StatusOr<uint64_t> n;
+      switch (opt) {
+        case 'c':
+          n = ParseCount(value, "request count");
+          if (!n.ok() || *n == 0 || *n > INT32_MAX) {
+            return ReportError(
+                absl::StrCat("bench: invalid request count specified: '", value, "'"));
+          }
+          config.count = *n;
+          break;
+        case 'd':
+          n = ParseCount(value, "queue depth");
+          if (!n.ok() || *n == 0 || *n > 4096) {
+            return ReportError(absl::StrCat("bench: invalid queue depth specified: '", value, "'"));
+          }
+          config.depth = *n;
+          break;
+        case 'f': {
+          auto f = ParseFormatName(value);
+          if (!f.ok()) return ReportError(f.status());
+          options.format = *f;
+          break;
+        }
+        case 'i':
+          if (value != "io_uring") {
+            return ReportError(absl::StrCat("bench: unsupported aio mode '", value,
+                                            "' (this engine always uses io_uring)"));
+          }
+          break;
+        case 'o':
+          n = ParseByteCount(value, "offset");
+          if (!n.ok()) return ReportError(absl::StrCat("bench: ", n.status().message()));
+          config.offset_bytes = *n;
+          break;
+        case 's':
+          n = ParseByteCount(value, "buffer size");
+          if (!n.ok() || *n == 0 || *n > (1u << 30)) {
+            return ReportError(absl::StrCat("bench: invalid buffer size specified: '", value, "'"));
+          }
+          config.size_bytes = *n;
+          break;
+        case 'S':
+          n = ParseByteCount(value, "step size");
+          if (!n.ok() || *n > INT32_MAX) {
+            return ReportError(absl::StrCat("bench: invalid step size specified: '", value, "'"));
+          }
+          config.step_bytes = *n;
+          break;
+        case 't':
+          if (value == "none") {
+            options.direct_io = true;
+          } else if (value != "writeback") {
+            return ReportError(absl::StrCat("bench: unsupported cache mode '", value,
+                                            "' (supported: none, writeback)"));
+          }
+          break;
+      }
+      continue;
+    }
+    if (a == "-w") {
+      config.write = true;
+    } else if (a == "-q") {
+      config.quiet = true;
+    } else if (a == "-U") {
+      // Accepted for command-line compatibility (no image locking here).
+    } else if (a == "-h") {
+      std::printf("%s\n", kBenchUsage);
+      return 0;
+    } else {
+      return ReportError(absl::StrCat("bench: unknown option '", a, "'; ", kBenchUsage));
+    }
+  }
+  if (path.empty())
+    return ReportError(absl::StrCat("bench: expecting one image file name; ", kBenchUsage));
+  if (config.flush_interval != 0 && !config.write) {
+    return ReportError("bench: --flush-interval is only available in write tests");
+  }
+  if (config.flush_interval != 0 && config.flush_interval < config.depth) {
+    return ReportError("bench: flush interval can't be smaller than depth");
+  }
+  if (no_drain && config.flush_interval == 0) {
+    return ReportError("bench: --no-drain requires --flush-interval");
+  }
+  config.drain_on_flush = !no_drain;
+  if (config.step_bytes == 0) config.step_bytes = config.size_bytes;
+  if (config.size_bytes % kSectorBytes != 0 || config.offset_bytes % kSectorBytes != 0 ||
+      config.step_bytes % kSectorBytes != 0) {
+    return ReportError("bench: buffer size, step and offset must be multiples of 512 bytes");
+  }
+  options.read_only = !config.write;
+
+  auto loop = io::EventLoop::Create(static_cast<unsigned>(
+      std::min<uint64_t>(4096, std::max<uint64_t>(64, std::bit_ceil(config.depth * 2)))));
+  if (!loop.ok()) return ReportError(loop.status());
+  auto device = OpenDevice(**loop, path, options);
+  if (!device.ok()) return ReportError(absl::StrCat(path, ": ", device.status().message()));
+  if (config.offset_bytes + config.size_bytes > (*device)->size_bytes()) {
+    (void)CloseDevice(**loop, **device);
+    return ReportError(absl::StrCat("bench: offset ", config.offset_bytes, " + size ",
+                                    config.size_bytes, " is past the end of the image (",
+                                    (*device)->size_bytes(), " bytes)"));
+  }
+
+  if (!config.quiet) {
+    std::printf("Sending %" PRIu64 " %s requests, %" PRIu64 " bytes each, %" PRIu64
+                " in parallel (starting at offset %" PRIu64 ", step size %" PRIu64 ")\n",
+                config.count, config.write ? "write" : "read", config.size_bytes, config.depth,
+                config.offset_bytes, config.step_bytes);
+    if (config.flush_interval != 0) {
+      std::printf("Sending flush every %" PRIu64 " requests\n", config.flush_interval);
+    }
+    std::fflush(stdout);
+  }
+
+  Bench bench(**loop, **device, config);
+  auto t0 = std::chrono::steady_clock::now();
+  int r = bench.Run();
+  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  absl::Status closed = CloseDevice(**loop, **device);
+  if (r < 0) {
+    if (bench.error_offset() == UINT64_MAX) {
+      return ReportError(absl::StrCat("Failed flush request: ", std::strerror(-r)));
+    }
+    return ReportError(
+        absl::StrCat("Failed request at offset ", bench.error_offset(), ": ", std::strerror(-r)));
+  }
+  if (!config.quiet) std::printf("Run completed in %3.3f seconds.\n", seconds);
+  if (!closed.ok()) return ReportError(closed);
+  return 0;
+}
+
+}  // namespace uq::tools

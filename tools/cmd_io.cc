@@ -1,0 +1,423 @@
+// qcow2-img io: qemu-io's command syntax run through the engine.
+//
+//   qcow2-img io [-r] [-f qcow2|raw] [-t none|writeback] -c CMD [-c CMD ...] FILE
+//
+// Commands (sizes take k/M/G/... suffixes or plain bytes):
+//   read [-q] [-v] [-P PATTERN] OFF LEN
+//   write [-q] [-f] [-P PATTERN] OFF LEN      (default pattern 0xcd, -f = FUA)
+//   write [-q] -z [-u] OFF LEN                (write zeroes; -u may unmap)
+//   discard [-q] OFF LEN
+//   flush
+//
+// Output follows qemu-io: "read 4096/4096 bytes at offset 0" and the
+// statistics line, -v prints a hexdump. The first failing command (I/O error,
+// bad syntax, a `read -P` mismatch) ends the run with exit status 1; the image
+// is closed cleanly (dirty bit cleared) either way.
+#include <cctype>
+#include <chrono>
+#include <cinttypes>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
+#include "format/status_macros.h"
+#include "src/engine/raw_device.h"
+#include "tools/commands.h"
+#include "tools/engine_util.h"
+
+namespace uq::tools {
+
+namespace {
+
+constexpr uint64_t kSectorBytes = 512;
+using Clock = std::chrono::steady_clock;
+
+// qemu-io's cvtstr: "4 KiB", "1.500 MiB", "48 bytes".
+std::string HumanBytes(double value) {
+  static constexpr const char* kSuffixes[] = {" EiB", " PiB", " TiB", " GiB", " MiB", " KiB"};
+  for (int i = 0; i < 6; ++i) {
+    double unit = std::ldexp(1.0, 10 * (6 - i));
+    if (value >= unit) {
+      std::string s = absl::StrFormat("%.3f", value / unit);
+      if (s.size() > 4 && s.compare(s.size() - 4, 4, ".000") == 0) s.resize(s.size() - 4);
+      return s + kSuffixes[i];
+    }
+  }
+  std::string s = absl::StrFormat("%.3f", value);
+  if (s.size() > 4 && s.compare(s.size() - 4, 4, ".000") == 0) s.resize(s.size() - 4);
+  return s + " bytes";
+}
+
+// qemu-io's timestr: "00.00", "01:02.03", "1:02:03.04".
+std::string ElapsedString(double seconds) {
+  uint64_t whole = static_cast<uint64_t>(seconds);
+  unsigned hundredths = static_cast<unsigned>((seconds - whole) * 100);
+  if (whole >= 3600) {
+    return absl::StrFormat("%u:%02u:%02u.%02u", whole / 3600, (whole % 3600) / 60, whole % 60,
+                           hundredths);
+  }
+  if (whole >= 60) return absl::StrFormat("%02u:%02u.%02u", whole / 60, whole % 60, hundredths);
+  return absl::StrFormat("%02u.%02u", whole, hundredths);
+}
+
+void PrintReport(const char* verb, uint64_t offset, uint64_t length, double seconds) {
+  std::printf("%s %" PRIu64 "/%" PRIu64 " bytes at offset %" PRIu64 "\n", verb, length, length,
+              offset);
+  double t = seconds > 0 ? seconds : 1e-9;
+  std::printf("%s, 1 ops; %s sec (%s/sec and %.4f ops/sec)\n", HumanBytes(length).c_str(),
+              ElapsedString(seconds).c_str(), HumanBytes(length / t).c_str(), 1 / t);
+}
+
+// qemu-io's dump_buffer layout.
+void HexDump(std::span<const std::byte> data, uint64_t offset) {
+  for (size_t i = 0; i < data.size(); i += 16) {
+    size_t n = std::min<size_t>(16, data.size() - i);
+    std::printf("%08" PRIx64 ":  ", offset + i);
+    for (size_t j = 0; j < n; ++j) std::printf("%02x ", static_cast<unsigned>(data[i + j]));
+    std::printf(" ");
+    for (size_t j = 0; j < n; ++j) {
+      int c = static_cast<int>(data[i + j]);
+      std::putchar(std::isalnum(c) ? c : '.');
+    }
+    std::printf("\n");
+  }
+}
+
+struct ParsedCommand {
+  std::string name;
+  std::string flags;               // single-letter flags seen
+  std::optional<uint8_t> pattern;  // -P
+  std::vector<std::string> operands;
+};
+
+// Splits a command on whitespace and separates "-x" flags (with -P taking a
+// value) from operands, getopt-style (flags may be combined: "-zu").
+absl::StatusOr<ParsedCommand> ParseCommand(absl::string_view text,
+                                           absl::string_view allowed_flags) {
+  std::vector<std::string> words = absl::StrSplit(text, absl::ByAnyChar(" \t"), absl::SkipEmpty());
+  if (words.empty()) return absl::InvalidArgumentError("empty command");
+  ParsedCommand cmd;
+  cmd.name = words[0];
+  size_t i = 1;
+  for (; i < words.size(); ++i) {
+    const std::string& w = words[i];
+    if (w == "--") {
+      ++i;
+      break;
+    }
+    if (w.size() < 2 || w[0] != '-') break;
+    for (size_t k = 1; k < w.size(); ++k) {
+      char f = w[k];
+      if (allowed_flags.find(f) == absl::string_view::npos) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(cmd.name, ": unknown option '-", std::string(1, f), "'"));
+      }
+      if (f == 'P') {
+        std::string value = w.substr(k + 1);
+        if (value.empty()) {
+          if (i + 1 >= words.size()) {
+            return absl::InvalidArgumentError(absl::StrCat(cmd.name, ": -P needs a pattern"));
+          }
+          value = words[++i];
+        }
+        auto p = ParseCount(value, "pattern");
+        if (!p.ok() || *p > 255) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(cmd.name, ": invalid pattern '", value, "' (expected 0..255)"));
+        }
+        cmd.pattern = static_cast<uint8_t>(*p);
+        break;
+      }
+      cmd.flags.push_back(f);
+    }
+  }
+  for (; i < words.size(); ++i) cmd.operands.push_back(words[i]);
+  return cmd;
+}
+
+bool HasFlag(const ParsedCommand& c, char f) { return c.flags.find(f) != std::string::npos; }
+
+class IoSession {
+ public:
+  IoSession(io::EventLoop& loop, engine::Device& device, bool is_raw)
+      : loop_(loop), device_(device), is_raw_(is_raw) {}
+
+  absl::Status Run(absl::string_view text);
+
+ private:
+  absl::StatusOr<std::pair<uint64_t, uint64_t>> Range(const ParsedCommand& c);
+  absl::Status Read(const ParsedCommand& c);
+  absl::Status Write(const ParsedCommand& c);
+  absl::Status Discard(const ParsedCommand& c);
+  absl::Status Flush(const ParsedCommand& c);
+
+  // Reads [offset, offset+length) (any alignment) into `out`.
+  int ReadBytes(uint64_t offset, std::span<std::byte> out);
+  // Writes `data` at `offset` (any alignment: partial sectors are merged
+  // with the current contents).
+  int WriteBytes(uint64_t offset, std::span<const std::byte> data);
+  int ZeroBytes(uint64_t offset, uint64_t length, bool may_unmap);
+
+  static absl::Status Errno(const ParsedCommand& c, int r, uint64_t offset) {
+    return absl::InternalError(
+        absl::StrCat(c.name, " failed at offset ", offset, ": ", std::strerror(-r)));
+  }
+
+  io::EventLoop& loop_;
+  engine::Device& device_;
+  bool is_raw_;
+};
+
+absl::Status IoSession::Run(absl::string_view text) {
+  std::vector<std::string> words = absl::StrSplit(text, absl::ByAnyChar(" \t"), absl::SkipEmpty());
+  if (words.empty()) return absl::InvalidArgumentError("empty -c command");
+  const std::string& name = words[0];
+  if (name == "read") {
+    UQ_ASSIGN_OR_RETURN(ParsedCommand c, ParseCommand(text, "qvP"));
+    return Read(c);
+  }
+  if (name == "write") {
+    UQ_ASSIGN_OR_RETURN(ParsedCommand c, ParseCommand(text, "qfzuP"));
+    return Write(c);
+  }
+  if (name == "discard") {
+    UQ_ASSIGN_OR_RETURN(ParsedCommand c, ParseCommand(text, "q"));
+    return Discard(c);
+  }
+  if (name == "flush") {
+    UQ_ASSIGN_OR_RETURN(ParsedCommand c, ParseCommand(text, ""));
+    return Flush(c);
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown io command '", name, "' (supported: read, write, discard, flush)"));
+}
+
+absl::StatusOr<std::pair<uint64_t, uint64_t>> IoSession::Range(const ParsedCommand& c) {
+  if (c.operands.size() != 2) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(c.name, ": expected OFFSET LENGTH, got ", c.operands.size(), " operand(s)"));
+  }
+  UQ_ASSIGN_OR_RETURN(uint64_t offset, ParseByteCount(c.operands[0], "offset"));
+  UQ_ASSIGN_OR_RETURN(uint64_t length, ParseByteCount(c.operands[1], "length"));
+  if (offset > device_.size_bytes() || length > device_.size_bytes() - offset) {
+    return absl::OutOfRangeError(absl::StrCat(c.name, ": range ", offset, "+", length,
+                                              " is past the end of the image (",
+                                              device_.size_bytes(), " bytes)"));
+  }
+  // One buffer holds the whole request.
+  if (length > (1ull << 32)) {
+    return absl::InvalidArgumentError(absl::StrCat(c.name, ": length ", length, " exceeds 4 GiB"));
+  }
+  return std::make_pair(offset, length);
+}
+
+int IoSession::ReadBytes(uint64_t offset, std::span<std::byte> out) {
+  if (out.empty()) return 0;
+  uint64_t start = offset / kSectorBytes * kSectorBytes;
+  uint64_t end = (offset + out.size() + kSectorBytes - 1) / kSectorBytes * kSectorBytes;
+  AlignedBuffer buf(end - start);
+  iovec v = buf.Iov();
+  int r = RunOnLoop(loop_, device_.Read(start, std::span<const iovec>(&v, 1)));
+  if (r < 0) return r;
+  std::memcpy(out.data(), buf.data() + (offset - start), out.size());
+  return 0;
+}
+
+int IoSession::WriteBytes(uint64_t offset, std::span<const std::byte> data) {
+  if (data.empty()) return 0;
+  uint64_t start = offset / kSectorBytes * kSectorBytes;
+  uint64_t end = (offset + data.size() + kSectorBytes - 1) / kSectorBytes * kSectorBytes;
+  AlignedBuffer buf(end - start);
+  if (start != offset || end != offset + data.size()) {
+    // Merge partial head/tail sectors with what is there now.
+    int r = ReadBytes(start, buf.span().first(kSectorBytes));
+    if (r < 0) return r;
+    r = ReadBytes(end - kSectorBytes, buf.span().last(kSectorBytes));
+    if (r < 0) return r;
+  }
+  std::memcpy(buf.data() + (offset - start), data.data(), data.size());
+  iovec v = buf.Iov();
+  return RunOnLoop(loop_, device_.Write(start, std::span<const iovec>(&v, 1), /*fua=*/false));
+}
+
+int IoSession::ZeroBytes(uint64_t offset, uint64_t length, bool may_unmap) {
+  if (length == 0) return 0;
+  uint64_t end = offset + length;
+  uint64_t inner_start = (offset + kSectorBytes - 1) / kSectorBytes * kSectorBytes;
+  uint64_t inner_end = end / kSectorBytes * kSectorBytes;
+  if (inner_start >= inner_end) {
+    std::vector<std::byte> zeros(length);
+    return WriteBytes(offset, zeros);
+  }
+  if (inner_start > offset) {
+    std::vector<std::byte> zeros(inner_start - offset);
+    int r = WriteBytes(offset, zeros);
+    if (r < 0) return r;
+  }
+  int r = RunOnLoop(loop_, device_.WriteZeroes(inner_start, inner_end - inner_start, may_unmap));
+  if (r < 0) return r;
+  if (end > inner_end) {
+    std::vector<std::byte> zeros(end - inner_end);
+    r = WriteBytes(inner_end, zeros);
+  }
+  return r;
+}
+
+absl::Status IoSession::Read(const ParsedCommand& c) {
+  UQ_ASSIGN_OR_RETURN(auto range, Range(c));
+  auto [offset, length] = range;
+  std::vector<std::byte> data(length);
+  Clock::time_point t0 = Clock::now();
+  int r = ReadBytes(offset, data);
+  double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  if (r < 0) return Errno(c, r, offset);
+  if (c.pattern.has_value()) {
+    for (uint64_t i = 0; i < length; ++i) {
+      if (data[i] != std::byte{*c.pattern}) {
+        std::printf("Pattern verification failed at offset %" PRIu64 ", %" PRIu64 " bytes\n",
+                    offset, length);
+        std::fflush(stdout);
+        return absl::DataLossError(absl::StrFormat(
+            "read -P 0x%02x: byte at offset %u is 0x%02x (request %u+%u)", *c.pattern, offset + i,
+            static_cast<unsigned>(data[i]), offset, length));
+      }
+    }
+  }
+  if (HasFlag(c, 'v')) HexDump(data, offset);
+  if (!HasFlag(c, 'q')) PrintReport("read", offset, length, seconds);
+  return absl::OkStatus();
+}
+
+absl::Status IoSession::Write(const ParsedCommand& c) {
+  UQ_ASSIGN_OR_RETURN(auto range, Range(c));
+  auto [offset, length] = range;
+  bool zero = HasFlag(c, 'z');
+  if (HasFlag(c, 'u') && !zero) return absl::InvalidArgumentError("write: -u requires -z");
+  if (zero && c.pattern.has_value()) {
+    return absl::InvalidArgumentError("write: -z and -P cannot be specified at the same time");
+  }
+  Clock::time_point t0 = Clock::now();
+  int r;
+  if (zero) {
+    r = ZeroBytes(offset, length, HasFlag(c, 'u'));
+  } else {
+    std::vector<std::byte> data(length, std::byte{c.pattern.value_or(0xcd)});
+    r = WriteBytes(offset, data);
+    if (r >= 0 && HasFlag(c, 'f')) r = RunOnLoop(loop_, device_.Flush());
+  }
+  double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  if (r < 0) return Errno(c, r, offset);
+  if (!HasFlag(c, 'q')) PrintReport("wrote", offset, length, seconds);
+  return absl::OkStatus();
+}
+
+absl::Status IoSession::Discard(const ParsedCommand& c) {
+  UQ_ASSIGN_OR_RETURN(auto range, Range(c));
+  auto [offset, length] = range;
+  // Discard is advisory. Like QEMU's qcow2 driver, only whole allocation
+  // units are discarded (a partial qcow2 cluster is left alone), except that
+  // a range reaching the end of the image covers its partial last unit.
+  uint64_t unit = is_raw_ ? kSectorBytes : device_.granularity_bytes();
+  uint64_t start = (offset + unit - 1) / unit * unit;
+  uint64_t end = offset + length;
+  if (end != device_.size_bytes()) end = end / unit * unit;
+  Clock::time_point t0 = Clock::now();
+  int r = 0;
+  if (start < end) r = RunOnLoop(loop_, device_.Discard(start, end - start));
+  double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  if (r < 0) return Errno(c, r, offset);
+  if (!HasFlag(c, 'q')) PrintReport("discard", offset, length, seconds);
+  return absl::OkStatus();
+}
+
+absl::Status IoSession::Flush(const ParsedCommand& c) {
+  if (!c.operands.empty()) return absl::InvalidArgumentError("flush takes no operands");
+  int r = RunOnLoop(loop_, device_.Flush());
+  if (r < 0) return Errno(c, r, 0);
+  return absl::OkStatus();
+}
+
+constexpr const char kIoUsage[] =
+    "usage: qcow2-img io [-r] [-f qcow2|raw] [-t none|writeback] -c CMD [-c CMD ...] FILE";
+
+}  // namespace
+
+int CmdIo(std::span<char* const> args) {
+  const int argc = static_cast<int>(args.size());
+  char* const* argv = args.data();
+  bool read_only = false;
+  EngineOpenOptions options;
+  std::vector<std::string> commands;
+  std::string path;
+  for (int i = 0; i < argc; ++i) {
+    absl::string_view a = argv[i];
+    auto value = [&](absl::string_view opt) -> const char* {
+      if (a.size() > 2) return argv[i] + 2;
+      if (i + 1 >= argc) return nullptr;
+      (void)opt;
+      return argv[++i];
+    };
+    if (a == "-r") {
+      read_only = true;
+    } else if (absl::StartsWith(a, "-f")) {
+      const char* v = value("-f");
+      if (v == nullptr) return ReportError("io: -f needs a format");
+      auto f = ParseFormatName(v);
+      if (!f.ok()) return ReportError(f.status());
+      options.format = *f;
+    } else if (absl::StartsWith(a, "-c")) {
+      const char* v = value("-c");
+      if (v == nullptr) return ReportError("io: -c needs a command");
+      commands.emplace_back(v);
+    } else if (absl::StartsWith(a, "-t")) {
+      const char* v = value("-t");
+      if (v == nullptr) return ReportError("io: -t needs a cache mode");
+      absl::string_view mode = v;
+      if (mode == "none") {
+        options.direct_io = true;
+      } else if (mode != "writeback") {
+        return ReportError(
+            absl::StrCat("io: unsupported cache mode '", mode, "' (supported: none, writeback)"));
+      }
+    } else if (a == "-h" || a == "--help") {
+      std::printf("%s\n", kIoUsage);
+      return 0;
+    } else if (a.size() > 1 && a[0] == '-') {
+      return ReportError(absl::StrCat("io: unknown option '", a, "'; ", kIoUsage));
+    } else if (path.empty()) {
+      path = std::string(a);
+    } else {
+      return ReportError(absl::StrCat("io: unexpected argument '", a, "'; ", kIoUsage));
+    }
+  }
+  if (path.empty()) return ReportError(absl::StrCat("io: missing FILE; ", kIoUsage));
+  options.read_only = read_only;
+
+  auto loop = io::EventLoop::Create(64);
+  if (!loop.ok()) return ReportError(loop.status());
+  auto device = OpenDevice(**loop, path, options);
+  if (!device.ok()) return ReportError(absl::StrCat(path, ": ", device.status().message()));
+  bool is_raw = dynamic_cast<engine::RawDevice*>(device->get()) != nullptr;
+
+  IoSession session(**loop, **device, is_raw);
+  absl::Status failure;
+  for (const std::string& command : commands) {
+    failure = session.Run(command);
+    if (!failure.ok()) break;
+  }
+  std::fflush(stdout);
+  absl::Status closed = CloseDevice(**loop, **device);
+  if (!failure.ok()) return ReportError(failure);
+  if (!closed.ok()) return ReportError(closed);
+  return 0;
+}
+
+}  // namespace uq::tools

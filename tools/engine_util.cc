@@ -1,0 +1,256 @@
+#include "tools/engine_util.h"
+
+#include <fcntl.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "src/engine/qcow2_image.h"
+#include "src/engine/raw_device.h"
+#include "src/io/uring_file.h"
+
+namespace uq::tools {
+
+namespace {
+
+// Value of a digit in `base` or -1.
+int DigitValue(char c, int base) {
+  int v = -1;
+  if (c >= '0' && c <= '9') v = c - '0';
+  if (c >= 'a' && c <= 'f') v = c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') v = c - 'A' + 10;
+  return v < base ? v : -1;
+}
+
+// Parses an unsigned integer prefix; returns the number of characters used
+// (0 = none) or nullopt on overflow.
+std::optional<size_t> ParseUnsignedPrefix(absl::string_view text, int base, uint64_t* out) {
+  uint64_t value = 0;
+  size_t i = 0;
+  for (; i < text.size(); ++i) {
+    int d = DigitValue(text[i], base);
+    if (d < 0) break;
+    if (value > (std::numeric_limits<uint64_t>::max() - d) / base) return std::nullopt;
+    value = value * base + d;
+  }
+  *out = value;
+  return i;
+}
+
+}  // namespace
+
+absl::StatusOr<uint64_t> ParseCount(absl::string_view text, absl::string_view what) {
+  auto bad = [&] {
+    return absl::InvalidArgumentError(absl::StrCat("invalid ", what, " '", text, "'"));
+  };
+  int base = 10;
+  absl::string_view digits = text;
+  if (digits.size() > 2 && digits[0] == '0' && (digits[1] == 'x' || digits[1] == 'X')) {
+    base = 16;
+    digits.remove_prefix(2);
+  }
+  uint64_t value = 0;
+  std::optional<size_t> used = ParseUnsignedPrefix(digits, base, &value);
+  if (!used.has_value())
+    return absl::OutOfRangeError(absl::StrCat(what, " '", text, "' is too large"));
+  if (*used == 0 || *used != digits.size()) return bad();
+  return value;
+}
+
+absl::StatusOr<uint64_t> ParseByteCount(absl::string_view text, absl::string_view what) {
+  auto bad = [&] {
+    return absl::InvalidArgumentError(absl::StrCat("invalid ", what, " '", text, "'"));
+  };
+  auto too_large = [&] {
+    return absl::OutOfRangeError(absl::StrCat(what, " '", text, "' is too large"));
+  };
+  if (text.empty()) return bad();
+  // Hex is plain bytes only (as in qemu_strtosz: no fraction with hex).
+  if (text.size() > 2 && text[0] == '0' && (text[1] == 'x' || text[1] == 'X')) {
+    return ParseCount(text, what);
+  }
+  uint64_t integer = 0;
+  std::optional<size_t> used = ParseUnsignedPrefix(text, 10, &integer);
+  if (!used.has_value()) return too_large();
+  if (*used == 0) return bad();
+  absl::string_view rest = text.substr(*used);
+  double fraction = 0;
+  if (!rest.empty() && rest[0] == '.') {
+    rest.remove_prefix(1);
+    double scale = 0.1;
+    size_t n = 0;
+    while (n < rest.size() && rest[n] >= '0' && rest[n] <= '9') {
+      fraction += (rest[n] - '0') * scale;
+      scale /= 10;
+      ++n;
+    }
+    if (n == 0) return bad();
+    rest.remove_prefix(n);
+  }
+  int shift = 0;
+  if (!rest.empty()) {
+    if (rest.size() != 1) return bad();
+    switch (absl::ascii_tolower(static_cast<unsigned char>(rest[0]))) {
+      case 'b':
+        shift = 0;
+        break;
+      case 'k':
+        shift = 10;
+        break;
+      case 'm':
+        shift = 20;
+        break;
+      case 'g':
+        shift = 30;
+        break;
+      case 't':
+        shift = 40;
+        break;
+      case 'p':
+        shift = 50;
+        break;
+      case 'e':
+        shift = 60;
+        break;
+      default:
+        return bad();
+    }
+  }
+  if (fraction != 0 && shift == 0) return bad();  // "1.5" bytes is meaningless
+  if (shift > 0 && integer > (std::numeric_limits<uint64_t>::max() >> shift)) return too_large();
+  uint64_t value = integer << shift;
+  if (fraction != 0) {
+    double extra = std::floor(fraction * std::ldexp(1.0, shift));
+    if (extra >= std::ldexp(1.0, 64) - static_cast<double>(value)) return too_large();
+    value += static_cast<uint64_t>(extra);
+  }
+  return value;
+}
+
+absl::StatusOr<engine::ImageFormat> ParseFormatName(absl::string_view name) {
+  if (name == "qcow2") return engine::ImageFormat::kQcow2;
+  if (name == "raw") return engine::ImageFormat::kRaw;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown or unsupported format '", name, "' (supported: qcow2, raw)"));
+}
+
+int ReportError(absl::string_view message) {
+  std::fprintf(stderr, "qcow2-img: %.*s\n", static_cast<int>(message.size()), message.data());
+  return 1;
+}
+
+namespace {
+
+absl::StatusOr<std::unique_ptr<engine::Device>> OpenQcow2(io::EventLoop& loop,
+                                                          const std::string& path,
+                                                          std::unique_ptr<io::UringFile> file,
+                                                          const EngineOpenOptions& options) {
+  engine::OpenOptions open;
+  open.format = engine::ImageFormat::kQcow2;
+  open.read_only = options.read_only;
+  open.snapshot = options.snapshot;
+  open.path = path;
+  io::EventLoop* loop_ptr = &loop;
+  bool direct = options.direct_io;
+  open.opener = [loop_ptr, direct](
+                    const std::string& name,
+                    bool writable) -> absl::StatusOr<std::unique_ptr<io::BlockFile>> {
+    io::OpenFlags f_flags;
+    f_flags.read_only = !writable;
+    f_flags.direct = direct;
+    auto f = io::UringFile::Open(loop_ptr, name, f_flags);
+    if (!f.ok()) return f.status();
+    return std::unique_ptr<io::BlockFile>(std::move(*f));
+  };
+  return RunOnLoop(loop, engine::OpenImage(std::move(file), std::move(open)));
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<engine::Device>> OpenDevice(io::EventLoop& loop,
+                                                           const std::string& path,
+                                                           const EngineOpenOptions& options) {
+  io::OpenFlags flags;
+  flags.read_only = options.read_only;
+  flags.direct = options.direct_io;
+  auto file = io::UringFile::Open(&loop, path, flags);
+  if (!file.ok()) return file.status();
+
+  engine::ImageFormat format = options.format;
+  if (format == engine::ImageFormat::kAuto) {
+    // Probe the qcow2 magic (bytes 0..3, big-endian "QFI\xfb").
+    AlignedBuffer head(4096);
+    int64_t r = RunOnLoop(loop, (*file)->Read(0, head.span()));
+    if (r < 0) return absl::InternalError(absl::StrCat("reading the header: ", std::strerror(-r)));
+    bool is_qcow2 = (*file)->size_bytes() >= 4 && static_cast<uint8_t>(head.data()[0]) == 0x51 &&
+                    static_cast<uint8_t>(head.data()[1]) == 0x46 &&
+                    static_cast<uint8_t>(head.data()[2]) == 0x49 &&
+                    static_cast<uint8_t>(head.data()[3]) == 0xfb;
+    format = is_qcow2 ? engine::ImageFormat::kQcow2 : engine::ImageFormat::kRaw;
+  }
+  if (format == engine::ImageFormat::kRaw) {
+    if (!options.snapshot.empty()) {
+      return absl::InvalidArgumentError("a raw image has no snapshots");
+    }
+    uint64_t size_bytes = (*file)->size_bytes();
+    return std::unique_ptr<engine::Device>(
+        std::make_unique<engine::RawDevice>(std::move(*file), size_bytes));
+  }
+  return OpenQcow2(loop, path, std::move(*file), options);
+}
+
+AlignedBuffer::AlignedBuffer(size_t size_bytes) : size_(size_bytes) {
+  constexpr size_t kAlign = 4096;
+  size_t rounded = (size_bytes + kAlign - 1) / kAlign * kAlign;
+  data_ = static_cast<std::byte*>(std::aligned_alloc(kAlign, rounded == 0 ? kAlign : rounded));
+  if (data_ == nullptr) {
+    std::fprintf(stderr, "qcow2-img: out of memory (%zu bytes)\n", size_bytes);
+    std::_Exit(1);
+  }
+  std::memset(data_, 0, rounded == 0 ? kAlign : rounded);
+}
+
+bool IsAllZero(std::span<const std::byte> bytes) {
+  // Word-at-a-time scan; buffers here are large and usually aligned.
+  size_t i = 0;
+  for (; i < bytes.size() && (reinterpret_cast<uintptr_t>(bytes.data() + i) & 7) != 0; ++i) {
+    if (bytes[i] != std::byte{0}) return false;
+  }
+  for (; i + 64 <= bytes.size(); i += 64) {
+    uint64_t acc = 0;
+    for (size_t w = 0; w < 8; ++w) {
+      uint64_t word;
+      std::memcpy(&word, bytes.data() + i + w * 8, 8);
+      acc |= word;
+    }
+    if (acc != 0) return false;
+  }
+  for (; i < bytes.size(); ++i) {
+    if (bytes[i] != std::byte{0}) return false;
+  }
+  return true;
+}
+
+bool SupportsCompressedWrites(engine::Device& device) {
+  return dynamic_cast<engine::Qcow2Image*>(&device) != nullptr;
+}
+
+Task<int> WriteCompressedCluster(engine::Device& device, uint64_t guest_offset_bytes,
+                                 std::span<const std::byte> data) {
+  auto* image = dynamic_cast<engine::Qcow2Image*>(&device);
+  if (image == nullptr) co_return -ENOTSUP;
+  co_return co_await image->WriteCompressed(guest_offset_bytes, data);
+}
+
+absl::Status CloseDevice(io::EventLoop& loop, engine::Device& device) {
+  absl::Status s = RunOnLoop(loop, device.Close());
+  if (!s.ok()) return absl::Status(s.code(), absl::StrCat("closing the image: ", s.message()));
+  return absl::OkStatus();
+}
+
+}  // namespace uq::tools

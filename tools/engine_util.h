@@ -1,0 +1,115 @@
+// Helpers shared by qcow2-img's engine-backed subcommands (io, convert,
+// bench): size/number parsing in qemu's syntax, opening an image file as an
+// engine Device on an io_uring event loop, and driving a Task to completion
+// from synchronous command code.
+//
+// Thread-safety: everything here runs on the command's one thread.
+#ifndef UQ_TOOLS_ENGINE_UTIL_H_
+#define UQ_TOOLS_ENGINE_UTIL_H_
+
+#include <sys/uio.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "src/engine/device.h"
+#include "src/engine/image.h"
+#include "src/io/event_loop.h"
+#include "src/io/run_sync.h"
+#include "src/io/task.h"
+
+namespace uq::tools {
+
+// Parses a byte count the way qemu-img / qemu-io do: plain decimal (or 0x
+// hex) bytes, or a decimal number (fractions allowed) with a binary suffix
+// b/k/M/G/T/P/E (case-insensitive). Rejects negative, empty, overflowing and
+// trailing-garbage input with a message naming `what` and the text.
+absl::StatusOr<uint64_t> ParseByteCount(absl::string_view text, absl::string_view what);
+
+// Parses a non-negative integer (decimal or 0x hex) with no suffix.
+absl::StatusOr<uint64_t> ParseCount(absl::string_view text, absl::string_view what);
+
+// Parses "qcow2" / "raw" (the -f / -O values the engine supports).
+absl::StatusOr<engine::ImageFormat> ParseFormatName(absl::string_view name);
+
+// Prints "qcow2-img: <message>" on stderr. Always returns 1 (the exit code).
+int ReportError(absl::string_view message);
+inline int ReportError(const absl::Status& status) { return ReportError(status.message()); }
+
+struct EngineOpenOptions {
+  engine::ImageFormat format = engine::ImageFormat::kAuto;
+  bool read_only = false;
+  bool direct_io = false;  // O_DIRECT on the image file (-t none)
+  std::string snapshot;
+};
+
+// Opens `path` as a Device on `loop` (backing files and the external data
+// file are opened on the same loop, with O_DIRECT too if asked).
+absl::StatusOr<std::unique_ptr<engine::Device>> OpenDevice(io::EventLoop& loop,
+                                                           const std::string& path,
+                                                           const EngineOpenOptions& options);
+
+// Runs `task` to completion on `loop` and returns its value (io::RunSync).
+template <typename T>
+T RunOnLoop(io::EventLoop& loop, Task<T> task) {
+  return io::RunSync(&loop, std::move(task));
+}
+
+// A zero-filled heap buffer aligned for O_DIRECT (4096 bytes).
+class AlignedBuffer {
+ public:
+  AlignedBuffer() = default;
+  explicit AlignedBuffer(size_t size_bytes);
+  AlignedBuffer(AlignedBuffer&& o) noexcept
+      : data_(std::exchange(o.data_, nullptr)), size_(std::exchange(o.size_, 0)) {}
+  AlignedBuffer& operator=(AlignedBuffer&& o) noexcept {
+    std::swap(data_, o.data_);
+    std::swap(size_, o.size_);
+    return *this;
+  }
+  ~AlignedBuffer() { std::free(data_); }
+
+  std::byte* data() { return data_; }
+  const std::byte* data() const { return data_; }
+  size_t size() const { return size_; }
+  std::span<std::byte> span() { return {data_, size_}; }
+  std::span<const std::byte> span() const { return {data_, size_}; }
+  // One iovec covering [offset, offset + length) of the buffer.
+  iovec Iov(size_t offset = 0, size_t length = SIZE_MAX) {
+    return iovec{data_ + offset, std::min(length, size_ - offset)};
+  }
+
+ private:
+  std::byte* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+// True if every byte of `bytes` is zero.
+bool IsAllZero(std::span<const std::byte> bytes);
+
+// Compressed cluster writes (convert -c): true if `device` is a qcow2 image
+// that accepts them.
+bool SupportsCompressedWrites(engine::Device& device);
+// Writes one guest cluster (`data` is the cluster, shorter only for the last
+// cluster of the disk) as a compressed cluster. 0 or -errno.
+Task<int> WriteCompressedCluster(engine::Device& device, uint64_t guest_offset_bytes,
+                                 std::span<const std::byte> data);
+
+// Closes `device` (flush + clean dirty bit) and reports a failure.
+absl::Status CloseDevice(io::EventLoop& loop, engine::Device& device);
+
+}  // namespace uq::tools
+
+#endif  // UQ_TOOLS_ENGINE_UTIL_H_
