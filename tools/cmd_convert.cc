@@ -1,13 +1,14 @@
 // qcow2-img convert: copies the guest-visible contents of an image (its whole
 // backing chain, read through the engine) into a new raw or qcow2 image.
 //
-//   qcow2-img convert [-f FMT] [-O raw|qcow2] [-o OPTS] [-c] [-p] [-q] [-m N]
+//   qcow2-img convert [-f FMT] [-O raw|qcow2] [-o OPTS] [-c] [-p] [-q] [-m N] [-W]
 //                     [-l SNAPSHOT] [-t CACHE] [-T SRC_CACHE] SRC DST
 //
 // -o takes qcow2 create options: cluster_size, compat (0.10/1.1), compression_type
 // (zlib/zstd), refcount_bits, extended_l2, lazy_refcounts. -c writes
 // compressed clusters. All-zero clusters are not written, so the output is
-// sparse. Up to N (-m, default 8) chunks are in flight at once.
+// sparse. Up to N (-m, default 8) chunks are in flight at once; qcow2 output is
+// written in guest order (unfragmented) unless -W allows out-of-order writes.
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -15,8 +16,10 @@
 #include <bit>
 #include <cerrno>
 #include <cmath>
+#include <coroutine>
 #include <cstdio>
 #include <cstring>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -171,15 +174,51 @@ struct CopyJob {
   int error = 0;
   std::string error_what;
   Progress* progress = nullptr;
+  // In-order writes (qcow2 output without -W): chunk i's writes start only
+  // after chunk i-1's have finished, so clusters are allocated in guest order
+  // (an unfragmented image, as qemu-img convert makes); reads still overlap.
+  bool in_order = false;
+  uint64_t next_write_chunk = 0;
+  std::map<uint64_t, std::coroutine_handle<>> turn_waiters;
 };
 
-Task<int> CopyChunk(CopyJob& job, AlignedBuffer& buf, uint64_t offset, uint64_t length,
-                    std::string& what) {
+// Suspends until it is chunk `index`'s turn to write (or the copy failed).
+struct WriteTurn {
+  CopyJob& job;
+  uint64_t index;
+  bool await_ready() const noexcept { return job.error != 0 || job.next_write_chunk == index; }
+  void await_suspend(std::coroutine_handle<> h) { job.turn_waiters[index] = h; }
+  void await_resume() const noexcept {}
+};
+
+// Ends chunk `index`'s turn and wakes the next writer (every writer, on error).
+void PassTurn(CopyJob& job, uint64_t index) {
+  if (!job.in_order) return;
+  if (job.error != 0) {
+    auto waiters = std::move(job.turn_waiters);
+    job.turn_waiters.clear();
+    for (auto& [i, h] : waiters) h.resume();
+    return;
+  }
+  job.next_write_chunk = index + 1;
+  auto it = job.turn_waiters.find(index + 1);
+  if (it == job.turn_waiters.end()) return;
+  std::coroutine_handle<> h = it->second;
+  job.turn_waiters.erase(it);
+  h.resume();
+}
+
+Task<int> CopyChunk(CopyJob& job, AlignedBuffer& buf, uint64_t index, uint64_t offset,
+                    uint64_t length, std::string& what) {
   iovec v = buf.Iov(0, length);
   int r = co_await job.src->Read(offset, std::span<const iovec>(&v, 1));
   if (r < 0) {
     what = absl::StrCat("reading source at offset ", offset);
     co_return r;
+  }
+  if (job.in_order) {
+    co_await WriteTurn{job, index};
+    if (job.error != 0) co_return 0;  // another chunk failed; stop quietly
   }
   // Walk the chunk in units, writing each maximal run of non-zero units with
   // one request (or one compressed cluster per unit).
@@ -224,14 +263,13 @@ Task<void> CopyWorker(CopyJob& job) {
     uint64_t offset = index * job.chunk_bytes;
     uint64_t length = std::min(job.chunk_bytes, job.size_bytes - offset);
     std::string what;
-    int r = co_await CopyChunk(job, buf, offset, length, what);
-    if (r < 0) {
-      if (job.error == 0) {
-        job.error = r;
-        job.error_what = what;
-      }
-      break;
+    int r = co_await CopyChunk(job, buf, index, offset, length, what);
+    if (r < 0 && job.error == 0) {
+      job.error = r;
+      job.error_what = what;
     }
+    PassTurn(job, index);
+    if (r < 0) break;
     job.done_bytes += length;
     job.progress->Update(static_cast<double>(job.done_bytes) / job.size_bytes);
   }
@@ -250,7 +288,7 @@ absl::Status RunCopy(CopyJob& job, int workers) {
 }
 
 constexpr const char kConvertUsage[] =
-    "usage: qcow2-img convert [-f FMT] [-O raw|qcow2] [-o OPTS] [-c] [-p] [-q] [-m N] "
+    "usage: qcow2-img convert [-f FMT] [-O raw|qcow2] [-o OPTS] [-c] [-p] [-q] [-m N] [-W] "
     "[-l SNAPSHOT] [-t CACHE] [-T SRC_CACHE] SRC DST";
 
 absl::Status ParseCacheMode(absl::string_view mode, bool* direct) {
@@ -275,6 +313,7 @@ int CmdConvert(std::span<char* const> args) {
   std::string out_format = "raw";
   format::CreateOptions create;
   bool compress = false;
+  bool out_of_order = false;
   bool progress_enabled = false;
   bool dst_direct = false;
   int workers = 8;
@@ -341,6 +380,8 @@ int CmdConvert(std::span<char* const> args) {
     }
     if (a == "-c") {
       compress = true;
+    } else if (a == "-W") {
+      out_of_order = true;
     } else if (a == "-p") {
       progress_enabled = true;
     } else if (a == "-q") {
@@ -406,6 +447,7 @@ int CmdConvert(std::span<char* const> args) {
     uint64_t cluster_bytes = uint64_t{1} << create.cluster_bits;
     job.unit_bytes = cluster_bytes;
     job.chunk_bytes = std::max(cluster_bytes, kMinQcow2ChunkBytes);
+    job.in_order = !out_of_order;
     if (compress) {
       job.compress = true;
       if (!SupportsCompressedWrites(*dst)) {

@@ -17,7 +17,7 @@ constexpr Command kCommands[] = {
     {"info", CmdInfo, "info [-f fmt] [--output=human|json] [--backing-chain] FILE"},
     {"io", CmdIo, "io [-r] [-f qcow2|raw] [-t none|writeback] -c CMD [-c CMD ...] FILE"},
     {"convert", CmdConvert,
-     "convert [-f fmt] [-O raw|qcow2] [-o options] [-c] [-p] [-m N] [-l snapshot] SRC DST"},
+     "convert [-f fmt] [-O raw|qcow2] [-o options] [-c] [-p] [-m N] [-W] [-l snapshot] SRC DST"},
     {"bench", CmdBench,
      "bench [-c count] [-d depth] [-f fmt] [--flush-interval=N] [--no-drain] [-o offset] "
      "[--pattern=N] [-q] [-s size] [-S step] [-t none|writeback] [-w] FILE"},
