@@ -31,6 +31,11 @@ struct PromiseBase {
   std::coroutine_handle<> continuation = std::noop_coroutine();
   // Set by Spawn(): the frame destroys itself when it finishes.
   bool detached = false;
+  // True while the awaiter is still inside its await_suspend, running this
+  // task's first steps; if the task finishes then, the awaiter just carries
+  // on (see Task::operator co_await) instead of being resumed from here.
+  bool starting = false;
+  bool finished = false;
 
   std::suspend_always initial_suspend() noexcept { return {}; }
 
@@ -39,8 +44,13 @@ struct PromiseBase {
     template <typename P>
     std::coroutine_handle<> await_suspend(std::coroutine_handle<P> h) noexcept {
       PromiseBase& p = h.promise();
+      p.finished = true;
       std::coroutine_handle<> next = p.continuation;
-      if (p.detached) h.destroy();
+      if (p.detached) {
+        h.destroy();
+        return next;
+      }
+      if (p.starting) return std::noop_coroutine();
       return next;
     }
     void await_resume() noexcept {}
@@ -92,13 +102,24 @@ class [[nodiscard]] Task {
   bool valid() const { return static_cast<bool>(h_); }
 
   // Awaiting starts the task and resumes the awaiter when it finishes.
+  //
+  // A task that finishes without suspending (an immediate MemFile, a cache
+  // hit) returns straight into the awaiter: no resumption, so a loop of a
+  // million such awaits keeps the stack flat even where the compiler does not
+  // turn symmetric transfer into a tail call (GCC at -O0 / with ASan). A task
+  // that suspends resumes its awaiter by symmetric transfer when it finishes.
   auto operator co_await() && noexcept {
     struct Awaiter {
       Handle h;
       bool await_ready() noexcept { return false; }
-      std::coroutine_handle<> await_suspend(std::coroutine_handle<> awaiter) noexcept {
-        h.promise().continuation = awaiter;
-        return h;
+      bool await_suspend(std::coroutine_handle<> awaiter) noexcept {
+        promise_type& p = h.promise();
+        p.continuation = awaiter;
+        p.starting = true;
+        h.resume();
+        // The frame is still alive (this Task owns it) even if it finished.
+        p.starting = false;
+        return !p.finished;
       }
       T await_resume() {
         if constexpr (!std::is_void_v<T>) return std::move(*h.promise().value);

@@ -49,6 +49,22 @@ TEST(RunSyncTest, PumpingDrivesDeferredMemFile) {
   EXPECT_EQ(mem.size_bytes(), 20u);
 }
 
+// A million synchronously completing awaits in one coroutine: symmetric
+// transfer must keep the stack flat (a fuzzer on an immediate MemFile does
+// exactly this).
+Task<int> ManyFlushes(MemFile* mem, int n) {
+  for (int i = 0; i < n; ++i) {
+    if (co_await mem->Flush() != 0) co_return -1;
+  }
+  co_return n;
+}
+
+TEST(RunSyncTest, DeepSynchronousAwaitChainDoesNotGrowStack) {
+  MemFile mem;
+  EXPECT_EQ(RunSync(nullptr, ManyFlushes(&mem, 1'000'000)), 1'000'000);
+  EXPECT_EQ(mem.counters().flushes, 1'000'000u);
+}
+
 TEST(RunSyncDeathTest, SuspendedWithoutLoopAborts) {
   MemFile mem(MemFile::Mode::kDeferred);
   EXPECT_DEATH(RunSync(nullptr, mem.Flush()), "no event loop");

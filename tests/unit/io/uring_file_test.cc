@@ -31,8 +31,9 @@ AlignedBuf AlignedAlloc(size_t n) {
 
 class UringFileTest : public ::testing::Test {
  protected:
+  virtual std::filesystem::path BaseDir() { return std::filesystem::temp_directory_path(); }
   void SetUp() override {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "uq_io_test.XXXXXX").string();
+    std::string tmpl = (BaseDir() / "uq_io_test.XXXXXX").string();
     ASSERT_NE(mkdtemp(tmpl.data()), nullptr);
     dir_ = tmpl;
     auto loop = EventLoop::Create(32);
@@ -297,6 +298,42 @@ TEST_F(UringFileTest, ManyConcurrentOpsOnOneLoop) {
     ASSERT_EQ(rr[i], static_cast<int64_t>(kBlock)) << i;
     ASSERT_EQ(back[i], bufs[i]) << i;
   }
+}
+
+// tmpfs has no FALLOC_FL_ZERO_RANGE: WriteZeroes and Discard must fall back
+// and still read as zero with the right size.
+class UringFileTmpfsTest : public UringFileTest {
+ protected:
+  std::filesystem::path BaseDir() override { return "/dev/shm"; }
+  void SetUp() override {
+    if (!std::filesystem::is_directory("/dev/shm")) GTEST_SKIP() << "no /dev/shm";
+    UringFileTest::SetUp();
+  }
+};
+
+TEST_F(UringFileTmpfsTest, ZeroesAndDiscardFallBack) {
+  auto data = Pattern(12, 16384);
+  WriteFileDirectly(data);
+  auto f = OpenFile({});
+  ASSERT_NE(f, nullptr);
+  EXPECT_EQ(Run(f->WriteZeroes(100, 1000)), 0);
+  EXPECT_EQ(Run(f->WriteZeroes(16000, 10000)), 0);
+  EXPECT_EQ(Run(f->Discard(8192, 4096)), 0);
+  EXPECT_EQ(f->size_bytes(), 26000u);
+  EXPECT_EQ(StatSize(), 26000u);
+  std::vector<std::byte> back(26000, std::byte{0xee});
+  EXPECT_EQ(Run(f->Read(0, back)), 26000);
+  std::vector<std::byte> expect = data;
+  expect.resize(26000);
+  std::memset(expect.data() + 100, 0, 1000);
+  std::memset(expect.data() + 8192, 0, 4096);
+  std::memset(expect.data() + 16000, 0, 384);
+  EXPECT_EQ(back, expect);
+  // Repeat now that the unsupported mode is remembered.
+  EXPECT_EQ(Run(f->WriteZeroes(0, 50)), 0);
+  EXPECT_EQ(Run(f->Read(0, back)), 26000);
+  EXPECT_TRUE(AllZero(back.data(), 50));
+  EXPECT_EQ(back[50], data[50]);
 }
 
 }  // namespace
