@@ -65,6 +65,9 @@ absl::StatusOr<std::unique_ptr<Queue>> Queue::Create(const QueueConfig& config,
 }
 
 Queue::~Queue() {
+  // A queue that never ran still owes its Device a Close() (a writable image
+  // must not be left marked in use).
+  if (!thread_started_ && device_ != nullptr) CloseDevice(*loop_, *device_).IgnoreError();
   // The descriptor mapping holds a reference on /dev/ublkcN; DEL_DEV waits for
   // it, so it must go before DEL_DEV is sent.
   if (descs_ != nullptr) ::munmap(const_cast<IoDesc*>(descs_), descs_len_);
@@ -72,7 +75,20 @@ Queue::~Queue() {
 }
 
 void Queue::Start() {
+  thread_started_ = true;
   thread_ = std::thread([this] { Run(); });
+}
+
+absl::Status CloseDevice(io::EventLoop& loop, engine::Device& device) {
+  std::optional<absl::Status> closed;
+  Spawn(StoreResult(device.Close(), &closed));
+  while (!closed.has_value()) {
+    int r = loop.RunOnce(true);
+    if (r < 0 && r != -EINTR) {
+      return absl::InternalError(absl::StrCat("io_uring: ", std::strerror(-r)));
+    }
+  }
+  return *closed;
 }
 
 void Queue::Join() {
@@ -101,15 +117,7 @@ void Queue::Run() {
   }
 
   // Every tag is finished: no request is in flight in the Device any more.
-  std::optional<absl::Status> closed;
-  Spawn(StoreResult(device_->Close(), &closed));
-  while (!closed.has_value()) {
-    int r = loop_->RunOnce(true);
-    if (r < 0 && r != -EINTR) {
-      closed = absl::InternalError(absl::StrCat("io_uring: ", std::strerror(-r)));
-    }
-  }
-  close_status_ = *closed;
+  close_status_ = CloseDevice(*loop_, *device_);
   if (failed_requests_ > 0) {
     std::fprintf(stderr, "ublk-qcow2: queue %u: %llu requests failed\n", config_.q_id,
                  static_cast<unsigned long long>(failed_requests_));

@@ -44,6 +44,10 @@ struct QueueConfig {
   int done_fd = -1;      // eventfd written once when the thread exits
 };
 
+// Runs device.Close() to completion on `loop` (the loop's owning thread).
+// The loop being broken mid-Close is reported as an error, not awaited.
+absl::Status CloseDevice(io::EventLoop& loop, engine::Device& device);
+
 class Queue {
  public:
   // Maps the queue's descriptor area and allocates the tag buffers.
@@ -83,6 +87,7 @@ class Queue {
   std::byte* buffers_ = nullptr;
   size_t buffers_len_ = 0;
   std::thread thread_;
+  bool thread_started_ = false;
   uint32_t live_tags_ = 0;
   uint64_t failed_requests_ = 0;
   absl::Status close_status_;

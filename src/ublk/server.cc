@@ -4,6 +4,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -49,8 +50,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(std::unique_ptr<Control> c
   if (server->done_fd_ < 0) {
     return absl::InternalError(absl::StrCat("eventfd: ", std::strerror(errno)));
   }
-  absl::Status st = options.recover ? server->StartRecovery(std::move(backends))
-                                    : server->StartNew(std::move(backends));
+  absl::Status st = options.recover ? server->StartRecovery(backends) : server->StartNew(backends);
+  // Backends that did not become queues (startup failed, or the kernel gave
+  // fewer queues than asked for) are closed here.
+  for (QueueBackend& b : backends) {
+    if (b.device != nullptr) CloseDevice(*b.loop, *b.device).IgnoreError();
+  }
   if (!st.ok()) {
     // A new device goes away entirely; a failed recovery leaves the device
     // (its disk may still hold a mounted filesystem) for `detach`.
@@ -63,7 +68,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(std::unique_ptr<Control> c
 
 Server::~Server() { Shutdown().IgnoreError(); }
 
-absl::Status Server::StartNew(std::vector<QueueBackend> backends) {
+absl::Status Server::StartNew(std::vector<QueueBackend>& backends) {
   engine::Device& first = *backends[0].device;
   CtrlDevInfo want{};
   want.nr_hw_queues = static_cast<uint16_t>(backends.size());
@@ -76,7 +81,7 @@ absl::Status Server::StartNew(std::vector<QueueBackend> backends) {
   if (info_.nr_hw_queues == 0 || info_.queue_depth == 0) {
     return absl::InternalError("ADD_DEV returned no queues");
   }
-  if (backends.size() > info_.nr_hw_queues) backends.resize(info_.nr_hw_queues);
+  const size_t nr_queues = std::min<size_t>(backends.size(), info_.nr_hw_queues);
 
   Geometry g;
   g.size_bytes = first.size_bytes();
@@ -85,13 +90,13 @@ absl::Status Server::StartNew(std::vector<QueueBackend> backends) {
   g.max_io_buf_bytes = info_.max_io_buf_bytes;
   UQ_RETURN_IF_ERROR(control_->SetParams(info_.dev_id, ComputeParams(g)));
 
-  UQ_RETURN_IF_ERROR(StartQueues(std::move(backends)));
+  UQ_RETURN_IF_ERROR(StartQueues(backends, nr_queues));
   UQ_RETURN_IF_ERROR(control_->StartDev(info_.dev_id, getpid()));
   live_ = true;
   return absl::OkStatus();
 }
 
-absl::Status Server::StartRecovery(std::vector<QueueBackend> backends) {
+absl::Status Server::StartRecovery(std::vector<QueueBackend>& backends) {
   UQ_ASSIGN_OR_RETURN(info_, control_->GetDevInfo(options_.dev_id));
   if ((info_.flags & kFlagUserRecovery) == 0) {
     return absl::FailedPreconditionError(
@@ -113,7 +118,7 @@ absl::Status Server::StartRecovery(std::vector<QueueBackend> backends) {
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
-  UQ_RETURN_IF_ERROR(StartQueues(std::move(backends)));
+  UQ_RETURN_IF_ERROR(StartQueues(backends, backends.size()));
   UQ_RETURN_IF_ERROR(control_->EndUserRecovery(info_.dev_id, getpid()));
   live_ = true;
   UQ_ASSIGN_OR_RETURN(CtrlDevInfo now, control_->GetDevInfo(info_.dev_id));
@@ -122,12 +127,12 @@ absl::Status Server::StartRecovery(std::vector<QueueBackend> backends) {
   return absl::OkStatus();
 }
 
-absl::Status Server::StartQueues(std::vector<QueueBackend> backends) {
+absl::Status Server::StartQueues(std::vector<QueueBackend>& backends, size_t nr_queues) {
   UQ_ASSIGN_OR_RETURN(cdev_fd_, OpenCharDev(info_.dev_id));
   // The IO commands follow the numbering the kernel accepted for ADD_DEV; a
   // kernel that knows ioctl encoding keeps the flag in dev_info.
   const bool ioctl_io = (info_.flags & kFlagCmdIoctlEncode) != 0;
-  for (size_t q = 0; q < backends.size(); ++q) {
+  for (size_t q = 0; q < nr_queues; ++q) {
     QueueConfig config;
     config.q_id = static_cast<uint16_t>(q);
     config.depth = info_.queue_depth;

@@ -52,8 +52,8 @@ struct QueueBackend {
 class Server {
  public:
   // New device: backends.size() queues (fewer if the kernel clamps; extra
-  // backends are dropped unclosed, so pass more than one only for read-only
-  // images). Recovery: backends.size() must equal the device's queue count.
+  // backends are closed). Every Device is Close()d whatever happens. Recovery: backends.size() must
+  // equal the device's queue count.
   static absl::StatusOr<std::unique_ptr<Server>> Start(std::unique_ptr<Control> control,
                                                        const ServerOptions& options,
                                                        std::vector<QueueBackend> backends);
@@ -77,10 +77,11 @@ class Server {
   Server(std::unique_ptr<Control> control, const ServerOptions& options)
       : control_(std::move(control)), options_(options) {}
 
-  absl::Status StartNew(std::vector<QueueBackend> backends);
-  absl::Status StartRecovery(std::vector<QueueBackend> backends);
-  // Opens /dev/ublkcN, creates and starts the queue threads.
-  absl::Status StartQueues(std::vector<QueueBackend> backends);
+  // Take what they use out of `backends`; the rest is closed by Start().
+  absl::Status StartNew(std::vector<QueueBackend>& backends);
+  absl::Status StartRecovery(std::vector<QueueBackend>& backends);
+  // Opens /dev/ublkcN, creates and starts the first `nr_queues` queue threads.
+  absl::Status StartQueues(std::vector<QueueBackend>& backends, size_t nr_queues);
   // Stops the queues (STOP_DEV), joins them, releases /dev/ublkcN; DEL_DEV if
   // `del`.
   absl::Status Teardown(bool del);
