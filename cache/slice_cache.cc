@@ -44,6 +44,16 @@ Task<int> SliceCache::Load(Entry* e) {
   co_return r < 0 ? static_cast<int>(r) : 0;
 }
 
+const std::byte* SliceCache::Peek(uint64_t offset_bytes) {
+  auto it = entries_.find(offset_bytes);
+  if (it == entries_.end()) return nullptr;
+  Entry* e = it->second.get();
+  if (!e->valid || e->loading) return nullptr;
+  Touch(e);
+  ++stats_.hits;
+  return e->data.data();
+}
+
 Task<int> SliceCache::Get(uint64_t offset_bytes, Ref* out) {
   auto it = entries_.find(offset_bytes);
   if (it != entries_.end()) {

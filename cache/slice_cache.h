@@ -100,6 +100,10 @@ class SliceCache {
   // Returns 0 or -errno (a failed read leaves nothing cached).
   Task<int> Get(uint64_t offset_bytes, Ref* out);
 
+  // The cached bytes of a loaded slice, or nullptr on a miss; no pin, no I/O.
+  // The pointer is valid until the caller next suspends.
+  const std::byte* Peek(uint64_t offset_bytes);
+
   // Writes every dirty slice back (through the hook). Does not fsync.
   Task<int> Flush();
 

@@ -709,17 +709,36 @@ Task<int64_t> Qcow2Image::AllocClusters(uint64_t count) {
   for (;;) {
     uint64_t start = free_hint_;
     uint64_t run = 0;
+    uint64_t first_free = kNone;
     for (uint64_t c = free_hint_; run < count; ++c) {
       uint64_t rc;
-      int r = co_await GetRefcount(c, &rc);
-      if (r < 0) co_return r;
+      // Scanning is hot: read cached slices directly, await only on a miss.
+      const uint64_t block = c >> refblock_bits_;
+      if (block >= reftable_.size() || reftable_[block] == 0) {
+        rc = 0;
+      } else {
+        const uint64_t index = c & ((uint64_t{1} << refblock_bits_) - 1);
+        const std::byte* p = refcount_cache_->Peek(
+            reftable_[block] + (index >> refcount_slice_bits_) * refcount_cache_->slice_bytes());
+        if (p != nullptr) {
+          rc = format::GetRefcount(std::span<const std::byte>(p, refcount_cache_->slice_bytes()),
+                                   refcount_order_,
+                                   index & ((uint64_t{1} << refcount_slice_bits_) - 1));
+        } else {
+          int r = co_await GetRefcount(c, &rc);
+          if (r < 0) co_return r;
+        }
+      }
       if (rc == 0) {
         if (run == 0) start = c;
+        if (first_free == kNone) first_free = c;
         ++run;
       } else {
         run = 0;
       }
     }
+    // Nothing below first_free is free.
+    free_hint_ = first_free;
     // Make sure blocks count the run; placing a block (or growing the table)
     // may take clusters of the run, in which case search again.
     bool retry = false;
@@ -740,7 +759,7 @@ Task<int64_t> Qcow2Image::AllocClusters(uint64_t count) {
       int r = co_await AddRefcount(c, 1, &nv);
       if (r < 0) co_return r;
     }
-    if (start == free_hint_) free_hint_ = start + count;
+    if (start == free_hint_) free_hint_ = start + count;  // else a short free run remains below
     host_end_clusters_ = std::max(host_end_clusters_, start + count);
     stats_.clusters_allocated += count;
     co_return static_cast<int64_t>(start << cluster_bits_);
