@@ -494,7 +494,15 @@ Task<int> Qcow2Image::DecodeSlot(const Slot& slot, uint64_t guest_cluster, L2Ent
   const std::byte* p = slot.ref.data().data() + slot.byte_in_slice;
   const uint64_t raw = format::LoadBE64(p);
   const uint64_t bitmap = extended_l2_ ? format::LoadBE64(p + 8) : 0;
-  auto e = format::DecodeL2Entry(raw, bitmap, cluster_bits_, extended_l2_);
+  // With an external data file, offset 0 is a valid host offset (guest
+  // cluster 0); data clusters always have refcount 1, so COPIED tells an
+  // allocated cluster 0 from an unallocated entry (as QEMU reads it). Decode
+  // with a stand-in offset so the bitmap checks accept it.
+  const bool data_at_zero = external_data() && (raw & format::kOflagCopied) &&
+                            !(raw & format::kOflagCompressed) && (raw & format::kOffsetMask) == 0;
+  auto e = format::DecodeL2Entry(data_at_zero ? raw | cluster_bytes_ : raw, bitmap, cluster_bits_,
+                                 extended_l2_);
+  if (e.ok() && data_at_zero) e->host_offset = 0;
   if (!e.ok()) {
     co_return co_await Corrupt(
         absl::StrCat("L2 entry of guest cluster ", guest_cluster, ": ", e.status().message()));
@@ -1089,7 +1097,7 @@ Task<int> Qcow2Image::WriteChunk(uint64_t g, uint64_t n, std::span<const iovec> 
 
   bool in_place = false;
   if ((old.type == ClusterType::kNormal || old.type == ClusterType::kZeroAlloc) &&
-      old.host_offset != 0) {
+      (old.host_offset != 0 || external_data())) {
     if (old.copied || external_data()) {
       in_place = true;
     } else {
@@ -1148,7 +1156,7 @@ Task<int> Qcow2Image::WriteChunk(uint64_t g, uint64_t n, std::span<const iovec> 
   } else {
     const bool compressed = old.type == ClusterType::kCompressed;
     // Moving existing data to a new cluster: copy the whole cluster.
-    const bool whole = !in_place && (compressed || old.host_offset != 0);
+    const bool whole = !in_place && (compressed || old.type == ClusterType::kNormal);
     if (compressed) {
       r = co_await ReadCompressed(old, cbuf);
     } else if (whole) {
@@ -1328,7 +1336,7 @@ Task<int> Qcow2Image::ZeroChunk(uint64_t g, uint64_t n, bool may_unmap) {
   if (r < 0) co_return r;
   const bool whole = a == 0 && b == cluster_bytes_;
   const bool has_host = (old.type == ClusterType::kNormal || old.type == ClusterType::kZeroAlloc) &&
-                        old.host_offset != 0;
+                        (old.host_offset != 0 || external_data());
   const bool keep_host = has_host && !may_unmap && (old.copied || external_data());
   L2Entry ne;
   bool free_old = false;
