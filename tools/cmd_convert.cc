@@ -20,6 +20,7 @@
 #include <cstdio>
 #include <cstring>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -417,6 +418,14 @@ int CmdConvert(std::span<char* const> args) {
   if (!src.ok()) return ReportError(absl::StrCat(src_path, ": ", src.status().message()));
   uint64_t size_bytes = (*src)->size_bytes();
 
+  // Validate the new image's layout before touching DST.
+  std::optional<format::ImageLayout> layout;
+  if (out_format == "qcow2") {
+    create.size_bytes = size_bytes;
+    auto built = format::BuildImageLayout(create);
+    if (!built.ok()) return ReportError(absl::StrCat("convert: ", built.status().message()));
+    layout = std::move(*built);
+  }
   absl::Status created = CreateEmptyFile(dst_path);
   if (!created.ok()) return ReportError(created);
 
@@ -433,9 +442,6 @@ int CmdConvert(std::span<char* const> args) {
     job.chunk_bytes = kRawChunkBytes;
     job.unit_bytes = kRawZeroGranularityBytes;
   } else {
-    create.size_bytes = size_bytes;
-    auto layout = format::BuildImageLayout(create);
-    if (!layout.ok()) return ReportError(absl::StrCat("convert: ", layout.status().message()));
     absl::Status s = WriteQcow2Layout(loop, dst_path, *layout);
     if (!s.ok()) return ReportError(s);
     EngineOpenOptions dst_options;

@@ -19,6 +19,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -84,14 +85,28 @@ uint64_t BaseSeed() {
 }
 
 struct StartImage {
+  StartImage(std::string name_in, std::string setup_in, uint64_t size, uint64_t cluster,
+             int commands_in = 60, bool external_data_in = false, std::string snapshot_in = "")
+      : name(std::move(name_in)),
+        setup(std::move(setup_in)),
+        size_bytes(size),
+        cluster_bytes(cluster),
+        commands(commands_in),
+        external_data(external_data_in),
+        snapshot(std::move(snapshot_in)) {}
+
   std::string name;
   // bash run in the start directory; must leave `img.qcow2` there.
   std::string setup;
   uint64_t size_bytes;
   uint64_t cluster_bytes;
   // Number of random commands in the stream.
-  int commands = 60;
-  bool external_data = false;
+  int commands;
+  // The image has an external data file (QEMU resolves its relative name
+  // against the working directory, so cross-directory compares are skipped).
+  bool external_data;
+  // An internal snapshot to convert with -l (compared with qemu-img's).
+  std::string snapshot;
 };
 
 void PrintTo(const StartImage& image, std::ostream* os) { *os << image.name; }
@@ -265,6 +280,18 @@ TEST_P(EngineInterop, SameStreamSameContents) {
     EXPECT_SH(start, absl::StrCat("qemu-img compare -U img.qcow2 ", dst), 0);
   }
 
+  if (!image.snapshot.empty()) {
+    EXPECT_SH(start,
+              absl::StrCat(kOurs, " convert -l ", image.snapshot,
+                           " -O raw img.qcow2 ../conv/snap.ours.raw"),
+              0);
+    EXPECT_SH(start,
+              absl::StrCat("qemu-img convert -U -l snapshot.name=", image.snapshot,
+                           " -O raw img.qcow2 ../conv/snap.theirs.raw"),
+              0);
+    EXPECT_SH(root_, "cmp conv/snap.ours.raw conv/snap.theirs.raw", 0);
+  }
+
   // 3. The same stream through both tools.
   ASSERT_SH(root_, "cp -a start/. ours/ && cp -a start/. theirs/", 0);
   StreamGenerator gen(seed, std::move(contents), image.cluster_bytes);
@@ -345,7 +372,7 @@ std::vector<StartImage> StartImages() {
            " && qemu-img snapshot -c one img.qcow2 && qemu-io -c 'write -P 0x44 64k 128k' "
            "img.qcow2 >/dev/null && qemu-img snapshot -c two img.qcow2 && "
            "qemu-io -c 'write -P 0x55 6M 1M' img.qcow2 >/dev/null",
-       32 << 20, 64 << 10},
+       32 << 20, 64 << 10, 60, false, "one"},
       {"backing_qcow2",
        "qemu-img create -q -f qcow2 -o cluster_size=4k base.qcow2 32M && qemu-io -c 'write -P "
        "0x66 0 20M' -c 'write -z 4M 1M' base.qcow2 >/dev/null && qemu-img create -q -f qcow2 -b "
@@ -377,6 +404,75 @@ std::vector<StartImage> StartImages() {
        "qemu-img info -U --output=json img.qcow2 | grep -q '\"dirty-flag\": true'",
        16 << 20, 4096},
   };
+}
+
+// A raw image: the same stream through `qcow2-img io -f raw` and
+// `qemu-io -f raw` leaves byte-identical files.
+TEST_F(EngineInterop, RawImageSameStream) {
+  const uint64_t seed = BaseSeed();
+  std::cout << "[ seed ] raw seed=" << seed << " (rerun: UQ_INTEROP_SEED=" << seed << ")\n";
+  SCOPED_TRACE(absl::StrCat("raw image seed ", seed));
+  ASSERT_SH(root_,
+            "qemu-img create -q -f raw start.raw 8M && qemu-io -f raw -c 'write -P 0x21 0 3M' "
+            "start.raw >/dev/null && cp start.raw ours.raw && cp start.raw theirs.raw",
+            0);
+  StreamGenerator gen(seed, ReadWholeFile(root_ + "/start.raw"), 4096);
+  std::string args = CommandArgs(gen.Generate(80));
+  EXPECT_SH(root_, absl::StrCat("qemu-io -f raw ", args, " theirs.raw"), 0);
+  EXPECT_SH(root_, absl::StrCat(kOurs, " io -f raw ", args, " ours.raw"), 0);
+  EXPECT_SH(root_, "cmp ours.raw theirs.raw", 0);
+}
+
+// Output format of `io` matches qemu-io's lines for the same commands
+// (statistics lines aside, which carry timings).
+TEST_F(EngineInterop, IoOutputMatchesQemuIo) {
+  ASSERT_SH(root_, "qemu-img create -q -f qcow2 a.qcow2 4M && cp a.qcow2 b.qcow2", 0);
+  const std::string cmds =
+      "-c 'write -P 0x41 1000 100' -c 'read -v 990 40' -c 'write -z 64k 64k' "
+      "-c 'discard 128k 64k' -c 'read -P 0 64k 64k' -c flush";
+  RunResult ours = Sh(root_, absl::StrCat(kOurs, " io ", cmds, " a.qcow2 | grep -v ' ops; '"));
+  RunResult theirs = Sh(root_, absl::StrCat("qemu-io ", cmds, " b.qcow2 | grep -v ' ops; '"));
+  EXPECT_EQ(ours.exit_code, 0) << ours.output;
+  EXPECT_EQ(theirs.exit_code, 0) << theirs.output;
+  EXPECT_EQ(ours.output, theirs.output);
+  // A pattern mismatch fails the command and the run, naming where.
+  RunResult bad = Sh(root_, absl::StrCat(kOurs, " io -c 'read -P 0x42 1000 100' a.qcow2"));
+  EXPECT_EQ(bad.exit_code, 1) << bad.output;
+  EXPECT_NE(bad.output.find("byte at offset 1000 is 0x41"), std::string::npos) << bad.output;
+  EXPECT_SH(root_, "qemu-img check a.qcow2", 0);
+}
+
+// Malformed invocations: exit 1 with one "qcow2-img: ..." line, never a crash.
+TEST_F(EngineInterop, BadInputIsOneLineError) {
+  ASSERT_SH(root_, "qemu-img create -q -f qcow2 m.qcow2 1M && head -c 4096 /dev/urandom > junk", 0);
+  const char* cases[] = {
+      "io -c 'read abc 1' m.qcow2",
+      "io -c 'write -P 300 0 512' m.qcow2",
+      "io -c 'read 0 2M' m.qcow2",
+      "io -c 'read 18446744073709551615 512' m.qcow2",
+      "io -c 'frob' m.qcow2",
+      "io -c 'write -z -P 1 0 512' m.qcow2",
+      "io -r -c 'write 0 512' m.qcow2",
+      "io -c 'read -P' m.qcow2",
+      "io missing.qcow2",
+      "io -f qcow2 -c 'read 0 512' junk",
+      "convert -O vmdk m.qcow2 out",
+      "convert -O qcow2 -o cluster_size=3k m.qcow2 out",
+      "convert -O qcow2 -o compat=0.10,lazy_refcounts=on m.qcow2 out",
+      "convert -l nosuch m.qcow2 out",
+      "convert -f qcow2 junk out",
+      "bench -c 0 m.qcow2",
+      "bench -s 1000 m.qcow2",
+      "bench -o 2M m.qcow2",
+      "bench --flush-interval=10 m.qcow2",
+  };
+  for (const char* c : cases) {
+    RunResult r = Sh(root_, absl::StrCat(kOurs, " ", c));
+    EXPECT_EQ(r.exit_code, 1) << Describe(c, r);
+    EXPECT_EQ(r.output.rfind("qcow2-img: ", 0), 0u) << Describe(c, r);
+    EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << Describe(c, r);
+  }
+  EXPECT_SH(root_, "qemu-img check m.qcow2", 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(StartImages, EngineInterop, ::testing::ValuesIn(StartImages()),
