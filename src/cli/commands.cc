@@ -30,6 +30,7 @@
 #include "absl/strings/str_split.h"
 #include "format/status_macros.h"
 #include "src/cli/state.h"
+#include "src/engine/image.h"
 #include "src/engine/raw_device.h"
 #include "src/io/event_loop.h"
 #include "src/io/file_lock.h"
@@ -37,9 +38,6 @@
 #include "src/io/uring_file.h"
 #include "src/ublk/control.h"
 #include "src/ublk/server.h"
-#if UQ_HAVE_OPEN_IMAGE
-#include "src/engine/image.h"
-#endif
 
 namespace uq::cli {
 
@@ -98,7 +96,6 @@ absl::StatusOr<ublk::QueueBackend> OpenBackend(const ImageSpec& spec) {
     if (size < 512) return absl::InvalidArgumentError(absl::StrCat(spec.image, ": image is empty"));
     device = std::make_unique<engine::RawDevice>(std::move(*file), size);
   } else {
-#if UQ_HAVE_OPEN_IMAGE
     engine::OpenOptions o;
     o.format =
         spec.format == Format::kQcow2 ? engine::ImageFormat::kQcow2 : engine::ImageFormat::kAuto;
@@ -121,10 +118,6 @@ absl::StatusOr<ublk::QueueBackend> OpenBackend(const ImageSpec& spec) {
     auto dev = io::RunSync(loop.get(), engine::OpenImage(std::move(*file), std::move(o)));
     if (!dev.ok()) return Annotate(dev.status(), spec.image);
     device = std::move(*dev);
-#else
-    return absl::UnimplementedError(
-        "this build has no qcow2 engine (engine::OpenImage): use --format raw");
-#endif
   }
   return ublk::QueueBackend{std::move(loop), std::move(device)};
 }
