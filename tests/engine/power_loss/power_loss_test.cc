@@ -23,6 +23,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <list>
+#include <map>
 #include <memory>
 #include <optional>
 #include <random>
@@ -44,7 +45,27 @@ namespace {
 
 constexpr uint64_t kSector = 512;
 
+// Where the image comes from: the layout builder, or QEMU (made once per run
+// with qemu-img / qemu-io, so the crash hits COW of snapshot-shared clusters,
+// compressed clusters, and a dirty lazy-refcount image repaired on open).
+enum class Start { kFresh, kQemuSnapshots, kQemuCompressed, kQemuLazyDirty };
+
+const char* StartName(Start s) {
+  switch (s) {
+    case Start::kFresh:
+      return "fresh";
+    case Start::kQemuSnapshots:
+      return "qemu-snapshots";
+    case Start::kQemuCompressed:
+      return "qemu-compressed";
+    case Start::kQemuLazyDirty:
+      return "qemu-lazy-dirty";
+  }
+  return "?";
+}
+
 struct Config {
+  Start start = Start::kFresh;
   format::CreateOptions create;
   uint64_t l2_cache_bytes = 0;
   int max_in_flight = 1;
@@ -53,12 +74,13 @@ struct Config {
 };
 
 std::string Describe(const Config& c) {
-  return absl::StrCat(
-      "cluster_bits=", c.create.cluster_bits, " refcount_order=", c.create.refcount_order,
-      " extended_l2=", c.create.extended_l2, " lazy_refcounts=", c.create.lazy_refcounts,
-      " version=", c.create.version, " size=", c.create.size_bytes, " l2_cache=", c.l2_cache_bytes,
-      " depth=", c.max_in_flight, " steps=", c.steps_before_crash,
-      " crash=", c.random_subset ? "random-subset" : "drop-unflushed");
+  return absl::StrCat("start=", StartName(c.start), " cluster_bits=", c.create.cluster_bits,
+                      " refcount_order=", c.create.refcount_order,
+                      " extended_l2=", c.create.extended_l2,
+                      " lazy_refcounts=", c.create.lazy_refcounts, " version=", c.create.version,
+                      " size=", c.create.size_bytes, " l2_cache=", c.l2_cache_bytes,
+                      " depth=", c.max_in_flight, " steps=", c.steps_before_crash,
+                      " crash=", c.random_subset ? "random-subset" : "drop-unflushed");
 }
 
 Config RandomConfig(std::mt19937_64& rng) {
@@ -78,7 +100,97 @@ Config RandomConfig(std::mt19937_64& rng) {
   c.max_in_flight = 1 + static_cast<int>(pick(8));
   c.steps_before_crash = 1 + static_cast<int>(pick(400));
   c.random_subset = pick(2) == 0;
+  // About a third of the seeds start from a QEMU-made image (2 MiB, 4 KiB
+  // clusters; the image decides lazy refcounts).
+  uint64_t start = pick(9);
+  if (start < 3) {
+    c.start = static_cast<Start>(start + 1);
+    c.create = format::CreateOptions{};
+    c.create.cluster_bits = 12;
+    c.create.size_bytes = 2 << 20;
+    c.create.lazy_refcounts = c.start == Start::kQemuLazyDirty;
+  }
   return c;
+}
+
+// A QEMU-made start image and its contents, one byte per sector.
+struct QemuStart {
+  std::vector<std::byte> image;
+  std::vector<uint8_t> sectors;
+};
+
+std::string ReadFileBytes(const std::string& path, std::vector<std::byte>* out) {
+  FILE* f = std::fopen(path.c_str(), "rb");
+  if (f == nullptr) return absl::StrCat("cannot open ", path);
+  std::vector<std::byte> data;
+  std::byte buf[65536];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof(buf), f)) > 0) data.insert(data.end(), buf, buf + n);
+  std::fclose(f);
+  *out = std::move(data);
+  return "";
+}
+
+// Builds (once) the QEMU-made image for `start`; empty error string on success.
+// Every write is sector aligned with one pattern byte, so the contents stay
+// one value per sector.
+std::string GetQemuStart(Start start, const QemuStart** out) {
+  static std::map<Start, QemuStart> cache;
+  if (auto it = cache.find(start); it != cache.end()) {
+    *out = &it->second;
+    return "";
+  }
+  char dir_template[] = "/tmp/uq-power-start-XXXXXX";
+  if (mkdtemp(dir_template) == nullptr) return "mkdtemp failed";
+  std::string dir = dir_template;
+  std::string script;
+  switch (start) {
+    case Start::kQemuSnapshots:
+      script =
+          "qemu-img create -q -f qcow2 -o cluster_size=4k img.qcow2 2M && "
+          "qemu-io -c 'write -P 0x11 0 512k' -c 'write -P 0x12 1M 256k' img.qcow2 && "
+          "qemu-img snapshot -c a img.qcow2 && "
+          "qemu-io -c 'write -P 0x13 64k 64k' -c 'write -z 1088k 32k' img.qcow2 && "
+          "qemu-img snapshot -c b img.qcow2 && qemu-io -c 'write -P 0x14 200k 8k' img.qcow2";
+      break;
+    case Start::kQemuCompressed:
+      script =
+          "qemu-img create -q -f raw src.raw 2M && "
+          "qemu-io -f raw -c 'write -P 0x31 0 700k' -c 'write -P 0x32 1M 512k' "
+          "-c 'write -P 0x33 1700k 12k' src.raw && "
+          "qemu-img convert -c -O qcow2 -o cluster_size=4k,compression_type=zstd src.raw "
+          "img.qcow2";
+      break;
+    case Start::kQemuLazyDirty:
+      script =
+          "qemu-img create -q -f qcow2 -o cluster_size=4k,lazy_refcounts=on img.qcow2 2M && "
+          "{ qemu-io -c 'write -P 0x41 0 300k' -c flush -c 'write -P 0x42 1M 100k' -c abort "
+          "img.qcow2 || true; }";
+      break;
+    case Start::kFresh:
+      return "not a QEMU start";
+  }
+  std::string cmd = absl::StrCat("cd ", dir, " && { ", script,
+                                 " ; } >/dev/null 2>&1 && qemu-img convert -U -O raw img.qcow2 "
+                                 "contents.raw");
+  int rc = std::system(cmd.c_str());
+  QemuStart made;
+  std::vector<std::byte> raw;
+  std::string err = rc == 0 ? ReadFileBytes(dir + "/img.qcow2", &made.image)
+                            : absl::StrCat("making the image failed: ", cmd);
+  if (err.empty()) err = ReadFileBytes(dir + "/contents.raw", &raw);
+  std::system(absl::StrCat("rm -rf ", dir).c_str());
+  if (!err.empty()) return err;
+  if (raw.size() != (2u << 20)) return absl::StrCat("contents are ", raw.size(), " bytes");
+  for (size_t s = 0; s < raw.size() / kSector; ++s) {
+    std::byte v = raw[s * kSector];
+    for (size_t b = 1; b < kSector; ++b) {
+      if (raw[s * kSector + b] != v) return absl::StrCat("sector ", s, " is not uniform");
+    }
+    made.sectors.push_back(static_cast<uint8_t>(v));
+  }
+  *out = &cache.emplace(start, std::move(made)).first->second;
+  return "";
 }
 
 // Logs file operations (UQ_POWER_TRACE) between the engine and the file.
@@ -128,6 +240,7 @@ struct Coverage {
   uint64_t sectors_verified = 0;
   uint64_t requests = 0;
   uint64_t qemu_checks = 0;
+  uint64_t qemu_starts = 0;
 };
 Coverage coverage;
 
@@ -352,11 +465,19 @@ bool PowerLossRun::Drain() {
 void PowerLossRun::Run(bool qemu_check) {
   sectors_ = config_.create.size_bytes / kSector;
   current_.assign(sectors_, 0);
-  durable_.assign(sectors_, 0);
   uncertain_.assign(sectors_, false);
-
-  base_ = testing::MakeImage(config_.create);
+  if (config_.start == Start::kFresh) {
+    base_ = testing::MakeImage(config_.create);
+  } else {
+    const QemuStart* start = nullptr;
+    std::string err = GetQemuStart(config_.start, &start);
+    ASSERT_TRUE(err.empty()) << StartName(config_.start) << ": " << err;
+    ASSERT_EQ(start->sectors.size(), sectors_);
+    current_ = start->sectors;
+    base_ = std::make_unique<io::MemFile>(io::MemFile::Mode::kImmediate, start->image);
+  }
   ASSERT_NE(base_, nullptr);
+  durable_ = current_;
   power_ = std::make_unique<io::PowerLossFile>(base_.get(), base_->data());
 
   OpenOptions options;
@@ -448,6 +569,7 @@ void PowerLossRun::CheckCrashedImage(std::vector<std::byte> crashed, bool qemu_c
   ASSERT_TRUE(header.ok()) << "crashed image header: " << header.status();
   bool dirty = (header->incompatible_features & format::kIncompatDirty) != 0;
   ++coverage.seeds;
+  if (config_.start != Start::kFresh) ++coverage.qemu_starts;
   if (dirty) ++coverage.dirty_at_crash;
   if (flush_completed_) ++coverage.with_completed_flush;
   coverage.requests += static_cast<uint64_t>(next_id_);
@@ -534,6 +656,7 @@ TEST(PowerLoss, RandomStreamsSurviveCrash) {
     const uint64_t seed = only ? *only : base + i;
     std::mt19937_64 config_rng(seed);
     Config config = RandomConfig(config_rng);
+    if (!QemuImgAvailable()) config.start = Start::kFresh;
     SCOPED_TRACE(absl::StrCat("UQ_POWER_SEED=", seed, " ", Describe(config)));
     const ::testing::TestResult* result =
         ::testing::UnitTest::GetInstance()->current_test_info()->result();
@@ -548,11 +671,12 @@ TEST(PowerLoss, RandomStreamsSurviveCrash) {
   }
   std::printf(
       "power loss: %llu seeds, %llu requests, %llu crashed dirty (lazy refcounts), %llu with a "
-      "completed flush, %llu sectors verified, %llu qemu-img checks\n",
+      "completed flush, %llu sectors verified, %llu qemu-img checks, %llu QEMU-made start images\n",
       (unsigned long long)coverage.seeds, (unsigned long long)coverage.requests,
       (unsigned long long)coverage.dirty_at_crash,
       (unsigned long long)coverage.with_completed_flush,
-      (unsigned long long)coverage.sectors_verified, (unsigned long long)coverage.qemu_checks);
+      (unsigned long long)coverage.sectors_verified, (unsigned long long)coverage.qemu_checks,
+      (unsigned long long)coverage.qemu_starts);
 }
 
 }  // namespace
