@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# ctest driver of the VM tier (registered by tests/vm/CMakeLists.txt).
+#
+#   ctest-vm.sh kernel               fixture `vm_kernel`: build the kernel + initramfs
+#   ctest-vm.sh run SCRIPT [ARGS...] run SCRIPT in the test VM (scripts/vm-run.sh),
+#                                    or directly when this kernel has /dev/ublk-control
+#
+# A missing prerequisite (qemu-system-x86_64, the kernel source, root for a
+# direct run) skips with exit 77, except under CI=true, where it fails: the VM
+# tier never skips silently in CI.
+set -uo pipefail
+top=$(cd "$(dirname "$0")/../.." && pwd)
+vm_dir=${UQ_VM_DIR:-$top/build/vm}
+tarball=${UQ_KERNEL_TARBALL:-/usr/src/linux-source-6.1.tar.xz}
+
+missing() {
+  if [[ "${CI:-}" == true ]]; then
+    echo "ctest-vm: FAIL (CI=true, so no skip): $*" >&2
+    exit 1
+  fi
+  echo "ctest-vm: SKIP: $*" >&2
+  exit 77
+}
+
+host_has_ublk() { [[ -c /dev/ublk-control ]]; }
+
+check_vm_prereqs() {  # $1 = "build" when the kernel may still be built here
+  command -v qemu-system-x86_64 >/dev/null ||
+    missing "qemu-system-x86_64 not installed (scripts/setup.sh --vm)"
+  [[ -f /bin/busybox ]] || missing "busybox-static not installed (scripts/setup.sh --vm)"
+  if [[ -n "${UQ_VM_KERNEL:-}" ]]; then
+    [[ -s "$UQ_VM_KERNEL" ]] || missing "UQ_VM_KERNEL=$UQ_VM_KERNEL does not exist"
+  elif [[ ! -s "$vm_dir/kernel/bzImage" || "${1:-}" == build ]]; then
+    [[ -f "$tarball" || $(id -u) -eq 0 ]] ||
+      missing "no test kernel in $vm_dir/kernel and no $tarball (scripts/setup.sh --vm)"
+  fi
+}
+
+mode=${1:-}
+shift || true
+case "$mode" in
+  kernel)
+    if host_has_ublk; then
+      echo "ctest-vm: this kernel has /dev/ublk-control: scenarios run on the host, no VM kernel needed"
+      exit 0
+    fi
+    check_vm_prereqs build
+    if [[ -z "${UQ_VM_KERNEL:-}" ]]; then
+      start=$(date +%s)
+      "$top/scripts/build-test-kernel.sh" "$vm_dir/kernel" || exit 1
+      echo "ctest-vm: kernel ready after $(( $(date +%s) - start )) s"
+    fi
+    mkdir -p "$vm_dir"
+    exec "$top/tests/vm/mkinitramfs.sh" "$vm_dir/initramfs.gz"
+    ;;
+  run)
+    [[ $# -ge 1 ]] || { echo "usage: $0 run SCRIPT [ARGS...]" >&2; exit 2; }
+    if host_has_ublk; then
+      [[ $(id -u) -eq 0 ]] || missing "ublk needs root (CAP_SYS_ADMIN) on this kernel"
+      echo "ctest-vm: /dev/ublk-control present: running $1 on the host"
+      exec "$@"
+    fi
+    check_vm_prereqs
+    exec "$top/scripts/vm-run.sh" --timeout "${UQ_VM_TIMEOUT:-570}" -- "$@"
+    ;;
+  *)
+    echo "usage: $0 kernel | run SCRIPT [ARGS...]" >&2
+    exit 2
+    ;;
+esac
