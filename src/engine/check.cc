@@ -294,7 +294,10 @@ Task<absl::Status> RebuildRefcounts(io::BlockFile& file, format::Header& h) {
   }
   int64_t r = co_await file.Write(area * cs, table);
   if (r < 0) co_return absl::DataLossError("writing refcount table");
-  if (co_await file.Flush() < 0) co_return absl::DataLossError("flush");
+  {
+    int f = co_await file.Flush();
+    if (f < 0) co_return absl::DataLossError("flush");
+  }
   h.refcount_table_offset = area * cs;
   h.refcount_table_clusters = static_cast<uint32_t>(table_clusters);
   h.incompatible_features &= ~format::kIncompatDirty;
@@ -302,7 +305,10 @@ Task<absl::Status> RebuildRefcounts(io::BlockFile& file, format::Header& h) {
   UQ_CO_RETURN_IF_ERROR(format::EncodeHeader(h, hbuf));
   r = co_await file.Write(0, hbuf);
   if (r < 0) co_return absl::DataLossError("writing header");
-  if (co_await file.Flush() < 0) co_return absl::DataLossError("flush");
+  {
+    int f = co_await file.Flush();
+    if (f < 0) co_return absl::DataLossError("flush");
+  }
   co_return absl::OkStatus();
 }
 

@@ -390,7 +390,9 @@ Task<int> Qcow2Image::Corrupt(std::string what) {
     corrupt_ = true;
     if (!read_only_) {
       header_.incompatible_features |= format::kIncompatCorrupt;
-      if (co_await WriteHeader() >= 0) co_await SyncFiles();
+      int r = co_await WriteHeader();
+      if (r >= 0) r = co_await SyncFiles();
+      if (r < 0) std::fprintf(stderr, "qcow2: could not set the corrupt bit: %d\n", r);
     }
   }
   co_return -EIO;
@@ -1040,7 +1042,10 @@ Task<int> Qcow2Image::ReadsZero(uint64_t g, uint64_t n, bool* zero) {
 Task<int> Qcow2Image::Write(uint64_t offset_bytes, std::span<const iovec> iov, bool fua) {
   const uint64_t len = IovLen(iov);
   if (int r = CheckRequest(offset_bytes, len, true); r < 0) co_return r;
-  if (int r = co_await MarkDirtyOnce(); r < 0) co_return r;
+  {
+    int d = co_await MarkDirtyOnce();
+    if (d < 0) co_return d;
+  }
   uint64_t pos = 0;
   while (pos < len) {
     const uint64_t g = offset_bytes + pos;
@@ -1224,7 +1229,10 @@ Task<int> Qcow2Image::WriteCompressed(uint64_t g, std::span<const std::byte> clu
                                  out.span().subspan(0, cluster_bytes_ - 1));
   if (clen < 0) co_return static_cast<int>(clen);
   if (clen == 0) co_return co_await Write(g, std::span<const iovec>(&v, 1), false);
-  if (int r = co_await MarkDirtyOnce(); r < 0) co_return r;
+  {
+    int d = co_await MarkDirtyOnce();
+    if (d < 0) co_return d;
+  }
 
   const uint64_t gc = g >> cluster_bits_;
   co_await cluster_locks_.Lock(gc, true);
@@ -1274,7 +1282,10 @@ Task<int> Qcow2Image::WriteZeroes(uint64_t offset_bytes, uint64_t length_bytes, 
 
 Task<int> Qcow2Image::ZeroRange(uint64_t offset_bytes, uint64_t length_bytes, bool may_unmap) {
   if (int r = CheckRequest(offset_bytes, length_bytes, true); r < 0) co_return r;
-  if (int r = co_await MarkDirtyOnce(); r < 0) co_return r;
+  {
+    int d = co_await MarkDirtyOnce();
+    if (d < 0) co_return d;
+  }
   uint64_t pos = 0;
   while (pos < length_bytes) {
     const uint64_t g = offset_bytes + pos;

@@ -1,8 +1,12 @@
-// Targeted engine tests: open/close rules, header bits, snapshots, codecs.
+// Targeted engine tests: concurrency, header bits, corruption handling, codecs.
 #include "src/engine/qcow2_image.h"
 
 #include <gtest/gtest.h>
 
+#include <optional>
+#include <random>
+
+#include "format/endian.h"
 #include "src/engine/check.h"
 #include "src/engine/codec.h"
 #include "tests/engine/test_util.h"
@@ -10,15 +14,244 @@
 namespace uq::engine {
 namespace {
 
-TEST(CodecTest, ZlibRoundTrip) {
-  std::vector<std::byte> in(65536);
-  for (size_t i = 0; i < in.size(); ++i) in[i] = std::byte(i % 7);
-  std::vector<std::byte> out(65535);
-  int64_t n = CompressCluster(format::CompressionType::kZlib, in, out);
-  ASSERT_GT(n, 0);
-  std::vector<std::byte> back(65536);
-  ASSERT_EQ(DecompressCluster(format::CompressionType::kZlib, std::span(out).first(n), back), 0);
-  EXPECT_EQ(back, in);
+using testing::MakeImage;
+using testing::OpenSync;
+using testing::ReadSync;
+using testing::WriteSync;
+
+std::unique_ptr<Qcow2Image> AsQcow2(std::unique_ptr<Device> d) {
+  return std::unique_ptr<Qcow2Image>(static_cast<Qcow2Image*>(d.release()));
+}
+
+std::unique_ptr<Qcow2Image> OpenQcow2(io::MemFile* f, OpenOptions o = {}) {
+  auto d = OpenSync(f, std::move(o));
+  EXPECT_TRUE(d.ok()) << d.status();
+  if (!d.ok()) return nullptr;
+  return AsQcow2(std::move(*d));
+}
+
+format::CreateOptions Opts(uint64_t size_bytes, uint32_t cluster_bits = 16,
+                           bool lazy_refcounts = false) {
+  format::CreateOptions o;
+  o.size_bytes = size_bytes;
+  o.cluster_bits = cluster_bits;
+  o.lazy_refcounts = lazy_refcounts;
+  return o;
+}
+
+Task<void> WriteTask(Device* d, uint64_t off, std::vector<std::byte>* buf, std::optional<int>* r) {
+  iovec v{buf->data(), buf->size()};
+  r->emplace(co_await d->Write(off, std::span<const iovec>(&v, 1), false));
+}
+
+TEST(CodecTest, RoundTripBothTypes) {
+  for (auto type : {format::CompressionType::kZlib, format::CompressionType::kZstd}) {
+    std::vector<std::byte> in(65536);
+    for (size_t i = 0; i < in.size(); ++i) in[i] = std::byte(i % 7);
+    std::vector<std::byte> out(65535);
+    int64_t n = CompressCluster(type, in, out);
+    ASSERT_GT(n, 0);
+    std::vector<std::byte> back(65536);
+    ASSERT_EQ(DecompressCluster(type, std::span(out).first(n), back), 0);
+    EXPECT_EQ(back, in);
+  }
+}
+
+TEST(CodecTest, DecompressionNeverOverrunsOneCluster) {
+  for (auto type : {format::CompressionType::kZlib, format::CompressionType::kZstd}) {
+    // A stream of two clusters' worth of data into a one-cluster buffer.
+    std::vector<std::byte> in(8192, std::byte{5});
+    std::vector<std::byte> out(8192);
+    int64_t n = CompressCluster(type, in, out);
+    ASSERT_GT(n, 0);
+    std::vector<std::byte> guard(4096 + 64, std::byte{0xee});
+    EXPECT_EQ(DecompressCluster(type, std::span(out).first(n), std::span(guard).first(4096)), -EIO);
+    for (size_t i = 4096; i < guard.size(); ++i) ASSERT_EQ(guard[i], std::byte{0xee});
+    // A stream shorter than the cluster is an error too.
+    std::vector<std::byte> big(16384);
+    EXPECT_EQ(DecompressCluster(type, std::span(out).first(n), big), -EIO);
+    // Garbage is an error, not a crash.
+    std::vector<std::byte> junk(100, std::byte{0x42});
+    EXPECT_EQ(DecompressCluster(type, junk, std::span(guard).first(4096)), -EIO);
+  }
+}
+
+TEST(Qcow2ImageTest, ConcurrentWritesToOneUnallocatedClusterAllocateOnce) {
+  auto file = MakeImage(Opts(4 << 20));
+  auto img = OpenQcow2(file.get());
+  ASSERT_NE(img, nullptr);
+  std::vector<std::byte> first(512, std::byte{1});
+  ASSERT_EQ(WriteSync(*img, 0, first), 0);  // allocates the L2 table too
+  const uint64_t before = img->stats().clusters_allocated;
+
+  file->set_mode(io::MemFile::Mode::kDeferred);
+  std::vector<std::byte> a(4096, std::byte{0xaa}), b(4096, std::byte{0xbb});
+  std::optional<int> ra, rb;
+  Spawn(WriteTask(img.get(), 65536 * 3, &a, &ra));
+  Spawn(WriteTask(img.get(), 65536 * 3 + 32768, &b, &rb));
+  std::mt19937_64 rng(1);
+  file->RunRandom(rng);
+  ASSERT_EQ(ra, 0);
+  ASSERT_EQ(rb, 0);
+  file->set_mode(io::MemFile::Mode::kImmediate);
+  EXPECT_EQ(img->stats().clusters_allocated - before, 1u);
+  std::vector<std::byte> got(65536);
+  ASSERT_EQ(ReadSync(*img, 65536 * 3, got), 0);
+  EXPECT_EQ(got[0], std::byte{0xaa});
+  EXPECT_EQ(got[32768], std::byte{0xbb});
+  EXPECT_EQ(got[8192], std::byte{0});
+  ASSERT_TRUE(io::RunSync(nullptr, img->Close()).ok());
+  auto check = io::RunSync(nullptr, CheckImage(*file));
+  ASSERT_TRUE(check.ok());
+  EXPECT_EQ(check->corruptions, 0u);
+  EXPECT_EQ(check->leaks, 0u);
+}
+
+TEST(Qcow2ImageTest, QueueDepth128InFlight) {
+  auto file = MakeImage(Opts(64 << 20));
+  auto img = OpenQcow2(file.get());
+  ASSERT_NE(img, nullptr);
+  file->set_mode(io::MemFile::Mode::kDeferred);
+  constexpr int kDepth = 128;
+  std::vector<std::vector<std::byte>> bufs(kDepth);
+  std::vector<std::optional<int>> results(kDepth);
+  for (int i = 0; i < kDepth; ++i) {
+    bufs[i].assign(8192, std::byte(i + 1));
+    // Pairs of requests share a cluster.
+    Spawn(
+        WriteTask(img.get(), uint64_t(i / 2) * 65536 * 5 + (i % 2) * 16384, &bufs[i], &results[i]));
+  }
+  std::mt19937_64 rng(2);
+  size_t max_pending = 0;
+  while (file->pending_count() > 0) {
+    max_pending = std::max(max_pending, file->pending_count());
+    file->RunRandomOne(rng);
+  }
+  // The second write of each pair waits for its cluster's allocation.
+  EXPECT_GE(max_pending, 64u) << "requests must really be in flight together";
+  for (int i = 0; i < kDepth; ++i) ASSERT_EQ(results[i], 0) << i;
+  file->set_mode(io::MemFile::Mode::kImmediate);
+  for (int i = 0; i < kDepth; ++i) {
+    std::vector<std::byte> got(8192);
+    ASSERT_EQ(ReadSync(*img, uint64_t(i / 2) * 65536 * 5 + (i % 2) * 16384, got), 0);
+    ASSERT_EQ(got, bufs[i]) << i;
+  }
+  ASSERT_TRUE(io::RunSync(nullptr, img->Close()).ok());
+}
+
+TEST(Qcow2ImageTest, ReadOnlyRejectsWrites) {
+  auto file = MakeImage(Opts(1 << 20));
+  OpenOptions o;
+  o.read_only = true;
+  auto img = OpenQcow2(file.get(), o);
+  ASSERT_NE(img, nullptr);
+  std::vector<std::byte> buf(512);
+  EXPECT_EQ(WriteSync(*img, 0, buf), -EROFS);
+  EXPECT_EQ(io::RunSync(nullptr, img->Discard(0, 512)), -EROFS);
+  EXPECT_EQ(ReadSync(*img, 0, buf), 0);
+}
+
+TEST(Qcow2ImageTest, RejectsMisalignedAndOutOfRange) {
+  auto file = MakeImage(Opts(1 << 20));
+  auto img = OpenQcow2(file.get());
+  ASSERT_NE(img, nullptr);
+  std::vector<std::byte> buf(512);
+  EXPECT_EQ(ReadSync(*img, 100, buf), -EINVAL);
+  EXPECT_EQ(ReadSync(*img, 1 << 20, buf), -EINVAL);
+  EXPECT_EQ(WriteSync(*img, (1 << 20) - 256, std::span(buf).first(256)), -EINVAL);
+}
+
+TEST(Qcow2ImageTest, UnknownAutoclearBitsClearedOnWritableOpenOnly) {
+  auto file = MakeImage(Opts(1 << 20));
+  file->data()[95] = std::byte{0x20};  // autoclear bit 5 (unknown)
+  {
+    OpenOptions o;
+    o.read_only = true;
+    auto img = OpenQcow2(file.get(), o);
+    ASSERT_NE(img, nullptr);
+    EXPECT_EQ(file->data()[95], std::byte{0x20});
+  }
+  auto img = OpenQcow2(file.get());
+  ASSERT_NE(img, nullptr);
+  EXPECT_EQ(file->data()[95], std::byte{0});
+}
+
+TEST(Qcow2ImageTest, LazyRefcountsDirtyBitLifecycle) {
+  auto file = MakeImage(Opts(1 << 20, 16, true));
+  auto dirty = [&] { return (static_cast<uint8_t>(file->data()[79]) & 1) != 0; };
+  auto img = OpenQcow2(file.get());
+  ASSERT_NE(img, nullptr);
+  EXPECT_FALSE(dirty());
+  std::vector<std::byte> buf(4096, std::byte{9});
+  ASSERT_EQ(WriteSync(*img, 0, buf), 0);
+  EXPECT_TRUE(dirty()) << "set before the first write's metadata";
+  ASSERT_TRUE(io::RunSync(nullptr, img->Close()).ok());
+  EXPECT_FALSE(dirty()) << "cleared by a clean close";
+}
+
+TEST(Qcow2ImageTest, CorruptL2EntryFailsRequestAndMarksImageCorrupt) {
+  auto file = MakeImage(Opts(1 << 20));
+  uint64_t l2_offset = 0;
+  {
+    auto img = OpenQcow2(file.get());
+    ASSERT_NE(img, nullptr);
+    std::vector<std::byte> buf(512, std::byte{1});
+    ASSERT_EQ(WriteSync(*img, 0, buf), 0);
+    ASSERT_TRUE(io::RunSync(nullptr, img->Close()).ok());
+    const uint64_t l1_offset = format::LoadBE64(&file->data()[40]);
+    l2_offset = format::LoadBE64(&file->data()[l1_offset]) & format::kOffsetMask;
+  }
+  // Reserved bits 1..8 set in guest cluster 0's L2 entry.
+  file->data()[l2_offset + 7] |= std::byte{0x02};
+  auto img = OpenQcow2(file.get());
+  ASSERT_NE(img, nullptr);
+  std::vector<std::byte> buf(512);
+  EXPECT_EQ(ReadSync(*img, 0, buf), -EIO);
+  EXPECT_TRUE(img->corrupt());
+  EXPECT_TRUE(static_cast<uint8_t>(file->data()[79]) & 2) << "corrupt bit written";
+  EXPECT_EQ(WriteSync(*img, 65536, buf), -EIO) << "no writes to a corrupt image";
+  EXPECT_EQ(ReadSync(*img, 65536, buf), 0) << "other clusters stay readable";
+}
+
+TEST(Qcow2ImageTest, IncompressibleClusterStoredUncompressed) {
+  auto file = MakeImage(Opts(1 << 20));
+  auto img = OpenQcow2(file.get());
+  ASSERT_NE(img, nullptr);
+  std::vector<std::byte> noise(65536);
+  std::mt19937_64 rng(3);
+  for (auto& b : noise) b = std::byte(rng() & 0xff);
+  std::vector<std::byte> text(65536);
+  for (size_t i = 0; i < text.size(); ++i) text[i] = std::byte("qcow2 "[i % 6]);
+  ASSERT_EQ(io::RunSync(nullptr, img->WriteCompressed(0, noise)), 0);
+  ASSERT_EQ(io::RunSync(nullptr, img->WriteCompressed(65536, text)), 0);
+  ASSERT_EQ(io::RunSync(nullptr, img->Flush()), 0);
+  const uint64_t l1_offset = format::LoadBE64(&file->data()[40]);
+  const uint64_t l2_offset = format::LoadBE64(&file->data()[l1_offset]) & format::kOffsetMask;
+  EXPECT_FALSE(format::LoadBE64(&file->data()[l2_offset]) & format::kOflagCompressed);
+  EXPECT_TRUE(format::LoadBE64(&file->data()[l2_offset + 8]) & format::kOflagCompressed);
+  std::vector<std::byte> got(65536);
+  ASSERT_EQ(ReadSync(*img, 0, got), 0);
+  EXPECT_EQ(got, noise);
+  ASSERT_EQ(ReadSync(*img, 65536, got), 0);
+  EXPECT_EQ(got, text);
+  ASSERT_TRUE(io::RunSync(nullptr, img->Close()).ok());
+}
+
+TEST(OpenImageTest, ProbesRawAndHonoursForcedFormats) {
+  io::MemFile raw(io::MemFile::Mode::kImmediate, std::vector<std::byte>(8192, std::byte{3}));
+  auto d = OpenSync(&raw, {});
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ((*d)->size_bytes(), 8192u);
+  EXPECT_EQ(dynamic_cast<Qcow2Image*>(d->get()), nullptr);
+  OpenOptions q;
+  q.format = ImageFormat::kQcow2;
+  EXPECT_FALSE(OpenSync(&raw, q).ok());
+  auto file = MakeImage(Opts(1 << 20));
+  OpenOptions r;
+  r.format = ImageFormat::kRaw;
+  auto as_raw = OpenSync(file.get(), r);
+  ASSERT_TRUE(as_raw.ok());
+  EXPECT_EQ((*as_raw)->size_bytes(), file->size_bytes());
 }
 
 }  // namespace
