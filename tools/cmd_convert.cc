@@ -165,8 +165,9 @@ struct CopyJob {
   io::EventLoop* loop = nullptr;
   engine::Device* src = nullptr;
   engine::Device* dst = nullptr;
-  bool compress = false;  // -c
-  uint64_t size_bytes = 0;
+  bool compress = false;        // -c
+  uint64_t size_bytes = 0;      // of the source
+  uint64_t dst_size_bytes = 0;  // >= size_bytes (rounded up to a sector for qcow2)
   uint64_t chunk_bytes = 0;
   uint64_t unit_bytes = 0;  // zero detection / compression granularity
   uint64_t next_chunk = 0;
@@ -210,13 +211,17 @@ void PassTurn(CopyJob& job, uint64_t index) {
 }
 
 Task<int> CopyChunk(CopyJob& job, AlignedBuffer& buf, uint64_t index, uint64_t offset,
-                    uint64_t length, std::string& what) {
-  iovec v = buf.Iov(0, length);
+                    uint64_t src_length, std::string& what) {
+  iovec v = buf.Iov(0, src_length);
   int r = co_await job.src->Read(offset, std::span<const iovec>(&v, 1));
   if (r < 0) {
     what = absl::StrCat("reading source at offset ", offset);
     co_return r;
   }
+  // A raw source need not end on a sector; the qcow2 destination does (its
+  // size is rounded up, as qemu-img does): the tail reads as zeros.
+  uint64_t length = std::min(job.chunk_bytes, job.dst_size_bytes - offset);
+  std::memset(buf.data() + src_length, 0, length - src_length);
   if (job.in_order) {
     co_await WriteTurn{job, index};
     if (job.error != 0) co_return 0;  // another chunk failed; stop quietly
@@ -421,7 +426,7 @@ int CmdConvert(std::span<char* const> args) {
   // Validate the new image's layout before touching DST.
   std::optional<format::ImageLayout> layout;
   if (out_format == "qcow2") {
-    create.size_bytes = size_bytes;
+    create.size_bytes = (size_bytes + 511) / 512 * 512;
     auto built = format::BuildImageLayout(create);
     if (!built.ok()) return ReportError(absl::StrCat("convert: ", built.status().message()));
     layout = std::move(*built);
@@ -468,6 +473,7 @@ int CmdConvert(std::span<char* const> args) {
   job.src = src->get();
   job.dst = dst.get();
   job.size_bytes = size_bytes;
+  job.dst_size_bytes = dst->size_bytes();
   job.progress = &progress;
   absl::Status copied = size_bytes == 0 ? absl::OkStatus() : RunCopy(job, workers);
   if (copied.ok()) progress.Finish();

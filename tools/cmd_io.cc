@@ -159,6 +159,7 @@ class IoSession {
   absl::Status Discard(const ParsedCommand& c);
   absl::Status Flush(const ParsedCommand& c);
 
+  std::pair<uint64_t, uint64_t> Covering(uint64_t offset, uint64_t length) const;
   // Reads [offset, offset+length) (any alignment) into `out`.
   int ReadBytes(uint64_t offset, std::span<std::byte> out);
   // Writes `data` at `offset` (any alignment: partial sectors are merged
@@ -219,10 +220,17 @@ absl::StatusOr<std::pair<uint64_t, uint64_t>> IoSession::Range(const ParsedComma
   return std::make_pair(offset, length);
 }
 
+// The sector-aligned range covering [offset, offset + length), clipped to the
+// disk's end (a raw image's size need not be a sector multiple).
+std::pair<uint64_t, uint64_t> IoSession::Covering(uint64_t offset, uint64_t length) const {
+  uint64_t start = offset / kSectorBytes * kSectorBytes;
+  uint64_t end = (offset + length + kSectorBytes - 1) / kSectorBytes * kSectorBytes;
+  return {start, std::min(end, device_.size_bytes())};
+}
+
 int IoSession::ReadBytes(uint64_t offset, std::span<std::byte> out) {
   if (out.empty()) return 0;
-  uint64_t start = offset / kSectorBytes * kSectorBytes;
-  uint64_t end = (offset + out.size() + kSectorBytes - 1) / kSectorBytes * kSectorBytes;
+  auto [start, end] = Covering(offset, out.size());
   AlignedBuffer buf(end - start);
   iovec v = buf.Iov();
   int r = RunOnLoop(loop_, device_.Read(start, std::span<const iovec>(&v, 1)));
@@ -233,14 +241,15 @@ int IoSession::ReadBytes(uint64_t offset, std::span<std::byte> out) {
 
 int IoSession::WriteBytes(uint64_t offset, std::span<const std::byte> data) {
   if (data.empty()) return 0;
-  uint64_t start = offset / kSectorBytes * kSectorBytes;
-  uint64_t end = (offset + data.size() + kSectorBytes - 1) / kSectorBytes * kSectorBytes;
+  auto [start, end] = Covering(offset, data.size());
   AlignedBuffer buf(end - start);
   if (start != offset || end != offset + data.size()) {
     // Merge partial head/tail sectors with what is there now.
-    int r = ReadBytes(start, buf.span().first(kSectorBytes));
+    uint64_t head = std::min<uint64_t>(kSectorBytes, end - start);
+    int r = ReadBytes(start, buf.span().first(head));
     if (r < 0) return r;
-    r = ReadBytes(end - kSectorBytes, buf.span().last(kSectorBytes));
+    uint64_t tail_start = std::max(start, (end - 1) / kSectorBytes * kSectorBytes);
+    r = ReadBytes(tail_start, buf.span().subspan(tail_start - start, end - tail_start));
     if (r < 0) return r;
   }
   std::memcpy(buf.data() + (offset - start), data.data(), data.size());

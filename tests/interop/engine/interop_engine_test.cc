@@ -442,6 +442,29 @@ TEST_F(EngineInterop, IoOutputMatchesQemuIo) {
   EXPECT_SH(root_, "qemu-img check a.qcow2", 0);
 }
 
+// A raw source whose size is not a sector multiple: qemu-img rounds the qcow2
+// size up; the tail reads as zeros. io reaches the last partial sector.
+TEST_F(EngineInterop, OddSizedRawImage) {
+  ASSERT_SH(root_,
+            "head -c 1000000 /dev/urandom > odd.raw && cp odd.raw ours.raw && "
+            "cp odd.raw theirs.raw",
+            0);
+  for (const char* args : {"-O qcow2", "-c -O qcow2", "-O raw"}) {
+    EXPECT_SH(root_, absl::StrCat(kOurs, " convert -f raw ", args, " odd.raw out.img"), 0);
+    EXPECT_SH(root_, "qemu-img compare -f raw odd.raw out.img", 0);
+  }
+  EXPECT_SH(root_, "cmp odd.raw out.img", 0);  // the last one is raw: byte-identical
+  const std::string cmds =
+      "-c 'write -P 5 999990 10' -c 'write -z 999000 900' -c 'read -v 999980 20'";
+  RunResult ours =
+      Sh(root_, absl::StrCat(kOurs, " io -f raw ", cmds, " ours.raw | grep -v ' ops; '"));
+  RunResult theirs =
+      Sh(root_, absl::StrCat("qemu-io -f raw ", cmds, " theirs.raw | grep -v ' ops; '"));
+  EXPECT_EQ(ours.exit_code, 0) << ours.output;
+  EXPECT_EQ(ours.output, theirs.output);
+  EXPECT_SH(root_, "cmp ours.raw theirs.raw", 0);
+}
+
 // Malformed invocations: exit 1 with one "qcow2-img: ..." line, never a crash.
 TEST_F(EngineInterop, BadInputIsOneLineError) {
   ASSERT_SH(root_, "qemu-img create -q -f qcow2 m.qcow2 1M && head -c 4096 /dev/urandom > junk", 0);
