@@ -147,8 +147,10 @@ bool HasFlag(const ParsedCommand& c, char f) { return c.flags.find(f) != std::st
 
 class IoSession {
  public:
-  IoSession(io::EventLoop& loop, engine::Device& device, bool is_raw)
-      : loop_(loop), device_(device), is_raw_(is_raw) {}
+  // `align_bytes`: granularity of the requests sent to the device (512, or
+  // 4096 with O_DIRECT); unaligned commands are read-modify-written.
+  IoSession(io::EventLoop& loop, engine::Device& device, bool is_raw, uint64_t align_bytes)
+      : loop_(loop), device_(device), is_raw_(is_raw), align_bytes_(align_bytes) {}
 
   absl::Status Run(absl::string_view text);
 
@@ -175,6 +177,7 @@ class IoSession {
   io::EventLoop& loop_;
   engine::Device& device_;
   bool is_raw_;
+  uint64_t align_bytes_;
 };
 
 absl::Status IoSession::Run(absl::string_view text) {
@@ -223,8 +226,8 @@ absl::StatusOr<std::pair<uint64_t, uint64_t>> IoSession::Range(const ParsedComma
 // The sector-aligned range covering [offset, offset + length), clipped to the
 // disk's end (a raw image's size need not be a sector multiple).
 std::pair<uint64_t, uint64_t> IoSession::Covering(uint64_t offset, uint64_t length) const {
-  uint64_t start = offset / kSectorBytes * kSectorBytes;
-  uint64_t end = (offset + length + kSectorBytes - 1) / kSectorBytes * kSectorBytes;
+  uint64_t start = offset / align_bytes_ * align_bytes_;
+  uint64_t end = (offset + length + align_bytes_ - 1) / align_bytes_ * align_bytes_;
   return {start, std::min(end, device_.size_bytes())};
 }
 
@@ -245,10 +248,10 @@ int IoSession::WriteBytes(uint64_t offset, std::span<const std::byte> data) {
   AlignedBuffer buf(end - start);
   if (start != offset || end != offset + data.size()) {
     // Merge partial head/tail sectors with what is there now.
-    uint64_t head = std::min<uint64_t>(kSectorBytes, end - start);
+    uint64_t head = std::min<uint64_t>(align_bytes_, end - start);
     int r = ReadBytes(start, buf.span().first(head));
     if (r < 0) return r;
-    uint64_t tail_start = std::max(start, (end - 1) / kSectorBytes * kSectorBytes);
+    uint64_t tail_start = std::max(start, (end - 1) / align_bytes_ * align_bytes_);
     r = ReadBytes(tail_start, buf.span().subspan(tail_start - start, end - tail_start));
     if (r < 0) return r;
   }
@@ -260,8 +263,8 @@ int IoSession::WriteBytes(uint64_t offset, std::span<const std::byte> data) {
 int IoSession::ZeroBytes(uint64_t offset, uint64_t length, bool may_unmap) {
   if (length == 0) return 0;
   uint64_t end = offset + length;
-  uint64_t inner_start = (offset + kSectorBytes - 1) / kSectorBytes * kSectorBytes;
-  uint64_t inner_end = end / kSectorBytes * kSectorBytes;
+  uint64_t inner_start = (offset + align_bytes_ - 1) / align_bytes_ * align_bytes_;
+  uint64_t inner_end = end / align_bytes_ * align_bytes_;
   if (inner_start >= inner_end) {
     std::vector<std::byte> zeros(length);
     return WriteBytes(offset, zeros);
@@ -416,7 +419,7 @@ int CmdIo(std::span<char* const> args) {
   if (!device.ok()) return ReportError(absl::StrCat(path, ": ", device.status().message()));
   bool is_raw = dynamic_cast<engine::RawDevice*>(device->get()) != nullptr;
 
-  IoSession session(**loop, **device, is_raw);
+  IoSession session(**loop, **device, is_raw, options.direct_io ? 4096 : kSectorBytes);
   absl::Status failure;
   for (const std::string& command : commands) {
     failure = session.Run(command);
