@@ -10,7 +10,11 @@
 // fallocate(PUNCH_HOLE|KEEP_SIZE); WriteZeroes is fallocate(ZERO_RANGE), both
 // via IORING_OP_FALLOCATE, with fallbacks (punch + ftruncate, then writing
 // zeros) when the filesystem refuses the mode. Truncate is a synchronous
-// ftruncate (never on the hot path).
+// ftruncate (never on the hot path). On a read-only file, Flush is a no-op
+// returning 0 and every mutation fails with -EROFS.
+//
+// Open takes no lock: callers that serve or modify an image call
+// LockImage(file->fd(), exclusive) (src/io/file_lock.h) right after.
 //
 // size_bytes() is tracked in-process: fstat (or BLKGETSIZE64 for a block
 // device) at open, then every completed write, fallocate and truncate. A block
