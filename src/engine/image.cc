@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "format/endian.h"
 #include "format/header.h"
+#include "src/engine/aligned_file.h"
 #include "src/engine/qcow2_image.h"
 #include "src/engine/raw_device.h"
 
@@ -13,6 +14,13 @@ namespace uq::engine {
 Task<absl::StatusOr<std::unique_ptr<Device>>> OpenImage(std::unique_ptr<io::BlockFile> file,
                                                         OpenOptions options) {
   if (!file) co_return absl::InvalidArgumentError("no file");
+  if (options.file_alignment_bytes > 1) {
+    const uint32_t a = options.file_alignment_bytes;
+    if ((a & (a - 1)) != 0 || a < 512) {
+      co_return absl::InvalidArgumentError("file_alignment_bytes must be a power of two >= 512");
+    }
+    file = std::make_unique<AlignedFile>(std::move(file), a);
+  }
   bool is_qcow2 = false;
   if (options.format != ImageFormat::kRaw) {
     std::byte magic[4] = {};

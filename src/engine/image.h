@@ -38,6 +38,10 @@ struct OpenOptions {
   // Backing chain depth still allowed below this image (guards against
   // loops such as a -> b -> a). Decremented for each backing file.
   uint32_t max_backing_depth = 64;
+  // > 1: the files need I/O aligned to this many bytes (O_DIRECT: 4096). The
+  // image, backing and data files are then wrapped in an AlignedFile, which
+  // bounces and read-modify-writes whatever the engine issues unaligned.
+  uint32_t file_alignment_bytes = 0;
 };
 
 // Opens `file` as a Device. Errors are one line naming the problem (bad

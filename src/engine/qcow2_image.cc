@@ -12,6 +12,7 @@
 #include "format/endian.h"
 #include "format/snapshot.h"
 #include "format/status_macros.h"
+#include "src/engine/aligned_file.h"
 #include "src/engine/check.h"
 #include "src/engine/codec.h"
 
@@ -102,35 +103,49 @@ class ClusterLockGuard {
 // concurrent users (bounded by the queue depth).
 class Qcow2Image::BufferPool {
  public:
-  explicit BufferPool(size_t bytes) : bytes_(bytes) {}
+  // Buffers are 4 KiB aligned so COW and decompression I/O can go straight
+  // to O_DIRECT files.
+  static constexpr size_t kAlign = 4096;
+  explicit BufferPool(size_t bytes)
+      : bytes_(bytes), alloc_bytes_((bytes + kAlign - 1) / kAlign * kAlign) {}
+
+  struct Free {
+    void operator()(std::byte* p) const { std::free(p); }
+  };
+  using Buffer = std::unique_ptr<std::byte[], Free>;
 
   class Lease {
    public:
-    Lease(BufferPool* pool, std::vector<std::byte> buf) : pool_(pool), buf_(std::move(buf)) {}
+    Lease(BufferPool* pool, Buffer buf) : pool_(pool), buf_(std::move(buf)) {}
     Lease(Lease&& o) noexcept : pool_(std::exchange(o.pool_, nullptr)), buf_(std::move(o.buf_)) {}
     Lease(const Lease&) = delete;
     Lease& operator=(const Lease&) = delete;
     ~Lease() {
       if (pool_ != nullptr) pool_->free_.push_back(std::move(buf_));
     }
-    std::span<std::byte> span() { return buf_; }
-    std::byte* data() { return buf_.data(); }
+    std::span<std::byte> span() { return {buf_.get(), pool_->bytes_}; }
+    std::byte* data() { return buf_.get(); }
 
    private:
     BufferPool* pool_;
-    std::vector<std::byte> buf_;
+    Buffer buf_;
   };
 
   Lease Acquire() {
-    if (free_.empty()) return Lease(this, std::vector<std::byte>(bytes_));
-    std::vector<std::byte> b = std::move(free_.back());
+    if (free_.empty()) {
+      Buffer b(static_cast<std::byte*>(std::aligned_alloc(kAlign, alloc_bytes_)));
+      if (!b) std::abort();  // out of memory on a tiny, bounded pool
+      return Lease(this, std::move(b));
+    }
+    Buffer b = std::move(free_.back());
     free_.pop_back();
     return Lease(this, std::move(b));
   }
 
  private:
-  size_t bytes_;
-  std::vector<std::vector<std::byte>> free_;
+  size_t bytes_;        // what span() shows
+  size_t alloc_bytes_;  // rounded up for aligned_alloc
+  std::vector<Buffer> free_;
 };
 
 struct Qcow2Image::Slot {
@@ -201,6 +216,10 @@ Task<absl::StatusOr<std::unique_ptr<Qcow2Image>>> Qcow2Image::Open(
                              absl::StrCat("data file '", path, "': ", df.status().message()));
     }
     img->data_file_ = std::move(*df);
+    if (options.file_alignment_bytes > 1) {
+      img->data_file_ =
+          std::make_unique<AlignedFile>(std::move(img->data_file_), options.file_alignment_bytes);
+    }
     img->data_file_raw_ = (h.autoclear_features & format::kAutoclearDataFileRaw) != 0;
   }
 
@@ -226,6 +245,7 @@ Task<absl::StatusOr<std::unique_ptr<Qcow2Image>>> Qcow2Image::Open(
     bo.l2_cache_bytes = options.l2_cache_bytes;
     bo.refcount_cache_bytes = options.refcount_cache_bytes;
     bo.max_backing_depth = options.max_backing_depth - 1;
+    bo.file_alignment_bytes = options.file_alignment_bytes;
     if (h.backing_format == "qcow2") {
       bo.format = ImageFormat::kQcow2;
     } else if (h.backing_format == "raw") {

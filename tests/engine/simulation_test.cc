@@ -45,6 +45,9 @@ struct SimConfig {
   uint32_t max_inflight = 24;
   uint64_t max_io_bytes = 256 << 10;
   uint64_t seed = 1;
+  // > 0: every file fails misaligned I/O (O_DIRECT) and the engine is told to
+  // align (OpenOptions.file_alignment_bytes).
+  uint64_t strict_alignment = 0;
 };
 
 enum class OpType { kRead, kWrite, kZeroes, kZeroesUnmap, kDiscard, kFlush, kCompressed };
@@ -166,7 +169,17 @@ class Simulation {
     oo.refcount_cache_bytes = c_.refcount_cache_bytes;
     image_->set_mode(io::MemFile::Mode::kImmediate);
     if (backing_) backing_->set_mode(io::MemFile::Mode::kImmediate);
-    auto d = OpenSync(image_.get(), oo);
+    absl::StatusOr<std::unique_ptr<Device>> d;
+    if (c_.strict_alignment) {
+      oo.file_alignment_bytes = static_cast<uint32_t>(c_.strict_alignment);
+      files_.strict_alignment = c_.strict_alignment;
+      d = io::RunSync(nullptr, OpenImage(std::make_unique<testing::StrictAlignFile>(
+                                             std::make_unique<testing::BorrowedFile>(image_.get()),
+                                             c_.strict_alignment),
+                                         oo));
+    } else {
+      d = OpenSync(image_.get(), oo);
+    }
     ASSERT_TRUE(d.ok()) << d.status();
     dev_ = std::move(*d);
     ASSERT_EQ(dev_->size_bytes(), c_.size_bytes);
@@ -415,6 +428,17 @@ TEST(SimulationTest, Version2RawBacking) {
                        .size_bytes = 4 << 20,
                        .max_io_bytes = 32 << 10,
                        .seed = 108})
+      .Run();
+}
+
+TEST(SimulationTest, ODirectAlignmentSmallClustersCompressedBacking) {
+  Simulation(SimConfig{.cluster_bits = 10,
+                       .refcount_order = 4,
+                       .backing = BackingKind::kQcow2,
+                       .size_bytes = 4 << 20,
+                       .max_io_bytes = 32 << 10,
+                       .seed = 110,
+                       .strict_alignment = 4096})
       .Run();
 }
 

@@ -38,6 +38,51 @@ class BorrowedFile final : public io::BlockFile {
   bool ro_;
 };
 
+// Fails misaligned I/O with -EINVAL, as an O_DIRECT file does.
+class StrictAlignFile final : public io::BlockFile {
+ public:
+  StrictAlignFile(std::unique_ptr<io::BlockFile> f, uint64_t align) : f_(std::move(f)), a_(align) {}
+  Task<int64_t> ReadV(uint64_t o, std::span<const iovec> v) override {
+    if (!Ok(o, v)) return Fail64();
+    return f_->ReadV(o, v);
+  }
+  Task<int64_t> WriteV(uint64_t o, std::span<const iovec> v) override {
+    if (!Ok(o, v)) return Fail64();
+    return f_->WriteV(o, v);
+  }
+  Task<int> Flush() override { return f_->Flush(); }
+  Task<int> Discard(uint64_t o, uint64_t n) override {
+    if ((o | n) % a_) return Fail();
+    return f_->Discard(o, n);
+  }
+  Task<int> WriteZeroes(uint64_t o, uint64_t n) override {
+    if ((o | n) % a_) return Fail();
+    return f_->WriteZeroes(o, n);
+  }
+  Task<int> Truncate(uint64_t n) override { return f_->Truncate(n); }
+  uint64_t size_bytes() const override { return f_->size_bytes(); }
+  bool read_only() const override { return f_->read_only(); }
+  uint64_t misaligned() const { return misaligned_; }
+
+ private:
+  bool Ok(uint64_t o, std::span<const iovec> v) {
+    bool ok = o % a_ == 0;
+    for (const iovec& x : v) {
+      ok = ok && reinterpret_cast<uintptr_t>(x.iov_base) % a_ == 0 && x.iov_len % a_ == 0;
+    }
+    if (!ok) {
+      ++misaligned_;
+      ADD_FAILURE() << "misaligned I/O at offset " << o;
+    }
+    return ok;
+  }
+  static Task<int64_t> Fail64() { co_return -EINVAL; }
+  static Task<int> Fail() { co_return -EINVAL; }
+  std::unique_ptr<io::BlockFile> f_;
+  uint64_t a_;
+  uint64_t misaligned_ = 0;
+};
+
 // Builds a fresh image with the layout builder.
 inline std::unique_ptr<io::MemFile> MakeImage(const format::CreateOptions& o) {
   auto layout = format::BuildImageLayout(o);
@@ -54,12 +99,15 @@ inline std::unique_ptr<io::MemFile> MakeImage(const format::CreateOptions& o) {
 // A set of named files for FileOpener.
 struct FileSet {
   std::map<std::string, io::MemFile*> files;
+  uint64_t strict_alignment = 0;  // > 0: files fail misaligned I/O
   FileOpener Opener() {
     return [this](const std::string& path,
                   bool writable) -> absl::StatusOr<std::unique_ptr<io::BlockFile>> {
       auto it = files.find(path);
       if (it == files.end()) return absl::NotFoundError(path);
-      return std::make_unique<BorrowedFile>(it->second, !writable);
+      std::unique_ptr<io::BlockFile> f = std::make_unique<BorrowedFile>(it->second, !writable);
+      if (strict_alignment) f = std::make_unique<StrictAlignFile>(std::move(f), strict_alignment);
+      return f;
     };
   }
 };
