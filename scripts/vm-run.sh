@@ -88,7 +88,7 @@ esac
 
 # Host paths under /tmp the guest must still see above its own /tmp tmpfs.
 tmpbind=""
-for p in "$cwd" "${UQ_BUILD_DIR:-}" "$1"; do
+for p in "$cwd" "${UQ_BUILD_DIR:-}" "${UQ_SOURCE_DIR:-}" "$1"; do
   [[ "$p" == /tmp/* && "$p" != *[[:space:],]* ]] || continue
   rel=${p#/tmp/}
   first=/tmp/${rel%%/*}
