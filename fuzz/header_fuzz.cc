@@ -1,5 +1,6 @@
 // Fuzz entry for the header path: DecodeHeader (fixed fields, extensions,
-// validation), HeaderReadSize, the snapshot table and the table-entry codecs.
+// validation), HeaderReadSize, the snapshot table, the bitmap directory and
+// the table-entry codecs.
 // Properties checked beyond "no crash / no sanitizer report":
 //  - a header that decodes re-encodes, and the re-encoded cluster decodes to
 //    the same values (nothing lost or invented by EncodeHeader);
@@ -11,6 +12,7 @@
 #include <span>
 #include <vector>
 
+#include "format/bitmaps.h"
 #include "format/endian.h"
 #include "format/header.h"
 #include "format/snapshot.h"
@@ -101,6 +103,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* raw, size_t size) {
       auto again = uq::format::DecodeHeader(cluster, {.file_size_bytes = file_size});
       Check(again.ok());
       CheckSameHeader(*h, *again);
+    }
+    auto bitmaps = uq::format::FindBitmapsExtension(*h);
+    if (bitmaps.ok() && bitmaps->has_value() && (*bitmaps)->directory_offset < size) {
+      (void)uq::format::DecodeBitmapDirectory(data.subspan((*bitmaps)->directory_offset), **bitmaps,
+                                              h->cluster_bits);
     }
     if (h->nb_snapshots > 0 && h->snapshots_offset < size) {
       FuzzSnapshots(data.subspan(h->snapshots_offset), *h);

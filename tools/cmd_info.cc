@@ -83,6 +83,14 @@ std::optional<int64_t> Icount(const format::Snapshot& s) {
   return static_cast<int64_t>(v);
 }
 
+// QEMU's names for the bitmap flags, in bit order.
+std::vector<const char*> BitmapFlagNames(const format::BitmapInfo& b) {
+  std::vector<const char*> names;
+  if (b.flags & format::kBitmapFlagInUse) names.push_back("in-use");
+  if (b.flags & format::kBitmapFlagAuto) names.push_back("auto");
+  return names;
+}
+
 const char* CompressionName(const format::Header& h) {
   return h.compression_type == format::CompressionType::kZstd ? "zstd" : "zlib";
 }
@@ -121,6 +129,17 @@ Json ToJson(const ImageDescription& d) {
     data.Set("compression-type", Json::String(CompressionName(*h)));
     if (h->version == 3) {
       data.Set("lazy-refcounts", Json::Bool(h->compatible_features & format::kCompatLazyRefcounts));
+    }
+    if (!d.bitmaps.empty()) {
+      Json& list = data.Set("bitmaps", Json::Array());
+      for (const format::BitmapInfo& b : d.bitmaps) {
+        Json o = Json::Object();
+        Json& flags = o.Set("flags", Json::Array());
+        for (const char* f : BitmapFlagNames(b)) flags.Push(Json::String(f));
+        o.Set("name", Json::String(b.name));
+        o.Set("granularity", Json::Int(int64_t{1} << b.granularity_bits));
+        list.Push(std::move(o));
+      }
     }
     data.Set("refcount-bits", Json::Int(int64_t{1} << h->refcount_order));
     if (h->version == 3) {
@@ -192,6 +211,19 @@ std::string ToHuman(const ImageDescription& d) {
       absl::StrAppend(&out, "    lazy refcounts: ",
                       (h->compatible_features & format::kCompatLazyRefcounts) ? "true" : "false",
                       "\n");
+    }
+    if (!d.bitmaps.empty()) {
+      absl::StrAppend(&out, "    bitmaps:\n");
+      for (size_t i = 0; i < d.bitmaps.size(); ++i) {
+        const format::BitmapInfo& b = d.bitmaps[i];
+        absl::StrAppend(&out, "        [", i, "]:\n", "            flags:\n");
+        const std::vector<const char*> flags = BitmapFlagNames(b);
+        for (size_t f = 0; f < flags.size(); ++f) {
+          absl::StrAppend(&out, "                [", f, "]: ", flags[f], "\n");
+        }
+        absl::StrAppend(&out, "            name: ", b.name, "\n",
+                        "            granularity: ", uint64_t{1} << b.granularity_bits, "\n");
+      }
     }
     absl::StrAppend(&out, "    refcount bits: ", 1u << h->refcount_order, "\n");
     if (h->version == 3) {

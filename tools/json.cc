@@ -106,8 +106,10 @@ void Json::SerializeTo(std::string& out, int depth) const {
       Quote(out, string_);
       break;
     case Kind::kArray:
-      if (items_.empty()) {
-        out += "[]";
+      if (items_.empty()) {  // qemu-img's printer still breaks the line
+        out += "[\n";
+        Indent(out, depth);
+        out += ']';
         break;
       }
       out += "[\n";
@@ -121,7 +123,9 @@ void Json::SerializeTo(std::string& out, int depth) const {
       break;
     case Kind::kObject:
       if (members_.empty()) {
-        out += "{}";
+        out += "{\n";
+        Indent(out, depth);
+        out += '}';
         break;
       }
       out += "{\n";

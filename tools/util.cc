@@ -256,6 +256,20 @@ absl::StatusOr<ImageDescription> DescribeImage(const std::string& path, std::str
     UQ_ASSIGN_OR_RETURN(d.snapshots,
                         format::DecodeSnapshotTable(table, h.nb_snapshots, h.cluster_bits));
   }
+  UQ_ASSIGN_OR_RETURN(std::optional<format::BitmapsExtension> bitmaps,
+                      format::FindBitmapsExtension(h));
+  if (bitmaps) {
+    if (bitmaps->directory_offset > file_size ||
+        bitmaps->directory_size_bytes > file_size - bitmaps->directory_offset) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("bitmap_directory_offset ", bitmaps->directory_offset, " with ",
+                       bitmaps->directory_size_bytes, " bytes is past the end of the file (",
+                       file_size, " bytes)"));
+    }
+    UQ_ASSIGN_OR_RETURN(std::vector<std::byte> dir,
+                        file.ReadAt(bitmaps->directory_offset, bitmaps->directory_size_bytes));
+    UQ_ASSIGN_OR_RETURN(d.bitmaps, format::DecodeBitmapDirectory(dir, *bitmaps, h.cluster_bits));
+  }
   if (!h.backing_file.empty()) d.full_backing_filename = ResolveRelative(path, h.backing_file);
   d.header = std::move(h);
   return d;

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "format/bitmaps.h"
 #include "format/header.h"
 #include "format/snapshot.h"
 
@@ -72,6 +73,7 @@ struct ImageDescription {
   uint64_t actual_size_bytes = 0;
   std::optional<format::Header> header;     // qcow2 only
   std::vector<format::Snapshot> snapshots;  // qcow2 only
+  std::vector<format::BitmapInfo> bitmaps;  // qcow2 only, when in effect
   std::string full_backing_filename;        // resolved; empty = none
 };
 

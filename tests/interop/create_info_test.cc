@@ -28,12 +28,14 @@ struct Case {
   std::string backing;
   std::string backing_format;
   std::string size = "64M";  // "" = take the backing file's size
+  // Shell commands run after creating, with IMG replaced by the image name.
+  std::string post;
 };
 
 Case Make(std::string name, std::string options, std::string backing = "",
-          std::string backing_format = "", std::string size = "64M") {
-  return Case{std::move(name), std::move(options), std::move(backing), std::move(backing_format),
-              std::move(size)};
+          std::string backing_format = "", std::string size = "64M", std::string post = "") {
+  return Case{std::move(name),           std::move(options), std::move(backing),
+              std::move(backing_format), std::move(size),    std::move(post)};
 }
 
 std::vector<Case> Matrix() {
@@ -65,6 +67,10 @@ std::vector<Case> Matrix() {
       Make("backing_qcow2", "", "base.qcow2", "qcow2"),
       Make("backing_qcow2_no_size", "cluster_size=4k", "base.qcow2", "qcow2", ""),
       Make("backing_raw", "", "base.raw", "raw"),
+      Make("bitmaps", "", "", "", "64M",
+           "qemu-img bitmap --add -g 128k IMG b0 && qemu-img bitmap --add --disable IMG b1"),
+      Make("snapshots", "cluster_size=4k", "", "", "64M",
+           "qemu-img snapshot -c first IMG && qemu-img snapshot -c second IMG"),
       Make(
           "everything_v3",
           "cluster_size=32k,refcount_bits=8,extended_l2=on,compression_type=zstd,lazy_refcounts=on",
@@ -99,6 +105,16 @@ class InteropTest : public ::testing::TestWithParam<Case> {
     return args;
   }
 
+  void Post(const Case& c, const std::string& image) {
+    if (c.post.empty()) return;
+    std::string command = c.post;
+    for (size_t at = command.find("IMG"); at != std::string::npos; at = command.find("IMG", at)) {
+      command.replace(at, 3, image);
+    }
+    const RunResult r = InDir(command);
+    ASSERT_EQ(r.exit_code, 0) << command << ": " << r.err;
+  }
+
   RunResult InDir(const std::string& command) const {
     return RunCommand("cd " + Quote(dir_.path()) + " && " + command);
   }
@@ -111,6 +127,7 @@ TEST_P(InteropTest, InfoMatchesQemuImgOnQemuImages) {
   MakeBacking(c);
   RunResult r = InDir("qemu-img " + CreateArgs(c, "img.qcow2"));
   ASSERT_EQ(r.exit_code, 0) << r.err;
+  Post(c, "img.qcow2");
 
   for (const std::string& chain : {std::string(""), std::string(" --backing-chain")}) {
     SCOPED_TRACE(chain.empty() ? "single image" : "backing chain");
@@ -163,6 +180,8 @@ TEST_P(InteropTest, QemuImgAcceptsOurImages) {
   ASSERT_TRUE(r.err.empty()) << r.err;
   r = InDir("qemu-img " + CreateArgs(c, "ref.qcow2"));
   ASSERT_EQ(r.exit_code, 0) << r.err;
+  Post(c, "ours.qcow2");
+  Post(c, "ref.qcow2");
 
   r = InDir("qemu-img check ours.qcow2");
   EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
