@@ -9,7 +9,7 @@ cd "$WORK"
 # 32 MiB of mixed content: random, zeros, a repeated pattern.
 head -c 8M /dev/urandom >src.raw
 head -c 8M /dev/zero >>src.raw
-yes "ublk-qcow2 compressible text " | head -c 16M >>src.raw
+head -c 16M /dev/zero | tr "\\0" "q" >>src.raw
 
 qemu-img create -q -f qcow2 base.qcow2 32M
 qemu-io -f qcow2 -c "write -P 0x11 0 4M" -c "write -P 0x22 10M 3M" -c "write -z 12M 64k" \

@@ -26,6 +26,9 @@ need() {
 [[ $(id -u) == 0 ]] || skip "needs root"
 [[ -x $UQ ]] || skip "ublk-qcow2 binary not found at $UQ (set UQ_UBLK_QCOW2 or UQ_BUILD_DIR)"
 
+# The VM's devtmpfs has no /dev/fd (bash process substitution needs it).
+[[ -e /dev/fd ]] || ln -s /proc/self/fd /dev/fd
+
 ublk_devices() { ls /dev/ublkb* 2>/dev/null || true; }
 
 # Every device gone (the kernel removes /dev/ublkbN at DEL_DEV).
