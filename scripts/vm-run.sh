@@ -15,7 +15,8 @@
 # Environment: UQ_VM_DIR (default <repo>/build/vm) holds kernel/bzImage,
 # initramfs.gz and runs/; UQ_VM_KERNEL overrides the bzImage; UQ_VM_VERBOSE=1
 # shows the full kernel log; UQ_VM_KEEP=1 keeps runs/<id> after success;
-# UQ_VM_CPU sets -cpu (default max); UQ_VM_EXTRA_ARGS is appended to qemu's args.
+# UQ_VM_CPU sets -cpu (default max); UQ_VM_EXTRA_ARGS is appended to qemu's args,
+# UQ_VM_APPEND to the kernel command line.
 set -euo pipefail
 
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -98,6 +99,7 @@ done
 append="console=ttyS0 panic=-1 rdinit=/init uq.scratch=$scratch uq.nonce=$nonce"
 [[ -n "$tmpbind" ]] && append+=" uq.tmpbind=$tmpbind"
 [[ "${UQ_VM_VERBOSE:-0}" == 1 ]] || append+=" quiet"
+[[ -n "${UQ_VM_APPEND:-}" ]] && append+=" $UQ_VM_APPEND"
 
 args=(
   -accel tcg,thread=multi -cpu "${UQ_VM_CPU:-max}" -m "$mem" -smp "$smp"
