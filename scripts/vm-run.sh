@@ -14,7 +14,7 @@
 #
 # Environment: UQ_VM_DIR (default <repo>/build/vm) holds kernel/bzImage,
 # initramfs.gz and runs/; UQ_VM_KERNEL overrides the bzImage; UQ_VM_VERBOSE=1
-# shows the full kernel log; UQ_VM_KEEP=1 keeps runs/<id> after success;
+# shows the full kernel log; UQ_VM_KEEP=1 keeps runs/<id> after success or skip (77);
 # UQ_VM_CPU sets -cpu (default max); UQ_VM_EXTRA_ARGS is appended to qemu's args,
 # UQ_VM_APPEND to the kernel command line.
 set -euo pipefail
@@ -62,6 +62,8 @@ if [[ ! -s "$initrd" || "$top/tests/vm/init" -nt "$initrd" ||
   "$top/tests/vm/mkinitramfs.sh" "$initrd" >&2
 fi
 
+# Failed runs are kept for their console.log; forget them after two days.
+find "$vm_dir/runs" -mindepth 1 -maxdepth 1 -name 'run.*' -mtime +1 -exec rm -rf {} + 2>/dev/null || true
 run=$(mktemp -d "$vm_dir/runs/run.XXXXXX")
 scratch=$run/scratch
 mkdir -p "$scratch"
@@ -136,7 +138,7 @@ if ! [[ "$rc" =~ ^[0-9]+$ ]]; then
   exit 125
 fi
 echo "vm-run: guest command exited $rc (${elapsed} s in the VM)" >&2
-if [[ "$rc" == 0 && "${UQ_VM_KEEP:-0}" != 1 ]]; then
+if [[ ( "$rc" == 0 || "$rc" == 77 ) && "${UQ_VM_KEEP:-0}" != 1 ]]; then
   rm -rf "$run"
 else
   echo "vm-run: run dir kept: $run" >&2
