@@ -144,12 +144,63 @@ Task<absl::StatusOr<format::Header>> LoadHeader(io::BlockFile& file) {
   co_return format::DecodeHeader(buf, {.file_size_bytes = file.size_bytes()});
 }
 
+// The persistent dirty bitmaps (bitmaps extension): directory, bitmap tables
+// and their data clusters. Counted only while the autoclear bit says the
+// extension is consistent, as QEMU does.
+Task<absl::Status> CountBitmaps(io::BlockFile& file, Tally& t) {
+  const format::Header& h = *t.h;
+  if (!(h.autoclear_features & format::kAutoclearBitmaps)) co_return absl::OkStatus();
+  const format::HeaderExtension* ext = nullptr;
+  for (const format::HeaderExtension& e : h.opaque_extensions) {
+    if (e.type == format::kExtBitmaps) ext = &e;
+  }
+  if (ext == nullptr || ext->data.size() < 24) co_return absl::OkStatus();
+  const uint32_t nb_bitmaps = format::LoadBE32(&ext->data[0]);
+  const uint64_t dir_size = format::LoadBE64(&ext->data[8]);
+  const uint64_t dir_offset = format::LoadBE64(&ext->data[16]);
+  const uint64_t cs = h.cluster_size();
+  if (dir_size > (64ull << 20) || (dir_offset & (cs - 1))) {
+    t.Problem(true, "ERROR bitmap directory offset/size invalid");
+    co_return absl::OkStatus();
+  }
+  t.AddRange(dir_offset, dir_size, "bitmap directory");
+  std::vector<std::byte> dir(dir_size);
+  int64_t r = co_await file.Read(dir_offset, dir);
+  if (r < 0) co_return absl::DataLossError("reading bitmap directory");
+  uint64_t pos = 0;
+  for (uint32_t i = 0; i < nb_bitmaps; ++i) {
+    if (pos + 24 > dir.size()) {
+      t.Problem(true, "ERROR bitmap directory truncated");
+      break;
+    }
+    const uint64_t table_offset = format::LoadBE64(&dir[pos]);
+    const uint32_t table_entries = format::LoadBE32(&dir[pos + 8]);
+    const uint16_t name_size = format::LoadBE16(&dir[pos + 18]);
+    const uint32_t extra = format::LoadBE32(&dir[pos + 20]);
+    pos += (24 + uint64_t{extra} + name_size + 7) / 8 * 8;
+    if (table_offset & (cs - 1)) {
+      t.Problem(true, "ERROR bitmap table offset unaligned");
+      continue;
+    }
+    t.AddRange(table_offset, uint64_t{table_entries} * 8, "bitmap table");
+    std::vector<std::byte> table(uint64_t{table_entries} * 8);
+    r = co_await file.Read(table_offset, table);
+    if (r < 0) co_return absl::DataLossError("reading bitmap table");
+    for (uint32_t j = 0; j < table_entries; ++j) {
+      const uint64_t off = format::LoadBE64(&table[j * 8]) & format::kOffsetMask;
+      if (off != 0) t.AddRange(off, cs, "bitmap data cluster");
+    }
+  }
+  co_return absl::OkStatus();
+}
+
 // Everything but the refcount structures.
 Task<absl::Status> CountReferences(io::BlockFile& file, Tally& t) {
   const format::Header& h = *t.h;
   t.AddRange(0, h.cluster_size(), "header");
   UQ_CO_RETURN_IF_ERROR(
       co_await CountL1(file, t, h.l1_table_offset, h.l1_size, /*active=*/true, "active"));
+  UQ_CO_RETURN_IF_ERROR(co_await CountBitmaps(file, t));
   UQ_CO_ASSIGN_OR_RETURN(std::vector<format::Snapshot> snaps, co_await ReadSnapshotTable(file, h));
   if (!snaps.empty()) {
     t.AddRange(h.snapshots_offset, format::SnapshotTableSize(snaps), "snapshot table");

@@ -298,6 +298,23 @@ TEST_F(QemuOracleTest, RawExternalDataFile) {
   EXPECT_TRUE(data == model);
 }
 
+TEST_F(QemuOracleTest, ExternalDataFileNotRaw) {
+  Sh("qemu-img create -q -f qcow2 -o data_file=" + Path("n.data") + ",cluster_size=4096 " +
+     Path("n.qcow2") + " 4M");
+  Load("n.qcow2");
+  Load("n.data");
+  auto d = Open("n.qcow2");
+  ASSERT_NE(d, nullptr);
+  std::vector<std::byte> model(4 << 20);
+  std::mt19937_64 rng(EnvU64("UQ_SIM_SEED", 19));
+  ASSERT_NO_FATAL_FAILURE(RandomOps(*d, model, rng, 300));
+  ASSERT_TRUE(io::RunSync(nullptr, d->Close()).ok());
+  Save("n.qcow2");
+  Save("n.data");
+  QemuCheckClean("n.qcow2");
+  QemuCompare("n.qcow2", model);
+}
+
 TEST_F(QemuOracleTest, DirtyImageIsRepairedOnWritableOpen) {
   Sh("qemu-img create -q -f qcow2 -o lazy_refcounts=on " + Path("l.qcow2") + " 4M");
   io::MemFile* f = Load("l.qcow2");
@@ -321,6 +338,34 @@ TEST_F(QemuOracleTest, DirtyImageIsRepairedOnWritableOpen) {
   Save("l.qcow2");
   QemuCheckClean("l.qcow2");
   QemuCompare("l.qcow2", model);
+}
+
+TEST_F(QemuOracleTest, PersistentBitmapsCountedAndDeclaredStale) {
+  Sh("qemu-img create -q -f qcow2 " + Path("b.qcow2") + " 4M");
+  Sh("qemu-img bitmap --add " + Path("b.qcow2") + " b0");
+  Sh("qemu-io -f qcow2 -c 'write -P 0x33 0 1M' " + Path("b.qcow2") + " >/dev/null");
+  io::MemFile* f = Load("b.qcow2");
+  // Our checker counts the bitmap directory, tables and data clusters.
+  auto before = io::RunSync(nullptr, CheckImage(*f));
+  ASSERT_TRUE(before.ok()) << before.status();
+  EXPECT_EQ(before->corruptions, 0u);
+  EXPECT_EQ(before->leaks, 0u) << (before->messages.empty() ? "" : before->messages[0]);
+  std::vector<std::byte> model(4 << 20);
+  std::memset(model.data(), 0x33, 1 << 20);
+  auto d = Open("b.qcow2");
+  ASSERT_NE(d, nullptr);
+  // We do not maintain bitmaps: a writable open marks them inconsistent.
+  EXPECT_EQ(static_cast<uint8_t>(f->data()[95]) & 1, 0);
+  std::mt19937_64 rng(21);
+  ASSERT_NO_FATAL_FAILURE(RandomOps(*d, model, rng, 100));
+  ASSERT_TRUE(io::RunSync(nullptr, d->Close()).ok());
+  Save("b.qcow2");
+  int st;
+  std::string out = RunCommand("qemu-img check -f qcow2 " + Path("b.qcow2"), &st);
+  // Leaked bitmap clusters (exit 3) are fine; errors are not.
+  EXPECT_TRUE(st == 0 || WEXITSTATUS(st) == 3) << out;
+  EXPECT_EQ(out.find("ERROR"), std::string::npos) << out;
+  QemuCompare("b.qcow2", model);
 }
 
 TEST_F(QemuOracleTest, CorruptBitRefusesWritableOpen) {
