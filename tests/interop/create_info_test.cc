@@ -224,3 +224,26 @@ INSTANTIATE_TEST_SUITE_P(Options, InteropTest, ::testing::ValuesIn(Matrix()),
 
 }  // namespace
 }  // namespace uq::interop
+
+namespace uq::interop {
+namespace {
+
+TEST(RawCreateTest, QemuImgSeesARawImageOfTheSize) {
+  if (!HaveTool("qemu-img")) GTEST_SKIP() << "qemu-img not installed";
+  TempDir dir;
+  const std::string path = dir.File("disk.raw");
+  RunResult r = RunCommand(Quote(Qcow2Img()) + " create -q -f raw " + Quote(path) + " 1536k");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = RunCommand("qemu-img info --output=json " + Quote(path));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const tools::Json info = ParseOrDie(r.out);
+  EXPECT_EQ(info.Find("format")->AsString(), "raw");
+  EXPECT_EQ(info.Find("virtual-size")->AsInt(), 1536 * 1024);
+  // And our info agrees with qemu-img's on the whole document.
+  const RunResult ours = RunCommand(Quote(Qcow2Img()) + " info --output=json " + Quote(path));
+  ASSERT_EQ(ours.exit_code, 0) << ours.err;
+  EXPECT_EQ(JsonDiff(ParseOrDie(ours.out), info), "");
+}
+
+}  // namespace
+}  // namespace uq::interop

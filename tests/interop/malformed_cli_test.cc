@@ -1,4 +1,5 @@
-// `qcow2-img info` on malformed images: exactly one stderr line
+// `qcow2-img info` on malformed images (and on patched but valid ones, which
+// must be described as qemu-img describes them): exactly one stderr line
 // "qcow2-img: <file>: <problem naming the field>", nothing on stdout, exit 1,
 // never a crash. Each malformed file is a valid qemu-img image with one
 // header field patched; where QEMU applies the same rule, qemu-img must
@@ -204,6 +205,54 @@ TEST_P(MalformedCliTest, OneLineNamingTheFieldExit1) {
 
 INSTANTIATE_TEST_SUITE_P(Headers, MalformedCliTest, ::testing::ValuesIn(Cases()),
                          [](const ::testing::TestParamInfo<Case>& info) {
+                           return info.param.name;
+                         });
+
+// Patched but valid headers (feature bits QEMU accepts on a read-only open):
+// qcow2-img info must describe them exactly as qemu-img info does.
+struct FlagCase {
+  std::string name;
+  std::function<void(std::string&)> mutate;
+};
+
+void PrintTo(const FlagCase& c, std::ostream* os) { *os << c.name; }
+
+std::vector<FlagCase> FlagCases() {
+  return {
+      {"dirty_bit", [](std::string& s) { Put64(s, 72, 1); }},
+      {"corrupt_bit", [](std::string& s) { Put64(s, 72, 2); }},
+      {"dirty_and_corrupt", [](std::string& s) { Put64(s, 72, 3); }},
+      {"data_file_bit_without_name", [](std::string& s) { Put64(s, 72, 4); }},
+      {"unknown_compatible_bit", [](std::string& s) { Put64(s, 80, 1ull << 7); }},
+      {"lazy_refcounts_bit", [](std::string& s) { Put64(s, 80, 1); }},
+      {"unknown_autoclear_bit", [](std::string& s) { Put64(s, 88, 1ull << 9); }},
+      {"bitmaps_bit_without_extension", [](std::string& s) { Put64(s, 88, 1); }},
+  };
+}
+
+class FlagsInfoTest : public ::testing::TestWithParam<FlagCase> {};
+
+TEST_P(FlagsInfoTest, InfoMatchesQemuImg) {
+  if (!HaveTool("qemu-img")) GTEST_SKIP() << "qemu-img not installed";
+  TempDir dir;
+  const std::string path = dir.File("img.qcow2");
+  RunResult r = RunCommand("qemu-img create -q -f qcow2 " + Quote(path) + " 16M");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::string img = ReadFile(path);
+  GetParam().mutate(img);
+  WriteFile(path, img);
+  for (const char* args : {" info ", " info --output=json "}) {
+    SCOPED_TRACE(args);
+    const RunResult ours = RunCommand(Quote(Qcow2Img()) + args + Quote(path));
+    const RunResult theirs = RunCommand(std::string("qemu-img") + args + Quote(path));
+    ASSERT_EQ(theirs.exit_code, 0) << theirs.err;
+    ASSERT_EQ(ours.exit_code, 0) << ours.err;
+    EXPECT_EQ(ours.out, theirs.out);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Flags, FlagsInfoTest, ::testing::ValuesIn(FlagCases()),
+                         [](const ::testing::TestParamInfo<FlagCase>& info) {
                            return info.param.name;
                          });
 
