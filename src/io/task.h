@@ -9,6 +9,14 @@
 // Errors are values (int -errno on the data path, absl::Status elsewhere).
 // Exceptions are not used for control flow: unhandled_exception terminates.
 //
+// Compiler bug (GCC 12.2): never put co_await inside an if condition, e.g.
+//   if (co_await f() >= 0) co_return 9;            // never completes
+//   if (co_await f() >= 0) { co_await g(); }       // hits __builtin_unreachable
+// GCC 12 miscompiles both (clang is fine; it is not this Task's doing: a
+// minimal promise type shows it too). Await into a local first:
+//   int r = co_await f();
+//   if (r >= 0) ...
+//
 // Thread-safety: a Task and its frame belong to one thread at a time.
 #ifndef UQ_SRC_IO_TASK_H_
 #define UQ_SRC_IO_TASK_H_

@@ -119,7 +119,8 @@ TEST(MemFileTest, DeferredReorderedCompletionsApplyInCompletionOrder) {
 Task<int> Chain(MemFile* mem, int n) {
   std::vector<std::byte> buf(4);
   for (int i = 0; i < n; ++i) {
-    if (co_await mem->Write(4 * i, buf) < 0) co_return -1;
+    int64_t r = co_await mem->Write(4 * i, buf);
+    if (r < 0) co_return -1;
   }
   co_return co_await mem->Flush();
 }

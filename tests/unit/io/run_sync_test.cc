@@ -54,7 +54,8 @@ TEST(RunSyncTest, PumpingDrivesDeferredMemFile) {
 // exactly this).
 Task<int> ManyFlushes(MemFile* mem, int n) {
   for (int i = 0; i < n; ++i) {
-    if (co_await mem->Flush() != 0) co_return -1;
+    int r = co_await mem->Flush();
+    if (r != 0) co_return -1;
   }
   co_return n;
 }
