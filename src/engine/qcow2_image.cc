@@ -926,17 +926,54 @@ int Qcow2Image::CheckRequest(uint64_t offset_bytes, uint64_t length_bytes, bool 
 Task<int> Qcow2Image::Read(uint64_t offset_bytes, std::span<const iovec> iov) {
   const uint64_t len = IovLen(iov);
   if (int r = CheckRequest(offset_bytes, len, false); r < 0) co_return r;
+  co_return co_await ForEachChunk(offset_bytes, iov, false);
+}
+
+struct Qcow2Image::Fanout {
+  uint64_t remaining = 0;
+  int result = 0;
+  std::coroutine_handle<> waiter;
+};
+
+Task<void> Qcow2Image::RunPiece(bool write, uint64_t g, uint64_t n, IovVec iov, Fanout* f) {
+  int r;
+  if (write) {
+    r = co_await WriteChunk(g, n, iov);
+  } else {
+    r = co_await ReadChunk(g, n, iov);
+  }
+  if (r < 0 && f->result == 0) f->result = r;
+  // The waiter may free *f once resumed: nothing touches it afterwards.
+  if (--f->remaining == 0 && f->waiter) f->waiter.resume();
+}
+
+Task<int> Qcow2Image::ForEachChunk(uint64_t offset_bytes, std::span<const iovec> iov, bool write) {
+  const uint64_t len = IovLen(iov);
+  const uint64_t first = std::min(len, cluster_bytes_ - (offset_bytes & (cluster_bytes_ - 1)));
+  if (first == len) {
+    // One cluster (the common small request): no fan-out.
+    if (write) co_return co_await WriteChunk(offset_bytes, len, iov);
+    co_return co_await ReadChunk(offset_bytes, len, iov);
+  }
+  Fanout f;
+  f.remaining = 1 + (len - first + cluster_bytes_ - 1) / cluster_bytes_;
   uint64_t pos = 0;
   while (pos < len) {
     const uint64_t g = offset_bytes + pos;
     const uint64_t n = std::min(len - pos, cluster_bytes_ - (g & (cluster_bytes_ - 1)));
     IovVec sub;
     SliceIov(iov, pos, n, &sub);
-    int r = co_await ReadChunk(g, n, sub);
-    if (r < 0) co_return r;
+    Spawn(RunPiece(write, g, n, std::move(sub), &f));
     pos += n;
   }
-  co_return 0;
+  struct Join {
+    Fanout* f;
+    bool await_ready() const noexcept { return f->remaining == 0; }
+    void await_suspend(std::coroutine_handle<> h) noexcept { f->waiter = h; }
+    void await_resume() const noexcept {}
+  };
+  co_await Join{&f};
+  co_return f.result;
 }
 
 Task<int> Qcow2Image::ReadChunk(uint64_t g, uint64_t n, std::span<const iovec> iov) {
@@ -1066,15 +1103,9 @@ Task<int> Qcow2Image::Write(uint64_t offset_bytes, std::span<const iovec> iov, b
     int d = co_await MarkDirtyOnce();
     if (d < 0) co_return d;
   }
-  uint64_t pos = 0;
-  while (pos < len) {
-    const uint64_t g = offset_bytes + pos;
-    const uint64_t n = std::min(len - pos, cluster_bytes_ - (g & (cluster_bytes_ - 1)));
-    IovVec sub;
-    SliceIov(iov, pos, n, &sub);
-    int r = co_await WriteChunk(g, n, sub);
+  {
+    int r = co_await ForEachChunk(offset_bytes, iov, true);
     if (r < 0) co_return r;
-    pos += n;
   }
   if (fua) co_return co_await Flush();
   co_return co_await MaybeFlushFrees();

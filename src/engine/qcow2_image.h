@@ -35,6 +35,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/container/inlined_vector.h"
 #include "absl/status/statusor.h"
 #include "cache/slice_cache.h"
 #include "cache/wait_list.h"
@@ -142,6 +143,12 @@ class Qcow2Image final : public Device {
                        std::span<const iovec> iov);
   Task<int> ZeroChunk(uint64_t guest_offset_bytes, uint64_t length_bytes, bool may_unmap);
   Task<int> ZeroRange(uint64_t offset_bytes, uint64_t length_bytes, bool may_unmap);
+  // Runs the per-cluster pieces of a read or write concurrently (each holds
+  // at most one cluster lock at a time, so they cannot deadlock).
+  struct Fanout;
+  Task<int> ForEachChunk(uint64_t offset_bytes, std::span<const iovec> iov, bool write);
+  Task<void> RunPiece(bool write, uint64_t guest_offset_bytes, uint64_t length_bytes,
+                      absl::InlinedVector<iovec, 8> iov, Fanout* fanout);
   Task<int> MarkDirtyOnce();
   Task<int> MaybeFlushFrees();
   int CheckRequest(uint64_t offset_bytes, uint64_t length_bytes, bool write) const;
