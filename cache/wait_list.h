@@ -15,9 +15,10 @@
 #include <coroutine>
 #include <cstdint>
 #include <deque>
-#include <unordered_map>
 #include <utility>
 #include <vector>
+
+#include "absl/container/flat_hash_map.h"
 
 namespace uq::cache {
 
@@ -110,8 +111,24 @@ class MutexGuard {
 };
 
 // Shared/exclusive locks keyed by a 64-bit value (the engine keys them by guest
-// cluster index). State exists only while a key is held or waited on.
+// cluster index). State exists only while a key is held or waited on; waiters
+// are linked through nodes inside their own awaiters (coroutine frames), and
+// the table is a flat hash map, so taking an uncontended lock allocates
+// nothing once the table has grown to the peak number of held keys.
 class KeyedRwLock {
+ private:
+  struct Waiter {
+    std::coroutine_handle<> handle;
+    bool exclusive = false;
+    Waiter* next = nullptr;
+  };
+  struct State {
+    int readers = 0;
+    bool writer = false;
+    Waiter* head = nullptr;
+    Waiter* tail = nullptr;
+  };
+
  public:
   KeyedRwLock() = default;
   KeyedRwLock(const KeyedRwLock&) = delete;
@@ -123,9 +140,10 @@ class KeyedRwLock {
       KeyedRwLock* l;
       uint64_t key;
       bool exclusive;
+      Waiter node;
       bool await_ready() {
         State& s = l->states_[key];
-        if (s.waiters.empty() && !s.writer && (!exclusive || s.readers == 0)) {
+        if (s.head == nullptr && !s.writer && (!exclusive || s.readers == 0)) {
           if (exclusive) {
             s.writer = true;
           } else {
@@ -136,11 +154,20 @@ class KeyedRwLock {
         return false;
       }
       void await_suspend(std::coroutine_handle<> h) {
-        l->states_[key].waiters.push_back({h, exclusive});
+        node.handle = h;
+        node.exclusive = exclusive;
+        node.next = nullptr;
+        State& s = l->states_[key];
+        if (s.tail != nullptr) {
+          s.tail->next = &node;
+        } else {
+          s.head = &node;
+        }
+        s.tail = &node;
       }
       void await_resume() const noexcept {}
     };
-    return Awaiter{this, key, exclusive};
+    return Awaiter{this, key, exclusive, {}};
   }
 
   void Unlock(uint64_t key, bool exclusive) {
@@ -152,35 +179,34 @@ class KeyedRwLock {
       --s.readers;
     }
     // Grant to the front of the queue: one writer, or every leading reader.
-    std::vector<std::coroutine_handle<>> wake;
-    while (!s.waiters.empty() && !s.writer) {
-      Waiter w = s.waiters.front();
-      if (w.exclusive) {
+    Waiter* granted = nullptr;
+    Waiter** granted_tail = &granted;
+    while (s.head != nullptr && !s.writer) {
+      Waiter* w = s.head;
+      if (w->exclusive) {
         if (s.readers != 0) break;
         s.writer = true;
       } else {
         ++s.readers;
       }
-      s.waiters.pop_front();
-      wake.push_back(w.handle);
+      s.head = w->next;
+      if (s.head == nullptr) s.tail = nullptr;
+      w->next = nullptr;
+      *granted_tail = w;
+      granted_tail = &w->next;
     }
-    if (!s.writer && s.readers == 0 && s.waiters.empty()) states_.erase(it);
-    for (std::coroutine_handle<> h : wake) h.resume();
+    if (!s.writer && s.readers == 0 && s.head == nullptr) states_.erase(it);
+    while (granted != nullptr) {
+      Waiter* w = granted;
+      granted = w->next;  // read before resuming: the node dies with its frame
+      w->handle.resume();
+    }
   }
 
   size_t held_keys() const { return states_.size(); }
 
  private:
-  struct Waiter {
-    std::coroutine_handle<> handle;
-    bool exclusive;
-  };
-  struct State {
-    int readers = 0;
-    bool writer = false;
-    std::deque<Waiter> waiters;
-  };
-  std::unordered_map<uint64_t, State> states_;
+  absl::flat_hash_map<uint64_t, State> states_;
 };
 
 }  // namespace uq::cache
