@@ -1,5 +1,6 @@
 #include "src/engine/image.h"
 
+#include <cerrno>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -10,6 +11,26 @@
 #include "src/engine/raw_device.h"
 
 namespace uq::engine {
+namespace {
+
+// Serves a writable file read-only (OpenOptions.read_only for raw images).
+class ReadOnlyFile final : public io::BlockFile {
+ public:
+  explicit ReadOnlyFile(std::unique_ptr<io::BlockFile> f) : f_(std::move(f)) {}
+  Task<int64_t> ReadV(uint64_t o, std::span<const iovec> v) override { return f_->ReadV(o, v); }
+  Task<int64_t> WriteV(uint64_t, std::span<const iovec>) override { co_return -EROFS; }
+  Task<int> Flush() override { co_return 0; }
+  Task<int> Discard(uint64_t, uint64_t) override { co_return -EROFS; }
+  Task<int> WriteZeroes(uint64_t, uint64_t) override { co_return -EROFS; }
+  Task<int> Truncate(uint64_t) override { co_return -EROFS; }
+  uint64_t size_bytes() const override { return f_->size_bytes(); }
+  bool read_only() const override { return true; }
+
+ private:
+  std::unique_ptr<io::BlockFile> f_;
+};
+
+}  // namespace
 
 Task<absl::StatusOr<std::unique_ptr<Device>>> OpenImage(std::unique_ptr<io::BlockFile> file,
                                                         OpenOptions options) {
@@ -36,6 +57,9 @@ Task<absl::StatusOr<std::unique_ptr<Device>>> OpenImage(std::unique_ptr<io::Bloc
     }
   }
   if (!is_qcow2) {
+    if (options.read_only && !file->read_only()) {
+      file = std::make_unique<ReadOnlyFile>(std::move(file));
+    }
     const uint64_t size = file->size_bytes();
     co_return std::unique_ptr<Device>(std::make_unique<RawDevice>(std::move(file), size));
   }

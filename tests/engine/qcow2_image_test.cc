@@ -246,6 +246,13 @@ TEST(OpenImageTest, ProbesRawAndHonoursForcedFormats) {
   OpenOptions q;
   q.format = ImageFormat::kQcow2;
   EXPECT_FALSE(OpenSync(&raw, q).ok());
+  OpenOptions ro;
+  ro.read_only = true;
+  auto raw_ro = OpenSync(&raw, ro);
+  ASSERT_TRUE(raw_ro.ok());
+  EXPECT_TRUE((*raw_ro)->read_only());
+  std::vector<std::byte> buf(512);
+  EXPECT_EQ(WriteSync(**raw_ro, 0, buf), -EROFS);
   auto file = MakeImage(Opts(1 << 20));
   OpenOptions r;
   r.format = ImageFormat::kRaw;
