@@ -11,9 +11,16 @@
 //     touching it was still in flight then or issued since.
 // For a sample of seeds the crashed image also goes through the real
 // `qemu-img check`: exit 0 or 3 (leaks), never 2 (corruption).
+// Images: fresh ones from the layout builder over the option space (cluster
+// size, refcount width, extended L2, lazy refcounts, compat), and for about a
+// third of the seeds QEMU-made ones (internal snapshots, zstd-compressed
+// clusters, a dirty lazy-refcount image left by `qemu-io -c abort`).
 //
 // Environment: UQ_POWER_SEEDS (default 1000), UQ_POWER_BASE_SEED (default
-// random, printed), UQ_POWER_SEED=<n> runs only seed n.
+// random, printed), UQ_POWER_SEED=<n> runs only seed n, UQ_POWER_TRACE=1
+// logs guest and file operations, UQ_POWER_DUMP=<path> writes the crashed
+// image, UQ_POWER_MUTANT=drop-flush checks that the harness catches a flush
+// that does nothing (the run must fail).
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -243,6 +250,25 @@ struct Coverage {
   uint64_t qemu_starts = 0;
 };
 Coverage coverage;
+
+// Harness self-check (UQ_POWER_MUTANT=drop-flush): a file whose Flush
+// claims success without flushing. Runs with it must fail (lost data after
+// the crash), showing the assertions can see a broken flush.
+class DropFlushFile final : public io::BlockFile {
+ public:
+  explicit DropFlushFile(io::BlockFile* f) : f_(f) {}
+  Task<int64_t> ReadV(uint64_t o, std::span<const iovec> v) override { return f_->ReadV(o, v); }
+  Task<int64_t> WriteV(uint64_t o, std::span<const iovec> v) override { return f_->WriteV(o, v); }
+  Task<int> Flush() override { co_return 0; }
+  Task<int> Discard(uint64_t o, uint64_t n) override { return f_->Discard(o, n); }
+  Task<int> WriteZeroes(uint64_t o, uint64_t n) override { return f_->WriteZeroes(o, n); }
+  Task<int> Truncate(uint64_t n) override { return f_->Truncate(n); }
+  uint64_t size_bytes() const override { return f_->size_bytes(); }
+  bool read_only() const override { return f_->read_only(); }
+
+ private:
+  io::BlockFile* f_;
+};
 
 // One guest request of the stream.
 struct Op {
@@ -487,7 +513,10 @@ void PowerLossRun::Run(bool qemu_check) {
     return absl::NotFoundError(path);
   };
   std::unique_ptr<io::BlockFile> engine_file;
-  if (trace_) {
+  const char* mutant = std::getenv("UQ_POWER_MUTANT");
+  if (mutant != nullptr && std::string(mutant) == "drop-flush") {
+    engine_file = std::make_unique<DropFlushFile>(power_.get());
+  } else if (trace_) {
     engine_file = std::make_unique<TracingFile>(power_.get());
   } else {
     engine_file = std::make_unique<testing::BorrowedFile>(power_.get());
