@@ -6,8 +6,9 @@
 //                   [-s SIZE] [-S STEP] [-t none|writeback] [-U] [-w] FILE
 //
 // COUNT requests of SIZE bytes (default 75000 x 4 KiB), DEPTH in flight
-// (default 64), offsets OFFSET, OFFSET+STEP, ... wrapping inside the image
-// (qemu's rule: modulo image size minus SIZE). -w writes PATTERN bytes. With
+// (default 64), offsets OFFSET, OFFSET+STEP, ... wrapping modulo the image
+// size as QEMU 7.2 does (a request that would then cross the end restarts at 0). -w writes PATTERN
+// bytes. With
 // --flush-interval=N a flush is sent after every N completed requests, after
 // draining the queue unless --no-drain. -t none opens with O_DIRECT.
 #include <bit>
@@ -72,9 +73,12 @@ class Bench {
   uint64_t NextOffset() {
     uint64_t offset = next_offset_;
     uint64_t image = device_.size_bytes();
-    next_offset_ += config_.step_bytes;
-    // qemu's wrap rule: keep every request inside the image.
-    next_offset_ = image <= config_.size_bytes ? 0 : next_offset_ % (image - config_.size_bytes);
+    // QEMU 7.2's wrap rule (modulo the image size), so both tools send the
+    // same offsets. Where 7.2 would then send a request past the end (and
+    // fail the run with EIO; later QEMUs wrap modulo size - SIZE instead),
+    // start over at offset 0.
+    next_offset_ = image == 0 ? 0 : (next_offset_ + config_.step_bytes) % image;
+    if (next_offset_ + config_.size_bytes > image) next_offset_ = 0;
     return offset;
   }
 

@@ -465,6 +465,30 @@ TEST_F(EngineInterop, OddSizedRawImage) {
   EXPECT_SH(root_, "cmp ours.raw theirs.raw", 0);
 }
 
+// bench -w writes the same requests as qemu-img bench (offsets, step,
+// wrap-around, pattern), so both leave identical images; the header lines
+// match qemu-img's.
+TEST_F(EngineInterop, BenchWritesLikeQemuImgBench) {
+  ASSERT_SH(root_, "qemu-img create -q -f qcow2 a.qcow2 1M && cp a.qcow2 b.qcow2", 0);
+  // 300 requests of 4 KiB with an 8 KiB step from 12 KiB wrap around the
+  // 1 MiB image (modulo size - request size).
+  const std::string args =
+      "bench -w -c 300 -d 8 -s 4k -S 8k -o 12k --pattern=0x5a --flush-interval=50 -f qcow2";
+  RunResult ours = Sh(root_, absl::StrCat(kOurs, " ", args, " a.qcow2"));
+  RunResult theirs = Sh(root_, absl::StrCat("qemu-img ", args, " b.qcow2"));
+  ASSERT_EQ(ours.exit_code, 0) << ours.output;
+  ASSERT_EQ(theirs.exit_code, 0) << theirs.output;
+  auto header = [](const std::string& out) { return out.substr(0, out.find("Run completed")); };
+  EXPECT_EQ(header(ours.output), header(theirs.output));
+  EXPECT_NE(ours.output.find("Run completed in "), std::string::npos) << ours.output;
+  EXPECT_SH(root_, "qemu-img compare a.qcow2 b.qcow2", 0);
+  EXPECT_SH(root_, "qemu-img check a.qcow2", 0);
+  EXPECT_SH(root_, "qemu-io -r -c 'read -P 0x5a 12k 4k' -c 'read -P 0 16k 4k' a.qcow2", 0);
+  // Reads leave the image as it was.
+  EXPECT_SH(root_, absl::StrCat(kOurs, " bench -c 500 -d 16 -s 4k a.qcow2"), 0);
+  EXPECT_SH(root_, "qemu-img compare a.qcow2 b.qcow2", 0);
+}
+
 // Malformed invocations: exit 1 with one "qcow2-img: ..." line, never a crash.
 TEST_F(EngineInterop, BadInputIsOneLineError) {
   ASSERT_SH(root_, "qemu-img create -q -f qcow2 m.qcow2 1M && head -c 4096 /dev/urandom > junk", 0);
