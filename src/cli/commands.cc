@@ -255,6 +255,7 @@ int RunServer(const Command& cmd, bool recover, Notifier& notify) {
     spec = state->spec;
     queues = info->nr_hw_queues;
     options.recover = true;
+    options.writethrough = spec.writethrough;
     options.dev_id = id;
     options.depth = info->queue_depth;
     if (queues > 1 && !spec.read_only) {
@@ -277,6 +278,7 @@ int RunServer(const Command& cmd, bool recover, Notifier& notify) {
     queues = static_cast<uint16_t>(std::clamp(static_cast<int>(spec.queues), 1, get_nprocs()));
     options.depth = spec.depth;
     options.reissue = spec.reissue;
+    options.writethrough = spec.writethrough;
   }
 
   // Open and validate the image before the kernel hears of a device.

@@ -12,7 +12,8 @@ namespace uq::cli {
 const char kUsage[] =
     "usage: ublk-qcow2 COMMAND ...\n"
     "  attach [--read-only] [--snapshot NAME] [--queues N] [--depth D]\n"
-    "         [--cache-size SIZE] [--format qcow2|raw|auto] [--foreground] [--reissue] IMAGE\n"
+    "         [--cache-size SIZE] [--format qcow2|raw|auto] [--foreground] [--reissue]\n"
+    "         [--writethrough] IMAGE\n"
     "      serve IMAGE as /dev/ublkbN (printed); runs in the background unless --foreground\n"
     "  detach /dev/ublkbN | -n N | --all\n"
     "      flush, close the image cleanly and remove the device\n"
@@ -215,6 +216,9 @@ absl::StatusOr<Command> ParseCommandLine(std::span<const std::string> args) {
       auto f = ParseFormat(*s);
       if (!f.ok()) return f.status();
       cmd.spec.format = *f;
+    } else if (image_opts && opt == "--writethrough") {
+      if (auto st = flag_ok(); !st.ok()) return st;
+      cmd.spec.writethrough = true;
     } else if (v == Verb::kAttach && opt == "--reissue") {
       if (auto st = flag_ok(); !st.ok()) return st;
       cmd.spec.reissue = true;

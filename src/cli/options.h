@@ -26,6 +26,8 @@ struct ImageSpec {
   uint16_t depth = 128;
   uint64_t cache_size_bytes = 0;  // 0 = engine default
   bool reissue = false;
+  // Writes complete only once durable, so they survive a server crash.
+  bool writethrough = false;
 };
 
 enum class Verb { kHelp, kAttach, kDetach, kList, kRecover, kMount, kUnmount };

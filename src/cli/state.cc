@@ -80,7 +80,8 @@ std::string EncodeState(const DeviceState& s) {
                       "\", \"read_only\": ", i.read_only ? "true" : "false",
                       ", \"snapshot\": ", JsonQuote(i.snapshot), ", \"queues\": ", i.queues,
                       ", \"depth\": ", i.depth, ", \"cache_size\": ", i.cache_size_bytes,
-                      ", \"reissue\": ", i.reissue ? "true" : "false", "}\n");
+                      ", \"reissue\": ", i.reissue ? "true" : "false",
+                      ", \"writethrough\": ", i.writethrough ? "true" : "false", "}\n");
 }
 
 absl::StatusOr<std::map<std::string, std::string>> ParseFlatJson(absl::string_view t) {
@@ -195,6 +196,7 @@ absl::StatusOr<DeviceState> DecodeState(absl::string_view text) {
   s.spec.format = *f;
   s.spec.read_only = get_bool("read_only");
   s.spec.reissue = get_bool("reissue");
+  s.spec.writethrough = get_bool("writethrough");
   return s;
 }
 

@@ -22,7 +22,7 @@ Params ComputeParams(const Geometry& g) {
   }
 
   ParamBasic& b = p.basic;
-  b.attrs = kAttrVolatileCache | kAttrFua;
+  b.attrs = g.writethrough ? 0 : kAttrVolatileCache | kAttrFua;
   if (g.read_only) b.attrs |= kAttrReadOnly;
   b.logical_bs_shift = 9;
   b.physical_bs_shift = Log2(kPhysical);

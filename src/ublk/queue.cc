@@ -175,7 +175,7 @@ Task<void> Queue::ServeTag(uint16_t tag) {
         r = length > config_.buf_bytes
                 ? -EINVAL
                 : co_await device_->Write(offset, std::span<const iovec>(&iov, 1),
-                                          (flags & kIoFlagFua) != 0);
+                                          (flags & kIoFlagFua) != 0 || config_.writethrough);
         break;
       case kOpFlush:  // start_sector = ~0, nr_sectors = 0: no range
         r = co_await device_->Flush();
@@ -189,6 +189,9 @@ Task<void> Queue::ServeTag(uint16_t tag) {
       default:
         r = -EOPNOTSUPP;
         break;
+    }
+    if (r >= 0 && config_.writethrough && (ublk_op == kOpDiscard || ublk_op == kOpWriteZeroes)) {
+      r = co_await device_->Flush();
     }
     if (r < 0) {
       if (failed_requests_++ < kMaxLoggedFailures) {

@@ -42,6 +42,9 @@ struct QueueConfig {
   bool has_affinity = false;
   cpu_set_t affinity{};  // CPUs GET_QUEUE_AFFINITY reported
   int done_fd = -1;      // eventfd written once when the thread exits
+  // Complete WRITE / DISCARD / WRITE_ZEROES only once durable (Write with FUA,
+  // Flush after the others): acknowledged data then survives a server crash.
+  bool writethrough = false;
 };
 
 // Runs device.Close() to completion on `loop` (the loop's owning thread).

@@ -88,6 +88,7 @@ absl::Status Server::StartNew(std::vector<QueueBackend>& backends) {
   g.granularity_bytes = first.granularity_bytes();
   g.read_only = first.read_only();
   g.max_io_buf_bytes = info_.max_io_buf_bytes;
+  g.writethrough = options_.writethrough;
   UQ_RETURN_IF_ERROR(control_->SetParams(info_.dev_id, ComputeParams(g)));
 
   UQ_RETURN_IF_ERROR(StartQueues(backends, nr_queues));
@@ -140,6 +141,7 @@ absl::Status Server::StartQueues(std::vector<QueueBackend>& backends, size_t nr_
     config.cdev_fd = cdev_fd_;
     config.ioctl_encoded = ioctl_io;
     config.done_fd = done_fd_;
+    config.writethrough = options_.writethrough;
     absl::StatusOr<cpu_set_t> cpus = control_->GetQueueAffinity(info_.dev_id, config.q_id);
     if (cpus.ok()) {
       config.has_affinity = true;

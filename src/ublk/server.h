@@ -40,6 +40,9 @@ struct ServerOptions {
   // Requests the dead server had fetched are re-sent to the next one
   // (UBLK_F_USER_RECOVERY_REISSUE); otherwise they fail with EIO.
   bool reissue = false;
+  // See QueueConfig::writethrough. Without it, writes acknowledged but not yet
+  // flushed when the server dies are lost (like a disk's volatile cache).
+  bool writethrough = false;
   bool recover = false;
 };
 

@@ -14,7 +14,7 @@ absl::StatusOr<Command> Parse(std::vector<std::string> args) { return ParseComma
 TEST(CliParseTest, AttachWithEverything) {
   auto c = Parse({"attach", "--read-only", "--snapshot", "s1", "--queues=2", "--depth", "64",
                   "--cache-size", "32M", "--format", "qcow2", "--foreground", "--reissue",
-                  "disk.qcow2"});
+                  "--writethrough", "disk.qcow2"});
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->verb, Verb::kAttach);
   EXPECT_TRUE(c->spec.read_only);
@@ -24,6 +24,7 @@ TEST(CliParseTest, AttachWithEverything) {
   EXPECT_EQ(c->spec.cache_size_bytes, 32u << 20);
   EXPECT_TRUE(c->foreground);
   EXPECT_TRUE(c->spec.reissue);
+  EXPECT_TRUE(c->spec.writethrough);
   EXPECT_EQ(c->spec.image, "disk.qcow2");
 }
 
@@ -110,6 +111,7 @@ TEST(StateTest, RoundTrip) {
   s.spec.depth = 64;
   s.spec.cache_size_bytes = 1 << 20;
   s.spec.reissue = true;
+  s.spec.writethrough = true;
   auto d = DecodeState(EncodeState(s));
   ASSERT_TRUE(d.ok()) << d.status();
   EXPECT_EQ(d->dev_id, 4u);
@@ -122,6 +124,7 @@ TEST(StateTest, RoundTrip) {
   EXPECT_EQ(d->spec.depth, 64);
   EXPECT_EQ(d->spec.cache_size_bytes, 1u << 20);
   EXPECT_TRUE(d->spec.reissue);
+  EXPECT_TRUE(d->spec.writethrough);
 }
 
 TEST(StateTest, RejectsGarbage) {

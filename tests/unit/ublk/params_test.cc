@@ -64,6 +64,15 @@ TEST(ParamsTest, ReadOnlyHasNoDiscard) {
   EXPECT_EQ(p.discard.discard_granularity, 0u);
 }
 
+TEST(ParamsTest, WritethroughAdvertisesNoVolatileCache) {
+  Geometry g;
+  g.size_bytes = 1 << 20;
+  g.max_io_buf_bytes = 4096;
+  g.writethrough = true;
+  Params p = ComputeParams(g);
+  EXPECT_EQ(p.basic.attrs & (kAttrVolatileCache | kAttrFua), 0u);
+}
+
 TEST(ParamsTest, SizeRoundsDownToSectors) {
   Geometry g;
   g.size_bytes = 1000;

@@ -10,7 +10,7 @@ qemu-io -f qcow2 -c "write -P 0x5a 0 64M" base.qcow2 >/dev/null
 qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 overlay.qcow2
 
 dev=$(attach overlay.qcow2)
-fio --name=verify --filename="$dev" --ioengine=io_uring --direct=1 --rw=randwrite --bs=4k \
+fio --name=verify --filename="$dev" --allow_file_create=0 --ioengine=io_uring --direct=1 --rw=randwrite --bs=4k \
   --iodepth=64 --size=48M --offset=8M --verify=md5 --do_verify=1 --verify_fatal=1 \
   --verify_dump=0 --output="$WORK/fio.out" || { cat "$WORK/fio.out"; fail "fio exited non-zero"; }
 grep -qi "verify.*fail\|bad magic\|md5.*mismatch" "$WORK/fio.out" && { cat "$WORK/fio.out"; fail "verify errors"; }

@@ -76,6 +76,17 @@ server_pid() {
   "$UQ" list --output=json | jq -r ".[] | select(.id == $(dev_id "$1")) | .pid"
 }
 
+# Waits until device $1 (/dev/ublkbN) has completed at least $2 writes (fio
+# can take seconds to start under TCG).
+wait_for_writes() {
+  local stat=/sys/block/$(basename "$1")/stat
+  for _ in $(seq 600); do
+    (($(awk '{print $5}' "$stat") >= $2)) && return 0
+    sleep 0.1
+  done
+  fail "no writes reached $1"
+}
+
 # qemu-img check: 0 = clean, 3 = leaked clusters only (allowed after a crash).
 check_image() {
   local rc=0
