@@ -62,6 +62,8 @@ class Simulation {
 
   void Run() {
     SCOPED_TRACE(::testing::Message() << "seed=" << c_.seed << " (UQ_SIM_SEED to replay)");
+    std::printf("simulation: seed %llu, %llu ops (UQ_SIM_SEED / UQ_SIM_SCALE)\n",
+                static_cast<unsigned long long>(c_.seed), static_cast<unsigned long long>(c_.ops));
     ASSERT_NO_FATAL_FAILURE(Setup());
     ASSERT_NO_FATAL_FAILURE(RandomOps());
     ASSERT_NO_FATAL_FAILURE(CloseAndCheck());
