@@ -1337,9 +1337,17 @@ Task<int> Qcow2Image::ZeroRange(uint64_t offset_bytes, uint64_t length_bytes, bo
     int d = co_await MarkDirtyOnce();
     if (d < 0) co_return d;
   }
+  const uint64_t table_span_bytes = cluster_bytes_ << l2_bits_;
   uint64_t pos = 0;
   while (pos < length_bytes) {
     const uint64_t g = offset_bytes + pos;
+    // Ranges under an unallocated L2 table with nothing below already read
+    // as zero: skip the whole table's span (a discard of a mostly empty disk
+    // is then cheap).
+    if (!backing_ && !data_file_raw_ && (l1_[g / table_span_bytes] & format::kOffsetMask) == 0) {
+      pos += std::min(length_bytes - pos, table_span_bytes - g % table_span_bytes);
+      continue;
+    }
     const uint64_t n = std::min(length_bytes - pos, cluster_bytes_ - (g & (cluster_bytes_ - 1)));
     int r = co_await ZeroChunk(g, n, may_unmap);
     if (r < 0) co_return r;
