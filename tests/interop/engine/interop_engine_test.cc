@@ -132,7 +132,7 @@ class StreamGenerator {
     return std::uniform_int_distribution<uint64_t>(lo, hi)(rng_);
   }
 
-  // A sector-aligned range; lengths from one sector to a few clusters,
+  // A range (mostly sector aligned); lengths from one sector to a few clusters,
   // biased to start near cluster boundaries so pieces cross them.
   std::pair<uint64_t, uint64_t> Range() {
     uint64_t size = model_.size();
@@ -149,6 +149,14 @@ class StreamGenerator {
       offset = Uniform(0, size / kSector - 1) * kSector;
     }
     len = std::min(len, size - offset);
+    // One request in eight is not sector aligned (both tools read-modify-write
+    // the partial sectors).
+    if (Uniform(0, 7) == 0) {
+      uint64_t head = std::min<uint64_t>(Uniform(0, kSector - 1), len - 1);
+      offset += head;
+      len -= head;
+      len -= std::min<uint64_t>(Uniform(0, kSector - 1), len - 1);
+    }
     return {offset, len};
   }
 
@@ -160,9 +168,8 @@ class StreamGenerator {
     // Half the reads target the most recent write so they are often uniform.
     uint64_t offset, len;
     if (last_len_ != 0 && Uniform(0, 1) == 0) {
-      uint64_t start = last_offset_ + Uniform(0, last_len_ / kSector - 1) * kSector;
-      offset = start;
-      len = Uniform(1, (last_offset_ + last_len_ - start) / kSector) * kSector;
+      offset = last_offset_ + Uniform(0, last_len_ - 1);
+      len = Uniform(1, last_offset_ + last_len_ - offset);
     } else {
       std::tie(offset, len) = Range();
     }
