@@ -166,17 +166,24 @@ Task<void> Queue::ServeTag(uint16_t tag) {
     iovec iov{buf, static_cast<size_t>(length)};
     int r;
     switch (ublk_op) {
+      // No co_await inside conditions or ?: here (GCC 12 miscompiles them,
+      // see src/io/task.h): plain statements only.
       case kOpRead:
-        r = length > config_.buf_bytes
-                ? -EINVAL
-                : co_await device_->Read(offset, std::span<const iovec>(&iov, 1));
+        if (length > config_.buf_bytes) {
+          r = -EINVAL;
+          break;
+        }
+        r = co_await device_->Read(offset, std::span<const iovec>(&iov, 1));
         break;
-      case kOpWrite:
-        r = length > config_.buf_bytes
-                ? -EINVAL
-                : co_await device_->Write(offset, std::span<const iovec>(&iov, 1),
-                                          (flags & kIoFlagFua) != 0 || config_.writethrough);
+      case kOpWrite: {
+        if (length > config_.buf_bytes) {
+          r = -EINVAL;
+          break;
+        }
+        const bool fua = (flags & kIoFlagFua) != 0 || config_.writethrough;
+        r = co_await device_->Write(offset, std::span<const iovec>(&iov, 1), fua);
         break;
+      }
       case kOpFlush:  // start_sector = ~0, nr_sectors = 0: no range
         r = co_await device_->Flush();
         break;
