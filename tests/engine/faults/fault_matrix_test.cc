@@ -20,12 +20,22 @@
 // "once" fails the n-th mutating operation only; "always" fails it and every
 // later operation of the same kind touching the same byte range (flushes and
 // truncates: every later one), like a named blkdebug event with once=off.
-// A few post-fault images per kind also go through the real `qemu-img check`.
+// Besides the image the run leaves, each run checks the same way a crash image
+// taken right after the step during which the fault fired (PowerLossFile under
+// the FaultFile): "always" runs drop every unflushed write, "once" runs keep a
+// seeded random subset of them (UQ_FAULT_SEED, printed). A few post-fault
+// images per kind also go through the real `qemu-img check`.
 //
 // The matrix is sampled deterministically when a kind has more points than its
-// cap: every non-data point is kept, data-cluster writes are thinned evenly
-// (the chosen indices are printed). UQ_FAULT_FULL=1 runs every point;
-// UQ_FAULT_POINT=<n> runs only point n (0-based) of every kind.
+// cap: header, L1 and refcount-table points and the operation right after each
+// come first, then the other metadata points, then data-cluster writes, each
+// group thinned evenly (the chosen indices are printed).
+//
+// Environment: UQ_FAULT_FULL=1 runs every point; UQ_FAULT_CAP=<n> up to n
+// points per kind; UQ_FAULT_POINT=<n> only point n (0-based) of every kind;
+// UQ_FAULT_LIST=1 prints every point; UQ_FAULT_AFTER_IO=1 lets the failed
+// operations land first (a lost completion); UQ_FAULT_KEEP_GOING=1 does not
+// stop a kind at its first failing run.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -39,6 +49,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -52,6 +63,7 @@
 #include "src/io/fault_file.h"
 #include "src/io/mem_file.h"
 #include "src/io/op_kind.h"
+#include "src/io/power_loss_file.h"
 #include "src/io/run_sync.h"
 #include "tests/engine/test_util.h"
 
@@ -66,6 +78,14 @@ using testing::BorrowedFile;
 using testing::FileSet;
 
 constexpr uint64_t kSector = 512;
+// Under ASan (the `sanitize` ctest label) each light kind runs 8 points and
+// the heavy kinds (thousands of file operations per run) are skipped, so the
+// whole test stays under 30 s there; UQ_FAULT_CAP overrides the cap.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kSanitized = true;
+#else
+constexpr bool kSanitized = false;
+#endif
 constexpr uint32_t kMutatingKinds = OpKindBit(OpKind::kWrite) | OpKindBit(OpKind::kFlush) |
                                     OpKindBit(OpKind::kDiscard) | OpKindBit(OpKind::kWriteZeroes) |
                                     OpKindBit(OpKind::kTruncate);
@@ -83,6 +103,7 @@ struct ImageKind {
   uint64_t bulk_clusters = 8;  // clusters written by the bulk step
   size_t max_points = 120;     // sampling cap on write points
   int qemu_checks = 3;         // post-fault images checked with qemu-img
+  bool heavy = false;          // skipped under ASan
 };
 
 struct Step {
@@ -159,6 +180,10 @@ struct Outcome {
   std::vector<FaultFile::OpRecord> log;
   std::vector<std::byte> bytes;
   std::map<uint64_t, Sector> model;
+  // The durable bytes (what a power cut would leave) right after the step
+  // during which the fault fired, and the model as of then.
+  std::vector<std::byte> crash_bytes;
+  std::map<uint64_t, Sector> crash_model;
   int read_mismatches = 0;
 };
 
@@ -170,6 +195,7 @@ struct Totals {
   uint64_t dirty_repaired = 0;
   uint64_t sectors_verified = 0;
   uint64_t qemu_checks = 0;
+  uint64_t crash_images = 0;
 };
 
 bool QemuImgAvailable() {
@@ -232,16 +258,20 @@ class FaultMatrix {
     o.read_only = read_only;
     return o;
   }
-  // Runs the workload on a fresh copy of the image with `rule` (if any).
-  Outcome RunWorkload(const std::optional<FaultRule>& rule);
+  // Runs the workload on a fresh copy of the image with `rule` (if any). The
+  // crash image taken when the fault fires keeps a random subset (seeded by
+  // `subset_seed`) of the unflushed writes, or none without a seed.
+  Outcome RunWorkload(const std::optional<FaultRule>& rule, std::optional<uint64_t> subset_seed);
   void ApplyStep(const Step& s, int result, Outcome* out, int injected);
   std::vector<Point> Classify(const Outcome& clean);
   std::vector<size_t> Sample(const std::vector<Point>& points);
   FaultRule OnceRule(const Point& p, int error) const;
   FaultRule AlwaysRule(const Point& p, const std::vector<FaultFile::OpRecord>& log,
                        int error) const;
-  // Checks the image left by `out`; `what` names the run in messages.
-  void CheckOutcome(Outcome& out, const std::string& what, bool qemu_check, Totals* totals);
+  // Checks an image left by a run against the values its sectors may hold;
+  // `what` names the run in messages.
+  void CheckImageBytes(const std::vector<std::byte>& bytes, const std::map<uint64_t, Sector>& model,
+                       const std::string& what, bool qemu_check, Totals* totals);
 
   ImageKind kind_;
   std::vector<std::byte> pristine_;
@@ -252,6 +282,7 @@ class FaultMatrix {
   std::map<uint64_t, Sector> initial_model_;
   uint64_t initial_reftable_offset_ = 0;
   uint64_t initial_reftable_bytes_ = 0;
+  uint64_t base_seed_ = 0;
 };
 
 void FaultMatrix::Setup() {
@@ -353,17 +384,29 @@ void FaultMatrix::ApplyStep(const Step& s, int result, Outcome* out, int injecte
   (void)injected;
 }
 
-Outcome FaultMatrix::RunWorkload(const std::optional<FaultRule>& rule) {
+Outcome FaultMatrix::RunWorkload(const std::optional<FaultRule>& rule,
+                                 std::optional<uint64_t> subset_seed) {
   Outcome out;
   out.model = initial_model_;
   io::MemFile mem(io::MemFile::Mode::kImmediate, pristine_);
-  FaultFile fault(&mem);
+  // Failed operations never reach the power-loss journal (FaultFile above it).
+  io::PowerLossFile power(&mem, pristine_);
+  FaultFile fault(&power);
   fault.set_recording(true);
   int rule_id = rule ? fault.AddRule(*rule) : 0;
   const int injected = rule ? rule->error : 0;
   auto fired = [&] { return rule_id != 0 && fault.rule_fired(rule_id) > 0; };
   auto note = [&](int step) {
-    if (out.fault_step == -2 && fired()) out.fault_step = step;
+    if (out.fault_step == -2 && fired()) {
+      out.fault_step = step;
+      if (subset_seed) {
+        std::mt19937_64 rng(*subset_seed);
+        out.crash_bytes = power.CrashRandomSubset(rng);
+      } else {
+        out.crash_bytes = power.Crash();
+      }
+      out.crash_model = out.model;
+    }
   };
 
   auto opened =
@@ -416,17 +459,17 @@ Outcome FaultMatrix::RunWorkload(const std::optional<FaultRule>& rule) {
         break;
       }
     }
-    note(static_cast<int>(i));
     out.results.push_back(r);
     ApplyStep(s, r, &out, injected);
+    note(static_cast<int>(i));
   }
   absl::Status closed = io::RunSync(nullptr, dev->Close());
-  note(static_cast<int>(steps_.size()));
   out.closed_ok = closed.ok();
   out.close_message = closed.ToString();
   if (closed.ok()) {
     for (auto& [sector, sec] : out.model) sec.on_disk = sec.live;
   }
+  note(static_cast<int>(steps_.size()));
   dev.reset();
   out.log = fault.log();
   out.bytes = mem.data();
@@ -492,24 +535,45 @@ std::vector<size_t> FaultMatrix::Sample(const std::vector<Point>& points) {
     if (n < points.size()) return {n};
     return {};
   }
-  if (testing::EnvU64("UQ_FAULT_FULL", 0) != 0 || points.size() <= kind_.max_points) return all;
-  std::vector<size_t> meta, data;
+  const size_t cap = testing::EnvU64("UQ_FAULT_CAP", kSanitized ? 8 : kind_.max_points);
+  if (testing::EnvU64("UQ_FAULT_FULL", 0) != 0 || points.size() <= cap) return all;
+  // Rare points (header, L1, refcount table, truncate) and the operation
+  // right after each (usually the fsync ordering it) are always kept; other
+  // metadata points next, thinned evenly; data points fill what is left (at
+  // least a few).
+  std::vector<size_t> anchors, meta, data;
   for (size_t i = 0; i < points.size(); ++i) {
-    (points[i].region == Region::kData ? data : meta).push_back(i);
+    const Region r = points[i].region;
+    const bool rare = r == Region::kHeader || r == Region::kL1 || r == Region::kTruncate ||
+                      r == Region::kRefTable;
+    const bool after_rare =
+        i > 0 &&
+        (points[i - 1].region == Region::kHeader || points[i - 1].region == Region::kL1 ||
+         points[i - 1].region == Region::kTruncate || points[i - 1].region == Region::kRefTable);
+    if (rare || after_rare) {
+      anchors.push_back(i);
+    } else {
+      (r == Region::kData ? data : meta).push_back(i);
+    }
   }
   auto thin = [](const std::vector<size_t>& v, size_t keep) {
     if (v.size() <= keep) return v;
     std::vector<size_t> out;
+    if (keep == 0) return out;
+    if (keep == 1) return std::vector<size_t>{v.front()};
     for (size_t k = 0; k < keep; ++k) out.push_back(v[k * (v.size() - 1) / (keep - 1)]);
     out.erase(std::unique(out.begin(), out.end()), out.end());
     return out;
   };
-  // Metadata points first; data points fill what is left (at least a few).
-  const size_t meta_keep = std::min(meta.size(), kind_.max_points - 8);
-  std::vector<size_t> chosen = thin(meta, meta_keep);
-  std::vector<size_t> d = thin(data, std::max<size_t>(8, kind_.max_points - chosen.size()));
+  const size_t budget = cap > 8 ? cap - 8 : 0;
+  std::vector<size_t> chosen = thin(anchors, budget / 2);
+  std::vector<size_t> m = thin(meta, budget > chosen.size() ? budget - chosen.size() : 0);
+  chosen.insert(chosen.end(), m.begin(), m.end());
+  std::vector<size_t> d =
+      thin(data, std::max<size_t>(8, cap > chosen.size() ? cap - chosen.size() : 0));
   chosen.insert(chosen.end(), d.begin(), d.end());
   std::sort(chosen.begin(), chosen.end());
+  chosen.erase(std::unique(chosen.begin(), chosen.end()), chosen.end());
   return chosen;
 }
 
@@ -549,13 +613,14 @@ FaultRule FaultMatrix::AlwaysRule(const Point& p, const std::vector<FaultFile::O
   return r;
 }
 
-void FaultMatrix::CheckOutcome(Outcome& out, const std::string& what, bool qemu_check,
-                               Totals* totals) {
-  auto h = format::DecodeHeader(out.bytes, format::DecodeLimits{out.bytes.size()});
+void FaultMatrix::CheckImageBytes(const std::vector<std::byte>& bytes,
+                                  const std::map<uint64_t, Sector>& model, const std::string& what,
+                                  bool qemu_check, Totals* totals) {
+  auto h = format::DecodeHeader(bytes, format::DecodeLimits{bytes.size()});
   ASSERT_TRUE(h.ok()) << what << ": header after the run: " << h.status();
   EXPECT_EQ(h->incompatible_features & format::kIncompatCorrupt, 0u)
       << what << ": the engine marked the image corrupt after an I/O error";
-  io::MemFile file(io::MemFile::Mode::kImmediate, out.bytes);
+  io::MemFile file(io::MemFile::Mode::kImmediate, bytes);
   if (h->incompatible_features & format::kIncompatDirty) {
     // Stale refcounts are allowed while dirty: the open repairs them.
     ++totals->dirty_repaired;
@@ -583,14 +648,14 @@ void FaultMatrix::CheckOutcome(Outcome& out, const std::string& what, bool qemu_
   std::vector<std::byte> buf;
   int mismatches = 0;
   const uint64_t c = cluster_bytes();
-  for (auto it = out.model.begin(); it != out.model.end();) {
+  for (auto it = model.begin(); it != model.end();) {
     // One cluster at a time (tracked sectors come in whole clusters).
     const uint64_t first = it->first;
     const uint64_t n = c / kSector;
     buf.assign(c, std::byte{0xee});
     int r = testing::ReadSync(**d, first * kSector, buf);
     ASSERT_EQ(r, 0) << what << ": read-back at sector " << first;
-    for (uint64_t k = 0; k < n && it != out.model.end(); ++k, ++it) {
+    for (uint64_t k = 0; k < n && it != model.end(); ++k, ++it) {
       ASSERT_EQ(it->first, first + k);
       const uint8_t got = static_cast<uint8_t>(buf[k * kSector]);
       bool uniform = std::all_of(buf.begin() + static_cast<ptrdiff_t>(k * kSector),
@@ -614,18 +679,21 @@ void FaultMatrix::CheckOutcome(Outcome& out, const std::string& what, bool qemu_
 
 void FaultMatrix::Run(Totals* totals) {
   ASSERT_NO_FATAL_FAILURE(Setup());
+  base_seed_ = testing::EnvU64("UQ_FAULT_SEED", 0x5eed);
+  std::printf("[%s] crash subset base seed %llu (UQ_FAULT_SEED)\n", kind_.name,
+              (unsigned long long)base_seed_);
   const auto start = std::chrono::steady_clock::now();
 
   // The fault-free run: every step succeeds, and its operations are the points.
-  Outcome clean = RunWorkload(std::nullopt);
+  Outcome clean = RunWorkload(std::nullopt, std::nullopt);
   ASSERT_TRUE(clean.opened);
   for (size_t i = 0; i < steps_.size(); ++i) {
     ASSERT_EQ(clean.results[i], 0)
         << kind_.name << ": fault-free step " << i << " (" << StepName(steps_[i].kind) << ")";
   }
   ASSERT_TRUE(clean.closed_ok) << clean.close_message;
-  ASSERT_NO_FATAL_FAILURE(
-      CheckOutcome(clean, std::string(kind_.name) + " fault-free", false, totals));
+  ASSERT_NO_FATAL_FAILURE(CheckImageBytes(clean.bytes, clean.model,
+                                          std::string(kind_.name) + " fault-free", false, totals));
   for (const auto& [sector, sec] : clean.model) {
     ASSERT_EQ(sec.on_disk.count(), 1u) << "a fault-free run leaves one value per sector";
   }
@@ -661,7 +729,14 @@ void FaultMatrix::Run(Totals* totals) {
             RegionName(p.region), " at ", p.op.offset_bytes, "+", p.op.length_bytes, ") ",
             std::strerror(error), always ? " always" : " once");
         FaultRule rule = always ? AlwaysRule(p, clean.log, error) : OnceRule(p, error);
-        Outcome out = RunWorkload(rule);
+        if (testing::EnvU64("UQ_FAULT_AFTER_IO", 0) != 0) {
+          rule.effect = io::FaultEffect::kFailAfterIo;
+        }
+        // "once" runs crash keeping a random subset of the unflushed writes
+        // (a disk that persisted part of its cache), "always" runs keep none.
+        std::optional<uint64_t> seed;
+        if (!always) seed = base_seed_ ^ (p.index * 0x9e3779b97f4a7c15ull) ^ uint64_t(error);
+        Outcome out = RunWorkload(rule, seed);
         ++totals->runs;
         // Until the fault, the engine must have done exactly what it did in
         // the fault-free run, or the point is not the one named.
@@ -713,7 +788,17 @@ void FaultMatrix::Run(Totals* totals) {
         const bool qemu =
             qemu_left > 0 && ci % std::max<size_t>(1, chosen.size() / 3) == 0 && error == EIO;
         if (qemu) --qemu_left;
-        ASSERT_NO_FATAL_FAILURE(CheckOutcome(out, what, qemu, totals));
+        ASSERT_NO_FATAL_FAILURE(CheckImageBytes(out.bytes, out.model, what, qemu, totals));
+        // A power cut right after the failing request: only flushed writes
+        // remain, and they must form a consistent image holding every
+        // flushed request.
+        ++totals->crash_images;
+        ASSERT_NO_FATAL_FAILURE(CheckImageBytes(
+            out.crash_bytes, out.crash_model,
+            absl::StrCat(
+                what, " crash after the fault (",
+                seed ? absl::StrCat("subset seed ", *seed) : std::string("unflushed dropped"), ")"),
+            false, totals));
         if (::testing::Test::HasFailure() && testing::EnvU64("UQ_FAULT_KEEP_GOING", 0) == 0) {
           GTEST_FAIL() << what << ": stopping at the first failing run (UQ_FAULT_KEEP_GOING=1 "
                        << "runs the rest; UQ_FAULT_POINT=" << p.index << " reruns this point)";
@@ -742,15 +827,19 @@ Totals totals;
 class FaultMatrixTest : public ::testing::TestWithParam<ImageKind> {};
 
 TEST_P(FaultMatrixTest, EveryWritePoint) {
+  if (kSanitized && GetParam().heavy && testing::EnvU64("UQ_FAULT_CAP", 0) == 0) {
+    GTEST_SKIP() << GetParam().name << " is too slow under ASan (UQ_FAULT_CAP=<n> runs it)";
+  }
   FaultMatrix m(GetParam());
   m.Run(&totals);
   std::printf(
       "totals so far: %llu points, %llu runs (%llu fired, %llu reported an error), "
-      "%llu dirty images repaired, %llu sectors verified, %llu qemu-img checks\n",
+      "%llu dirty images repaired, %llu sectors verified, %llu qemu-img checks, "
+      "%llu crash images\n",
       (unsigned long long)totals.points, (unsigned long long)totals.runs,
       (unsigned long long)totals.fired, (unsigned long long)totals.reported,
       (unsigned long long)totals.dirty_repaired, (unsigned long long)totals.sectors_verified,
-      (unsigned long long)totals.qemu_checks);
+      (unsigned long long)totals.qemu_checks, (unsigned long long)totals.crash_images);
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -760,10 +849,12 @@ INSTANTIATE_TEST_SUITE_P(
         ImageKind{.name = "c4k_refbits1", .create = Opts(12, 0), .bulk_clusters = 40},
         // 4 KiB refcount blocks of 64-bit counts cover 512 clusters: the bulk
         // write needs new refcount blocks.
-        ImageKind{.name = "c4k_refbits64", .create = Opts(12, 6), .bulk_clusters = 530},
+        ImageKind{
+            .name = "c4k_refbits64", .create = Opts(12, 6), .bulk_clusters = 530, .heavy = true},
         // 512-byte clusters, 64-bit counts: a one-cluster refcount table covers
         // 4096 clusters, so the bulk write grows (moves) the table.
-        ImageKind{.name = "c512_refbits64", .create = Opts(9, 6), .bulk_clusters = 4200},
+        ImageKind{
+            .name = "c512_refbits64", .create = Opts(9, 6), .bulk_clusters = 4200, .heavy = true},
         ImageKind{.name = "c64k_extl2", .create = Opts(16, 4, true), .bulk_clusters = 8},
         ImageKind{.name = "c4k_lazy", .create = Opts(12, 4, false, true), .bulk_clusters = 40},
         ImageKind{.name = "c64k_backing", .create = Opts(16), .backing = true, .bulk_clusters = 8},
