@@ -824,13 +824,11 @@ format::CreateOptions Opts(uint32_t cluster_bits, uint32_t refcount_order = 4, b
 
 Totals totals;
 
-class FaultMatrixTest : public ::testing::TestWithParam<ImageKind> {};
-
-TEST_P(FaultMatrixTest, EveryWritePoint) {
-  if (kSanitized && GetParam().heavy && testing::EnvU64("UQ_FAULT_CAP", 0) == 0) {
-    GTEST_SKIP() << GetParam().name << " is too slow under ASan (UQ_FAULT_CAP=<n> runs it)";
+void RunKind(const ImageKind& kind) {
+  if (kSanitized && kind.heavy && testing::EnvU64("UQ_FAULT_CAP", 0) == 0) {
+    GTEST_SKIP() << kind.name << " is too slow under ASan (UQ_FAULT_CAP=<n> runs it)";
   }
-  FaultMatrix m(GetParam());
+  FaultMatrix m(kind);
   m.Run(&totals);
   std::printf(
       "totals so far: %llu points, %llu runs (%llu fired, %llu reported an error), "
@@ -842,27 +840,42 @@ TEST_P(FaultMatrixTest, EveryWritePoint) {
       (unsigned long long)totals.qemu_checks, (unsigned long long)totals.crash_images);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Kinds, FaultMatrixTest,
-    ::testing::Values(
-        ImageKind{.name = "c64k", .create = Opts(16), .bulk_clusters = 8},
-        ImageKind{.name = "c4k_refbits1", .create = Opts(12, 0), .bulk_clusters = 40},
-        // 4 KiB refcount blocks of 64-bit counts cover 512 clusters: the bulk
-        // write needs new refcount blocks.
-        ImageKind{
-            .name = "c4k_refbits64", .create = Opts(12, 6), .bulk_clusters = 530, .heavy = true},
-        // 512-byte clusters, 64-bit counts: a one-cluster refcount table covers
-        // 4096 clusters, so the bulk write grows (moves) the table.
-        ImageKind{
-            .name = "c512_refbits64", .create = Opts(9, 6), .bulk_clusters = 4200, .heavy = true},
-        ImageKind{.name = "c64k_extl2", .create = Opts(16, 4, true), .bulk_clusters = 8},
-        ImageKind{.name = "c4k_lazy", .create = Opts(12, 4, false, true), .bulk_clusters = 40},
-        ImageKind{.name = "c64k_backing", .create = Opts(16), .backing = true, .bulk_clusters = 8},
-        ImageKind{.name = "c64k_extl2_backing",
-                  .create = Opts(16, 4, true),
-                  .backing = true,
-                  .bulk_clusters = 8}),
-    [](const ::testing::TestParamInfo<ImageKind>& info) { return std::string(info.param.name); });
+TEST(FaultMatrix, c64k) { RunKind({.name = "c64k", .create = Opts(16), .bulk_clusters = 8}); }
+
+TEST(FaultMatrix, c4k_refbits1) {
+  RunKind({.name = "c4k_refbits1", .create = Opts(12, 0), .bulk_clusters = 40});
+}
+
+// 4 KiB refcount blocks of 64-bit counts cover 512 clusters: the bulk write
+// needs new refcount blocks.
+TEST(FaultMatrix, c4k_refbits64) {
+  RunKind({.name = "c4k_refbits64", .create = Opts(12, 6), .bulk_clusters = 530, .heavy = true});
+}
+
+// 512-byte clusters, 64-bit counts: a one-cluster refcount table covers 4096
+// clusters, so the bulk write grows (moves) the table.
+TEST(FaultMatrix, c512_refbits64) {
+  RunKind({.name = "c512_refbits64", .create = Opts(9, 6), .bulk_clusters = 4200, .heavy = true});
+}
+
+TEST(FaultMatrix, c64k_extl2) {
+  RunKind({.name = "c64k_extl2", .create = Opts(16, 4, true), .bulk_clusters = 8});
+}
+
+TEST(FaultMatrix, c4k_lazy) {
+  RunKind({.name = "c4k_lazy", .create = Opts(12, 4, false, true), .bulk_clusters = 40});
+}
+
+TEST(FaultMatrix, c64k_backing) {
+  RunKind({.name = "c64k_backing", .create = Opts(16), .backing = true, .bulk_clusters = 8});
+}
+
+TEST(FaultMatrix, c64k_extl2_backing) {
+  RunKind({.name = "c64k_extl2_backing",
+           .create = Opts(16, 4, true),
+           .backing = true,
+           .bulk_clusters = 8});
+}
 
 }  // namespace
 }  // namespace uq::engine
