@@ -155,6 +155,9 @@ absl::StatusOr<std::unique_ptr<engine::Device>> OpenQcow2(io::EventLoop& loop,
   open.read_only = options.read_only;
   open.snapshot = options.snapshot;
   open.path = path;
+  // O_DIRECT files need aligned offsets, lengths and buffers for metadata I/O
+  // too: the engine bounces through AlignedFile when told the alignment.
+  if (options.direct_io) open.file_alignment_bytes = file->alignment_bytes();
   io::EventLoop* loop_ptr = &loop;
   bool direct = options.direct_io;
   open.opener = [loop_ptr, direct](
