@@ -19,12 +19,14 @@ label_args=()
 if [[ -n "${UQ_TEST_LABELS:-}" ]]; then label_args=(-L "$UQ_TEST_LABELS"); fi
 ctest --test-dir "$build" --output-on-failure -j"$jobs" "${label_args[@]}"
 
-# The malformed-input tests again under AddressSanitizer + UBSan: bad images
-# must give an error line, never a crash or undefined behaviour.
+# Again under AddressSanitizer + UBSan: the unit tier, the fault matrix
+# (label sanitize) and the malformed-header CLI tests: bad images must give an
+# error line, never a crash or undefined behaviour.
 if [[ -z "${UQ_TEST_LABELS:-}" ]]; then
   asan=${build}-asan
   cmake -S . -B "$asan" -G Ninja -DCMAKE_BUILD_TYPE=Debug -DUQ_WERROR=ON \
     -DSANITIZE=address,undefined
   cmake --build "$asan" -j"$jobs"
-  ctest --test-dir "$asan" --output-on-failure -j"$jobs" -L sanitize
+  ctest --test-dir "$asan" --output-on-failure -j"$jobs" -L 'unit|sanitize'
+  ctest --test-dir "$asan" --output-on-failure -j"$jobs" -R 'MalformedCliTest|CliErrorsTest'
 fi
