@@ -15,6 +15,13 @@ build=${UQ_BUILD_DIR:-build}
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DUQ_WERROR=ON
 cmake --build "$build" -j"$jobs"
 
+# The VM tier's kernel (cached in build/vm, or $UQ_VM_DIR; a no-op when up to date or when
+# this kernel has ublk itself). Built before the tests rather than inside
+# ctest so its minutes do not compete with the other tiers.
+if [[ -z "${UQ_TEST_LABELS:-}" || "vm" =~ ${UQ_TEST_LABELS} ]]; then
+  tests/vm/ctest-vm.sh kernel
+fi
+
 label_args=()
 if [[ -n "${UQ_TEST_LABELS:-}" ]]; then label_args=(-L "$UQ_TEST_LABELS"); fi
 ctest --test-dir "$build" --output-on-failure -j"$jobs" "${label_args[@]}"
