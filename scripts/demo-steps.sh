@@ -18,6 +18,8 @@ step "backing file: 64 MiB of patterned data, stored as compressed clusters"
 "$img" create -f qcow2 "$work/plain.qcow2" 64M >/dev/null
 "$img" io -c "write -P 0xa5 0 16M" -c "write -P 0x5a 32M 8M" "$work/plain.qcow2" >/dev/null
 "$img" convert -c -O qcow2 -o compression_type=zstd "$work/plain.qcow2" "$work/base.qcow2"
+rm -f "$work/plain.qcow2"
+qemu-img check "$work/base.qcow2" | grep -i 'compressed clusters'
 step "overlay: demo.qcow2 on top of base.qcow2"
 "$img" create -f qcow2 -b "$work/base.qcow2" -F qcow2 "$work/demo.qcow2"
 "$img" info "$work/demo.qcow2"
@@ -27,7 +29,7 @@ dev=$("$uq" attach "$work/demo.qcow2")
 echo "attached: $dev"
 "$uq" list
 step "the device reads what qemu-img reads (compressed backing clusters included)"
-qemu-img convert -O raw "$work/demo.qcow2" "$work/expected.raw"
+qemu-img convert -U -O raw "$work/demo.qcow2" "$work/expected.raw"
 cmp "$dev" "$work/expected.raw" && echo "identical: $(stat -c %s "$work/expected.raw") bytes"
 rm -f "$work/expected.raw"
 
