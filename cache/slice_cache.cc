@@ -11,6 +11,7 @@ uint64_t SliceCache::Ref::offset_bytes() const { return entry_->offset_bytes; }
 std::span<std::byte> SliceCache::Ref::data() { return entry_->data; }
 std::span<const std::byte> SliceCache::Ref::data() const { return entry_->data; }
 void SliceCache::Ref::MarkDirty() { ++entry_->dirty_gen; }
+bool SliceCache::Ref::dirty() const { return entry_->dirty(); }
 void SliceCache::Ref::Reset() {
   if (entry_ != nullptr) cache_->Unpin(std::exchange(entry_, nullptr));
 }

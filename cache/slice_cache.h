@@ -80,6 +80,9 @@ class SliceCache {
     std::span<const std::byte> data() const;
     // Records a modification: the slice will be written back.
     void MarkDirty();
+    // Modified since last written (a write-back in flight does not count as
+    // written until it completes).
+    bool dirty() const;
     void Reset();
 
    private:

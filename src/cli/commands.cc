@@ -103,6 +103,11 @@ absl::StatusOr<ublk::QueueBackend> OpenBackend(const ImageSpec& spec) {
     o.l2_cache_bytes = spec.cache_size_bytes;
     o.snapshot = spec.snapshot;
     o.path = spec.image;
+    // User recovery is always on: a writable image writes each request's
+    // metadata to the file before the request completes, so `recover` after
+    // the server was killed loses no acknowledged write (the page cache keeps
+    // it; power loss still needs FLUSH, or --writethrough).
+    o.metadata_writethrough = !spec.read_only;
     io::EventLoop* lp = loop.get();
     o.opener = [lp](const std::string& path,
                     bool writable) -> absl::StatusOr<std::unique_ptr<io::BlockFile>> {

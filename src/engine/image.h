@@ -42,6 +42,16 @@ struct OpenOptions {
   // image, backing and data files are then wrapped in an AlignedFile, which
   // bounces and read-modify-writes whatever the engine issues unaligned.
   uint32_t file_alignment_bytes = 0;
+  // Writable opens: every Write / Discard / WriteZeroes / WriteCompressed
+  // writes the metadata it changed (L2 slices, refcount blocks, L1) to the
+  // image file before it completes, without fsync, so a killed process loses
+  // no completed request (the page cache survives it; ublk user recovery).
+  // Power-loss safety comes from the header's dirty bit, set durably before
+  // the first change (refcounts are rebuilt on the next writable open), so
+  // refcount / L2 write order needs no fsync. Version 2 images have no dirty
+  // bit: there each request that writes L2 slices keeps the refcount-flush +
+  // fsync before them (correct, slower). Flush keeps its full fsync sequence.
+  bool metadata_writethrough = false;
 };
 
 // Opens `file` as a Device. Errors are one line naming the problem (bad

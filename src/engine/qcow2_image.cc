@@ -198,6 +198,7 @@ Task<absl::StatusOr<std::unique_ptr<Qcow2Image>>> Qcow2Image::Open(
   const uint64_t slice_bytes = std::min(img->cluster_bytes_, kMaxSliceBytes);
   img->refcount_slice_bits_ = std::countr_zero(slice_bytes) + 3 - h.refcount_order;
   img->lazy_refcounts_ = (h.compatible_features & format::kCompatLazyRefcounts) != 0;
+  img->metadata_writethrough_ = options.metadata_writethrough;
   img->size_bytes_ = h.size_bytes;
 
   // External data file.
@@ -472,6 +473,7 @@ Task<int> Qcow2Image::PrepareL2Table(uint64_t l1_index) {
     if (rc == 1) {  // not shared after all: just own it
       l1_[l1_index] = raw | format::kOflagCopied;
       l1_dirty_ = true;
+      ++meta_gen_;
       co_return 0;
     }
   }
@@ -498,9 +500,20 @@ Task<int> Qcow2Image::PrepareL2Table(uint64_t l1_index) {
     co_return static_cast<int>(w);
   }
   // The table is written; the L1 entry reaches the disk in Flush, after an
-  // fsync, so the table is never reachable before it is durable.
+  // fsync, so the table is never reachable before it is durable. Write-through
+  // writes the L1 table at the end of this request instead: fsync the new
+  // table now (rare: once per L2 table) so that still holds.
+  if (metadata_writethrough_) {
+    int r = co_await SyncFiles();
+    if (r < 0) {
+      uint64_t nv;
+      co_await AddRefcount(new_offset >> cluster_bits_, -1, &nv);
+      co_return r;
+    }
+  }
   l1_[l1_index] = static_cast<uint64_t>(new_offset) | format::kOflagCopied;
   l1_dirty_ = true;
+  ++meta_gen_;
   if (old != 0) {
     pending_frees_.push_back({old >> cluster_bits_, 1});
     ++pending_free_clusters_;
@@ -558,6 +571,7 @@ void Qcow2Image::StoreSlot(Slot& slot, const L2Entry& e) {
   format::StoreBE64(p, enc.entry);
   if (extended_l2_) format::StoreBE64(p + 8, enc.bitmap);
   slot.ref.MarkDirty();
+  ++meta_gen_;
 }
 
 Qcow2Image::Source Qcow2Image::Classify(const L2Entry& e, uint32_t subcluster) const {
@@ -625,6 +639,7 @@ Task<int> Qcow2Image::AddRefcount(uint64_t cluster_index, int64_t delta, uint64_
   if (delta > 0 && (nv > format::MaxRefcount(refcount_order_) || nv < v)) co_return -ERANGE;
   format::SetRefcount(ref.data(), refcount_order_, in_slice, nv);
   ref.MarkDirty();
+  ++meta_gen_;
   if (nv == 0 && cluster_index < free_hint_) free_hint_ = cluster_index;
   *new_value = nv;
   co_return 0;
@@ -784,6 +799,10 @@ Task<int64_t> Qcow2Image::AllocClusters(uint64_t count) {
       if (rc != 0) retry = true;
     }
     if (retry) continue;
+    if (metadata_writethrough_) {
+      int r = co_await GrowFileDurably((start + count) << cluster_bits_);
+      if (r < 0) co_return r;
+    }
     for (uint64_t c = start; c < start + count; ++c) {
       uint64_t nv;
       int r = co_await AddRefcount(c, 1, &nv);
@@ -825,6 +844,20 @@ Task<int> Qcow2Image::ApplyFrees(std::vector<PendingFree> frees) {
   co_return 0;
 }
 
+Task<int> Qcow2Image::GrowFileDurably(uint64_t end_bytes) {
+  const uint64_t size = file_->size_bytes();
+  if (end_bytes <= size) co_return 0;
+  // Grow in steps (1/8 of the file, at least 1 MiB) so the fsync is rare.
+  uint64_t target = std::max(end_bytes, size + std::max(size / 8, uint64_t{1} << 20));
+  target = (target + cluster_bytes_ - 1) & ~(cluster_bytes_ - 1);
+  int r = co_await file_->Truncate(target);
+  // A file that cannot grow ahead (a block device: fixed size) gets just
+  // what is needed, or the error.
+  if (r < 0) r = co_await file_->Truncate(end_bytes);
+  if (r < 0) co_return r;
+  co_return co_await file_->Flush();
+}
+
 Task<int> Qcow2Image::SyncFiles() {
   if (data_file_) {
     int r = co_await data_file_->Flush();
@@ -834,6 +867,11 @@ Task<int> Qcow2Image::SyncFiles() {
 }
 
 Task<int> Qcow2Image::L2WritebackHook() {
+  // Write-through with a durable dirty bit: power loss rebuilds the
+  // refcounts, so no fsync is needed. Refcounts are still written first, so
+  // the file as a killed process leaves it never has an L2 entry whose
+  // refcount is missing (`qemu-img check` without repair sees leaks only).
+  if (metadata_writethrough_ && dirty_marked_) co_return co_await refcount_cache_->Flush();
   // Every L2 entry about to be written points at clusters whose refcount
   // increments and data writes happened before the copy was taken.
   int r = co_await refcount_cache_->Flush();
@@ -856,7 +894,9 @@ Task<int> Qcow2Image::WriteL1() {
   std::vector<std::byte> buf(l1_.size() * 8);
   for (size_t i = 0; i < l1_.size(); ++i) format::StoreBE64(&buf[i * 8], l1_[i]);
   l1_dirty_ = false;
+  ++l1_writes_in_flight_;
   int64_t w = co_await file_->Write(l1_offset_bytes_, buf);
+  --l1_writes_in_flight_;
   if (w < 0) {
     l1_dirty_ = true;
     co_return static_cast<int>(w);
@@ -871,7 +911,10 @@ Task<int> Qcow2Image::FlushLocked() {
   std::vector<PendingFree> frees = std::move(pending_frees_);
   pending_frees_.clear();
   const uint64_t free_clusters = std::exchange(pending_free_clusters_, 0);
-  int r = co_await l2_cache_->Flush();  // hook: refcounts + fsync first
+  int r = 0;
+  // Write-through skips the hook; keep data durable before L2 slices anyway.
+  if (metadata_writethrough_ && dirty_marked_ && l2_cache_->has_dirty()) r = co_await SyncFiles();
+  if (r >= 0) r = co_await l2_cache_->Flush();  // hook: refcounts + fsync first
   if (r >= 0) r = co_await refcount_cache_->Flush();
   if (r >= 0) r = co_await SyncFiles();
   if (r >= 0 && l1_dirty_) {
@@ -894,7 +937,9 @@ Task<int> Qcow2Image::Flush() {
 }
 
 Task<int> Qcow2Image::MarkDirtyOnce() {
-  if (!lazy_refcounts_ || dirty_marked_) co_return 0;
+  // Version 2 has no dirty bit: write-through keeps the hook's fsync there.
+  const bool want = lazy_refcounts_ || (metadata_writethrough_ && header_.version >= 3);
+  if (!want || dirty_marked_) co_return 0;
   co_await meta_mutex_.Lock();
   cache::MutexGuard guard(&meta_mutex_);
   if (dirty_marked_) co_return 0;
@@ -904,6 +949,26 @@ Task<int> Qcow2Image::MarkDirtyOnce() {
   if (r < 0) co_return r;
   dirty_marked_ = true;
   co_return 0;
+}
+
+void Qcow2Image::NoteMetadataDependency(const Slot& slot) {
+  if (!metadata_writethrough_) return;
+  if ((slot.ref.valid() && slot.ref.dirty()) || l1_dirty_ || l1_writes_in_flight_ > 0) ++meta_gen_;
+}
+
+Task<int> Qcow2Image::WriteThroughMetadata(uint64_t since_gen) {
+  if (!metadata_writethrough_ || meta_gen_ == since_gen) co_return 0;
+  co_await meta_mutex_.Lock();
+  cache::MutexGuard guard(&meta_mutex_);
+  // Whoever held the mutex before may have written our changes already; the
+  // cache flushes then find nothing dirty. A slice still being written by an
+  // eviction is waited for and rewritten if it changed since its copy.
+  // Refcounts first (the L2 hook would do it too, but only if an L2 slice is
+  // dirty); refcounts only change under the mutex we hold.
+  int r = co_await refcount_cache_->Flush();
+  if (r >= 0) r = co_await l2_cache_->Flush();
+  if (r >= 0 && l1_dirty_) r = co_await WriteL1();
+  co_return r;
 }
 
 Task<int> Qcow2Image::MaybeFlushFrees() {
@@ -1083,6 +1148,7 @@ Task<int> Qcow2Image::ReadsZero(uint64_t g, uint64_t n, bool* zero) {
   L2Entry e;
   r = co_await DecodeSlot(slot, gc, &e);
   if (r < 0) co_return r;
+  NoteMetadataDependency(slot);  // a caller may skip a write on the answer
   for (uint64_t p = in_off; p < in_off + n; p += subcluster_bytes_) {
     const Source s = Classify(e, static_cast<uint32_t>(p / subcluster_bytes_));
     const bool z = s == Source::kZero || (s == Source::kBacking &&
@@ -1103,11 +1169,16 @@ Task<int> Qcow2Image::Write(uint64_t offset_bytes, std::span<const iovec> iov, b
     int d = co_await MarkDirtyOnce();
     if (d < 0) co_return d;
   }
+  const uint64_t gen = meta_gen_;
   {
     int r = co_await ForEachChunk(offset_bytes, iov, true);
     if (r < 0) co_return r;
   }
   if (fua) co_return co_await Flush();
+  {
+    int r = co_await WriteThroughMetadata(gen);
+    if (r < 0) co_return r;
+  }
   co_return co_await MaybeFlushFrees();
 }
 
@@ -1133,9 +1204,11 @@ Task<int> Qcow2Image::WriteChunk(uint64_t g, uint64_t n, std::span<const iovec> 
     L2Entry e;
     r = co_await DecodeSlot(slot, gc, &e);
     if (r < 0) co_return r;
+    const bool fast = e.type == ClusterType::kNormal && (e.copied || external_data()) &&
+                      (!extended_l2_ || (e.alloc_bitmap & touched) == touched);
+    if (fast) NoteMetadataDependency(slot);
     slot.ref.Reset();
-    if (e.type == ClusterType::kNormal && (e.copied || external_data()) &&
-        (!extended_l2_ || (e.alloc_bitmap & touched) == touched)) {
+    if (fast) {
       int64_t w = co_await data_file()->WriteV(e.host_offset + in_off, iov);
       co_return w < 0 ? static_cast<int>(w) : 0;
     }
@@ -1174,6 +1247,7 @@ Task<int> Qcow2Image::WriteChunk(uint64_t g, uint64_t n, std::span<const iovec> 
   }
   uint64_t host = 0;
   bool allocated = false;
+  bool fresh = false;  // past every cluster ever used: reads zero even after power loss
   if (in_place) {
     host = old.host_offset;
   } else if (external_data()) {
@@ -1183,7 +1257,9 @@ Task<int> Qcow2Image::WriteChunk(uint64_t g, uint64_t n, std::span<const iovec> 
     {
       co_await meta_mutex_.Lock();
       cache::MutexGuard guard(&meta_mutex_);
+      const uint64_t end_before = host_end_clusters_;
       a = co_await AllocClusters(1);
+      fresh = a >= 0 && (static_cast<uint64_t>(a) >> cluster_bits_) >= end_before;
     }
     if (a < 0) co_return static_cast<int>(a);
     host = static_cast<uint64_t>(a);
@@ -1255,6 +1331,34 @@ Task<int> Qcow2Image::WriteChunk(uint64_t g, uint64_t n, std::span<const iovec> 
     }
     co_return r;
   }
+  if (metadata_writethrough_ && dirty_marked_) {
+    // Write-through lets this L2 entry reach the disk before an fsync. If
+    // power is lost with the entry durable and the data write not, the
+    // cluster shows what was there before; that is fine for the bytes of this
+    // (unflushed) request, but not for bytes it did not write, which must
+    // keep their flushed contents. Those only survive without an fsync if
+    // they were zero and the cluster is fresh (a hole made durable by
+    // GrowFileDurably); otherwise make the data durable first (COW, reused
+    // clusters, external data files: the rarer allocating writes).
+    const bool only_request_bytes =
+        in_place && old.type == ClusterType::kNormal && ws == in_off && we == in_off + n;
+    const bool zero_before =
+        !backing_ &&
+        (old.type == ClusterType::kUnallocated || old.type == ClusterType::kZeroPlain) &&
+        old.alloc_bitmap == 0;
+    if (!only_request_bytes && !(allocated && fresh && zero_before)) {
+      r = co_await SyncFiles();
+      if (r < 0) {
+        if (allocated) {
+          co_await meta_mutex_.Lock();
+          cache::MutexGuard guard(&meta_mutex_);
+          uint64_t nv;
+          co_await AddRefcount(host >> cluster_bits_, -1, &nv);
+        }
+        co_return r;
+      }
+    }
+  }
   if (!in_place) {
     ++stats_.cow_writes;
     QueueFree(old);
@@ -1284,6 +1388,7 @@ Task<int> Qcow2Image::WriteCompressed(uint64_t g, std::span<const std::byte> clu
     int d = co_await MarkDirtyOnce();
     if (d < 0) co_return d;
   }
+  const uint64_t gen = meta_gen_;
 
   const uint64_t gc = g >> cluster_bits_;
   co_await cluster_locks_.Lock(gc, true);
@@ -1311,13 +1416,29 @@ Task<int> Qcow2Image::WriteCompressed(uint64_t g, std::span<const std::byte> clu
     co_await AddRefcount(static_cast<uint64_t>(a) >> cluster_bits_, -1, &nv);
     co_return static_cast<int>(w);
   }
+  if (metadata_writethrough_) {
+    // Write-through lets the L2 entry reach the disk before an fsync; stale
+    // bytes under a compressed entry would not decompress (corruption, not
+    // just old data), so the compressed data is made durable first. The
+    // frontend never issues compressed writes; tools write few.
+    int r2 = co_await SyncFiles();
+    if (r2 < 0) {
+      co_await meta_mutex_.Lock();
+      cache::MutexGuard guard(&meta_mutex_);
+      uint64_t nv;
+      co_await AddRefcount(static_cast<uint64_t>(a) >> cluster_bits_, -1, &nv);
+      co_return r2;
+    }
+  }
   L2Entry ne;
   ne.type = ClusterType::kCompressed;
   ne.compressed_offset = static_cast<uint64_t>(a);
   ne.compressed_length = static_cast<uint64_t>(clen);
   QueueFree(old);
   StoreSlot(slot, ne);
-  co_return 0;
+  slot.ref.Reset();
+  lock.Release();
+  co_return co_await WriteThroughMetadata(gen);
 }
 
 // ---------------------------------------------------------------------------
@@ -1337,6 +1458,7 @@ Task<int> Qcow2Image::ZeroRange(uint64_t offset_bytes, uint64_t length_bytes, bo
     int d = co_await MarkDirtyOnce();
     if (d < 0) co_return d;
   }
+  const uint64_t gen = meta_gen_;
   const uint64_t table_span_bytes = cluster_bytes_ << l2_bits_;
   uint64_t pos = 0;
   while (pos < length_bytes) {
@@ -1352,6 +1474,10 @@ Task<int> Qcow2Image::ZeroRange(uint64_t offset_bytes, uint64_t length_bytes, bo
     int r = co_await ZeroChunk(g, n, may_unmap);
     if (r < 0) co_return r;
     pos += n;
+  }
+  {
+    int r = co_await WriteThroughMetadata(gen);
+    if (r < 0) co_return r;
   }
   co_return co_await MaybeFlushFrees();
 }

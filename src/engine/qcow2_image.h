@@ -22,6 +22,15 @@
 // so a freed cluster is never reused before its last reference is gone on
 // disk.
 //
+// metadata_writethrough (image.h): the dirty bit is made durable before the
+// first change, then each modifying request writes (no fsync) the slices, and
+// the L1 table, dirtied so far before it completes; concurrent requests share
+// one pass under the metadata mutex. With the dirty bit durable the L2 hook
+// skips its fsync (refcounts are rebuilt after power loss) but still writes
+// refcount blocks before L2 slices, so a killed process leaves only leaks; a
+// new L2 table is still fsynced before the L1 entry that names it can be
+// written, since a dangling L1 entry would be corruption, not a leak.
+//
 // Thread-safety: one event loop thread. All per-request state lives in the
 // request coroutines; shared state is the caches, the locks and the
 // allocator (see cache/slice_cache.h for what multi-queue needs).
@@ -124,6 +133,13 @@ class Qcow2Image final : public Device {
   Task<int> FlushLocked();
   Task<int> ApplyFrees(std::vector<PendingFree> frees);
   Task<int> SyncFiles();
+  // metadata_writethrough: L2 entries may become durable before the data they
+  // expose, so a cluster allocated past the end of the file must not be: the
+  // file is extended (ahead, in steps) and fsynced first. A durable entry then
+  // points inside the file (at stale bytes if its data write was lost, which
+  // an unflushed write may legitimately read as), never past its end, which
+  // the refcount rebuild would reject as corruption.
+  Task<int> GrowFileDurably(uint64_t end_bytes);
   Task<int> WriteHeader();
   Task<int> WriteL1();
   void QueueFree(const format::L2Entry& e);
@@ -150,6 +166,15 @@ class Qcow2Image final : public Device {
   Task<void> RunPiece(bool write, uint64_t guest_offset_bytes, uint64_t length_bytes,
                       absl::InlinedVector<iovec, 8> iov, Fanout* fanout);
   Task<int> MarkDirtyOnce();
+  // metadata_writethrough: writes every dirty metadata slice / the L1 table
+  // to the file (no fsync) if metadata changed since `since_gen`.
+  Task<int> WriteThroughMetadata(uint64_t since_gen);
+  // metadata_writethrough: a request that relies on an L2 entry (or L1 entry)
+  // another, still running request changed but has not yet written must not
+  // complete before it is written either (e.g. two writes into one new
+  // cluster: the second takes the fast path): bumps meta_gen_ so the
+  // request's write-through pass runs.
+  void NoteMetadataDependency(const Slot& slot);
   Task<int> MaybeFlushFrees();
   int CheckRequest(uint64_t offset_bytes, uint64_t length_bytes, bool write) const;
 
@@ -163,6 +188,12 @@ class Qcow2Image final : public Device {
   bool data_file_raw_ = false;
   bool lazy_refcounts_ = false;
   bool dirty_marked_ = false;
+  bool metadata_writethrough_ = false;
+  // Bumped by every in-memory metadata change (L2 entry, refcount, L1) and by
+  // NoteMetadataDependency, so a request that changed nothing and relied on
+  // nothing unwritten skips the write-through pass.
+  uint64_t meta_gen_ = 0;
+  uint32_t l1_writes_in_flight_ = 0;
   bool closed_ = false;
   uint64_t size_bytes_ = 0;
 

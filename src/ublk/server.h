@@ -40,8 +40,11 @@ struct ServerOptions {
   // Requests the dead server had fetched are re-sent to the next one
   // (UBLK_F_USER_RECOVERY_REISSUE); otherwise they fail with EIO.
   bool reissue = false;
-  // See QueueConfig::writethrough. Without it, writes acknowledged but not yet
-  // flushed when the server dies are lost (like a disk's volatile cache).
+  // See QueueConfig::writethrough: every write durable (fsynced) when it
+  // completes. Without it, writes acknowledged but not yet flushed are lost on
+  // power loss (like a disk's volatile cache); a killed server loses nothing
+  // if the engine was opened with OpenOptions::metadata_writethrough (the
+  // CLI's default for writable images).
   bool writethrough = false;
   bool recover = false;
 };
