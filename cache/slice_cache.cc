@@ -1,5 +1,6 @@
 #include "cache/slice_cache.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -164,6 +165,7 @@ Task<int> SliceCache::WriteBack(std::vector<Entry*> batch) {
         continue;
       }
       ++stats_.writebacks;
+      c.entry->written_gen = std::max(c.entry->written_gen, c.gen);
       // Modified again while in flight: stays dirty for the next write-back.
       if (c.entry->dirty_gen == c.gen) c.entry->clean_gen = c.gen;
     }
@@ -174,15 +176,29 @@ Task<int> SliceCache::WriteBack(std::vector<Entry*> batch) {
 }
 
 Task<int> SliceCache::Flush() {
-  std::vector<Entry*> batch;
+  // Every modification made before this call must be on the file when it
+  // returns, including ones a concurrent write-back (eviction, another
+  // flush) copied and is still writing: WriteBack skips a slice another
+  // writer grabbed first, so repeat until each slice's written generation
+  // reaches what it was at the call.
+  std::vector<std::pair<Entry*, uint64_t>> want;
   for (auto& [offset, e] : entries_) {
     if (e->dirty() || e->writing) {
       ++e->pins;
-      batch.push_back(e.get());
+      want.emplace_back(e.get(), e->dirty_gen);
     }
   }
-  int r = co_await WriteBack(batch);
-  for (Entry* e : batch) Unpin(e);
+  int r = 0;
+  for (;;) {
+    std::vector<Entry*> batch;
+    for (const auto& [e, gen] : want) {
+      if (e->written_gen < gen) batch.push_back(e);
+    }
+    if (batch.empty()) break;
+    r = co_await WriteBack(std::move(batch));
+    if (r < 0) break;
+  }
+  for (const auto& [e, gen] : want) Unpin(e);
   co_return r;
 }
 

@@ -107,7 +107,10 @@ class SliceCache {
   // The pointer is valid until the caller next suspends.
   const std::byte* Peek(uint64_t offset_bytes);
 
-  // Writes every dirty slice back (through the hook). Does not fsync.
+  // Writes every dirty slice back (through the hook). Does not fsync. When it
+  // returns, every modification made before the call has been written (also
+  // those a concurrent write-back was already writing): safe to call from
+  // several coroutines at once.
   Task<int> Flush();
 
   // Forgets every slice in [offset, offset + length) without writing it back
@@ -132,9 +135,10 @@ class SliceCache {
     bool valid = false;
     bool loading = false;
     bool writing = false;
-    uint64_t dirty_gen = 0;  // bumped by MarkDirty
-    uint64_t clean_gen = 0;  // dirty_gen last written
-    WaitList waiters;        // load / write-back completion
+    uint64_t dirty_gen = 0;    // bumped by MarkDirty
+    uint64_t clean_gen = 0;    // dirty_gen last written
+    uint64_t written_gen = 0;  // newest generation whose write completed
+    WaitList waiters;          // load / write-back completion
     std::list<Entry*>::iterator lru_it;
     bool dirty() const { return dirty_gen != clean_gen; }
   };

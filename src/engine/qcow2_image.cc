@@ -958,16 +958,28 @@ void Qcow2Image::NoteMetadataDependency(const Slot& slot) {
 
 Task<int> Qcow2Image::WriteThroughMetadata(uint64_t since_gen) {
   if (!metadata_writethrough_ || meta_gen_ == since_gen) co_return 0;
-  co_await meta_mutex_.Lock();
-  cache::MutexGuard guard(&meta_mutex_);
-  // Whoever held the mutex before may have written our changes already; the
-  // cache flushes then find nothing dirty. A slice still being written by an
-  // eviction is waited for and rewritten if it changed since its copy.
-  // Refcounts first (the L2 hook would do it too, but only if an L2 slice is
-  // dirty); refcounts only change under the mutex we hold.
+  // No metadata mutex for the slices, so allocations go on while they are
+  // written and concurrent requests batch: SliceCache::Flush returns only
+  // once every change made before it reached the file, whoever writes it,
+  // and the L2 hook writes refcount blocks after the L2 copies are taken, so
+  // every refcount an L2 slice depends on is written before that slice.
   int r = co_await refcount_cache_->Flush();
   if (r >= 0) r = co_await l2_cache_->Flush();
-  if (r >= 0 && l1_dirty_) r = co_await WriteL1();
+  if (r < 0) co_return r;
+  if (l1_dirty_ || l1_writes_in_flight_ > 0) {
+    // The L1 table is written whole from a copy: one writer at a time (the
+    // mutex), so an older copy never lands after a newer one; waiting for the
+    // mutex also waits out a write already in flight.
+    co_await meta_mutex_.Lock();
+    cache::MutexGuard guard(&meta_mutex_);
+    if (l1_dirty_) {
+      // A new L2 table may have been allocated after our refcount flush:
+      // its refcount goes first (and, without the dirty bit, durably).
+      r = co_await refcount_cache_->Flush();
+      if (r >= 0 && !dirty_marked_) r = co_await SyncFiles();
+      if (r >= 0) r = co_await WriteL1();
+    }
+  }
   co_return r;
 }
 
