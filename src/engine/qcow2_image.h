@@ -24,12 +24,15 @@
 //
 // metadata_writethrough (image.h): the dirty bit is made durable before the
 // first change, then each modifying request writes (no fsync) the slices, and
-// the L1 table, dirtied so far before it completes; concurrent requests share
-// one pass under the metadata mutex. With the dirty bit durable the L2 hook
-// skips its fsync (refcounts are rebuilt after power loss) but still writes
-// refcount blocks before L2 slices, so a killed process leaves only leaks; a
-// new L2 table is still fsynced before the L1 entry that names it can be
-// written, since a dangling L1 entry would be corruption, not a leak.
+// the L1 table, dirtied so far (or relied on: NoteMetadataDependency) before
+// it completes; the slice writes hold no mutex, so concurrent requests batch
+// (one write of a slice covers every change made before it). With the dirty
+// bit durable the L2 hook skips its fsync (refcounts are rebuilt after power
+// loss) but still writes refcount blocks before L2 slices, so a killed
+// process leaves only leaks. What the dirty bit cannot repair keeps an fsync:
+// a new L2 table before its L1 entry, file growth before an entry points past
+// the old end, and data before an L2 entry whose cluster holds bytes the
+// request did not write (COW, reused clusters, compressed data).
 //
 // Thread-safety: one event loop thread. All per-request state lives in the
 // request coroutines; shared state is the caches, the locks and the
