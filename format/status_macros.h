@@ -9,10 +9,10 @@
 #define UQ_CONCAT_(a, b) UQ_CONCAT_INNER_(a, b)
 
 // Returns the status from the enclosing function if `expr` is not OK.
-#define UQ_RETURN_IF_ERROR(expr)                  \
-  do {                                            \
-    ::absl::Status uq_status_ = (expr);           \
-    if (!uq_status_.ok()) return uq_status_;      \
+#define UQ_RETURN_IF_ERROR(expr)             \
+  do {                                       \
+    ::absl::Status uq_status_ = (expr);      \
+    if (!uq_status_.ok()) return uq_status_; \
   } while (0)
 
 // `UQ_ASSIGN_OR_RETURN(auto x, Foo());` — declares/assigns from a StatusOr or
@@ -25,10 +25,10 @@
   lhs = std::move(tmp).value()
 
 // Coroutine flavours (co_return instead of return).
-#define UQ_CO_RETURN_IF_ERROR(expr)               \
-  do {                                            \
-    ::absl::Status uq_status_ = (expr);           \
-    if (!uq_status_.ok()) co_return uq_status_;   \
+#define UQ_CO_RETURN_IF_ERROR(expr)             \
+  do {                                          \
+    ::absl::Status uq_status_ = (expr);         \
+    if (!uq_status_.ok()) co_return uq_status_; \
   } while (0)
 #define UQ_CO_ASSIGN_OR_RETURN(lhs, expr) \
   UQ_CO_ASSIGN_OR_RETURN_IMPL_(UQ_CONCAT_(uq_statusor_, __LINE__), lhs, expr)
