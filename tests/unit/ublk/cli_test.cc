@@ -127,6 +127,21 @@ TEST(StateTest, RoundTrip) {
   EXPECT_TRUE(d->spec.writethrough);
 }
 
+// Image paths are bytes: UTF-8 names and control characters must survive the
+// state file that `recover` reads back, and `list --output=json` must stay
+// valid JSON (bytes >= 0x80 pass through, controls become \u00XX).
+TEST(StateTest, NonAsciiAndControlBytesRoundTrip) {
+  const std::string image = "/tmp/d\xc3\xa9j\xc3\xa0 vu/\x01\r\x1f.qcow2";
+  EXPECT_EQ(JsonQuote("\xc3\xa9\x01\r"), "\"\xc3\xa9\\u0001\\u000d\"");
+  DeviceState s;
+  s.dev_id = 7;
+  s.pid = 99;
+  s.spec.image = image;
+  auto d = DecodeState(EncodeState(s));
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->spec.image, image);
+}
+
 TEST(StateTest, RejectsGarbage) {
   EXPECT_FALSE(DecodeState("").ok());
   EXPECT_FALSE(DecodeState("{\"dev_id\": 1").ok());
