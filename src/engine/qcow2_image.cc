@@ -1161,10 +1161,19 @@ Task<int> Qcow2Image::ReadsZero(uint64_t g, uint64_t n, bool* zero) {
   r = co_await DecodeSlot(slot, gc, &e);
   if (r < 0) co_return r;
   NoteMetadataDependency(slot);  // a caller may skip a write on the answer
-  for (uint64_t p = in_off; p < in_off + n; p += subcluster_bytes_) {
-    const Source s = Classify(e, static_cast<uint32_t>(p / subcluster_bytes_));
-    const bool z = s == Source::kZero || (s == Source::kBacking &&
-                                          (!backing_ || (g - in_off) + p >= backing_size_bytes_));
+  // Every subcluster the range touches, partly covered ones included: stepping
+  // from in_off by a subcluster would skip the last one when in_off is not
+  // subcluster aligned.
+  const uint64_t first_sc = in_off / subcluster_bytes_;
+  const uint64_t end_sc = (in_off + n + subcluster_bytes_ - 1) / subcluster_bytes_;
+  for (uint64_t sc = first_sc; sc < end_sc; ++sc) {
+    const Source s = Classify(e, static_cast<uint32_t>(sc));
+    // A backing subcluster reads zero only if the backing file ends before the
+    // part of it this range covers.
+    const uint64_t from = std::max(in_off, sc * subcluster_bytes_);
+    const bool z =
+        s == Source::kZero ||
+        (s == Source::kBacking && (!backing_ || (g - in_off) + from >= backing_size_bytes_));
     if (!z) co_return 0;
   }
   *zero = true;

@@ -237,6 +237,36 @@ TEST(Qcow2ImageTest, IncompressibleClusterStoredUncompressed) {
   ASSERT_TRUE(io::RunSync(nullptr, img->Close()).ok());
 }
 
+// Write-zeroes that starts in an unallocated subcluster and ends partway into
+// an allocated one must zero the allocated part too (it once skipped the
+// last, partly covered subcluster when checking whether the range already
+// read as zero). 128 KiB and 64 KiB clusters, as reported.
+TEST(Qcow2ImageTest, WriteZeroesIntoPartlyCoveredAllocatedSubcluster) {
+  struct Case {
+    uint32_t cluster_bits;
+    uint64_t zero_offset;
+    uint64_t zero_bytes;
+  };
+  for (const Case& c : {Case{17, 449536, 4096}, Case{16, 450048, 2048}}) {
+    SCOPED_TRACE(c.cluster_bits);
+    format::CreateOptions o = Opts(1 << 20, c.cluster_bits);
+    o.extended_l2 = true;
+    auto file = MakeImage(o);
+    auto img = OpenQcow2(file.get());
+    ASSERT_NE(img, nullptr);
+    std::vector<std::byte> data(4096, std::byte{0x82});
+    ASSERT_EQ(WriteSync(*img, 450560, data), 0);
+    ASSERT_EQ(io::RunSync(nullptr, img->WriteZeroes(c.zero_offset, c.zero_bytes, false)), 0);
+    std::vector<std::byte> back(450560 + 4096 - c.zero_offset);
+    ASSERT_EQ(ReadSync(*img, c.zero_offset, back), 0);
+    for (uint64_t i = 0; i < back.size(); ++i) {
+      const std::byte want = i < c.zero_bytes ? std::byte{0} : std::byte{0x82};
+      ASSERT_EQ(back[i], want) << "byte " << c.zero_offset + i;
+    }
+    ASSERT_TRUE(io::RunSync(nullptr, img->Close()).ok());
+  }
+}
+
 TEST(OpenImageTest, ProbesRawAndHonoursForcedFormats) {
   io::MemFile raw(io::MemFile::Mode::kImmediate, std::vector<std::byte>(8192, std::byte{3}));
   auto d = OpenSync(&raw, {});
