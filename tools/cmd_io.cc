@@ -29,7 +29,6 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "format/status_macros.h"
-#include "src/engine/raw_device.h"
 #include "tools/commands.h"
 #include "tools/engine_util.h"
 
@@ -149,8 +148,8 @@ class IoSession {
  public:
   // `align_bytes`: granularity of the requests sent to the device (512, or
   // 4096 with O_DIRECT); unaligned commands are read-modify-written.
-  IoSession(io::EventLoop& loop, engine::Device& device, bool is_raw, uint64_t align_bytes)
-      : loop_(loop), device_(device), is_raw_(is_raw), align_bytes_(align_bytes) {}
+  IoSession(io::EventLoop& loop, engine::Device& device, uint64_t align_bytes)
+      : loop_(loop), device_(device), align_bytes_(align_bytes) {}
 
   absl::Status Run(absl::string_view text);
 
@@ -176,7 +175,6 @@ class IoSession {
 
   io::EventLoop& loop_;
   engine::Device& device_;
-  bool is_raw_;
   uint64_t align_bytes_;
 };
 
@@ -334,13 +332,11 @@ absl::Status IoSession::Write(const ParsedCommand& c) {
 absl::Status IoSession::Discard(const ParsedCommand& c) {
   UQ_ASSIGN_OR_RETURN(auto range, Range(c));
   auto [offset, length] = range;
-  // Discard is advisory. Like QEMU's qcow2 driver, only whole allocation
-  // units are discarded (a partial qcow2 cluster is left alone), except that
-  // a range reaching the end of the image covers its partial last unit.
-  uint64_t unit = is_raw_ ? kSectorBytes : device_.granularity_bytes();
-  uint64_t start = (offset + unit - 1) / unit * unit;
+  // Discard is advisory: the device discards what it can of the whole
+  // sectors in the range (qcow2: whole clusters, as QEMU's driver does).
+  uint64_t start = (offset + kSectorBytes - 1) / kSectorBytes * kSectorBytes;
   uint64_t end = offset + length;
-  if (end != device_.size_bytes()) end = end / unit * unit;
+  if (end != device_.size_bytes()) end = end / kSectorBytes * kSectorBytes;
   Clock::time_point t0 = Clock::now();
   int r = 0;
   if (start < end) r = RunOnLoop(loop_, device_.Discard(start, end - start));
@@ -417,9 +413,7 @@ int CmdIo(std::span<char* const> args) {
   if (!loop.ok()) return ReportError(loop.status());
   auto device = OpenDevice(**loop, path, options);
   if (!device.ok()) return ReportError(absl::StrCat(path, ": ", device.status().message()));
-  bool is_raw = dynamic_cast<engine::RawDevice*>(device->get()) != nullptr;
-
-  IoSession session(**loop, **device, is_raw, options.direct_io ? 4096 : kSectorBytes);
+  IoSession session(**loop, **device, options.direct_io ? 4096 : kSectorBytes);
   absl::Status failure;
   for (const std::string& command : commands) {
     failure = session.Run(command);

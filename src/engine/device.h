@@ -34,8 +34,13 @@ class Device {
   virtual Task<int> Read(uint64_t offset_bytes, std::span<const iovec> iov) = 0;
   // `fua`: the data is durable when the call completes.
   virtual Task<int> Write(uint64_t offset_bytes, std::span<const iovec> iov, bool fua) = 0;
-  // May deallocate; the range reads as zero afterwards (qcow2: zero flag /
-  // unallocated with no backing).
+  // The range's contents are no longer needed. Raw: the range is punched and
+  // reads as zero. qcow2 (as QEMU's driver): every whole cluster in the range
+  // is deallocated and reads as zero (the image's last cluster is whole when
+  // the range reaches the end of the disk); partly covered clusters keep
+  // their contents; a version 2 image with a backing file ignores discards
+  // (it has no zero flag, so the backing file would show through). Callers
+  // that need zeros use WriteZeroes.
   virtual Task<int> Discard(uint64_t offset_bytes, uint64_t length_bytes) = 0;
   // The range reads as zero afterwards. `may_unmap`: clusters may be freed.
   virtual Task<int> WriteZeroes(uint64_t offset_bytes, uint64_t length_bytes, bool may_unmap) = 0;

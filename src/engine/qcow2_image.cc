@@ -1466,15 +1466,19 @@ Task<int> Qcow2Image::WriteCompressed(uint64_t g, std::span<const std::byte> clu
 // Discard / write zeroes
 
 Task<int> Qcow2Image::Discard(uint64_t offset_bytes, uint64_t length_bytes) {
-  co_return co_await ZeroRange(offset_bytes, length_bytes, true);
+  co_return co_await ZeroRange(offset_bytes, length_bytes, true, true);
 }
 
 Task<int> Qcow2Image::WriteZeroes(uint64_t offset_bytes, uint64_t length_bytes, bool may_unmap) {
-  co_return co_await ZeroRange(offset_bytes, length_bytes, may_unmap);
+  co_return co_await ZeroRange(offset_bytes, length_bytes, may_unmap, false);
 }
 
-Task<int> Qcow2Image::ZeroRange(uint64_t offset_bytes, uint64_t length_bytes, bool may_unmap) {
+Task<int> Qcow2Image::ZeroRange(uint64_t offset_bytes, uint64_t length_bytes, bool may_unmap,
+                                bool discard) {
   if (int r = CheckRequest(offset_bytes, length_bytes, true); r < 0) co_return r;
+  // A version 2 image has no zero flag: a discarded cluster would show the
+  // backing file again, so (as QEMU) discards are ignored there.
+  if (discard && header_.version < 3 && backing_) co_return 0;
   {
     int d = co_await MarkDirtyOnce();
     if (d < 0) co_return d;
@@ -1492,8 +1496,14 @@ Task<int> Qcow2Image::ZeroRange(uint64_t offset_bytes, uint64_t length_bytes, bo
       continue;
     }
     const uint64_t n = std::min(length_bytes - pos, cluster_bytes_ - (g & (cluster_bytes_ - 1)));
-    int r = co_await ZeroChunk(g, n, may_unmap);
-    if (r < 0) co_return r;
+    // A discard leaves partly covered clusters alone (as QEMU); the image's
+    // last cluster counts as whole when the range reaches the end of the disk.
+    const bool whole =
+        (g & (cluster_bytes_ - 1)) == 0 && (n == cluster_bytes_ || g + n == size_bytes_);
+    if (!discard || whole) {
+      int r = co_await ZeroChunk(g, n, may_unmap);
+      if (r < 0) co_return r;
+    }
     pos += n;
   }
   {

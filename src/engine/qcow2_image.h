@@ -161,7 +161,9 @@ class Qcow2Image final : public Device {
   Task<int> WriteChunk(uint64_t guest_offset_bytes, uint64_t length_bytes,
                        std::span<const iovec> iov);
   Task<int> ZeroChunk(uint64_t guest_offset_bytes, uint64_t length_bytes, bool may_unmap);
-  Task<int> ZeroRange(uint64_t offset_bytes, uint64_t length_bytes, bool may_unmap);
+  // `discard`: QEMU's discard semantics (whole clusters only, none on a
+  // version 2 image with a backing file) instead of write-zeroes'.
+  Task<int> ZeroRange(uint64_t offset_bytes, uint64_t length_bytes, bool may_unmap, bool discard);
   // Runs the per-cluster pieces of a read or write concurrently (each holds
   // at most one cluster lock at a time, so they cannot deadlock).
   struct Fanout;

@@ -133,10 +133,14 @@ class QemuOracleTest : public ::testing::Test {
         std::memcpy(model.data() + off, buf.data(), len);
         r = WriteSync(d, off, buf);
       } else if (kind < 8) {
-        std::memset(model.data() + off, 0, len);
         if (kind == 5) {
+          auto [zb, ze] = testing::DiscardedZeroRange(
+              off, len, q != nullptr ? cs : 512, size,
+              q != nullptr && q->header().version < 3 && !q->header().backing_file.empty());
+          std::memset(model.data() + zb, 0, ze - zb);
           r = io::RunSync(nullptr, d.Discard(off, len));
         } else {
+          std::memset(model.data() + off, 0, len);
           r = io::RunSync(nullptr, d.WriteZeroes(off, len, kind == 6));
         }
       } else if (kind == 8 && q != nullptr) {

@@ -258,10 +258,15 @@ class Simulation {
       case OpType::kZeroes:
       case OpType::kZeroesUnmap:
       case OpType::kDiscard:
-        std::memset(model_.data() + off, 0, len);
         if (type == OpType::kDiscard) {
+          const bool qcow2 = dynamic_cast<Qcow2Image*>(dev_.get()) != nullptr;
+          auto [zb, ze] = testing::DiscardedZeroRange(
+              off, len, qcow2 ? cluster_bytes() : 512, c_.size_bytes,
+              qcow2 && c_.version < 3 && c_.backing != BackingKind::kNone);
+          std::memset(model_.data() + zb, 0, ze - zb);
           r = co_await dev_->Discard(off, len);
         } else {
+          std::memset(model_.data() + off, 0, len);
           r = co_await dev_->WriteZeroes(off, len, type == OpType::kZeroesUnmap);
         }
         break;

@@ -11,6 +11,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "format/create.h"
@@ -125,6 +126,25 @@ inline int ReadSync(Device& d, uint64_t off, std::span<std::byte> buf) {
 inline int WriteSync(Device& d, uint64_t off, std::span<const std::byte> buf, bool fua = false) {
   iovec v{const_cast<std::byte*>(buf.data()), buf.size()};
   return io::RunSync(nullptr, d.Write(off, std::span<const iovec>(&v, 1), fua));
+}
+
+// The part of Device::Discard(offset, length) that reads as zero afterwards:
+// on qcow2 (granularity_bytes = cluster size) the whole clusters in the range,
+// the disk's last partial cluster counting as whole when the range reaches the
+// end of the disk; nothing when `ignored` (a version 2 qcow2 image with a
+// backing file). Raw devices punch the whole range: pass 512. Returns
+// [begin, end), empty when nothing is zeroed; the rest of the range keeps its
+// contents.
+inline std::pair<uint64_t, uint64_t> DiscardedZeroRange(uint64_t offset, uint64_t length,
+                                                        uint64_t granularity_bytes,
+                                                        uint64_t disk_bytes, bool ignored = false) {
+  if (ignored) return {offset, offset};
+  const uint64_t g = granularity_bytes;
+  const uint64_t begin = (offset + g - 1) / g * g;
+  uint64_t end = (offset + length) / g * g;
+  if (offset + length == disk_bytes && offset <= disk_bytes / g * g) end = disk_bytes;
+  if (end <= begin) return {offset, offset};
+  return {begin, end};
 }
 
 inline uint64_t EnvU64(const char* name, uint64_t def) {

@@ -23,6 +23,7 @@
 #include <list>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -172,9 +173,13 @@ class Stream {
   }
 
   void Apply(const Op& op) {
-    for (uint64_t s = op.offset / kSector; s < (op.offset + op.length) / kSector; ++s) {
-      model_[s] = ValueAfter(op, s);
+    uint64_t begin = op.offset;
+    uint64_t end = op.offset + op.length;
+    if (op.kind == Kind::kDiscard) {
+      std::tie(begin, end) = testing::DiscardedZeroRange(
+          op.offset, op.length, uint64_t{1} << config_.cluster_bits, config_.size_bytes);
     }
+    for (uint64_t s = begin / kSector; s < end / kSector; ++s) model_[s] = ValueAfter(op, s);
   }
 
   std::mt19937_64& rng() { return rng_; }

@@ -449,9 +449,15 @@ void PowerLossRun::Complete(Op* op, int result) {
       std::fill_n(current_.begin() + op->first_sector, op->sectors, op->value);
       break;
     case Op::kZeroes:
-    case Op::kDiscard:
       std::fill_n(current_.begin() + op->first_sector, op->sectors, 0);
       break;
+    case Op::kDiscard: {
+      auto [zb, ze] = testing::DiscardedZeroRange(op->first_sector * kSector, op->sectors * kSector,
+                                                  uint64_t{1} << config_.create.cluster_bits,
+                                                  sectors_ * kSector);
+      std::fill(current_.begin() + zb / kSector, current_.begin() + ze / kSector, 0);
+      break;
+    }
     case Op::kRead:
       for (uint64_t s = 0; s < op->sectors && failures_ < 5; ++s) {
         uint8_t want = current_[op->first_sector + s];
