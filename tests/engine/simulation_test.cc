@@ -48,6 +48,10 @@ struct SimConfig {
   // > 0: every file fails misaligned I/O (O_DIRECT) and the engine is told to
   // align (OpenOptions.file_alignment_bytes).
   uint64_t strict_alignment = 0;
+  // > 0: every request lies inside the first `hot_clusters` clusters and is at
+  // most two subclusters (or 4 KiB) long, so concurrent requests keep meeting
+  // inside one cluster and one subcluster.
+  uint64_t hot_clusters = 0;
 };
 
 enum class OpType { kRead, kWrite, kZeroes, kZeroesUnmap, kDiscard, kFlush, kCompressed };
@@ -297,8 +301,15 @@ class Simulation {
     uint64_t off = 0;
     uint64_t len = 0;
     if (type == OpType::kCompressed) {
-      off = rng_() % ((c_.size_bytes + cs - 1) / cs) * cs;
+      const uint64_t clusters = c_.hot_clusters ? c_.hot_clusters : (c_.size_bytes + cs - 1) / cs;
+      off = rng_() % clusters * cs;
       len = std::min(cs, c_.size_bytes - off);
+    } else if (type != OpType::kFlush && c_.hot_clusters > 0) {
+      const uint64_t hot_bytes = std::min(c_.size_bytes, c_.hot_clusters * cs);
+      const uint64_t sub = c_.extended_l2 ? cs / 32 : std::min<uint64_t>(cs, 4096);
+      off = rng_() % (hot_bytes / 512) * 512;
+      len = (1 + rng_() % std::max<uint64_t>(1, 2 * sub / 512)) * 512;
+      len = std::min(len, hot_bytes - off);
     } else if (type != OpType::kFlush) {
       // A small hot set of clusters makes concurrent ops share clusters.
       if (rng_() % 3 == 0) {
@@ -457,6 +468,50 @@ TEST(SimulationTest, LazyRefcountsCrashRepair) {
                        .size_bytes = 4 << 20,
                        .max_io_bytes = 32 << 10,
                        .seed = 109})
+      .Run();
+}
+
+// Requests concentrated on two or three clusters: they begin and end inside
+// subclusters and meet each other there (COW, zeroing and allocation racing).
+TEST(SimulationTest, HotClustersExtendedL2) {
+  Simulation(SimConfig{.cluster_bits = 16,
+                       .extended_l2 = true,
+                       .size_bytes = 1 << 20,
+                       .ops = 3000,
+                       .seed = 111,
+                       .hot_clusters = 2})
+      .Run();
+}
+
+TEST(SimulationTest, HotClustersExtendedL2QcowBacking) {
+  Simulation(SimConfig{.cluster_bits = 15,
+                       .extended_l2 = true,
+                       .backing = BackingKind::kQcow2,
+                       .size_bytes = 1 << 20,
+                       .ops = 3000,
+                       .seed = 112,
+                       .hot_clusters = 3})
+      .Run();
+}
+
+TEST(SimulationTest, HotClustersStandardL2RawBacking) {
+  Simulation(SimConfig{.cluster_bits = 14,
+                       .backing = BackingKind::kRaw,
+                       .size_bytes = 1 << 20,
+                       .ops = 3000,
+                       .seed = 113,
+                       .hot_clusters = 2})
+      .Run();
+}
+
+TEST(SimulationTest, HotClustersVersion2QcowBacking) {
+  Simulation(SimConfig{.cluster_bits = 13,
+                       .version = 2,
+                       .backing = BackingKind::kQcow2,
+                       .size_bytes = 1 << 20,
+                       .ops = 3000,
+                       .seed = 114,
+                       .hot_clusters = 3})
       .Run();
 }
 
