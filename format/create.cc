@@ -10,9 +10,6 @@
 namespace uq::format {
 namespace {
 
-constexpr uint64_t kMaxL1Bytes = 32ull << 20;
-constexpr uint64_t kMaxRefcountTableBytes = 8ull << 20;
-
 uint64_t DivRoundUp(uint64_t a, uint64_t b) { return a / b + (a % b != 0); }
 
 absl::Status Invalid(std::string msg) { return absl::InvalidArgumentError(std::move(msg)); }

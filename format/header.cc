@@ -12,10 +12,7 @@
 namespace uq::format {
 namespace {
 
-// QEMU's limits (block/qcow2.h): the active L1 table may take at most 32 MiB,
-// the refcount table at most 8 MiB, and there are at most 65536 snapshots.
-constexpr uint64_t kMaxL1Bytes = 32ull << 20;
-constexpr uint64_t kMaxRefcountTableBytes = 8ull << 20;
+// QEMU's limit (block/qcow2.h): at most 65536 snapshots.
 constexpr uint32_t kMaxSnapshots = 65536;
 constexpr uint32_t kSnapshotHeaderBytes = 40;
 constexpr uint32_t kMaxBackingFileNameBytes = 1023;

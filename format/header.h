@@ -25,6 +25,16 @@ inline constexpr uint32_t kHeaderV2Length = 72;
 inline constexpr uint32_t kHeaderV3MinLength = 104;
 inline constexpr uint32_t kMinClusterBits = 9;
 inline constexpr uint32_t kMaxClusterBits = 21;
+// QEMU's limits (block/qcow2.h): an L1 table (active or a snapshot's) takes
+// at most 32 MiB, the refcount table at most 8 MiB.
+inline constexpr uint64_t kMaxL1Bytes = 32ull << 20;
+inline constexpr uint64_t kMaxRefcountTableBytes = 8ull << 20;
+
+// Byte offsets of header fields that are updated in place (a write of just
+// that field, as QEMU does, never a re-encode of the whole first cluster).
+inline constexpr uint64_t kHeaderRefcountTableOffsetAt = 48;  // + refcount_table_clusters at 56
+inline constexpr uint64_t kHeaderIncompatibleFeaturesAt = 72;
+inline constexpr uint64_t kHeaderAutoclearFeaturesAt = 88;
 
 // Incompatible feature bits.
 inline constexpr uint64_t kIncompatDirty = 1ull << 0;
