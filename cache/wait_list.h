@@ -209,6 +209,32 @@ class KeyedRwLock {
   absl::flat_hash_map<uint64_t, State> states_;
 };
 
+// RAII holder for a KeyedRwLock key already locked by the caller.
+class KeyedLockGuard {
+ public:
+  KeyedLockGuard() = default;
+  KeyedLockGuard(KeyedRwLock* locks, uint64_t key, bool exclusive)
+      : locks_(locks), key_(key), exclusive_(exclusive) {}
+  KeyedLockGuard(const KeyedLockGuard&) = delete;
+  KeyedLockGuard& operator=(const KeyedLockGuard&) = delete;
+  ~KeyedLockGuard() { Release(); }
+  // Takes over a key the caller has just locked (releasing any held one).
+  void Adopt(KeyedRwLock* locks, uint64_t key, bool exclusive) {
+    Release();
+    locks_ = locks;
+    key_ = key;
+    exclusive_ = exclusive;
+  }
+  void Release() {
+    if (locks_ != nullptr) std::exchange(locks_, nullptr)->Unlock(key_, exclusive_);
+  }
+
+ private:
+  KeyedRwLock* locks_ = nullptr;
+  uint64_t key_ = 0;
+  bool exclusive_ = false;
+};
+
 }  // namespace uq::cache
 
 #endif  // UQ_CACHE_WAIT_LIST_H_

@@ -1,0 +1,64 @@
+#include "src/engine/compressed.h"
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "src/engine/codec.h"
+
+namespace uq::engine {
+
+using format::ClusterType;
+using format::L2Entry;
+
+Task<int> CompressedPath::Read(const L2Entry& e, std::span<std::byte> cluster) {
+  auto in = p_->compressed_pool.Acquire();
+  std::span<std::byte> src = in.span().subspan(0, e.compressed_length);
+  int64_t r = co_await p_->meta->file().Read(e.compressed_offset, src);
+  if (r < 0) co_return static_cast<int>(r);
+  int d = DecompressCluster(p_->meta->header().compression_type, src, cluster);
+  if (d < 0) {
+    co_return co_await p_->meta->MarkCorrupt(
+        absl::StrCat("compressed cluster at host offset ", e.compressed_offset,
+                     " does not decompress to ", p_->geo.cluster_bytes, " bytes"));
+  }
+  co_return 0;
+}
+
+Task<int> CompressedPath::Store(uint64_t g, std::span<std::byte> buffer,
+                                uint64_t compressed_bytes) {
+  ClusterEntry ce;
+  {
+    int r = co_await p_->LockEntry(p_->geo.Locate(g), true, &ce);
+    if (r < 0) co_return r;
+  }
+  int64_t host;
+  {
+    co_await p_->meta->lock().Lock();
+    cache::MutexGuard guard(&p_->meta->lock());
+    host = co_await p_->refs->Allocate(1);
+  }
+  if (host < 0) co_return static_cast<int>(host);
+  const uint64_t padded = (compressed_bytes + 511) / 512 * 512;
+  std::memset(buffer.data() + compressed_bytes, 0, padded - compressed_bytes);
+  int64_t w = co_await p_->meta->file().Write(static_cast<uint64_t>(host), buffer.first(padded));
+  // Write-through lets the L2 entry reach the disk before an fsync; stale
+  // bytes under a compressed entry would not decompress (corruption, not
+  // just old data), so the compressed data is made durable first. The
+  // frontend never issues compressed writes; tools write few.
+  if (w >= 0 && p_->order->writethrough()) w = co_await p_->meta->Sync();
+  if (w < 0) {
+    co_await p_->meta->lock().Lock();
+    cache::MutexGuard guard(&p_->meta->lock());
+    co_await p_->refs->Unallocate(static_cast<uint64_t>(host));
+    co_return static_cast<int>(w);
+  }
+  L2Entry ne;
+  ne.type = ClusterType::kCompressed;
+  ne.compressed_offset = static_cast<uint64_t>(host);
+  ne.compressed_length = compressed_bytes;
+  p_->l2->QueueFree(ce.entry);
+  p_->l2->Store(ce.slot, ne);
+  co_return 0;
+}
+
+}  // namespace uq::engine

@@ -1,0 +1,124 @@
+// ImageParts: what an open qcow2 image is made of, wired together by
+// Qcow2Image::Open and owned by the Qcow2Image; the request paths (read,
+// write, compressed, zero) work on it.
+//
+// Lock order: a guest cluster lock (cluster_locks, shared or exclusive; a
+// request piece holds at most one at a time) before MetaFile::lock(); nothing
+// holding MetaFile::lock() waits for a cluster lock.
+//
+// Thread-safety: one event loop thread.
+#ifndef UQ_SRC_ENGINE_IMAGE_PARTS_H_
+#define UQ_SRC_ENGINE_IMAGE_PARTS_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "cache/wait_list.h"
+#include "format/tables.h"
+#include "src/engine/device.h"
+#include "src/engine/geometry.h"
+#include "src/engine/l2_map.h"
+#include "src/engine/meta_file.h"
+#include "src/engine/refcounts.h"
+#include "src/engine/write_order.h"
+
+namespace uq::engine {
+
+// Cluster-sized scratch buffers (COW, decompression), reused across requests
+// so the data path does not allocate once warm. Grows to the peak number of
+// concurrent users (bounded by the queue depth). Buffers are 4 KiB aligned so
+// COW and decompression I/O can go straight to O_DIRECT files.
+class BufferPool {
+ public:
+  static constexpr size_t kAlign = 4096;
+  explicit BufferPool(size_t bytes)
+      : bytes_(bytes), alloc_bytes_((bytes + kAlign - 1) / kAlign * kAlign) {}
+
+  struct Free {
+    void operator()(std::byte* p) const { std::free(p); }
+  };
+  using Buffer = std::unique_ptr<std::byte[], Free>;
+
+  class Lease {
+   public:
+    Lease(BufferPool* pool, Buffer buf) : pool_(pool), buf_(std::move(buf)) {}
+    Lease(Lease&& o) noexcept : pool_(std::exchange(o.pool_, nullptr)), buf_(std::move(o.buf_)) {}
+    Lease(const Lease&) = delete;
+    Lease& operator=(const Lease&) = delete;
+    ~Lease() {
+      if (pool_ != nullptr) pool_->free_.push_back(std::move(buf_));
+    }
+    std::span<std::byte> span() { return {buf_.get(), pool_->bytes_}; }
+    std::byte* data() { return buf_.get(); }
+
+   private:
+    BufferPool* pool_;
+    Buffer buf_;
+  };
+
+  Lease Acquire() {
+    if (free_.empty()) {
+      Buffer b(static_cast<std::byte*>(std::aligned_alloc(kAlign, alloc_bytes_)));
+      if (!b) std::abort();  // out of memory on a tiny, bounded pool
+      return Lease(this, std::move(b));
+    }
+    Buffer b = std::move(free_.back());
+    free_.pop_back();
+    return Lease(this, std::move(b));
+  }
+
+ private:
+  size_t bytes_;        // what span() shows
+  size_t alloc_bytes_;  // rounded up for aligned_alloc
+  std::vector<Buffer> free_;
+};
+
+// A guest cluster's L2 entry, looked up under the cluster's lock, which is
+// held (with a pin on the entry's slice) until Release() or destruction.
+struct ClusterEntry {
+  format::L2Entry entry;
+  Slot slot;
+  cache::KeyedLockGuard lock;
+
+  void Release() {
+    slot.ref.Reset();
+    lock.Release();
+  }
+};
+
+struct ImageParts {
+  explicit ImageParts(const Geometry& g)
+      : geo(g),
+        cluster_pool(g.cluster_bytes),
+        compressed_pool(2 * g.cluster_bytes),
+        zeros(g.cluster_bytes, std::byte{0}) {}
+
+  Geometry geo;
+  uint64_t size_bytes = 0;  // guest disk
+  std::unique_ptr<MetaFile> meta;
+  std::unique_ptr<RefcountStore> refs;
+  std::unique_ptr<L2Map> l2;
+  std::unique_ptr<WriteOrder> order;
+  std::unique_ptr<Device> backing;  // the whole chain below; null: none
+  uint64_t backing_size_bytes = 0;
+  // Per guest cluster: shared for reads and for writes into an allocated,
+  // exclusively owned (COPIED) cluster; exclusive for anything that changes
+  // the cluster's L2 entry.
+  cache::KeyedRwLock cluster_locks;
+  BufferPool cluster_pool;
+  BufferPool compressed_pool;
+  std::vector<std::byte> zeros;  // one cluster of zeros, never written
+  uint64_t cow_writes = 0;       // allocating writes that replaced an entry
+
+  // Locks the guest cluster at `a` (exclusive: to store its entry, which
+  // FindForWrite makes possible) and decodes its entry into *out.
+  Task<int> LockEntry(const GuestAddress& a, bool exclusive, ClusterEntry* out);
+};
+
+}  // namespace uq::engine
+
+#endif  // UQ_SRC_ENGINE_IMAGE_PARTS_H_

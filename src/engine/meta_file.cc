@@ -1,0 +1,79 @@
+#include "src/engine/meta_file.h"
+
+#include <cerrno>
+#include <cstdio>
+#include <utility>
+
+#include "format/endian.h"
+
+namespace uq::engine {
+
+MetaFile::MetaFile(std::unique_ptr<io::BlockFile> file, std::unique_ptr<io::BlockFile> data_file,
+                   const format::Header& header, bool read_only)
+    : file_(std::move(file)),
+      data_file_(std::move(data_file)),
+      header_(header),
+      read_only_(read_only),
+      data_file_raw_(data_file_ != nullptr &&
+                     (header.autoclear_features & format::kAutoclearDataFileRaw) != 0),
+      corrupt_((header.incompatible_features & format::kIncompatCorrupt) != 0) {}
+
+Task<int> MetaFile::Sync() {
+  if (data_file_) {
+    int r = co_await data_file_->Flush();
+    if (r < 0) co_return r;
+  }
+  co_return co_await file_->Flush();
+}
+
+Task<int> MetaFile::WriteWord(uint64_t offset_bytes, uint64_t value) {
+  std::byte buf[8];
+  format::StoreBE64(buf, value);
+  int64_t w = co_await file_->Write(offset_bytes, buf);
+  co_return w < 0 ? static_cast<int>(w) : 0;
+}
+
+Task<int> MetaFile::SetIncompatibleFeature(uint64_t bit, bool on) {
+  if (on) {
+    header_.incompatible_features |= bit;
+  } else {
+    header_.incompatible_features &= ~bit;
+  }
+  if (header_.version < 3) co_return 0;
+  co_return co_await WriteWord(format::kHeaderIncompatibleFeaturesAt,
+                               header_.incompatible_features);
+}
+
+Task<int> MetaFile::SetAutoclearFeatures(uint64_t bits) {
+  header_.autoclear_features = bits;
+  if (header_.version < 3) co_return 0;
+  co_return co_await WriteWord(format::kHeaderAutoclearFeaturesAt, bits);
+}
+
+Task<int> MetaFile::SetRefcountTable(uint64_t offset_bytes, uint32_t clusters) {
+  // refcount_table_offset (8 bytes) and refcount_table_clusters (4 bytes) are
+  // adjacent: one write, inside one sector.
+  std::byte buf[12];
+  format::StoreBE64(buf, offset_bytes);
+  format::StoreBE32(buf + 8, clusters);
+  int64_t w = co_await file_->Write(format::kHeaderRefcountTableOffsetAt, buf);
+  if (w < 0) co_return static_cast<int>(w);
+  header_.refcount_table_offset = offset_bytes;
+  header_.refcount_table_clusters = clusters;
+  co_return 0;
+}
+
+Task<int> MetaFile::MarkCorrupt(std::string what) {
+  std::fprintf(stderr, "qcow2: corrupt image: %s\n", what.c_str());
+  if (!corrupt_) {
+    corrupt_ = true;
+    if (!read_only_) {
+      int r = co_await SetIncompatibleFeature(format::kIncompatCorrupt, true);
+      if (r >= 0) r = co_await Sync();
+      if (r < 0) std::fprintf(stderr, "qcow2: could not set the corrupt bit: %d\n", r);
+    }
+  }
+  co_return -EIO;
+}
+
+}  // namespace uq::engine

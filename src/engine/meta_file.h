@@ -1,0 +1,89 @@
+// MetaFile: the files an open qcow2 image writes (the image file and its
+// external data file) and the header that lives in the image file's first
+// cluster; plus the two things every metadata change goes through: the
+// metadata lock and the change generation.
+//
+// Header updates write only the field that changes, as QEMU does: the 8-byte
+// incompatible (dirty, corrupt) or autoclear feature word, or the 12 bytes of
+// refcount table offset and size. The first cluster is never re-encoded and
+// rewritten, so a torn write cannot lose the backing file name or an
+// extension.
+//
+// The metadata lock serialises allocation, refcount updates, L2 table
+// creation, L1 changes and the flush sequence (RefcountStore, L2Map and
+// WriteOrder say which of their methods require it). It is never held across
+// guest data I/O. The change generation counts in-memory metadata changes (L2
+// entries, refcounts, L1 entries) so that metadata write-through can tell
+// whether a request changed (or relied on) anything not yet written.
+//
+// Ownership: owns both files and the in-memory header.
+// Thread-safety: one event loop thread.
+#ifndef UQ_SRC_ENGINE_META_FILE_H_
+#define UQ_SRC_ENGINE_META_FILE_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "cache/wait_list.h"
+#include "format/header.h"
+#include "src/io/block_file.h"
+#include "src/io/task.h"
+
+namespace uq::engine {
+
+class MetaFile {
+ public:
+  // `data_file` may be null (no external data file).
+  MetaFile(std::unique_ptr<io::BlockFile> file, std::unique_ptr<io::BlockFile> data_file,
+           const format::Header& header, bool read_only);
+  MetaFile(const MetaFile&) = delete;
+  MetaFile& operator=(const MetaFile&) = delete;
+
+  io::BlockFile& file() { return *file_; }
+  // Where guest data clusters live: the external data file, or the image.
+  io::BlockFile& data_file() { return data_file_ ? *data_file_ : *file_; }
+  bool external_data() const { return data_file_ != nullptr; }
+  // The external data file holds the guest disk as raw bytes (autoclear bit).
+  bool data_file_raw() const { return data_file_raw_; }
+  const format::Header& header() const { return header_; }
+  uint32_t version() const { return header_.version; }
+  bool read_only() const { return read_only_; }
+  bool corrupt() const { return corrupt_; }
+
+  // fdatasync of the data file (if any), then of the image file.
+  Task<int> Sync();
+
+  // Sets or clears incompatible feature `bit` in memory and on disk (no
+  // fsync). A version 2 header has no feature words: memory only, returns 0.
+  Task<int> SetIncompatibleFeature(uint64_t bit, bool on);
+  // Replaces the autoclear feature word in memory and on disk (no fsync).
+  Task<int> SetAutoclearFeatures(uint64_t bits);
+  // Points the header at a new refcount table (no fsync).
+  Task<int> SetRefcountTable(uint64_t offset_bytes, uint32_t clusters);
+
+  // Reports `what` on stderr ("qcow2: corrupt image: ..."), and the first time
+  // sets the corrupt bit durably (writable images). Returns -EIO, so a request
+  // path can `co_return co_await meta.MarkCorrupt(...)`.
+  Task<int> MarkCorrupt(std::string what);
+
+  cache::AsyncMutex& lock() { return lock_; }
+  uint64_t generation() const { return generation_; }
+  void NoteChange() { ++generation_; }
+
+ private:
+  Task<int> WriteWord(uint64_t offset_bytes, uint64_t value);
+
+  std::unique_ptr<io::BlockFile> file_;
+  std::unique_ptr<io::BlockFile> data_file_;
+  format::Header header_;
+  bool read_only_;
+  bool data_file_raw_;
+  bool corrupt_;
+  cache::AsyncMutex lock_;
+  uint64_t generation_ = 0;
+};
+
+}  // namespace uq::engine
+
+#endif  // UQ_SRC_ENGINE_META_FILE_H_

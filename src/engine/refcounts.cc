@@ -1,0 +1,297 @@
+#include "src/engine/refcounts.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "format/endian.h"
+#include "format/tables.h"
+
+namespace uq::engine {
+
+namespace {
+constexpr uint64_t kNone = ~0ull;
+}  // namespace
+
+RefcountStore::RefcountStore(MetaFile* meta, const Geometry& geo, std::vector<uint64_t> table,
+                             uint64_t cache_bytes, bool grow_file_durably)
+    : meta_(meta),
+      geo_(geo),
+      table_(std::move(table)),
+      cache_(std::make_unique<cache::SliceCache>(&meta->file(), geo.slice_bytes, cache_bytes,
+                                                 "refcount")),
+      grow_file_durably_(grow_file_durably),
+      host_end_clusters_((meta->file().size_bytes() + geo.cluster_bytes - 1) >> geo.cluster_bits),
+      block_buf_(geo.cluster_bytes) {}
+
+bool RefcountStore::Locate(uint64_t cluster_index, uint64_t* slice_offset,
+                           uint64_t* index_in_slice) const {
+  const uint64_t block = cluster_index >> geo_.refblock_bits;
+  if (block >= table_.size() || table_[block] == 0) return false;
+  const uint64_t index = cluster_index & ((uint64_t{1} << geo_.refblock_bits) - 1);
+  *slice_offset = table_[block] + (index >> geo_.refcount_slice_bits) * geo_.slice_bytes;
+  *index_in_slice = index & ((uint64_t{1} << geo_.refcount_slice_bits) - 1);
+  return true;
+}
+
+bool RefcountStore::PeekRefcount(uint64_t cluster_index, uint64_t* refcount) {
+  uint64_t slice, index;
+  if (!Locate(cluster_index, &slice, &index)) {
+    *refcount = 0;
+    return true;
+  }
+  const std::byte* p = cache_->Peek(slice);
+  if (p == nullptr) return false;
+  *refcount = format::GetRefcount(std::span<const std::byte>(p, geo_.slice_bytes),
+                                  geo_.refcount_order, index);
+  return true;
+}
+
+Task<int> RefcountStore::Get(uint64_t cluster_index, uint64_t* refcount) {
+  uint64_t slice, index;
+  if (!Locate(cluster_index, &slice, &index)) {
+    *refcount = 0;
+    co_return 0;
+  }
+  cache::SliceCache::Ref ref;
+  int r = co_await cache_->Get(slice, &ref);
+  if (r < 0) co_return r;
+  *refcount = format::GetRefcount(ref.data(), geo_.refcount_order, index);
+  co_return 0;
+}
+
+Task<int> RefcountStore::Add(uint64_t cluster_index, int64_t delta, uint64_t* new_value) {
+  if (delta > 0) {
+    int r = co_await EnsureBlock(cluster_index);
+    if (r < 0) co_return r;
+  }
+  uint64_t slice, index;
+  if (!Locate(cluster_index, &slice, &index)) {
+    co_return co_await meta_->MarkCorrupt(
+        absl::StrCat("refcount of cluster ", cluster_index, " would drop below zero (no block)"));
+  }
+  cache::SliceCache::Ref ref;
+  int r = co_await cache_->Get(slice, &ref);
+  if (r < 0) co_return r;
+  const uint64_t v = format::GetRefcount(ref.data(), geo_.refcount_order, index);
+  if (delta < 0 && v < static_cast<uint64_t>(-delta)) {
+    co_return co_await meta_->MarkCorrupt(
+        absl::StrCat("refcount of cluster ", cluster_index, " would drop below zero"));
+  }
+  const uint64_t nv = v + static_cast<uint64_t>(delta);
+  if (delta > 0 && (nv > format::MaxRefcount(geo_.refcount_order) || nv < v)) co_return -ERANGE;
+  format::SetRefcount(ref.data(), geo_.refcount_order, index, nv);
+  ref.MarkDirty();
+  meta_->NoteChange();
+  if (nv == 0 && cluster_index < free_hint_) free_hint_ = cluster_index;
+  *new_value = nv;
+  co_return 0;
+}
+
+Task<int> RefcountStore::EnsureBlock(uint64_t cluster_index) {
+  const uint64_t block = cluster_index >> geo_.refblock_bits;
+  if (block >= table_.size()) {
+    int r = co_await GrowTable(block + 1);
+    if (r < 0) co_return r;
+  }
+  if (table_[block] != 0) co_return 0;
+  // A refcount block for clusters [block*E, (block+1)*E) placed at the first
+  // of them: none of them is in use (no block counts them), and the block
+  // covers itself.
+  const uint64_t block_cluster = block << geo_.refblock_bits;
+  const uint64_t block_offset = geo_.ClusterOffset(block_cluster);
+  std::fill(block_buf_.begin(), block_buf_.end(), std::byte{0});
+  format::SetRefcount(block_buf_, geo_.refcount_order, 0, 1);
+  co_await cache_->Drop(block_offset, geo_.cluster_bytes);
+  int64_t w = co_await meta_->file().Write(block_offset, block_buf_);
+  if (w < 0) co_return static_cast<int>(w);
+  // The block must be durable before the table entry points at it.
+  int r = co_await meta_->Sync();
+  if (r < 0) co_return r;
+  std::byte entry[8];
+  format::StoreBE64(entry, block_offset);
+  w = co_await meta_->file().Write(meta_->header().refcount_table_offset + block * 8, entry);
+  if (w < 0) co_return static_cast<int>(w);
+  table_[block] = block_offset;
+  host_end_clusters_ = std::max(host_end_clusters_, block_cluster + 1);
+  co_return 0;
+}
+
+Task<int> RefcountStore::GrowTable(uint64_t min_entries) {
+  const uint64_t per_block = uint64_t{1} << geo_.refblock_bits;
+  const uint64_t entries_per_cluster = geo_.cluster_bytes / 8;
+  auto round_entries = [&](uint64_t n) {
+    return (n + entries_per_cluster - 1) / entries_per_cluster * entries_per_cluster;
+  };
+  uint64_t new_entries = round_entries(std::max<uint64_t>(min_entries, table_.size() * 2));
+  // The new table and the blocks that count it go in a fresh area past
+  // everything in use, starting at a block boundary.
+  const uint64_t area_block =
+      std::max(min_entries, (host_end_clusters_ + per_block - 1) / per_block);
+  uint64_t table_clusters = 0;
+  uint64_t area_blocks = 0;
+  for (;;) {
+    table_clusters = new_entries / entries_per_cluster;
+    area_blocks = 1;
+    for (;;) {
+      uint64_t need = (table_clusters + area_blocks + per_block - 1) / per_block;
+      if (need <= area_blocks) break;
+      area_blocks = need;
+    }
+    if (area_block + area_blocks <= new_entries) break;
+    new_entries = round_entries(area_block + area_blocks);
+  }
+  if (new_entries * 8 > format::kMaxRefcountTableBytes) co_return -EFBIG;
+  const uint64_t area_start = area_block * per_block;
+  const uint64_t area_end = area_start + table_clusters + area_blocks;
+
+  std::vector<std::byte> block(geo_.cluster_bytes);
+  for (uint64_t j = 0; j < area_blocks; ++j) {
+    std::fill(block.begin(), block.end(), std::byte{0});
+    for (uint64_t x = area_start; x < area_end; ++x) {
+      if ((x >> geo_.refblock_bits) == area_block + j) {
+        format::SetRefcount(block, geo_.refcount_order, x & (per_block - 1), 1);
+      }
+    }
+    int64_t w =
+        co_await meta_->file().Write(geo_.ClusterOffset(area_start + table_clusters + j), block);
+    if (w < 0) co_return static_cast<int>(w);
+  }
+  std::vector<uint64_t> table(new_entries, 0);
+  std::copy(table_.begin(), table_.end(), table.begin());
+  for (uint64_t j = 0; j < area_blocks; ++j) {
+    table[area_block + j] = geo_.ClusterOffset(area_start + table_clusters + j);
+  }
+  std::vector<std::byte> tbuf(new_entries * 8);
+  for (uint64_t i = 0; i < new_entries; ++i) format::StoreBE64(&tbuf[i * 8], table[i]);
+  int64_t w = co_await meta_->file().Write(geo_.ClusterOffset(area_start), tbuf);
+  if (w < 0) co_return static_cast<int>(w);
+  int r = co_await meta_->Sync();
+  if (r < 0) co_return r;
+
+  const uint64_t old_offset = meta_->header().refcount_table_offset;
+  const uint64_t old_clusters = meta_->header().refcount_table_clusters;
+  r = co_await meta_->SetRefcountTable(geo_.ClusterOffset(area_start),
+                                       static_cast<uint32_t>(table_clusters));
+  if (r < 0) co_return r;
+  // The header now names the new table: memory follows it whatever the fsync
+  // says (later blocks go into the table the file names).
+  table_ = std::move(table);
+  host_end_clusters_ = std::max(host_end_clusters_, area_end);
+  r = co_await meta_->Sync();
+  // Until that header is durable the old table may still be the one on disk:
+  // keep its clusters (a leak at worst) unless the sync succeeded.
+  if (r < 0) co_return r;
+  for (uint64_t i = 0; i < old_clusters; ++i) {
+    uint64_t nv;
+    r = co_await Add(geo_.ClusterIndex(old_offset) + i, -1, &nv);
+    if (r < 0) co_return r;
+  }
+  co_return 0;
+}
+
+Task<int64_t> RefcountStore::Allocate(uint64_t count) {
+  for (;;) {
+    uint64_t start = free_hint_;
+    uint64_t run = 0;
+    uint64_t first_free = kNone;
+    for (uint64_t c = free_hint_; run < count; ++c) {
+      uint64_t rc;
+      // Scanning is hot: read cached slices directly, await only on a miss.
+      if (!PeekRefcount(c, &rc)) {
+        int r = co_await Get(c, &rc);
+        if (r < 0) co_return r;
+      }
+      if (rc == 0) {
+        if (run == 0) start = c;
+        if (first_free == kNone) first_free = c;
+        ++run;
+      } else {
+        run = 0;
+      }
+    }
+    // Nothing below first_free is free.
+    free_hint_ = first_free;
+    // Make sure blocks count the run; placing a block (or growing the table)
+    // may take clusters of the run, in which case search again.
+    for (uint64_t c = start; c < start + count; ++c) {
+      int r = co_await EnsureBlock(c);
+      if (r < 0) co_return r;
+    }
+    bool taken = false;
+    for (uint64_t c = start; c < start + count && !taken; ++c) {
+      uint64_t rc;
+      int r = co_await Get(c, &rc);
+      if (r < 0) co_return r;
+      taken = rc != 0;
+    }
+    if (taken) continue;
+    if (grow_file_durably_) {
+      int r = co_await GrowFileDurably(geo_.ClusterOffset(start + count));
+      if (r < 0) co_return r;
+    }
+    for (uint64_t c = start; c < start + count; ++c) {
+      uint64_t nv;
+      int r = co_await Add(c, 1, &nv);
+      if (r < 0) co_return r;
+    }
+    if (start == free_hint_) free_hint_ = start + count;  // else a short free run remains below
+    host_end_clusters_ = std::max(host_end_clusters_, start + count);
+    stats_.clusters_allocated += count;
+    co_return static_cast<int64_t>(geo_.ClusterOffset(start));
+  }
+}
+
+Task<void> RefcountStore::Unallocate(uint64_t host_offset_bytes) {
+  uint64_t nv;
+  co_await Add(geo_.ClusterIndex(host_offset_bytes), -1, &nv);
+}
+
+void RefcountStore::QueueFree(uint64_t cluster_index, uint64_t count) {
+  pending_frees_.push_back({cluster_index, count});
+  pending_free_clusters_ += count;
+}
+
+std::vector<RefcountStore::PendingFree> RefcountStore::TakePendingFrees() {
+  pending_free_clusters_ = 0;
+  return std::exchange(pending_frees_, {});
+}
+
+void RefcountStore::RestorePendingFrees(std::vector<PendingFree> frees) {
+  for (const PendingFree& f : frees) pending_free_clusters_ += f.count;
+  pending_frees_.insert(pending_frees_.begin(), frees.begin(), frees.end());
+}
+
+Task<int> RefcountStore::ApplyFrees(std::vector<PendingFree> frees) {
+  for (const PendingFree& f : frees) {
+    for (uint64_t c = f.cluster_index; c < f.cluster_index + f.count; ++c) {
+      uint64_t nv;
+      int r = co_await Add(c, -1, &nv);
+      if (r < 0) co_return r;
+      if (nv == 0) {
+        ++stats_.clusters_freed;
+        // Best effort: the cluster is free whether or not the punch works.
+        co_await meta_->file().Discard(geo_.ClusterOffset(c), geo_.cluster_bytes);
+      }
+    }
+  }
+  co_return 0;
+}
+
+Task<int> RefcountStore::GrowFileDurably(uint64_t end_bytes) {
+  io::BlockFile& f = meta_->file();
+  const uint64_t size = f.size_bytes();
+  if (end_bytes <= size) co_return 0;
+  // Grow in steps (1/8 of the file, at least 1 MiB) so the fsync is rare.
+  uint64_t target = std::max(end_bytes, size + std::max(size / 8, uint64_t{1} << 20));
+  target = (target + geo_.cluster_bytes - 1) & ~(geo_.cluster_bytes - 1);
+  int r = co_await f.Truncate(target);
+  // A file that cannot grow ahead (a block device: fixed size) gets just
+  // what is needed, or the error.
+  if (r < 0) r = co_await f.Truncate(end_bytes);
+  if (r < 0) co_return r;
+  co_return co_await f.Flush();
+}
+
+}  // namespace uq::engine

@@ -1,0 +1,107 @@
+// RefcountStore: host cluster reference counts and the cluster allocator
+// (docs/interop/qcow2.txt, "Host cluster management").
+//
+// Owns the in-memory copy of the refcount table, the refcount-block slice
+// cache, the free-space hint, the end of the used area and the queue of
+// deferred frees.
+//
+// Ordering (DESIGN.md): a new refcount block is written and made durable
+// before the table entry naming it; a new refcount table before the header
+// names it; the old table is freed only once the header naming the new one
+// is durable. Frees are deferred: QueueFree records clusters whose last
+// reference was dropped in memory, and ApplyFrees (run by the flush sequence
+// once the L2/L1 change that dropped them is durable) decrements them, so a
+// freed cluster is never reused while a durable entry may still point at it.
+//
+// Thread-safety: one event loop thread. Every method REQUIRES
+// MetaFile::lock() held, except Flush (the cache serialises its own
+// write-backs), Peek-free accessors and QueueFree (memory only, never
+// suspends).
+#ifndef UQ_SRC_ENGINE_REFCOUNTS_H_
+#define UQ_SRC_ENGINE_REFCOUNTS_H_
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "cache/slice_cache.h"
+#include "src/engine/geometry.h"
+#include "src/engine/meta_file.h"
+#include "src/io/task.h"
+
+namespace uq::engine {
+
+class RefcountStore {
+ public:
+  struct Stats {
+    uint64_t clusters_allocated = 0;
+    uint64_t clusters_freed = 0;
+  };
+  // A run of clusters whose refcount drops by one at the next flush.
+  struct PendingFree {
+    uint64_t cluster_index;
+    uint64_t count;
+  };
+
+  // `table` holds the decoded refcount table entries (block offsets, 0 =
+  // none). `grow_file_durably`: metadata write-through, where an L2 entry may
+  // reach the disk before the data it exposes, so the allocator extends the
+  // file (and fsyncs) before handing out clusters past its end.
+  RefcountStore(MetaFile* meta, const Geometry& geo, std::vector<uint64_t> table,
+                uint64_t cache_bytes, bool grow_file_durably);
+  RefcountStore(const RefcountStore&) = delete;
+  RefcountStore& operator=(const RefcountStore&) = delete;
+
+  Task<int> Get(uint64_t cluster_index, uint64_t* refcount);
+  // Adds `delta` (may be negative; dropping below zero marks the image
+  // corrupt). Places a refcount block first if an increment needs one.
+  Task<int> Add(uint64_t cluster_index, int64_t delta, uint64_t* new_value);
+  // Finds `count` contiguous free clusters, sets their refcounts to 1 and
+  // returns the host offset of the first, or -errno.
+  Task<int64_t> Allocate(uint64_t count);
+  // Gives back one cluster from Allocate whose first use failed.
+  Task<void> Unallocate(uint64_t host_offset_bytes);
+
+  // Defers a refcount decrement to the next flush (see the file comment).
+  void QueueFree(uint64_t cluster_index, uint64_t count);
+  uint64_t pending_free_clusters() const { return pending_free_clusters_; }
+  // The flush sequence takes the queue before making the L2/L1 changes
+  // durable, applies it after, or puts it back if the flush failed.
+  std::vector<PendingFree> TakePendingFrees();
+  void RestorePendingFrees(std::vector<PendingFree> frees);
+  Task<int> ApplyFrees(std::vector<PendingFree> frees);
+
+  // Writes dirty refcount slices (no fsync).
+  Task<int> Flush() { return cache_->Flush(); }
+  cache::SliceCache& cache() { return *cache_; }
+  const cache::SliceCache& cache() const { return *cache_; }
+  // Clusters in use end below this index.
+  uint64_t host_end_clusters() const { return host_end_clusters_; }
+  const Stats& stats() const { return stats_; }
+
+ private:
+  // The cache slice holding `cluster_index`'s refcount and its index in it;
+  // false if no refcount block covers the cluster.
+  bool Locate(uint64_t cluster_index, uint64_t* slice_offset, uint64_t* index_in_slice) const;
+  // The refcount from a cached slice without suspending; false on a miss.
+  bool PeekRefcount(uint64_t cluster_index, uint64_t* refcount);
+  Task<int> EnsureBlock(uint64_t cluster_index);
+  Task<int> GrowTable(uint64_t min_entries);
+  Task<int> GrowFileDurably(uint64_t end_bytes);
+
+  MetaFile* meta_;
+  Geometry geo_;
+  std::vector<uint64_t> table_;
+  std::unique_ptr<cache::SliceCache> cache_;
+  bool grow_file_durably_;
+  std::vector<PendingFree> pending_frees_;
+  uint64_t pending_free_clusters_ = 0;
+  uint64_t free_hint_ = 0;  // no free cluster below this index
+  uint64_t host_end_clusters_ = 0;
+  std::vector<std::byte> block_buf_;  // one cluster, for new refcount blocks
+  Stats stats_;
+};
+
+}  // namespace uq::engine
+
+#endif  // UQ_SRC_ENGINE_REFCOUNTS_H_

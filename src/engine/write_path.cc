@@ -1,0 +1,213 @@
+#include "src/engine/write_path.h"
+
+#include "absl/strings/str_cat.h"
+#include "src/engine/iov_util.h"
+
+namespace uq::engine {
+
+using format::ClusterType;
+using format::L2Entry;
+
+Task<int> WritePath::WritePiece(uint64_t g, uint64_t n, std::span<const iovec> data_iov) {
+  const GuestAddress a = p_->geo.Locate(g);
+  iovec zero_vec{p_->zeros.data(), n};
+  std::span<const iovec> iov = data_iov.empty() ? std::span<const iovec>(&zero_vec, 1) : data_iov;
+  const uint32_t sa = p_->geo.Subcluster(a.in_cluster_bytes);
+  const uint32_t sb = p_->geo.Subcluster(a.in_cluster_bytes + n + p_->geo.subcluster_bytes - 1);
+  const uint32_t touched = p_->geo.extended_l2 ? SubclusterMask(sa, sb) : 0;
+  {
+    bool done = false;
+    int r = co_await TryOverwrite(a, iov, touched, &done);
+    if (done) co_return r;
+  }
+
+  // Allocation, COW or a metadata update, under the exclusive lock.
+  ClusterEntry ce;
+  int r = co_await p_->LockEntry(a, true, &ce);
+  if (r < 0) co_return r;
+  const L2Entry& old = ce.entry;
+  Target t;
+  r = co_await ChooseTarget(a, old, &t);
+  if (r < 0) co_return r;
+
+  auto buf = p_->cluster_pool.Acquire();
+  Cow cow;
+  r = co_await PrepareCow(a, n, old, t, buf.span(), &cow);
+  if (r >= 0) r = co_await WriteCluster(a, n, iov, t, cow, buf.span());
+  if (r >= 0) r = co_await SyncBeforeEntry(a, n, old, t, cow);
+  if (r < 0) {
+    co_await GiveBack(t);
+    co_return r;
+  }
+  if (!t.in_place) {
+    ++p_->cow_writes;
+    p_->l2->QueueFree(old);
+  }
+  p_->l2->Store(ce.slot, cow.entry);
+  co_return 0;
+}
+
+Task<int> WritePath::TryOverwrite(const GuestAddress& a, std::span<const iovec> iov,
+                                  uint32_t touched, bool* done) {
+  ClusterEntry ce;
+  int r = co_await p_->LockEntry(a, false, &ce);
+  if (r < 0) {
+    *done = true;
+    co_return r;
+  }
+  const L2Entry& e = ce.entry;
+  const bool fast = e.type == ClusterType::kNormal && (e.copied || p_->meta->external_data()) &&
+                    (!p_->geo.extended_l2 || (e.alloc_bitmap & touched) == touched);
+  if (!fast) co_return 0;
+  p_->order->NoteDependency(ce.slot);
+  ce.slot.ref.Reset();
+  *done = true;
+  int64_t w = co_await p_->meta->data_file().WriteV(e.host_offset + a.in_cluster_bytes, iov);
+  co_return w < 0 ? static_cast<int>(w) : 0;
+}
+
+Task<int> WritePath::ChooseTarget(const GuestAddress& a, const L2Entry& old, Target* t) {
+  const bool external = p_->meta->external_data();
+  if ((old.type == ClusterType::kNormal || old.type == ClusterType::kZeroAlloc) &&
+      (old.host_offset != 0 || external)) {
+    if (old.copied || external) {
+      t->in_place = true;
+    } else {
+      // COPIED clear: shared unless the refcount says otherwise.
+      uint64_t rc = 0;
+      int r;
+      {
+        co_await p_->meta->lock().Lock();
+        cache::MutexGuard guard(&p_->meta->lock());
+        r = co_await p_->refs->Get(p_->geo.ClusterIndex(old.host_offset), &rc);
+      }
+      if (r < 0) co_return r;
+      if (rc == 0) {
+        co_return co_await p_->meta->MarkCorrupt(
+            absl::StrCat("guest cluster ", a.cluster, " maps to host offset ", old.host_offset,
+                         " whose refcount is 0"));
+      }
+      t->in_place = rc == 1;
+    }
+  }
+  if (t->in_place) {
+    t->host = old.host_offset;
+    co_return 0;
+  }
+  if (external) {
+    t->host = a.cluster_offset_bytes();  // data file clusters sit at the guest offset
+    co_return 0;
+  }
+  int64_t host;
+  {
+    co_await p_->meta->lock().Lock();
+    cache::MutexGuard guard(&p_->meta->lock());
+    const uint64_t end_before = p_->refs->host_end_clusters();
+    host = co_await p_->refs->Allocate(1);
+    t->fresh = host >= 0 && p_->geo.ClusterIndex(static_cast<uint64_t>(host)) >= end_before;
+  }
+  if (host < 0) co_return static_cast<int>(host);
+  t->host = static_cast<uint64_t>(host);
+  t->allocated = true;
+  co_return 0;
+}
+
+Task<int> WritePath::PrepareCow(const GuestAddress& a, uint64_t n, const L2Entry& old,
+                                const Target& t, std::span<std::byte> cluster, Cow* cow) {
+  const Geometry& geo = p_->geo;
+  const uint64_t in_off = a.in_cluster_bytes;
+  const uint64_t gco = a.cluster_offset_bytes();
+  cow->entry.type = ClusterType::kNormal;
+  cow->entry.host_offset = t.host;
+  cow->entry.copied = true;
+  cow->begin = 0;
+  cow->end = geo.cluster_bytes;
+  int r = 0;
+  if (!geo.extended_l2) {
+    if (t.in_place && old.type == ClusterType::kNormal) {
+      cow->begin = in_off;
+      cow->end = in_off + n;
+    } else if (old.type == ClusterType::kCompressed) {
+      r = co_await compressed_->Read(old, cluster);
+    } else {
+      const Source src = p_->l2->Classify(old, 0);
+      r = co_await read_->FillFrom(src, old, gco, 0, in_off, cluster);
+      if (r >= 0)
+        r = co_await read_->FillFrom(src, old, gco, in_off + n, geo.cluster_bytes, cluster);
+    }
+    co_return r;
+  }
+  const uint32_t sa = geo.Subcluster(in_off);
+  const uint32_t sb = geo.Subcluster(in_off + n + geo.subcluster_bytes - 1);
+  const uint32_t touched = SubclusterMask(sa, sb);
+  const bool compressed = old.type == ClusterType::kCompressed;
+  // Moving existing data to a new cluster: copy the whole cluster.
+  const bool whole = !t.in_place && (compressed || old.type == ClusterType::kNormal);
+  if (compressed) {
+    r = co_await compressed_->Read(old, cluster);
+  } else if (whole) {
+    r = co_await read_->FillFrom(Source::kData, old, gco, 0, geo.cluster_bytes, cluster);
+  }
+  if (!whole) {
+    cow->begin = uint64_t{sa} * geo.subcluster_bytes;
+    cow->end = uint64_t{sb} * geo.subcluster_bytes;
+  }
+  // Untouched parts of the edge subclusters keep their current contents.
+  if (r >= 0 && !compressed) {
+    const uint64_t head_begin = uint64_t{sa} * geo.subcluster_bytes;
+    const Source hs = p_->l2->Classify(old, sa);
+    if (!(whole && hs == Source::kData)) {
+      r = co_await read_->FillFrom(hs, old, gco, head_begin, in_off, cluster);
+    }
+    const uint64_t tail_end = uint64_t{sb} * geo.subcluster_bytes;
+    const Source ts = p_->l2->Classify(old, sb - 1);
+    if (r >= 0 && !(whole && ts == Source::kData)) {
+      r = co_await read_->FillFrom(ts, old, gco, in_off + n, tail_end, cluster);
+    }
+  }
+  cow->entry.alloc_bitmap = (compressed ? 0xffffffffu : old.alloc_bitmap) | touched;
+  cow->entry.zero_bitmap = compressed ? 0 : (old.zero_bitmap & ~cow->entry.alloc_bitmap);
+  co_return r;
+}
+
+Task<int> WritePath::WriteCluster(const GuestAddress& a, uint64_t n, std::span<const iovec> iov,
+                                  const Target& t, const Cow& cow, std::span<std::byte> cluster) {
+  const uint64_t in_off = a.in_cluster_bytes;
+  IovVec wv;
+  if (in_off > cow.begin) wv.push_back({cluster.data() + cow.begin, in_off - cow.begin});
+  for (const iovec& v : iov) wv.push_back(v);
+  if (cow.end > in_off + n) wv.push_back({cluster.data() + in_off + n, cow.end - in_off - n});
+  int64_t w = co_await p_->meta->data_file().WriteV(t.host + cow.begin, wv);
+  co_return w < 0 ? static_cast<int>(w) : 0;
+}
+
+Task<int> WritePath::SyncBeforeEntry(const GuestAddress& a, uint64_t n, const L2Entry& old,
+                                     const Target& t, const Cow& cow) {
+  if (!p_->order->writethrough() || !p_->order->dirty_marked()) co_return 0;
+  // Write-through lets this L2 entry reach the disk before an fsync. If
+  // power is lost with the entry durable and the data write not, the
+  // cluster shows what was there before; that is fine for the bytes of this
+  // (unflushed) request, but not for bytes it did not write, which must
+  // keep their flushed contents. Those only survive without an fsync if
+  // they were zero and the cluster is fresh (a hole made durable by the
+  // allocator); otherwise make the data durable first (COW, reused
+  // clusters, external data files: the rarer allocating writes).
+  const uint64_t in_off = a.in_cluster_bytes;
+  const bool only_request_bytes = t.in_place && old.type == ClusterType::kNormal &&
+                                  cow.begin == in_off && cow.end == in_off + n;
+  const bool zero_before =
+      !p_->backing &&
+      (old.type == ClusterType::kUnallocated || old.type == ClusterType::kZeroPlain) &&
+      old.alloc_bitmap == 0;
+  if (only_request_bytes || (t.allocated && t.fresh && zero_before)) co_return 0;
+  co_return co_await p_->meta->Sync();
+}
+
+Task<void> WritePath::GiveBack(const Target& t) {
+  if (!t.allocated) co_return;
+  co_await p_->meta->lock().Lock();
+  cache::MutexGuard guard(&p_->meta->lock());
+  co_await p_->refs->Unallocate(t.host);
+}
+
+}  // namespace uq::engine
