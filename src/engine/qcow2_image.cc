@@ -12,14 +12,15 @@
 #include "format/endian.h"
 #include "format/snapshot.h"
 #include "format/status_macros.h"
-#include "src/engine/aligned_file.h"
 #include "src/engine/check.h"
 #include "src/engine/codec.h"
+#include "src/io/aligned_file.h"
 
 namespace uq::engine {
 
 using format::ClusterType;
 using format::L2Entry;
+using io::AlignedFile;
 
 namespace {
 
