@@ -6,31 +6,12 @@
 #include "absl/strings/str_cat.h"
 #include "format/endian.h"
 #include "format/header.h"
-#include "src/engine/aligned_file.h"
 #include "src/engine/qcow2_image.h"
 #include "src/engine/raw_device.h"
+#include "src/io/aligned_file.h"
+#include "src/io/read_only_file.h"
 
 namespace uq::engine {
-namespace {
-
-// Serves a writable file read-only (OpenOptions.read_only for raw images).
-class ReadOnlyFile final : public io::BlockFile {
- public:
-  explicit ReadOnlyFile(std::unique_ptr<io::BlockFile> f) : f_(std::move(f)) {}
-  Task<int64_t> ReadV(uint64_t o, std::span<const iovec> v) override { return f_->ReadV(o, v); }
-  Task<int64_t> WriteV(uint64_t, std::span<const iovec>) override { co_return -EROFS; }
-  Task<int> Flush() override { co_return 0; }
-  Task<int> Discard(uint64_t, uint64_t) override { co_return -EROFS; }
-  Task<int> WriteZeroes(uint64_t, uint64_t) override { co_return -EROFS; }
-  Task<int> Truncate(uint64_t) override { co_return -EROFS; }
-  uint64_t size_bytes() const override { return f_->size_bytes(); }
-  bool read_only() const override { return true; }
-
- private:
-  std::unique_ptr<io::BlockFile> f_;
-};
-
-}  // namespace
 
 Task<absl::StatusOr<std::unique_ptr<Device>>> OpenImage(std::unique_ptr<io::BlockFile> file,
                                                         OpenOptions options) {
@@ -40,7 +21,7 @@ Task<absl::StatusOr<std::unique_ptr<Device>>> OpenImage(std::unique_ptr<io::Bloc
     if ((a & (a - 1)) != 0 || a < 512) {
       co_return absl::InvalidArgumentError("file_alignment_bytes must be a power of two >= 512");
     }
-    file = std::make_unique<AlignedFile>(std::move(file), a);
+    file = std::make_unique<io::AlignedFile>(std::move(file), a);
   }
   bool is_qcow2 = false;
   if (options.format != ImageFormat::kRaw) {
@@ -58,7 +39,7 @@ Task<absl::StatusOr<std::unique_ptr<Device>>> OpenImage(std::unique_ptr<io::Bloc
   }
   if (!is_qcow2) {
     if (options.read_only && !file->read_only()) {
-      file = std::make_unique<ReadOnlyFile>(std::move(file));
+      file = std::make_unique<io::ReadOnlyFile>(std::move(file));
     }
     const uint64_t size = file->size_bytes();
     co_return std::unique_ptr<Device>(std::make_unique<RawDevice>(std::move(file), size));

@@ -6,7 +6,8 @@
 #include <utility>
 
 #include "src/engine/codec.h"
-#include "src/engine/iov_util.h"
+#include "src/io/iovec.h"
+#include "src/io/join.h"
 
 namespace uq::engine {
 
@@ -55,56 +56,39 @@ Task<int> Qcow2Image::Flush() { co_return co_await p_->order->Flush(); }
 // ---------------------------------------------------------------------------
 // Fan-out of a request into per-cluster pieces
 
-struct Qcow2Image::Fanout {
-  uint64_t remaining = 0;
-  int result = 0;
-  std::coroutine_handle<> waiter;
-};
-
 Task<int> Qcow2Image::RunOnePiece(bool write, uint64_t g, uint64_t n, std::span<const iovec> iov) {
   if (write) co_return co_await write_.WritePiece(g, n, iov);
   co_return co_await read_.ReadPiece(g, n, iov);
 }
 
-Task<void> Qcow2Image::RunPiece(bool write, uint64_t g, uint64_t n, IovPieces iov, Fanout* f) {
-  int r = co_await RunOnePiece(write, g, n, iov);
-  if (r < 0 && f->result == 0) f->result = r;
-  // The waiter may free *f once resumed: nothing touches it afterwards.
-  if (--f->remaining == 0 && f->waiter) f->waiter.resume();
+Task<int> Qcow2Image::RunPiece(bool write, uint64_t g, uint64_t n, io::IovVec iov) {
+  co_return co_await RunOnePiece(write, g, n, iov);
 }
 
 Task<int> Qcow2Image::ForEachPiece(uint64_t offset_bytes, std::span<const iovec> iov, bool write) {
   const uint64_t cluster = p_->geo.cluster_bytes;
-  const uint64_t len = IovLen(iov);
+  const uint64_t len = io::IovLength(iov);
   const uint64_t first = std::min(len, cluster - (offset_bytes & (cluster - 1)));
   // One cluster (the common small request): no fan-out.
   if (first == len) co_return co_await RunOnePiece(write, offset_bytes, len, iov);
-  Fanout f;
-  f.remaining = 1 + (len - first + cluster - 1) / cluster;
+  io::Join join;
   uint64_t pos = 0;
   while (pos < len) {
     const uint64_t g = offset_bytes + pos;
     const uint64_t n = std::min(len - pos, cluster - (g & (cluster - 1)));
-    IovPieces sub;
-    SliceIov(iov, pos, n, &sub);
-    Spawn(RunPiece(write, g, n, std::move(sub), &f));
+    io::IovVec sub;
+    io::IovSlice(iov, pos, n, &sub);
+    join.Start(RunPiece(write, g, n, std::move(sub)));
     pos += n;
   }
-  struct Join {
-    Fanout* f;
-    bool await_ready() const noexcept { return f->remaining == 0; }
-    void await_suspend(std::coroutine_handle<> h) noexcept { f->waiter = h; }
-    void await_resume() const noexcept {}
-  };
-  co_await Join{&f};
-  co_return f.result;
+  co_return co_await join.Wait();
 }
 
 // ---------------------------------------------------------------------------
 // Requests
 
 Task<int> Qcow2Image::Read(uint64_t offset_bytes, std::span<const iovec> iov) {
-  if (int r = CheckRequest(offset_bytes, IovLen(iov), false); r < 0) co_return r;
+  if (int r = CheckRequest(offset_bytes, io::IovLength(iov), false); r < 0) co_return r;
   co_return co_await ForEachPiece(offset_bytes, iov, false);
 }
 
@@ -115,7 +99,7 @@ Task<int> Qcow2Image::FinishWrite(uint64_t generation) {
 }
 
 Task<int> Qcow2Image::Write(uint64_t offset_bytes, std::span<const iovec> iov, bool fua) {
-  if (int r = CheckRequest(offset_bytes, IovLen(iov), true); r < 0) co_return r;
+  if (int r = CheckRequest(offset_bytes, io::IovLength(iov), true); r < 0) co_return r;
   {
     int d = co_await p_->order->MarkDirty();
     if (d < 0) co_return d;

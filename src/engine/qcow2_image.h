@@ -25,7 +25,6 @@
 #include <memory>
 #include <span>
 
-#include "absl/container/inlined_vector.h"
 #include "absl/status/statusor.h"
 #include "cache/slice_cache.h"
 #include "format/header.h"
@@ -37,6 +36,7 @@
 #include "src/engine/write_path.h"
 #include "src/engine/zero_path.h"
 #include "src/io/block_file.h"
+#include "src/io/iovec.h"
 
 namespace uq::engine {
 
@@ -84,16 +84,13 @@ class Qcow2Image final : public Device {
   const cache::SliceCache& refcount_cache() const { return p_->refs->cache(); }
 
  private:
-  struct Fanout;
-  using IovPieces = absl::InlinedVector<iovec, 8>;
-
   explicit Qcow2Image(std::unique_ptr<ImageParts> parts);
 
   int CheckRequest(uint64_t offset_bytes, uint64_t length_bytes, bool write) const;
   // Runs the per-cluster pieces of a read or write concurrently.
   Task<int> ForEachPiece(uint64_t offset_bytes, std::span<const iovec> iov, bool write);
   Task<int> RunOnePiece(bool write, uint64_t g, uint64_t n, std::span<const iovec> iov);
-  Task<void> RunPiece(bool write, uint64_t g, uint64_t n, IovPieces iov, Fanout* fanout);
+  Task<int> RunPiece(bool write, uint64_t g, uint64_t n, io::IovVec iov);
   // The zeroing requests' common frame (check, dirty bit, write-through).
   Task<int> ZeroRequest(uint64_t offset_bytes, uint64_t length_bytes, bool may_unmap, bool discard);
   // What every modifying request does after its pieces.

@@ -10,9 +10,9 @@
 #include "format/endian.h"
 #include "format/snapshot.h"
 #include "format/status_macros.h"
-#include "src/engine/aligned_file.h"
 #include "src/engine/check.h"
 #include "src/engine/qcow2_image.h"
+#include "src/io/aligned_file.h"
 
 namespace uq::engine {
 
@@ -75,7 +75,7 @@ absl::StatusOr<std::unique_ptr<io::BlockFile>> OpenDataFile(const format::Header
   }
   std::unique_ptr<io::BlockFile> file = std::move(*df);
   if (options.file_alignment_bytes > 1) {
-    file = std::make_unique<AlignedFile>(std::move(file), options.file_alignment_bytes);
+    file = std::make_unique<io::AlignedFile>(std::move(file), options.file_alignment_bytes);
   }
   return file;
 }

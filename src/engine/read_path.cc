@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <cerrno>
 
-#include "src/engine/iov_util.h"
+#include "src/io/iovec.h"
 
 namespace uq::engine {
 
@@ -23,7 +23,7 @@ Task<int> ReadPath::ReadPiece(uint64_t g, uint64_t n, std::span<const iovec> iov
     auto buf = p_->cluster_pool.Acquire();
     int r = co_await compressed_->Read(e, buf.span());
     if (r < 0) co_return r;
-    CopyToIov(iov, buf.data() + a.in_cluster_bytes);
+    io::CopyToIov(iov, buf.data() + a.in_cluster_bytes);
     co_return 0;
   }
   // Runs of subclusters with the same source, one I/O each.
@@ -35,8 +35,8 @@ Task<int> ReadPath::ReadPiece(uint64_t g, uint64_t n, std::span<const iovec> iov
     while (end < n && p_->l2->Classify(e, p_->geo.Subcluster(a.in_cluster_bytes + end)) == src) {
       end = std::min(n, ((a.in_cluster_bytes + end) / sub + 1) * sub - a.in_cluster_bytes);
     }
-    IovVec piece;
-    SliceIov(iov, pos, end - pos, &piece);
+    io::IovVec piece;
+    io::IovSlice(iov, pos, end - pos, &piece);
     int r = co_await ReadFrom(src, e, g + pos, end - pos, piece);
     if (r < 0) co_return r;
     pos = end;
@@ -48,7 +48,7 @@ Task<int> ReadPath::ReadFrom(Source src, const L2Entry& e, uint64_t g, uint64_t 
                              std::span<const iovec> iov) {
   switch (src) {
     case Source::kZero:
-      ZeroIov(iov);
+      io::ZeroIov(iov);
       co_return 0;
     case Source::kBacking:
       co_return co_await ReadBacking(g, n, iov);
@@ -65,19 +65,19 @@ Task<int> ReadPath::ReadFrom(Source src, const L2Entry& e, uint64_t g, uint64_t 
 
 Task<int> ReadPath::ReadBacking(uint64_t g, uint64_t n, std::span<const iovec> iov) {
   if (!p_->backing || g >= p_->backing_size_bytes) {
-    ZeroIov(iov);
+    io::ZeroIov(iov);
     co_return 0;
   }
   // The backing file may end inside the range: zeros after its end.
   const uint64_t m = std::min(n, p_->backing_size_bytes - g);
-  IovVec head;
-  SliceIov(iov, 0, m, &head);
+  io::IovVec head;
+  io::IovSlice(iov, 0, m, &head);
   int r = co_await p_->backing->Read(g, head);
   if (r < 0) co_return r;
   if (m < n) {
-    IovVec tail;
-    SliceIov(iov, m, n - m, &tail);
-    ZeroIov(tail);
+    io::IovVec tail;
+    io::IovSlice(iov, m, n - m, &tail);
+    io::ZeroIov(tail);
   }
   co_return 0;
 }

@@ -1,7 +1,7 @@
 #include "src/engine/write_path.h"
 
 #include "absl/strings/str_cat.h"
-#include "src/engine/iov_util.h"
+#include "src/io/iovec.h"
 
 namespace uq::engine {
 
@@ -173,7 +173,7 @@ Task<int> WritePath::PrepareCow(const GuestAddress& a, uint64_t n, const L2Entry
 Task<int> WritePath::WriteCluster(const GuestAddress& a, uint64_t n, std::span<const iovec> iov,
                                   const Target& t, const Cow& cow, std::span<std::byte> cluster) {
   const uint64_t in_off = a.in_cluster_bytes;
-  IovVec wv;
+  io::IovVec wv;
   if (in_off > cow.begin) wv.push_back({cluster.data() + cow.begin, in_off - cow.begin});
   for (const iovec& v : iov) wv.push_back(v);
   if (cow.end > in_off + n) wv.push_back({cluster.data() + in_off + n, cow.end - in_off - n});

@@ -6,11 +6,6 @@
 
 namespace uq::io {
 
-FaultFile::FaultFile(std::unique_ptr<BlockFile> base)
-    : owned_(std::move(base)), base_(owned_.get()) {}
-FaultFile::FaultFile(BlockFile* base) : base_(base) {}
-FaultFile::~FaultFile() = default;
-
 int FaultFile::AddRule(const FaultRule& rule) {
   int id = next_rule_id_++;
   rules_.push_back(ActiveRule{id, rule});
@@ -72,58 +67,44 @@ const FaultFile::ActiveRule* FaultFile::Check(OpKind kind, bool has_range, uint6
   return firing;
 }
 
-// Each operation: check rules, then either fail before reaching the base, or
-// run on the base and override the result.
-Task<int64_t> FaultFile::ReadV(uint64_t offset_bytes, std::span<const iovec> iov) {
-  const ActiveRule* f = Check(OpKind::kRead, true, offset_bytes, IovLength(iov));
-  if (f == nullptr) co_return co_await base_->ReadV(offset_bytes, iov);
-  int error = f->rule.error;
-  if (f->rule.effect == FaultEffect::kFailAfterIo) co_await base_->ReadV(offset_bytes, iov);
+template <typename T, typename Io>
+Task<T> FaultFile::Guarded(OpKind kind, bool has_range, uint64_t offset_bytes,
+                           uint64_t length_bytes, Io io) {
+  const ActiveRule* f = Check(kind, has_range, offset_bytes, length_bytes);
+  if (f == nullptr) co_return co_await io();
+  // Copied before awaiting: AddRule may move the rules meanwhile.
+  const int error = f->rule.error;
+  if (f->rule.effect == FaultEffect::kFailAfterIo) co_await io();
   co_return -error;
+}
+
+Task<int64_t> FaultFile::ReadV(uint64_t offset_bytes, std::span<const iovec> iov) {
+  return Guarded<int64_t>(OpKind::kRead, true, offset_bytes, IovLength(iov),
+                          [=, this] { return base()->ReadV(offset_bytes, iov); });
 }
 
 Task<int64_t> FaultFile::WriteV(uint64_t offset_bytes, std::span<const iovec> iov) {
-  const ActiveRule* f = Check(OpKind::kWrite, true, offset_bytes, IovLength(iov));
-  if (f == nullptr) co_return co_await base_->WriteV(offset_bytes, iov);
-  int error = f->rule.error;
-  if (f->rule.effect == FaultEffect::kFailAfterIo) co_await base_->WriteV(offset_bytes, iov);
-  co_return -error;
+  return Guarded<int64_t>(OpKind::kWrite, true, offset_bytes, IovLength(iov),
+                          [=, this] { return base()->WriteV(offset_bytes, iov); });
 }
 
 Task<int> FaultFile::Flush() {
-  const ActiveRule* f = Check(OpKind::kFlush, false, 0, 0);
-  if (f == nullptr) co_return co_await base_->Flush();
-  int error = f->rule.error;
-  if (f->rule.effect == FaultEffect::kFailAfterIo) co_await base_->Flush();
-  co_return -error;
+  return Guarded<int>(OpKind::kFlush, false, 0, 0, [this] { return base()->Flush(); });
 }
 
 Task<int> FaultFile::Discard(uint64_t offset_bytes, uint64_t length_bytes) {
-  const ActiveRule* f = Check(OpKind::kDiscard, true, offset_bytes, length_bytes);
-  if (f == nullptr) co_return co_await base_->Discard(offset_bytes, length_bytes);
-  int error = f->rule.error;
-  if (f->rule.effect == FaultEffect::kFailAfterIo) {
-    co_await base_->Discard(offset_bytes, length_bytes);
-  }
-  co_return -error;
+  return Guarded<int>(OpKind::kDiscard, true, offset_bytes, length_bytes,
+                      [=, this] { return base()->Discard(offset_bytes, length_bytes); });
 }
 
 Task<int> FaultFile::WriteZeroes(uint64_t offset_bytes, uint64_t length_bytes) {
-  const ActiveRule* f = Check(OpKind::kWriteZeroes, true, offset_bytes, length_bytes);
-  if (f == nullptr) co_return co_await base_->WriteZeroes(offset_bytes, length_bytes);
-  int error = f->rule.error;
-  if (f->rule.effect == FaultEffect::kFailAfterIo) {
-    co_await base_->WriteZeroes(offset_bytes, length_bytes);
-  }
-  co_return -error;
+  return Guarded<int>(OpKind::kWriteZeroes, true, offset_bytes, length_bytes,
+                      [=, this] { return base()->WriteZeroes(offset_bytes, length_bytes); });
 }
 
 Task<int> FaultFile::Truncate(uint64_t size_bytes) {
-  const ActiveRule* f = Check(OpKind::kTruncate, false, size_bytes, 0);
-  if (f == nullptr) co_return co_await base_->Truncate(size_bytes);
-  int error = f->rule.error;
-  if (f->rule.effect == FaultEffect::kFailAfterIo) co_await base_->Truncate(size_bytes);
-  co_return -error;
+  return Guarded<int>(OpKind::kTruncate, false, size_bytes, 0,
+                      [=, this] { return base()->Truncate(size_bytes); });
 }
 
 }  // namespace uq::io

@@ -32,7 +32,7 @@
 #include <memory>
 #include <vector>
 
-#include "src/io/block_file.h"
+#include "src/io/file_wrapper.h"
 #include "src/io/op_kind.h"
 
 namespace uq::io {
@@ -58,7 +58,7 @@ struct FaultRule {
   FaultEffect effect = FaultEffect::kFailBeforeIo;
 };
 
-class FaultFile final : public BlockFile {
+class FaultFile final : public FileWrapper {
  public:
   // One operation as seen by the wrapper. For kTruncate offset_bytes is the
   // new size.
@@ -69,13 +69,9 @@ class FaultFile final : public BlockFile {
     bool faulted;
   };
 
-  // Owns `base`.
-  explicit FaultFile(std::unique_ptr<BlockFile> base);
-  // Borrows `base`, which must outlive this wrapper.
-  explicit FaultFile(BlockFile* base);
-  FaultFile(const FaultFile&) = delete;
-  FaultFile& operator=(const FaultFile&) = delete;
-  ~FaultFile() override;
+  // Owns `base` (unique_ptr) or borrows it (pointer; it must outlive this
+  // wrapper).
+  using FileWrapper::FileWrapper;
 
   Task<int64_t> ReadV(uint64_t offset_bytes, std::span<const iovec> iov) override;
   Task<int64_t> WriteV(uint64_t offset_bytes, std::span<const iovec> iov) override;
@@ -83,10 +79,6 @@ class FaultFile final : public BlockFile {
   Task<int> Discard(uint64_t offset_bytes, uint64_t length_bytes) override;
   Task<int> WriteZeroes(uint64_t offset_bytes, uint64_t length_bytes) override;
   Task<int> Truncate(uint64_t size_bytes) override;
-  uint64_t size_bytes() const override { return base_->size_bytes(); }
-  bool read_only() const override { return base_->read_only(); }
-
-  BlockFile* base() { return base_; }
 
   // Adds a rule; returns its id. Counting for the rule starts now.
   int AddRule(const FaultRule& rule);
@@ -125,9 +117,10 @@ class FaultFile final : public BlockFile {
   // null.
   const ActiveRule* Check(OpKind kind, bool has_range, uint64_t offset_bytes,
                           uint64_t length_bytes);
-
-  std::unique_ptr<BlockFile> owned_;
-  BlockFile* base_;
+  // When started: Check()s the operation, then runs `io` (which starts the
+  // operation on the base) or fails as the firing rule says.
+  template <typename T, typename Io>
+  Task<T> Guarded(OpKind kind, bool has_range, uint64_t offset_bytes, uint64_t length_bytes, Io io);
   std::vector<ActiveRule> rules_;
   int next_rule_id_ = 1;
   uint64_t ops_seen_ = 0;

@@ -1,5 +1,6 @@
 #include "src/io/iovec.h"
 
+#include <algorithm>
 #include <cstring>
 #include <limits>
 
@@ -40,6 +41,21 @@ void ZeroIovFrom(std::span<const iovec> iov, uint64_t from_bytes) {
     }
     std::memset(static_cast<std::byte*>(v.iov_base) + from_bytes, 0, v.iov_len - from_bytes);
     from_bytes = 0;
+  }
+}
+
+void IovSlice(std::span<const iovec> iov, uint64_t begin_bytes, uint64_t length_bytes,
+              IovVec* out) {
+  for (const iovec& v : iov) {
+    if (length_bytes == 0) break;
+    if (begin_bytes >= v.iov_len) {
+      begin_bytes -= v.iov_len;
+      continue;
+    }
+    const uint64_t n = std::min<uint64_t>(v.iov_len - begin_bytes, length_bytes);
+    out->push_back({static_cast<std::byte*>(v.iov_base) + begin_bytes, n});
+    begin_bytes = 0;
+    length_bytes -= n;
   }
 }
 

@@ -8,9 +8,9 @@
 namespace uq::io {
 
 PowerLossFile::PowerLossFile(std::unique_ptr<BlockFile> base, std::vector<std::byte> durable_image)
-    : owned_(std::move(base)), base_(owned_.get()), durable_(std::move(durable_image)) {}
+    : FileWrapper(std::move(base)), durable_(std::move(durable_image)) {}
 PowerLossFile::PowerLossFile(BlockFile* base, std::vector<std::byte> durable_image)
-    : base_(base), durable_(std::move(durable_image)) {}
+    : FileWrapper(base), durable_(std::move(durable_image)) {}
 PowerLossFile::~PowerLossFile() = default;
 
 void PowerLossFile::Apply(const Mutation& m, std::vector<std::byte>& image) {
@@ -60,14 +60,10 @@ void PowerLossFile::MakeDurable(uint64_t end_seq) {
 
 void PowerLossFile::MarkAllDurable() { MakeDurable(next_seq_); }
 
-Task<int64_t> PowerLossFile::ReadV(uint64_t offset_bytes, std::span<const iovec> iov) {
-  return base_->ReadV(offset_bytes, iov);
-}
-
 Task<int64_t> PowerLossFile::WriteV(uint64_t offset_bytes, std::span<const iovec> iov) {
   uint64_t id = next_in_flight_id_++;
   in_flight_.emplace(id, InFlightWrite{offset_bytes, iov});
-  int64_t r = co_await base_->WriteV(offset_bytes, iov);
+  int64_t r = co_await base()->WriteV(offset_bytes, iov);
   in_flight_.erase(id);
   uint64_t length = IovLength(iov);
   // Success means the whole iovec was written (BlockFile contract).
@@ -84,25 +80,25 @@ Task<int64_t> PowerLossFile::WriteV(uint64_t offset_bytes, std::span<const iovec
 Task<int> PowerLossFile::Flush() {
   // Only mutations that completed before the flush was issued are covered.
   uint64_t covers_seq = next_seq_;
-  int r = co_await base_->Flush();
+  int r = co_await base()->Flush();
   if (r >= 0) MakeDurable(covers_seq);
   co_return r;
 }
 
 Task<int> PowerLossFile::Discard(uint64_t offset_bytes, uint64_t length_bytes) {
-  int r = co_await base_->Discard(offset_bytes, length_bytes);
+  int r = co_await base()->Discard(offset_bytes, length_bytes);
   if (r >= 0) Journal({0, OpKind::kDiscard, offset_bytes, length_bytes, {}});
   co_return r;
 }
 
 Task<int> PowerLossFile::WriteZeroes(uint64_t offset_bytes, uint64_t length_bytes) {
-  int r = co_await base_->WriteZeroes(offset_bytes, length_bytes);
+  int r = co_await base()->WriteZeroes(offset_bytes, length_bytes);
   if (r >= 0) Journal({0, OpKind::kWriteZeroes, offset_bytes, length_bytes, {}});
   co_return r;
 }
 
 Task<int> PowerLossFile::Truncate(uint64_t size_bytes) {
-  int r = co_await base_->Truncate(size_bytes);
+  int r = co_await base()->Truncate(size_bytes);
   if (r >= 0) Journal({0, OpKind::kTruncate, size_bytes, 0, {}});
   co_return r;
 }

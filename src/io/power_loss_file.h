@@ -36,12 +36,12 @@
 #include <random>
 #include <vector>
 
-#include "src/io/block_file.h"
+#include "src/io/file_wrapper.h"
 #include "src/io/op_kind.h"
 
 namespace uq::io {
 
-class PowerLossFile final : public BlockFile {
+class PowerLossFile final : public FileWrapper {
  public:
   // `durable_image` is the state of `base` as of the last power-safe point
   // (normally a copy of its current contents: MemFile::data()).
@@ -53,16 +53,12 @@ class PowerLossFile final : public BlockFile {
   PowerLossFile& operator=(const PowerLossFile&) = delete;
   ~PowerLossFile() override;
 
-  Task<int64_t> ReadV(uint64_t offset_bytes, std::span<const iovec> iov) override;
+  // Reads pass through (FileWrapper); mutations are journaled.
   Task<int64_t> WriteV(uint64_t offset_bytes, std::span<const iovec> iov) override;
   Task<int> Flush() override;
   Task<int> Discard(uint64_t offset_bytes, uint64_t length_bytes) override;
   Task<int> WriteZeroes(uint64_t offset_bytes, uint64_t length_bytes) override;
   Task<int> Truncate(uint64_t size_bytes) override;
-  uint64_t size_bytes() const override { return base_->size_bytes(); }
-  bool read_only() const override { return base_->read_only(); }
-
-  BlockFile* base() { return base_; }
 
   // The image a power cut now would leave.
   std::vector<std::byte> Crash() const;
@@ -97,8 +93,6 @@ class PowerLossFile final : public BlockFile {
   // Applies journaled mutations with seq < `end_seq` to durable_.
   void MakeDurable(uint64_t end_seq);
 
-  std::unique_ptr<BlockFile> owned_;
-  BlockFile* base_;
   std::vector<std::byte> durable_;
   std::deque<Mutation> journal_;
   uint64_t journal_bytes_ = 0;

@@ -1,4 +1,5 @@
-// Drivers for synchronous callers (tools, tests) and a fan-out helper.
+// Drivers for synchronous callers (tools, tests). WhenAll, the fan-out helper,
+// is in join.h (included here for its callers).
 //
 //   int64_t r = RunSync(loop.get(), file->Read(0, buf));    // UringFile
 //   int r = RunSync(nullptr, mem.Flush());                  // MemFile, immediate
@@ -10,15 +11,14 @@
 #define UQ_SRC_IO_RUN_SYNC_H_
 
 #include <cerrno>
-#include <coroutine>
 #include <cstdio>
 #include <cstdlib>
 #include <optional>
 #include <type_traits>
 #include <utility>
-#include <vector>
 
 #include "src/io/event_loop.h"
+#include "src/io/join.h"
 #include "src/io/task.h"
 
 namespace uq::io {
@@ -86,55 +86,6 @@ T RunSync(EventLoop* loop, Task<T> task) {
         return true;
       },
       std::move(task));
-}
-
-namespace internal {
-
-struct JoinState {
-  size_t remaining = 0;
-  std::coroutine_handle<> waiter;
-};
-
-template <typename T>
-Task<void> JoinOne(Task<T> task, JoinState* state, std::optional<T>* out) {
-  out->emplace(co_await std::move(task));
-  if (--state->remaining == 0 && state->waiter) state->waiter.resume();
-}
-
-inline Task<void> JoinOneVoid(Task<void> task, JoinState* state) {
-  co_await std::move(task);
-  if (--state->remaining == 0 && state->waiter) state->waiter.resume();
-}
-
-struct JoinAwaiter {
-  JoinState* state;
-  bool await_ready() const noexcept { return state->remaining == 0; }
-  void await_suspend(std::coroutine_handle<> h) noexcept { state->waiter = h; }
-  void await_resume() const noexcept {}
-};
-
-}  // namespace internal
-
-// Runs every task concurrently (each starts in order and runs until its first
-// suspension) and completes when all have; results are in input order.
-template <typename T>
-Task<std::vector<T>> WhenAll(std::vector<Task<T>> tasks) {
-  internal::JoinState state{tasks.size(), {}};
-  std::vector<std::optional<T>> slots(tasks.size());
-  for (size_t i = 0; i < tasks.size(); ++i) {
-    Spawn(internal::JoinOne(std::move(tasks[i]), &state, &slots[i]));
-  }
-  co_await internal::JoinAwaiter{&state};
-  std::vector<T> results;
-  results.reserve(slots.size());
-  for (std::optional<T>& s : slots) results.push_back(std::move(*s));
-  co_return results;
-}
-
-inline Task<void> WhenAll(std::vector<Task<void>> tasks) {
-  internal::JoinState state{tasks.size(), {}};
-  for (Task<void>& t : tasks) Spawn(internal::JoinOneVoid(std::move(t), &state));
-  co_await internal::JoinAwaiter{&state};
 }
 
 }  // namespace uq::io

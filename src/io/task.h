@@ -162,6 +162,14 @@ inline void Spawn(Task<void> task) {
   h.resume();
 }
 
+// A task that completes with `value` as soon as it is awaited: for functions
+// that return another task as is on their main path and a value on an early
+// exit (an argument check that fails before any I/O).
+template <typename T>
+Task<T> ReadyTask(T value) {
+  co_return value;
+}
+
 // Runs `task` and stores its result into *out when it finishes (used by
 // drivers that pump an event loop until `out` has a value).
 template <typename T>

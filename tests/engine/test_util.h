@@ -16,73 +16,26 @@
 
 #include "format/create.h"
 #include "src/engine/image.h"
+#include "src/io/file_wrapper.h"
 #include "src/io/mem_file.h"
 #include "src/io/run_sync.h"
+#include "tests/unit/io/test_util.h"
 
 namespace uq::engine::testing {
 
-// Forwards to a BlockFile the test keeps.
-class BorrowedFile final : public io::BlockFile {
+// Forwards to a BlockFile the test keeps; `read_only` makes it report
+// read_only() (as a file opened O_RDONLY would) without refusing writes.
+class BorrowedFile final : public io::FileWrapper {
  public:
-  explicit BorrowedFile(io::BlockFile* f, bool read_only = false) : f_(f), ro_(read_only) {}
-  Task<int64_t> ReadV(uint64_t o, std::span<const iovec> v) override { return f_->ReadV(o, v); }
-  Task<int64_t> WriteV(uint64_t o, std::span<const iovec> v) override { return f_->WriteV(o, v); }
-  Task<int> Flush() override { return f_->Flush(); }
-  Task<int> Discard(uint64_t o, uint64_t n) override { return f_->Discard(o, n); }
-  Task<int> WriteZeroes(uint64_t o, uint64_t n) override { return f_->WriteZeroes(o, n); }
-  Task<int> Truncate(uint64_t n) override { return f_->Truncate(n); }
-  uint64_t size_bytes() const override { return f_->size_bytes(); }
-  bool read_only() const override { return ro_ || f_->read_only(); }
+  explicit BorrowedFile(io::BlockFile* f, bool read_only = false)
+      : io::FileWrapper(f), ro_(read_only) {}
+  bool read_only() const override { return ro_ || base()->read_only(); }
 
  private:
-  io::BlockFile* f_;
   bool ro_;
 };
 
-// Fails misaligned I/O with -EINVAL, as an O_DIRECT file does.
-class StrictAlignFile final : public io::BlockFile {
- public:
-  StrictAlignFile(std::unique_ptr<io::BlockFile> f, uint64_t align) : f_(std::move(f)), a_(align) {}
-  Task<int64_t> ReadV(uint64_t o, std::span<const iovec> v) override {
-    if (!Ok(o, v)) return Fail64();
-    return f_->ReadV(o, v);
-  }
-  Task<int64_t> WriteV(uint64_t o, std::span<const iovec> v) override {
-    if (!Ok(o, v)) return Fail64();
-    return f_->WriteV(o, v);
-  }
-  Task<int> Flush() override { return f_->Flush(); }
-  Task<int> Discard(uint64_t o, uint64_t n) override {
-    if ((o | n) % a_) return Fail();
-    return f_->Discard(o, n);
-  }
-  Task<int> WriteZeroes(uint64_t o, uint64_t n) override {
-    if ((o | n) % a_) return Fail();
-    return f_->WriteZeroes(o, n);
-  }
-  Task<int> Truncate(uint64_t n) override { return f_->Truncate(n); }
-  uint64_t size_bytes() const override { return f_->size_bytes(); }
-  bool read_only() const override { return f_->read_only(); }
-  uint64_t misaligned() const { return misaligned_; }
-
- private:
-  bool Ok(uint64_t o, std::span<const iovec> v) {
-    bool ok = o % a_ == 0;
-    for (const iovec& x : v) {
-      ok = ok && reinterpret_cast<uintptr_t>(x.iov_base) % a_ == 0 && x.iov_len % a_ == 0;
-    }
-    if (!ok) {
-      ++misaligned_;
-      ADD_FAILURE() << "misaligned I/O at offset " << o;
-    }
-    return ok;
-  }
-  static Task<int64_t> Fail64() { co_return -EINVAL; }
-  static Task<int> Fail() { co_return -EINVAL; }
-  std::unique_ptr<io::BlockFile> f_;
-  uint64_t a_;
-  uint64_t misaligned_ = 0;
-};
+using io::testing::StrictAlignFile;
 
 // Builds a fresh image with the layout builder.
 inline std::unique_ptr<io::MemFile> MakeImage(const format::CreateOptions& o) {

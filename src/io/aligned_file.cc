@@ -1,10 +1,13 @@
-#include "src/engine/aligned_file.h"
+#include "src/io/aligned_file.h"
 
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <utility>
 
-namespace uq::engine {
+#include "src/io/iovec.h"
+
+namespace uq::io {
 namespace {
 
 struct FreeDeleter {
@@ -16,16 +19,10 @@ AlignedBuffer AllocAligned(uint64_t align, uint64_t bytes) {
   return AlignedBuffer(static_cast<std::byte*>(std::aligned_alloc(align, bytes)));
 }
 
-uint64_t IovLen(std::span<const iovec> iov) {
-  uint64_t n = 0;
-  for (const iovec& v : iov) n += v.iov_len;
-  return n;
-}
-
 }  // namespace
 
-AlignedFile::AlignedFile(std::unique_ptr<io::BlockFile> inner, uint32_t alignment_bytes)
-    : inner_(std::move(inner)), align_(alignment_bytes) {}
+AlignedFile::AlignedFile(std::unique_ptr<BlockFile> inner, uint32_t alignment_bytes)
+    : FileWrapper(std::move(inner)), align_(alignment_bytes) {}
 
 AlignedFile::~AlignedFile() = default;
 
@@ -48,7 +45,18 @@ Task<void> AlignedFile::Enter(InFlight* w) {
       }
     }
     if (conflict == nullptr) break;
-    co_await conflict->waiters.Wait();
+    struct Park {
+      InFlight* on;
+      Waiter node;
+      bool await_ready() const noexcept { return false; }
+      void await_suspend(std::coroutine_handle<> h) noexcept {
+        node.handle = h;
+        node.next = on->waiters;
+        on->waiters = &node;
+      }
+      void await_resume() const noexcept {}
+    };
+    co_await Park{conflict, {}};
   }
   w->next = head_;
   if (head_ != nullptr) head_->prev = w;
@@ -62,25 +70,35 @@ void AlignedFile::Leave(InFlight* w) {
     head_ = w->next;
   }
   if (w->next != nullptr) w->next->prev = w->prev;
-  w->waiters.WakeAll();
+  // Waiters were pushed to the front: reverse to wake them oldest first. Each
+  // rechecks for conflicts (Enter loops). Read `next` before resuming: the
+  // node dies with its coroutine's frame.
+  Waiter* waiter = nullptr;
+  for (Waiter* p = std::exchange(w->waiters, nullptr); p != nullptr;) {
+    Waiter* next = p->next;
+    p->next = waiter;
+    waiter = p;
+    p = next;
+  }
+  while (waiter != nullptr) {
+    Waiter* next = waiter->next;
+    waiter->handle.resume();
+    waiter = next;
+  }
 }
 
 Task<int64_t> AlignedFile::ReadV(uint64_t offset_bytes, std::span<const iovec> iov) {
-  if (Aligned(offset_bytes, iov)) co_return co_await inner_->ReadV(offset_bytes, iov);
+  if (Aligned(offset_bytes, iov)) co_return co_await base()->ReadV(offset_bytes, iov);
   ++bounced_ops_;
-  const uint64_t len = IovLen(iov);
+  const uint64_t len = IovLength(iov);
   if (len == 0) co_return 0;
   const uint64_t begin = offset_bytes & ~uint64_t{align_ - 1};
   const uint64_t end = (offset_bytes + len + align_ - 1) & ~uint64_t{align_ - 1};
   AlignedBuffer buf = AllocAligned(align_, end - begin);
   if (!buf) co_return -ENOMEM;
-  int64_t r = co_await inner_->Read(begin, std::span<std::byte>(buf.get(), end - begin));
+  int64_t r = co_await base()->Read(begin, std::span<std::byte>(buf.get(), end - begin));
   if (r < 0) co_return r;
-  const std::byte* src = buf.get() + (offset_bytes - begin);
-  for (const iovec& v : iov) {
-    std::memcpy(v.iov_base, src, v.iov_len);
-    src += v.iov_len;
-  }
+  CopyToIov(iov, buf.get() + (offset_bytes - begin));
   co_return static_cast<int64_t>(len);
 }
 
@@ -101,10 +119,10 @@ Task<int64_t> AlignedFile::WriteBounced(uint64_t offset_bytes, std::span<const i
     const bool tail_partial = offset_bytes + len != end;
     int64_t r = 0;
     if (head_partial) {
-      r = co_await inner_->Read(begin, std::span<std::byte>(buf.get(), align_));
+      r = co_await base()->Read(begin, std::span<std::byte>(buf.get(), align_));
     }
     if (r >= 0 && tail_partial && (end - align_ != begin || !head_partial)) {
-      r = co_await inner_->Read(end - align_,
+      r = co_await base()->Read(end - align_,
                                 std::span<std::byte>(buf.get() + (end - begin - align_), align_));
     }
     if (r < 0) {
@@ -114,12 +132,9 @@ Task<int64_t> AlignedFile::WriteBounced(uint64_t offset_bytes, std::span<const i
       if (iov.empty()) {
         std::memset(dst, 0, len);
       } else {
-        for (const iovec& v : iov) {
-          std::memcpy(dst, v.iov_base, v.iov_len);
-          dst += v.iov_len;
-        }
+        CopyFromIov(iov, dst);
       }
-      r = co_await inner_->Write(begin, std::span<const std::byte>(buf.get(), end - begin));
+      r = co_await base()->Write(begin, std::span<const std::byte>(buf.get(), end - begin));
       if (r < 0) result = r;
     }
   }
@@ -128,12 +143,12 @@ Task<int64_t> AlignedFile::WriteBounced(uint64_t offset_bytes, std::span<const i
 }
 
 Task<int64_t> AlignedFile::WriteV(uint64_t offset_bytes, std::span<const iovec> iov) {
-  const uint64_t len = IovLen(iov);
+  const uint64_t len = IovLength(iov);
   if (len == 0) co_return 0;
   if (!Aligned(offset_bytes, iov)) co_return co_await WriteBounced(offset_bytes, iov, len);
   InFlight w{offset_bytes, offset_bytes + len, false};
   co_await Enter(&w);
-  int64_t r = co_await inner_->WriteV(offset_bytes, iov);
+  int64_t r = co_await base()->WriteV(offset_bytes, iov);
   Leave(&w);
   co_return r;
 }
@@ -157,7 +172,7 @@ Task<int> AlignedFile::WriteZeroes(uint64_t offset_bytes, uint64_t length_bytes)
   }
   InFlight w{mid_begin, mid_end, false};
   co_await Enter(&w);
-  int r = co_await inner_->WriteZeroes(mid_begin, mid_end - mid_begin);
+  int r = co_await base()->WriteZeroes(mid_begin, mid_end - mid_begin);
   Leave(&w);
   co_return r;
 }
@@ -179,9 +194,9 @@ Task<int> AlignedFile::Discard(uint64_t offset_bytes, uint64_t length_bytes) {
   }
   InFlight w{mid_begin, mid_end, false};
   co_await Enter(&w);
-  int r = co_await inner_->Discard(mid_begin, mid_end - mid_begin);
+  int r = co_await base()->Discard(mid_begin, mid_end - mid_begin);
   Leave(&w);
   co_return r;
 }
 
-}  // namespace uq::engine
+}  // namespace uq::io

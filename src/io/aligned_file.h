@@ -14,39 +14,42 @@
 // The engine wraps the image, backing and data files in one when
 // OpenOptions.file_alignment_bytes > 1, so the engine's own small metadata
 // writes (8-byte refcount table entries, L1 tables, compressed clusters at
-// sector offsets, sub-4K clusters) stay correct under O_DIRECT.
+// sector offsets, sub-4K clusters) stay correct under O_DIRECT. Flush,
+// Truncate and the size pass through (FileWrapper).
 //
 // Thread-safety: one event loop thread, like the wrapped file.
-#ifndef UQ_SRC_ENGINE_ALIGNED_FILE_H_
-#define UQ_SRC_ENGINE_ALIGNED_FILE_H_
+#ifndef UQ_SRC_IO_ALIGNED_FILE_H_
+#define UQ_SRC_IO_ALIGNED_FILE_H_
 
+#include <coroutine>
 #include <cstdint>
 #include <memory>
 
-#include "cache/wait_list.h"
-#include "src/io/block_file.h"
+#include "src/io/file_wrapper.h"
 
-namespace uq::engine {
+namespace uq::io {
 
-class AlignedFile final : public io::BlockFile {
+class AlignedFile final : public FileWrapper {
  public:
-  // REQUIRES: alignment_bytes is a power of two >= 512.
-  AlignedFile(std::unique_ptr<io::BlockFile> inner, uint32_t alignment_bytes);
+  // Owns `inner`. REQUIRES: alignment_bytes is a power of two >= 512.
+  AlignedFile(std::unique_ptr<BlockFile> inner, uint32_t alignment_bytes);
   ~AlignedFile() override;
 
   Task<int64_t> ReadV(uint64_t offset_bytes, std::span<const iovec> iov) override;
   Task<int64_t> WriteV(uint64_t offset_bytes, std::span<const iovec> iov) override;
-  Task<int> Flush() override { return inner_->Flush(); }
   Task<int> Discard(uint64_t offset_bytes, uint64_t length_bytes) override;
   Task<int> WriteZeroes(uint64_t offset_bytes, uint64_t length_bytes) override;
-  Task<int> Truncate(uint64_t size_bytes) override { return inner_->Truncate(size_bytes); }
-  uint64_t size_bytes() const override { return inner_->size_bytes(); }
-  bool read_only() const override { return inner_->read_only(); }
 
   uint32_t alignment_bytes() const { return align_; }
   uint64_t bounced_ops() const { return bounced_ops_; }
 
  private:
+  // A coroutine parked until an in-flight write leaves; the node lives in
+  // the parked coroutine's frame, so parking allocates nothing.
+  struct Waiter {
+    std::coroutine_handle<> handle;
+    Waiter* next = nullptr;
+  };
   struct InFlight {
     InFlight(uint64_t b, uint64_t e, bool r) : begin(b), end(e), rmw(r) {}
     uint64_t begin;
@@ -54,7 +57,7 @@ class AlignedFile final : public io::BlockFile {
     bool rmw;
     InFlight* prev = nullptr;
     InFlight* next = nullptr;
-    cache::WaitList waiters;
+    Waiter* waiters = nullptr;  // resumed, all at once, by Leave()
   };
 
   bool Aligned(uint64_t offset_bytes, std::span<const iovec> iov) const;
@@ -64,12 +67,11 @@ class AlignedFile final : public io::BlockFile {
   // Read-modify-write of [offset, offset + len) from `src` (nullptr = zeros).
   Task<int64_t> WriteBounced(uint64_t offset_bytes, std::span<const iovec> iov, uint64_t len);
 
-  std::unique_ptr<io::BlockFile> inner_;
   uint32_t align_;
   InFlight* head_ = nullptr;
   uint64_t bounced_ops_ = 0;
 };
 
-}  // namespace uq::engine
+}  // namespace uq::io
 
-#endif  // UQ_SRC_ENGINE_ALIGNED_FILE_H_
+#endif  // UQ_SRC_IO_ALIGNED_FILE_H_
