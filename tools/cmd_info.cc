@@ -13,11 +13,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "format/endian.h"
+#include "src/common/json.h"
 #include "tools/commands.h"
-#include "tools/json.h"
 #include "tools/util.h"
 
 namespace uq::tools {
+
+using common::Json;
 namespace {
 
 struct InfoArgs {

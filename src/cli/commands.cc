@@ -30,6 +30,7 @@
 #include "absl/strings/str_split.h"
 #include "format/status_macros.h"
 #include "src/cli/state.h"
+#include "src/common/json.h"
 #include "src/engine/image.h"
 #include "src/engine/raw_device.h"
 #include "src/io/event_loop.h"
@@ -464,12 +465,17 @@ int DoList(const Command& cmd) {
     pid_t pid = info->ublksrv_pid > 0 ? info->ublksrv_pid : (state.ok() ? state->pid : -1);
     const char* st_name = ublk::StateName(info->state);
     if (cmd.json) {
-      absl::StrAppend(
-          &json, first ? "" : ",", "\n  {\"id\": ", id,
-          ", \"device\": ", JsonQuote(BlockDevPath(id)), ", \"image\": ", JsonQuote(image),
-          ", \"format\": \"", state.ok() ? FormatName(state->spec.format) : "", "\", \"state\": \"",
-          st_name, "\", \"queues\": ", info->nr_hw_queues, ", \"depth\": ", info->queue_depth,
-          ", \"pid\": ", pid, ", \"read_only\": ", ro ? "true" : "false", "}");
+      common::Json o = common::Json::Object();
+      o.Set("id", common::Json::Int(id));
+      o.Set("device", common::Json::String(BlockDevPath(id)));
+      o.Set("image", common::Json::String(image));
+      o.Set("format", common::Json::String(state.ok() ? FormatName(state->spec.format) : ""));
+      o.Set("state", common::Json::String(st_name));
+      o.Set("queues", common::Json::Int(info->nr_hw_queues));
+      o.Set("depth", common::Json::Int(info->queue_depth));
+      o.Set("pid", common::Json::Int(pid));
+      o.Set("read_only", common::Json::Bool(ro));
+      absl::StrAppend(&json, first ? "" : ",", "\n  ", o.Serialize(common::JsonLayout::kLine));
     } else {
       std::printf("%-4u %-14s %-9s %-6u %-5u %-8d %-3s %s\n", id, BlockDevPath(id).c_str(), st_name,
                   info->nr_hw_queues, info->queue_depth, pid, ro ? "yes" : "no", image.c_str());

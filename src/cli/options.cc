@@ -6,6 +6,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "format/status_macros.h"
+#include "src/common/options.h"
 
 namespace uq::cli {
 
@@ -97,30 +99,155 @@ absl::StatusOr<uint32_t> DevIdFromPath(absl::string_view path) {
 
 namespace {
 
-// Walks the arguments; supports "--opt value" and "--opt=value".
-class ArgReader {
- public:
-  explicit ArgReader(std::span<const std::string> args) : args_(args) {}
-  bool done() const { return i_ >= args_.size(); }
-  const std::string& Next() { return args_[i_++]; }
-  absl::StatusOr<std::string> Value(const std::string& opt, absl::string_view inline_value,
-                                    bool has_inline) {
-    if (has_inline) return std::string(inline_value);
-    if (done()) return absl::InvalidArgumentError(absl::StrCat(opt, " needs a value"));
-    return Next();
-  }
-
- private:
-  std::span<const std::string> args_;
-  size_t i_ = 0;
+enum OptionId : int {
+  kReadOnly = common::kLongOnlyIdBase,
+  kRw,
+  kSnapshot,
+  kQueues,
+  kDepth,
+  kCacheSize,
+  kForeground,
+  kReissue,
+  kWritethrough,
 };
 
-absl::StatusOr<uint16_t> ParseCount(const std::string& opt, const std::string& v, uint32_t max) {
+constexpr common::OptionSpec kHelpOption{'h', 'h', "help", "", "show the usage"};
+constexpr common::OptionSpec kFormatOption{'f', 'f', "format", "qcow2|raw|auto", "image format"};
+constexpr common::OptionSpec kSnapshotOption{kSnapshot, 0, "snapshot", "NAME",
+                                             "serve internal snapshot NAME (read-only)"};
+constexpr common::OptionSpec kQueuesOption{kQueues, 0, "queues", "N", "queues (1..64)"};
+constexpr common::OptionSpec kDepthOption{kDepth, 0, "depth", "D", "queue depth (1..4096)"};
+constexpr common::OptionSpec kCacheOption{kCacheSize, 0, "cache-size", "SIZE",
+                                          "metadata cache size"};
+constexpr common::OptionSpec kReadOnlyOption{kReadOnly, 0, "read-only", "", "serve read-only"};
+constexpr common::OptionSpec kWritethroughOption{kWritethrough, 0, "writethrough", "",
+                                                 "complete writes once durable"};
+constexpr common::OptionSpec kForegroundOption{kForeground, 0, "foreground", "",
+                                               "serve in the foreground"};
+constexpr common::OptionSpec kIdOption{'n', 'n', "id", "N", "device id"};
+
+constexpr common::OptionSpec kAttachOptions[] = {
+    kReadOnlyOption,     kSnapshotOption,
+    kQueuesOption,       kDepthOption,
+    kCacheOption,        kFormatOption,
+    kForegroundOption,   {kReissue, 0, "reissue", "", "re-issue in-flight requests on recovery"},
+    kWritethroughOption, kHelpOption};
+constexpr common::OptionSpec kMountOptions[] = {kReadOnlyOption,
+                                                {kRw, 0, "rw", "", "mount read-write"},
+                                                kSnapshotOption,
+                                                kQueuesOption,
+                                                kDepthOption,
+                                                kCacheOption,
+                                                kFormatOption,
+                                                kWritethroughOption,
+                                                {'p', 'p', "partition", "M", "mount partition M"},
+                                                kHelpOption};
+constexpr common::OptionSpec kDetachOptions[] = {
+    kIdOption, {'a', 'a', "all", "", "every device"}, kHelpOption};
+constexpr common::OptionSpec kRecoverOptions[] = {kIdOption, kForegroundOption, kHelpOption};
+constexpr common::OptionSpec kListOptions[] = {{'o', 'o', "output", "human|json", "output format"},
+                                               kHelpOption};
+constexpr common::OptionSpec kUnmountOptions[] = {kHelpOption};
+
+std::span<const common::OptionSpec> OptionsOf(Verb v) {
+  switch (v) {
+    case Verb::kAttach:
+      return kAttachOptions;
+    case Verb::kMount:
+      return kMountOptions;
+    case Verb::kDetach:
+      return kDetachOptions;
+    case Verb::kRecover:
+      return kRecoverOptions;
+    case Verb::kList:
+      return kListOptions;
+    case Verb::kUnmount:
+    case Verb::kHelp:
+      break;
+  }
+  return kUnmountOptions;
+}
+
+absl::StatusOr<uint16_t> ParseCount(absl::string_view opt, const std::string& v, uint32_t max) {
   uint32_t n;
   if (!absl::SimpleAtoi(v, &n) || n == 0 || n > max) {
     return absl::InvalidArgumentError(absl::StrCat("bad ", opt, " '", v, "' (1..", max, ")"));
   }
   return static_cast<uint16_t>(n);
+}
+
+// Applies one parsed option to `cmd`.
+absl::Status Apply(const common::ParsedOption& o, Command& cmd) {
+  const std::string& value = o.value;
+  switch (o.id) {
+    case kReadOnly:
+      cmd.spec.read_only = true;
+      break;
+    case kRw:
+      cmd.spec.read_only = false;
+      break;
+    case kSnapshot:
+      if (value.empty()) return absl::InvalidArgumentError("--snapshot needs a name");
+      cmd.spec.snapshot = value;
+      break;
+    case kQueues: {
+      UQ_ASSIGN_OR_RETURN(cmd.spec.queues, ParseCount("--queues", value, 64));
+      break;
+    }
+    case kDepth: {
+      UQ_ASSIGN_OR_RETURN(cmd.spec.depth, ParseCount("--depth", value, 4096));
+      break;
+    }
+    case kCacheSize: {
+      UQ_ASSIGN_OR_RETURN(cmd.spec.cache_size_bytes, ParseSize(value));
+      break;
+    }
+    case 'f': {
+      UQ_ASSIGN_OR_RETURN(cmd.spec.format, ParseFormat(value));
+      break;
+    }
+    case kWritethrough:
+      cmd.spec.writethrough = true;
+      break;
+    case kReissue:
+      cmd.spec.reissue = true;
+      break;
+    case kForeground:
+      cmd.foreground = true;
+      break;
+    case 'n': {
+      uint32_t id;
+      if (!absl::SimpleAtoi(value, &id)) {
+        return absl::InvalidArgumentError(absl::StrCat("bad device id '", value, "'"));
+      }
+      cmd.dev_id = id;
+      break;
+    }
+    case 'a':
+      cmd.all = true;
+      break;
+    case 'o':
+      if (value == "json") {
+        cmd.json = true;
+      } else if (value == "human") {
+        cmd.json = false;
+      } else {
+        return absl::InvalidArgumentError(
+            absl::StrCat("unknown output '", value, "' (json or human)"));
+      }
+      break;
+    case 'p': {
+      uint32_t n;
+      if (!absl::SimpleAtoi(value, &n) || n == 0 || n > 256) {
+        return absl::InvalidArgumentError(absl::StrCat("bad partition '", value, "'"));
+      }
+      cmd.partition = static_cast<int>(n);
+      break;
+    }
+    default:
+      return absl::InternalError(absl::StrCat("unhandled option id ", o.id));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -150,114 +277,20 @@ absl::StatusOr<Command> ParseCommandLine(std::span<const std::string> args) {
     return absl::InvalidArgumentError(absl::StrCat("unknown command '", verb, "' (try --help)"));
   }
 
-  std::vector<std::string> positional;
-  ArgReader r(args.subspan(1));
-  const Verb v = cmd.verb;
-  const bool image_opts = v == Verb::kAttach || v == Verb::kMount;
-  while (!r.done()) {
-    std::string arg = r.Next();
-    if (arg.size() < 2 || arg[0] != '-' || arg == "--") {
-      if (arg == "--") {
-        while (!r.done()) positional.push_back(r.Next());
-        break;
-      }
-      positional.push_back(arg);
-      continue;
-    }
-    std::string opt = arg;
-    std::string inline_value;
-    bool has_inline = false;
-    if (size_t eq = arg.find('='); arg.rfind("--", 0) == 0 && eq != std::string::npos) {
-      opt = arg.substr(0, eq);
-      inline_value = arg.substr(eq + 1);
-      has_inline = true;
-    }
-    auto value = [&]() { return r.Value(opt, inline_value, has_inline); };
-    auto flag_ok = [&]() -> absl::Status {
-      if (has_inline) return absl::InvalidArgumentError(absl::StrCat(opt, " takes no value"));
-      return absl::OkStatus();
-    };
-
-    if (opt == "--help" || opt == "-h") {
-      cmd.verb = Verb::kHelp;
-      return cmd;
-    } else if (image_opts && opt == "--read-only") {
-      if (auto st = flag_ok(); !st.ok()) return st;
-      cmd.spec.read_only = true;
-    } else if (v == Verb::kMount && opt == "--rw") {
-      if (auto st = flag_ok(); !st.ok()) return st;
-      cmd.spec.read_only = false;
-    } else if (image_opts && opt == "--snapshot") {
-      auto s = value();
-      if (!s.ok()) return s.status();
-      if (s->empty()) return absl::InvalidArgumentError("--snapshot needs a name");
-      cmd.spec.snapshot = *s;
-    } else if (image_opts && opt == "--queues") {
-      auto s = value();
-      if (!s.ok()) return s.status();
-      auto n = ParseCount(opt, *s, 64);
-      if (!n.ok()) return n.status();
-      cmd.spec.queues = *n;
-    } else if (image_opts && opt == "--depth") {
-      auto s = value();
-      if (!s.ok()) return s.status();
-      auto n = ParseCount(opt, *s, 4096);
-      if (!n.ok()) return n.status();
-      cmd.spec.depth = *n;
-    } else if (image_opts && opt == "--cache-size") {
-      auto s = value();
-      if (!s.ok()) return s.status();
-      auto n = ParseSize(*s);
-      if (!n.ok()) return n.status();
-      cmd.spec.cache_size_bytes = *n;
-    } else if (image_opts && (opt == "--format" || opt == "-f")) {
-      auto s = value();
-      if (!s.ok()) return s.status();
-      auto f = ParseFormat(*s);
-      if (!f.ok()) return f.status();
-      cmd.spec.format = *f;
-    } else if (image_opts && opt == "--writethrough") {
-      if (auto st = flag_ok(); !st.ok()) return st;
-      cmd.spec.writethrough = true;
-    } else if (v == Verb::kAttach && opt == "--reissue") {
-      if (auto st = flag_ok(); !st.ok()) return st;
-      cmd.spec.reissue = true;
-    } else if ((v == Verb::kAttach || v == Verb::kRecover) && opt == "--foreground") {
-      if (auto st = flag_ok(); !st.ok()) return st;
-      cmd.foreground = true;
-    } else if ((v == Verb::kDetach || v == Verb::kRecover) && (opt == "-n" || opt == "--id")) {
-      auto s = value();
-      if (!s.ok()) return s.status();
-      uint32_t id;
-      if (!absl::SimpleAtoi(*s, &id)) {
-        return absl::InvalidArgumentError(absl::StrCat("bad device id '", *s, "'"));
-      }
-      cmd.dev_id = id;
-    } else if (v == Verb::kDetach && (opt == "--all" || opt == "-a")) {
-      if (auto st = flag_ok(); !st.ok()) return st;
-      cmd.all = true;
-    } else if (v == Verb::kList && (opt == "--output" || opt == "-o")) {
-      auto s = value();
-      if (!s.ok()) return s.status();
-      if (*s == "json") {
-        cmd.json = true;
-      } else if (*s != "human") {
-        return absl::InvalidArgumentError(
-            absl::StrCat("unknown output '", *s, "' (json or human)"));
-      }
-    } else if (v == Verb::kMount && (opt == "--partition" || opt == "-p")) {
-      auto s = value();
-      if (!s.ok()) return s.status();
-      uint32_t n;
-      if (!absl::SimpleAtoi(*s, &n) || n == 0 || n > 256) {
-        return absl::InvalidArgumentError(absl::StrCat("bad partition '", *s, "'"));
-      }
-      cmd.partition = static_cast<int>(n);
-    } else {
-      return absl::InvalidArgumentError(
-          absl::StrCat("unknown option '", opt, "' for ", verb, " (try --help)"));
-    }
+  absl::StatusOr<common::ParsedArgs> parsed =
+      common::ParseOptions(args.subspan(1), OptionsOf(cmd.verb));
+  if (!parsed.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(verb, ": ", parsed.status().message(), " (try --help)"));
   }
+  if (parsed->Has('h')) {
+    cmd.verb = Verb::kHelp;
+    return cmd;
+  }
+  for (const common::ParsedOption& o : parsed->options) {
+    UQ_RETURN_IF_ERROR(Apply(o, cmd));
+  }
+  const std::vector<std::string>& positional = parsed->operands;
 
   auto want = [&](size_t n, const char* what) -> absl::Status {
     if (positional.size() < n) return absl::InvalidArgumentError(absl::StrCat("missing ", what));

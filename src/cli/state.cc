@@ -4,7 +4,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <cctype>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -12,8 +11,9 @@
 #include <fstream>
 #include <sstream>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "format/status_macros.h"
+#include "src/common/json.h"
 
 namespace uq::cli {
 
@@ -43,160 +43,76 @@ std::string StateDir() {
 std::string StatePath(uint32_t dev_id) { return absl::StrCat(StateDir(), "/", dev_id, ".json"); }
 std::string LogPath(uint32_t dev_id) { return absl::StrCat(StateDir(), "/", dev_id, ".log"); }
 
-std::string JsonQuote(absl::string_view s) {
-  std::string out = "\"";
-  for (char c : s) {
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20) {
-          char buf[8];
-          std::snprintf(buf, sizeof(buf), "\\u%04x", c);
-          out += buf;
-        } else {
-          out += c;
-        }
-    }
-  }
-  out += '"';
-  return out;
-}
-
 std::string EncodeState(const DeviceState& s) {
   const ImageSpec& i = s.spec;
-  return absl::StrCat("{\"dev_id\": ", s.dev_id, ", \"pid\": ", s.pid,
-                      ", \"image\": ", JsonQuote(i.image), ", \"format\": \"", FormatName(i.format),
-                      "\", \"read_only\": ", i.read_only ? "true" : "false",
-                      ", \"snapshot\": ", JsonQuote(i.snapshot), ", \"queues\": ", i.queues,
-                      ", \"depth\": ", i.depth, ", \"cache_size\": ", i.cache_size_bytes,
-                      ", \"reissue\": ", i.reissue ? "true" : "false",
-                      ", \"writethrough\": ", i.writethrough ? "true" : "false", "}\n");
+  common::Json j = common::Json::Object();
+  j.Set("dev_id", common::Json::Int(s.dev_id));
+  j.Set("pid", common::Json::Int(s.pid));
+  j.Set("image", common::Json::String(i.image));
+  j.Set("format", common::Json::String(FormatName(i.format)));
+  j.Set("read_only", common::Json::Bool(i.read_only));
+  j.Set("snapshot", common::Json::String(i.snapshot));
+  j.Set("queues", common::Json::Int(i.queues));
+  j.Set("depth", common::Json::Int(i.depth));
+  j.Set("cache_size", common::Json::Int(static_cast<int64_t>(i.cache_size_bytes)));
+  j.Set("reissue", common::Json::Bool(i.reissue));
+  j.Set("writethrough", common::Json::Bool(i.writethrough));
+  return j.Serialize(common::JsonLayout::kLine) + "\n";
 }
 
-absl::StatusOr<std::map<std::string, std::string>> ParseFlatJson(absl::string_view t) {
-  std::map<std::string, std::string> out;
-  size_t i = 0;
-  auto skip = [&] {
-    while (i < t.size() && std::isspace(static_cast<unsigned char>(t[i]))) ++i;
-  };
-  auto bad = [&](const char* what) {
-    return absl::InvalidArgumentError(absl::StrCat("state file: ", what, " at offset ", i));
-  };
-  auto read_string = [&](std::string* s) -> bool {
-    if (i >= t.size() || t[i] != '"') return false;
-    ++i;
-    while (i < t.size() && t[i] != '"') {
-      char c = t[i++];
-      if (c == '\\') {
-        if (i >= t.size()) return false;
-        char e = t[i++];
-        switch (e) {
-          case 'n':
-            *s += '\n';
-            break;
-          case 't':
-            *s += '\t';
-            break;
-          case 'u': {
-            unsigned v;
-            if (i + 4 > t.size() || !absl::SimpleHexAtoi(t.substr(i, 4), &v) || v > 0x7f) {
-              return false;
-            }
-            *s += static_cast<char>(v);
-            i += 4;
-            break;
-          }
-          default:
-            *s += e;
-        }
-      } else {
-        *s += c;
-      }
-    }
-    if (i >= t.size()) return false;
-    ++i;
-    return true;
-  };
-  skip();
-  if (i >= t.size() || t[i] != '{') return bad("expected '{'");
-  ++i;
-  skip();
-  if (i < t.size() && t[i] == '}') return out;
-  while (true) {
-    skip();
-    std::string key;
-    if (!read_string(&key)) return bad("expected a key");
-    skip();
-    if (i >= t.size() || t[i] != ':') return bad("expected ':'");
-    ++i;
-    skip();
-    std::string value;
-    if (i < t.size() && t[i] == '"') {
-      if (!read_string(&value)) return bad("bad string");
-    } else {
-      while (i < t.size() && t[i] != ',' && t[i] != '}' &&
-             !std::isspace(static_cast<unsigned char>(t[i]))) {
-        value += t[i++];
-      }
-      if (value.empty()) return bad("expected a value");
-    }
-    out[key] = value;
-    skip();
-    if (i < t.size() && t[i] == ',') {
-      ++i;
-      continue;
-    }
-    if (i < t.size() && t[i] == '}') return out;
-    return bad("expected ',' or '}'");
-  }
+namespace {
+
+absl::Status Missing(absl::string_view key, absl::string_view what) {
+  return absl::InvalidArgumentError(
+      absl::StrCat("state file: bad or missing '", key, "' (", what, ")"));
 }
+
+absl::StatusOr<uint64_t> GetUint(const common::Json& j, absl::string_view key, uint64_t max) {
+  const common::Json* v = j.Find(std::string_view(key.data(), key.size()));
+  if (v == nullptr || v->kind() != common::Json::Kind::kInt || v->AsInt() < 0 ||
+      static_cast<uint64_t>(v->AsInt()) > max) {
+    return Missing(key, "an integer");
+  }
+  return static_cast<uint64_t>(v->AsInt());
+}
+
+// Absent booleans are false (older state files may lack newer flags).
+bool GetBool(const common::Json& j, const char* key) {
+  const common::Json* v = j.Find(key);
+  return v != nullptr && v->kind() == common::Json::Kind::kBool && v->AsBool();
+}
+
+std::string GetString(const common::Json& j, const char* key) {
+  const common::Json* v = j.Find(key);
+  return v != nullptr && v->kind() == common::Json::Kind::kString ? v->AsString() : "";
+}
+
+}  // namespace
 
 absl::StatusOr<DeviceState> DecodeState(absl::string_view text) {
-  auto kv = ParseFlatJson(text);
-  if (!kv.ok()) return kv.status();
+  absl::StatusOr<common::Json> j = common::Json::Parse(std::string_view(text.data(), text.size()));
+  if (!j.ok())
+    return absl::InvalidArgumentError(absl::StrCat("state file: ", j.status().message()));
+  if (j->kind() != common::Json::Kind::kObject) {
+    return absl::InvalidArgumentError("state file: not a JSON object");
+  }
   DeviceState s;
-  auto get_int = [&](const char* key, uint64_t* v) -> absl::Status {
-    auto it = kv->find(key);
-    if (it == kv->end() || !absl::SimpleAtoi(it->second, v)) {
-      return absl::InvalidArgumentError(absl::StrCat("state file: bad or missing '", key, "'"));
-    }
-    return absl::OkStatus();
-  };
-  auto get_bool = [&](const char* key) {
-    auto it = kv->find(key);
-    return it != kv->end() && it->second == "true";
-  };
-  uint64_t v;
-  if (auto st = get_int("dev_id", &v); !st.ok()) return st;
-  s.dev_id = static_cast<uint32_t>(v);
-  if (auto st = get_int("pid", &v); !st.ok()) return st;
-  s.pid = static_cast<pid_t>(v);
-  if (auto st = get_int("queues", &v); !st.ok()) return st;
-  s.spec.queues = static_cast<uint16_t>(v);
-  if (auto st = get_int("depth", &v); !st.ok()) return st;
-  s.spec.depth = static_cast<uint16_t>(v);
-  if (auto st = get_int("cache_size", &v); !st.ok()) return st;
-  s.spec.cache_size_bytes = v;
-  s.spec.image = (*kv)["image"];
+  UQ_ASSIGN_OR_RETURN(uint64_t dev_id, GetUint(*j, "dev_id", UINT32_MAX));
+  s.dev_id = static_cast<uint32_t>(dev_id);
+  UQ_ASSIGN_OR_RETURN(uint64_t pid, GetUint(*j, "pid", INT32_MAX));
+  s.pid = static_cast<pid_t>(pid);
+  UQ_ASSIGN_OR_RETURN(uint64_t queues, GetUint(*j, "queues", UINT16_MAX));
+  s.spec.queues = static_cast<uint16_t>(queues);
+  UQ_ASSIGN_OR_RETURN(uint64_t depth, GetUint(*j, "depth", UINT16_MAX));
+  s.spec.depth = static_cast<uint16_t>(depth);
+  UQ_ASSIGN_OR_RETURN(s.spec.cache_size_bytes, GetUint(*j, "cache_size", INT64_MAX));
+  s.spec.image = GetString(*j, "image");
   if (s.spec.image.empty()) return absl::InvalidArgumentError("state file: no image");
-  s.spec.snapshot = (*kv)["snapshot"];
-  auto f = ParseFormat((*kv)["format"]);
-  if (!f.ok()) return f.status();
-  s.spec.format = *f;
-  s.spec.read_only = get_bool("read_only");
-  s.spec.reissue = get_bool("reissue");
-  s.spec.writethrough = get_bool("writethrough");
+  s.spec.snapshot = GetString(*j, "snapshot");
+  UQ_ASSIGN_OR_RETURN(s.spec.format, ParseFormat(GetString(*j, "format")));
+  s.spec.read_only = GetBool(*j, "read_only");
+  s.spec.reissue = GetBool(*j, "reissue");
+  s.spec.writethrough = GetBool(*j, "writethrough");
   return s;
 }
 

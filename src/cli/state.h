@@ -11,7 +11,6 @@
 #include <sys/types.h>
 
 #include <cstdint>
-#include <map>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -36,13 +35,10 @@ absl::Status WriteState(const DeviceState& state);
 absl::StatusOr<DeviceState> ReadState(uint32_t dev_id);
 void RemoveState(uint32_t dev_id);
 
-// Flat JSON objects (exposed for tests and `list --output=json`).
-std::string JsonQuote(absl::string_view s);
+// The state file's contents: one line of JSON (src/common/json.h, kLine
+// layout, so any byte string in a path round-trips), exposed for tests.
 std::string EncodeState(const DeviceState& state);
 absl::StatusOr<DeviceState> DecodeState(absl::string_view text);
-// Parses {"k": "str" | int | true | false, ...} into raw values: strings
-// unquoted, other values as written.
-absl::StatusOr<std::map<std::string, std::string>> ParseFlatJson(absl::string_view text);
 
 }  // namespace uq::cli
 

@@ -135,29 +135,29 @@ TEST_P(InteropTest, InfoMatchesQemuImgOnQemuImages) {
     const RunResult theirs = InDir("qemu-img info --output=json" + chain + " img.qcow2");
     ASSERT_EQ(ours.exit_code, 0) << ours.err;
     ASSERT_EQ(theirs.exit_code, 0) << theirs.err;
-    const tools::Json a = ParseOrDie(ours.out);
-    const tools::Json b = ParseOrDie(theirs.out);
+    const common::Json a = ParseOrDie(ours.out);
+    const common::Json b = ParseOrDie(theirs.out);
     EXPECT_EQ(JsonDiff(a, b), "") << "qcow2-img:\n" << ours.out << "\nqemu-img:\n" << theirs.out;
 
     // The fields the issue names, checked one by one so a regression in the
     // document comparison itself cannot hide them.
-    const tools::Json* top = a.kind() == tools::Json::Kind::kArray ? &a.items()[0] : &a;
-    const tools::Json* ref = b.kind() == tools::Json::Kind::kArray ? &b.items()[0] : &b;
+    const common::Json* top = a.kind() == common::Json::Kind::kArray ? &a.items()[0] : &a;
+    const common::Json* ref = b.kind() == common::Json::Kind::kArray ? &b.items()[0] : &b;
     for (const char* key : {"virtual-size", "cluster-size", "backing-filename",
                             "backing-filename-format", "format", "dirty-flag"}) {
-      const tools::Json* x = top->Find(key);
-      const tools::Json* y = ref->Find(key);
+      const common::Json* x = top->Find(key);
+      const common::Json* y = ref->Find(key);
       ASSERT_EQ(x == nullptr, y == nullptr) << key;
       if (x) {
         EXPECT_EQ(JsonDiff(*x, *y), "") << key;
       }
     }
-    const tools::Json* data = top->Find("format-specific")->Find("data");
-    const tools::Json* ref_data = ref->Find("format-specific")->Find("data");
+    const common::Json* data = top->Find("format-specific")->Find("data");
+    const common::Json* ref_data = ref->Find("format-specific")->Find("data");
     for (const char* key : {"compat", "refcount-bits", "compression-type", "extended-l2",
                             "lazy-refcounts", "corrupt", "data-file", "data-file-raw"}) {
-      const tools::Json* x = data->Find(key);
-      const tools::Json* y = ref_data->Find(key);
+      const common::Json* x = data->Find(key);
+      const common::Json* y = ref_data->Find(key);
       ASSERT_EQ(x == nullptr, y == nullptr) << key;
       if (x) {
         EXPECT_EQ(JsonDiff(*x, *y), "") << key;
@@ -187,12 +187,12 @@ TEST_P(InteropTest, QemuImgAcceptsOurImages) {
   EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
 
   // Same options as qemu-img's own image, as qemu-img itself reports them.
-  const tools::Json ours = ParseOrDie(InDir("qemu-img info --output=json ours.qcow2").out);
-  const tools::Json ref = ParseOrDie(InDir("qemu-img info --output=json ref.qcow2").out);
+  const common::Json ours = ParseOrDie(InDir("qemu-img info --output=json ours.qcow2").out);
+  const common::Json ref = ParseOrDie(InDir("qemu-img info --output=json ref.qcow2").out);
   for (const char* key : {"virtual-size", "cluster-size", "backing-filename",
                           "backing-filename-format", "dirty-flag"}) {
-    const tools::Json* x = ours.Find(key);
-    const tools::Json* y = ref.Find(key);
+    const common::Json* x = ours.Find(key);
+    const common::Json* y = ref.Find(key);
     ASSERT_EQ(x == nullptr, y == nullptr) << key;
     if (x) {
       EXPECT_EQ(JsonDiff(*x, *y), "") << key;
@@ -236,7 +236,7 @@ TEST(RawCreateTest, QemuImgSeesARawImageOfTheSize) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   r = RunCommand("qemu-img info --output=json " + Quote(path));
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  const tools::Json info = ParseOrDie(r.out);
+  const common::Json info = ParseOrDie(r.out);
   EXPECT_EQ(info.Find("format")->AsString(), "raw");
   EXPECT_EQ(info.Find("virtual-size")->AsInt(), 1536 * 1024);
   // And our info agrees with qemu-img's on the whole document.

@@ -72,19 +72,19 @@ TempDir::~TempDir() {
 
 namespace {
 
-const char* KindName(tools::Json::Kind k) {
+const char* KindName(common::Json::Kind k) {
   switch (k) {
-    case tools::Json::Kind::kNull:
+    case common::Json::Kind::kNull:
       return "null";
-    case tools::Json::Kind::kBool:
+    case common::Json::Kind::kBool:
       return "bool";
-    case tools::Json::Kind::kInt:
+    case common::Json::Kind::kInt:
       return "int";
-    case tools::Json::Kind::kString:
+    case common::Json::Kind::kString:
       return "string";
-    case tools::Json::Kind::kArray:
+    case common::Json::Kind::kArray:
       return "array";
-    case tools::Json::Kind::kObject:
+    case common::Json::Kind::kObject:
       return "object";
   }
   return "?";
@@ -92,8 +92,8 @@ const char* KindName(tools::Json::Kind k) {
 
 }  // namespace
 
-std::string JsonDiff(const tools::Json& a, const tools::Json& b, const std::string& where) {
-  using Kind = tools::Json::Kind;
+std::string JsonDiff(const common::Json& a, const common::Json& b, const std::string& where) {
+  using Kind = common::Json::Kind;
   if (a.kind() != b.kind()) {
     return where + ": " + KindName(a.kind()) + " vs " + KindName(b.kind());
   }
@@ -124,7 +124,7 @@ std::string JsonDiff(const tools::Json& a, const tools::Json& b, const std::stri
       return "";
     case Kind::kObject:
       for (const auto& [key, value] : a.members()) {
-        const tools::Json* other = b.Find(key);
+        const common::Json* other = b.Find(key);
         if (other == nullptr) return where + "." + key + ": only in the first";
         std::string d = JsonDiff(value, *other, where + "." + key);
         if (!d.empty()) return d;
@@ -137,11 +137,11 @@ std::string JsonDiff(const tools::Json& a, const tools::Json& b, const std::stri
   return "";
 }
 
-tools::Json ParseOrDie(const std::string& text) {
-  absl::StatusOr<tools::Json> j = tools::Json::Parse(text);
+common::Json ParseOrDie(const std::string& text) {
+  absl::StatusOr<common::Json> j = common::Json::Parse(text);
   if (!j.ok()) {
     ADD_FAILURE() << j.status() << "\n" << text;
-    return tools::Json();
+    return common::Json();
   }
   return *std::move(j);
 }

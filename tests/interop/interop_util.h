@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "tools/json.h"
+#include "src/common/json.h"
 
 namespace uq::interop {
 
@@ -43,10 +43,10 @@ class TempDir {
 // Order-insensitive comparison of two JSON documents (objects compare by
 // key set and values, arrays element-wise). Returns "" if equal, else a
 // description of the first difference ("$.format-specific.data.compat: ...").
-std::string JsonDiff(const tools::Json& a, const tools::Json& b, const std::string& where = "$");
+std::string JsonDiff(const common::Json& a, const common::Json& b, const std::string& where = "$");
 
 // Parses `text` or fails the current test with the text in the message.
-tools::Json ParseOrDie(const std::string& text);
+common::Json ParseOrDie(const std::string& text);
 
 // File contents (binary), or "" if unreadable.
 std::string ReadFile(const std::string& path);

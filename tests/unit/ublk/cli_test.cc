@@ -5,6 +5,7 @@
 
 #include "src/cli/options.h"
 #include "src/cli/state.h"
+#include "src/common/json.h"
 
 namespace uq::cli {
 namespace {
@@ -132,7 +133,8 @@ TEST(StateTest, RoundTrip) {
 // valid JSON (bytes >= 0x80 pass through, controls become \u00XX).
 TEST(StateTest, NonAsciiAndControlBytesRoundTrip) {
   const std::string image = "/tmp/d\xc3\xa9j\xc3\xa0 vu/\x01\r\x1f.qcow2";
-  EXPECT_EQ(JsonQuote("\xc3\xa9\x01\r"), "\"\xc3\xa9\\u0001\\u000d\"");
+  EXPECT_EQ(common::JsonQuote("\xc3\xa9\x01\r", common::JsonLayout::kLine),
+            "\"\xc3\xa9\\u0001\\u000d\"");
   DeviceState s;
   s.dev_id = 7;
   s.pid = 99;
