@@ -80,12 +80,7 @@ Task<int> SliceCache::Get(uint64_t offset_bytes, Ref* out) {
   auto owned = std::make_unique<Entry>();
   Entry* e = owned.get();
   e->offset_bytes = offset_bytes;
-  if (!spare_buffers_.empty()) {
-    e->data = std::move(spare_buffers_.back());
-    spare_buffers_.pop_back();
-  } else {
-    e->data.resize(slice_bytes_);
-  }
+  e->data = TakeBuffer();
   e->pins = 1;
   e->loading = true;  // claims the load before any suspension
   lru_.push_front(e);
@@ -148,31 +143,57 @@ Task<int> SliceCache::WriteBack(std::vector<Entry*> batch) {
   for (Entry* e : batch) {
     if (!e->valid || !e->dirty() || e->writing) continue;
     e->writing = true;
-    copies.push_back({e, e->dirty_gen, std::vector<std::byte>(e->data.begin(), e->data.end())});
+    std::vector<std::byte> bytes = TakeBuffer();
+    std::copy(e->data.begin(), e->data.end(), bytes.begin());
+    copies.push_back({e, e->dirty_gen, std::move(bytes)});
   }
   if (copies.empty()) co_return 0;
+  // Adjacent slices go out as one write.
+  std::sort(copies.begin(), copies.end(), [](const Copy& a, const Copy& b) {
+    return a.entry->offset_bytes < b.entry->offset_bytes;
+  });
 
   int result = 0;
   if (hook_) result = co_await hook_();
-  if (result >= 0) {
-    for (Copy& c : copies) {
-      int64_t r = co_await file_->Write(c.entry->offset_bytes, c.bytes);
-      if (r < 0) {
-        std::fprintf(stderr, "%s cache: write-back at offset %llu failed: %s\n", name_.c_str(),
-                     static_cast<unsigned long long>(c.entry->offset_bytes),
-                     std::strerror(static_cast<int>(-r)));
-        result = static_cast<int>(r);
-        continue;
-      }
+  for (size_t i = 0; result >= 0 && i < copies.size();) {
+    size_t j = i + 1;
+    while (j < copies.size() && j - i < kMaxSlicesPerWrite &&
+           copies[j].entry->offset_bytes == copies[j - 1].entry->offset_bytes + slice_bytes_) {
+      ++j;
+    }
+    std::vector<iovec> iov;
+    for (size_t k = i; k < j; ++k) iov.push_back({copies[k].bytes.data(), slice_bytes_});
+    const uint64_t offset = copies[i].entry->offset_bytes;
+    int64_t r = co_await file_->WriteV(offset, iov);
+    if (r < 0) {
+      std::fprintf(stderr, "%s cache: write-back at offset %llu failed: %s\n", name_.c_str(),
+                   static_cast<unsigned long long>(offset), std::strerror(static_cast<int>(-r)));
+      result = static_cast<int>(r);
+      break;
+    }
+    for (size_t k = i; k < j; ++k) {
+      Copy& c = copies[k];
       ++stats_.writebacks;
       c.entry->written_gen = std::max(c.entry->written_gen, c.gen);
       // Modified again while in flight: stays dirty for the next write-back.
       if (c.entry->dirty_gen == c.gen) c.entry->clean_gen = c.gen;
     }
+    ++stats_.writes;
+    i = j;
   }
-  for (Copy& c : copies) c.entry->writing = false;
+  for (Copy& c : copies) {
+    c.entry->writing = false;
+    spare_buffers_.push_back(std::move(c.bytes));
+  }
   for (Copy& c : copies) c.entry->waiters.WakeAll();
   co_return result;
+}
+
+std::vector<std::byte> SliceCache::TakeBuffer() {
+  if (spare_buffers_.empty()) return std::vector<std::byte>(slice_bytes_);
+  std::vector<std::byte> b = std::move(spare_buffers_.back());
+  spare_buffers_.pop_back();
+  return b;
 }
 
 Task<int> SliceCache::Flush() {

@@ -16,7 +16,8 @@
 //
 // Write-back ordering: before any slice of this cache is written (flush or
 // eviction), the cache takes a private copy of every slice it is about to
-// write, then awaits the writeback hook, then writes the copies. The engine's
+// write, then awaits the writeback hook, then writes the copies (adjacent
+// slices in one write). The engine's
 // L2 cache hook flushes the refcount cache and fsyncs the file(s), so every
 // L2 entry that reaches the disk has durable refcounts and durable data (both
 // were in place before the copy was taken). Modifications made while a write
@@ -54,6 +55,7 @@ class SliceCache {
     uint64_t misses = 0;
     uint64_t evictions = 0;
     uint64_t writebacks = 0;  // slices written
+    uint64_t writes = 0;      // write requests issued for them (adjacent slices merge)
   };
 
   // A pin on one loaded slice. Move-only; destroying it unpins.
@@ -147,8 +149,13 @@ class SliceCache {
   void Touch(Entry* e);
   Task<int> Load(Entry* e);
   Task<int> EvictIfOverBudget();
-  // Writes the dirty ones among `batch` (each pinned by the caller).
+  // Writes the dirty ones among `batch` (each pinned by the caller); runs of
+  // adjacent slices go out as one write.
   Task<int> WriteBack(std::vector<Entry*> batch);
+  // A slice-sized buffer, recycled from evicted slices and write-back copies.
+  std::vector<std::byte> TakeBuffer();
+
+  static constexpr size_t kMaxSlicesPerWrite = 256;
 
   io::BlockFile* file_;
   uint32_t slice_bytes_;

@@ -42,6 +42,31 @@ TEST(SliceCacheTest, ConcurrentMissesShareOneRead) {
   EXPECT_EQ(file.counters().reads, 1u);
 }
 
+TEST(SliceCacheTest, AdjacentDirtySlicesGoOutAsOneWrite) {
+  io::MemFile file(io::MemFile::Mode::kImmediate, Pattern(8 * kSlice));
+  SliceCache cache(&file, kSlice, 8 * kSlice, "test");
+  // Slices 1, 2, 3 (adjacent) and 6 dirty.
+  for (uint64_t s : {3, 1, 6, 2}) {
+    SliceCache::Ref r;
+    ASSERT_EQ(GetSync(cache, s * kSlice, &r), 0);
+    std::memset(r.data().data(), 0x70 + static_cast<int>(s), kSlice);
+    r.MarkDirty();
+  }
+  file.ResetCounters();
+  ASSERT_EQ(io::RunSync(nullptr, cache.Flush()), 0);
+  EXPECT_EQ(file.counters().writes, 2u);
+  EXPECT_EQ(cache.stats().writes, 2u);
+  EXPECT_EQ(cache.stats().writebacks, 4u);
+  for (uint64_t s = 0; s < 8; ++s) {
+    std::vector<std::byte> got(kSlice);
+    ASSERT_EQ(io::RunSync(nullptr, file.Read(s * kSlice, got)), static_cast<int64_t>(kSlice));
+    const bool dirtied = s == 1 || s == 2 || s == 3 || s == 6;
+    EXPECT_EQ(got[0], dirtied ? std::byte(0x70 + s) : std::byte(s + 1)) << "slice " << s;
+    EXPECT_EQ(got[kSlice - 1], got[0]) << "slice " << s;
+  }
+  EXPECT_FALSE(cache.has_dirty());
+}
+
 TEST(SliceCacheTest, EvictsLeastRecentlyUsedCleanSlice) {
   io::MemFile file(io::MemFile::Mode::kImmediate, Pattern(8 * kSlice));
   SliceCache cache(&file, kSlice, 2 * kSlice, "test");
