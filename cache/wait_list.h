@@ -217,6 +217,17 @@ class KeyedLockGuard {
       : locks_(locks), key_(key), exclusive_(exclusive) {}
   KeyedLockGuard(const KeyedLockGuard&) = delete;
   KeyedLockGuard& operator=(const KeyedLockGuard&) = delete;
+  KeyedLockGuard(KeyedLockGuard&& o) noexcept
+      : locks_(std::exchange(o.locks_, nullptr)), key_(o.key_), exclusive_(o.exclusive_) {}
+  KeyedLockGuard& operator=(KeyedLockGuard&& o) noexcept {
+    if (this != &o) {
+      Release();
+      locks_ = std::exchange(o.locks_, nullptr);
+      key_ = o.key_;
+      exclusive_ = o.exclusive_;
+    }
+    return *this;
+  }
   ~KeyedLockGuard() { Release(); }
   // Takes over a key the caller has just locked (releasing any held one).
   void Adopt(KeyedRwLock* locks, uint64_t key, bool exclusive) {

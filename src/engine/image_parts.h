@@ -10,6 +10,7 @@
 #ifndef UQ_SRC_ENGINE_IMAGE_PARTS_H_
 #define UQ_SRC_ENGINE_IMAGE_PARTS_H_
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -17,6 +18,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/container/inlined_vector.h"
 #include "cache/wait_list.h"
 #include "format/tables.h"
 #include "src/engine/device.h"
@@ -83,12 +85,40 @@ struct ClusterEntry {
   format::L2Entry entry;
   Slot slot;
   cache::KeyedLockGuard lock;
+  // The raw words `entry` was decoded from (valid once decoded), so a second
+  // lookup of an unchanged entry need not decode it again.
+  bool decoded = false;
+  RawL2Entry raw;
 
   void Release() {
     slot.ref.Reset();
     lock.Release();
   }
 };
+
+// The guest clusters of one multi-cluster request, each locked (in ascending
+// order, so two such requests cannot deadlock) with its decoded entry; the
+// request's piece in cluster i is [PieceOffset(i), + PieceLength(i)).
+struct LockedRange {
+  uint64_t offset_bytes = 0;
+  uint64_t length_bytes = 0;
+  uint64_t cluster_bytes = 0;
+  absl::InlinedVector<ClusterEntry, 4> clusters;
+
+  uint64_t PieceOffset(size_t i) const {
+    const uint64_t start = (offset_bytes / cluster_bytes + i) * cluster_bytes;
+    return std::max(offset_bytes, start);
+  }
+  uint64_t PieceLength(size_t i) const {
+    const uint64_t end = (offset_bytes / cluster_bytes + i + 1) * cluster_bytes;
+    return std::min(offset_bytes + length_bytes, end) - PieceOffset(i);
+  }
+};
+
+// True if the piece [in_cluster_bytes, + n) of a cluster with entry `e` is
+// plain data in the data file (every subcluster it touches allocated).
+bool PlainData(const Geometry& geo, const format::L2Entry& e, uint64_t in_cluster_bytes,
+               uint64_t n);
 
 struct ImageParts {
   explicit ImageParts(const Geometry& g)
@@ -115,9 +145,40 @@ struct ImageParts {
   uint64_t cow_writes = 0;       // allocating writes that replaced an entry
 
   // Locks the guest cluster at `a` (exclusive: to store its entry, which
-  // FindForWrite makes possible) and decodes its entry into *out.
+  // FindForWrite makes possible) and decodes its entry into *out, unless *out
+  // already holds the decoded entry of the same raw words (looked up before,
+  // under a lock since released).
   Task<int> LockEntry(const GuestAddress& a, bool exclusive, ClusterEntry* out);
+  // Locks every cluster of [offset, offset + length) shared and decodes their
+  // entries. REQUIRES: length > 0.
+  Task<int> LockRange(uint64_t offset_bytes, uint64_t length_bytes, LockedRange* out);
+  // Calls run(first, count) for each maximal run of pieces of `range` that
+  // are plain data at consecutive host offsets (`eligible` says which pieces
+  // may join a run), and other(i) for each remaining piece.
+  template <typename Eligible, typename Run, typename Other>
+  void ForEachDataRun(const LockedRange& range, Eligible eligible, Run run, Other other) const;
 };
+
+template <typename Eligible, typename Run, typename Other>
+void ImageParts::ForEachDataRun(const LockedRange& range, Eligible eligible, Run run,
+                                Other other) const {
+  const size_t k = range.clusters.size();
+  for (size_t i = 0; i < k;) {
+    if (!eligible(i)) {
+      other(i);
+      ++i;
+      continue;
+    }
+    size_t j = i + 1;
+    while (j < k && eligible(j) &&
+           range.clusters[j].entry.host_offset ==
+               range.clusters[j - 1].entry.host_offset + geo.cluster_bytes) {
+      ++j;
+    }
+    run(i, j - i);
+    i = j;
+  }
+}
 
 }  // namespace uq::engine
 

@@ -124,16 +124,21 @@ Task<int> L2Map::CopyTable(uint64_t from_offset, uint64_t to_offset) {
   co_return w < 0 ? static_cast<int>(w) : 0;
 }
 
+RawL2Entry L2Map::Raw(const Slot& slot) const {
+  if (!slot.ref.valid()) return {};
+  const std::byte* p = slot.ref.data().data() + slot.byte_in_slice;
+  return {format::LoadBE64(p), geo_.extended_l2 ? format::LoadBE64(p + 8) : 0};
+}
+
 Task<int> L2Map::Decode(const Slot& slot, const GuestAddress& a, L2Entry* out) {
   if (!slot.ref.valid()) {
     *out = L2Entry{};
     co_return 0;
   }
-  const std::byte* p = slot.ref.data().data() + slot.byte_in_slice;
-  const uint64_t raw = format::LoadBE64(p);
-  const uint64_t bitmap = geo_.extended_l2 ? format::LoadBE64(p + 8) : 0;
+  const RawL2Entry raw = Raw(slot);
   const bool external = meta_->external_data();
-  auto e = format::DecodeL2Entry(raw, bitmap, geo_.cluster_bits, geo_.extended_l2, external);
+  auto e =
+      format::DecodeL2Entry(raw.entry, raw.bitmap, geo_.cluster_bits, geo_.extended_l2, external);
   if (!e.ok()) {
     co_return co_await meta_->MarkCorrupt(
         absl::StrCat("L2 entry of guest cluster ", a.cluster, ": ", e.status().message()));

@@ -34,6 +34,14 @@ namespace uq::engine {
 // Where a guest (sub)cluster's bytes come from.
 enum class Source : uint8_t { kData, kZero, kBacking, kCompressed };
 
+// The words of one L2 entry as stored (bitmap 0 without extended L2); an
+// unallocated table reads as all zero.
+struct RawL2Entry {
+  uint64_t entry = 0;
+  uint64_t bitmap = 0;
+  bool operator==(const RawL2Entry&) const = default;
+};
+
 // A pin on the slice holding one L2 entry. !ref.valid(): the cluster's L2
 // table is not allocated (the entry reads as unallocated).
 struct Slot {
@@ -54,6 +62,7 @@ class L2Map {
   // As Find, but first makes the L2 table exist and belong to the active
   // layer alone (COPIED), so the entry can be stored.
   Task<int> FindForWrite(const GuestAddress& a, Slot* slot);
+  RawL2Entry Raw(const Slot& slot) const;
   // Decodes the entry; an invalid one marks the image corrupt (-EIO).
   Task<int> Decode(const Slot& slot, const GuestAddress& a, format::L2Entry* out);
   // Stores an entry into a slot from FindForWrite. REQUIRES: the guest

@@ -71,6 +71,14 @@ Task<int> Qcow2Image::ForEachPiece(uint64_t offset_bytes, std::span<const iovec>
   const uint64_t first = std::min(len, cluster - (offset_bytes & (cluster - 1)));
   // One cluster (the common small request): no fan-out.
   if (first == len) co_return co_await RunOnePiece(write, offset_bytes, len, iov);
+  // Several: contiguous data clusters with one I/O where the whole request
+  // maps to data (reads), or overwrites data we own alone (writes).
+  if (!write) co_return co_await read_.ReadRange(offset_bytes, iov);
+  {
+    bool done = false;
+    int r = co_await write_.TryOverwriteRange(offset_bytes, iov, &done);
+    if (done) co_return r;
+  }
   io::Join join;
   uint64_t pos = 0;
   while (pos < len) {

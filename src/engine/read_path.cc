@@ -4,6 +4,7 @@
 #include <cerrno>
 
 #include "src/io/iovec.h"
+#include "src/io/join.h"
 
 namespace uq::engine {
 
@@ -18,7 +19,54 @@ Task<int> ReadPath::ReadPiece(uint64_t g, uint64_t n, std::span<const iovec> iov
     if (r < 0) co_return r;
   }
   ce.slot.ref.Reset();
-  const L2Entry& e = ce.entry;
+  co_return co_await ReadEntry(a, n, iov, ce.entry);
+}
+
+Task<int> ReadPath::ReadRange(uint64_t offset_bytes, std::span<const iovec> iov) {
+  LockedRange range;
+  {
+    int r = co_await p_->LockRange(offset_bytes, io::IovLength(iov), &range);
+    if (r < 0) co_return r;
+  }
+  io::Join join;
+  auto data = [&](size_t i) {
+    const ClusterEntry& c = range.clusters[i];
+    return PlainData(p_->geo, c.entry, range.PieceOffset(i) & (p_->geo.cluster_bytes - 1),
+                     range.PieceLength(i));
+  };
+  auto run = [&](size_t first, size_t count) {
+    const uint64_t begin = range.PieceOffset(first);
+    const uint64_t end =
+        range.PieceOffset(first + count - 1) + range.PieceLength(first + count - 1);
+    const uint64_t host =
+        range.clusters[first].entry.host_offset + (begin & (p_->geo.cluster_bytes - 1));
+    io::IovVec slice;
+    io::IovSlice(iov, begin - offset_bytes, end - begin, &slice);
+    join.Start(ReadData(host, std::move(slice)));
+  };
+  auto other = [&](size_t i) {
+    const uint64_t g = range.PieceOffset(i);
+    io::IovVec slice;
+    io::IovSlice(iov, g - offset_bytes, range.PieceLength(i), &slice);
+    join.Start(ReadEntryOwned(p_->geo.Locate(g), range.PieceLength(i), std::move(slice),
+                              range.clusters[i].entry));
+  };
+  p_->ForEachDataRun(range, data, run, other);
+  co_return co_await join.Wait();
+}
+
+Task<int> ReadPath::ReadData(uint64_t host_offset_bytes, io::IovVec iov) {
+  int64_t r = co_await p_->meta->data_file().ReadV(host_offset_bytes, iov);
+  co_return r < 0 ? static_cast<int>(r) : 0;
+}
+
+Task<int> ReadPath::ReadEntryOwned(GuestAddress a, uint64_t n, io::IovVec iov, L2Entry e) {
+  co_return co_await ReadEntry(a, n, iov, e);
+}
+
+Task<int> ReadPath::ReadEntry(const GuestAddress& a, uint64_t n, std::span<const iovec> iov,
+                              const L2Entry& e) {
+  const uint64_t g = a.offset_bytes;
   if (e.type == ClusterType::kCompressed) {
     auto buf = p_->cluster_pool.Acquire();
     int r = co_await compressed_->Read(e, buf.span());

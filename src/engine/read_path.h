@@ -16,6 +16,7 @@
 #include "format/tables.h"
 #include "src/engine/compressed.h"
 #include "src/engine/image_parts.h"
+#include "src/io/iovec.h"
 #include "src/io/task.h"
 
 namespace uq::engine {
@@ -27,6 +28,11 @@ class ReadPath {
   // Reads [g, g + n), inside one guest cluster, into `iov` (n bytes). Takes
   // the cluster's shared lock.
   Task<int> ReadPiece(uint64_t g, uint64_t n, std::span<const iovec> iov);
+
+  // Reads [offset, offset + IovLength(iov)), which spans several clusters:
+  // physically contiguous data clusters are read with one I/O, the other
+  // pieces concurrently. Holds every cluster's shared lock meanwhile.
+  Task<int> ReadRange(uint64_t offset_bytes, std::span<const iovec> iov);
 
   // Reads [g, g + n) of one source of entry `e` into `iov`. REQUIRES: the
   // cluster's lock (either kind); src != kCompressed.
@@ -43,6 +49,13 @@ class ReadPath {
   Task<int> ReadsZero(uint64_t g, uint64_t n, bool* zero);
 
  private:
+  // The piece at `a` (n bytes) of a cluster whose entry is `e`. REQUIRES:
+  // the cluster's lock.
+  Task<int> ReadEntry(const GuestAddress& a, uint64_t n, std::span<const iovec> iov,
+                      const format::L2Entry& e);
+  // ReadEntry / a data read with the arguments in the frame (for io::Join).
+  Task<int> ReadEntryOwned(GuestAddress a, uint64_t n, io::IovVec iov, format::L2Entry e);
+  Task<int> ReadData(uint64_t host_offset_bytes, io::IovVec iov);
   Task<int> ReadBacking(uint64_t g, uint64_t n, std::span<const iovec> iov);
 
   ImageParts* p_;

@@ -35,19 +35,6 @@ bool RefcountStore::Locate(uint64_t cluster_index, uint64_t* slice_offset,
   return true;
 }
 
-bool RefcountStore::PeekRefcount(uint64_t cluster_index, uint64_t* refcount) {
-  uint64_t slice, index;
-  if (!Locate(cluster_index, &slice, &index)) {
-    *refcount = 0;
-    return true;
-  }
-  const std::byte* p = cache_->Peek(slice);
-  if (p == nullptr) return false;
-  *refcount = format::GetRefcount(std::span<const std::byte>(p, geo_.slice_bytes),
-                                  geo_.refcount_order, index);
-  return true;
-}
-
 Task<int> RefcountStore::Get(uint64_t cluster_index, uint64_t* refcount) {
   uint64_t slice, index;
   if (!Locate(cluster_index, &slice, &index)) {
@@ -63,7 +50,8 @@ Task<int> RefcountStore::Get(uint64_t cluster_index, uint64_t* refcount) {
 
 Task<int> RefcountStore::Add(uint64_t cluster_index, int64_t delta, uint64_t* new_value) {
   if (delta > 0) {
-    int r = co_await EnsureBlock(cluster_index);
+    bool placed = false;
+    int r = co_await EnsureBlock(cluster_index, &placed);
     if (r < 0) co_return r;
   }
   uint64_t slice, index;
@@ -89,13 +77,15 @@ Task<int> RefcountStore::Add(uint64_t cluster_index, int64_t delta, uint64_t* ne
   co_return 0;
 }
 
-Task<int> RefcountStore::EnsureBlock(uint64_t cluster_index) {
+Task<int> RefcountStore::EnsureBlock(uint64_t cluster_index, bool* placed) {
   const uint64_t block = cluster_index >> geo_.refblock_bits;
   if (block >= table_.size()) {
     int r = co_await GrowTable(block + 1);
     if (r < 0) co_return r;
+    *placed = true;
   }
   if (table_[block] != 0) co_return 0;
+  *placed = true;
   // A refcount block for clusters [block*E, (block+1)*E) placed at the first
   // of them: none of them is in use (no block counts them), and the block
   // covers itself.
@@ -191,18 +181,36 @@ Task<int> RefcountStore::GrowTable(uint64_t min_entries) {
   co_return 0;
 }
 
+Task<int> RefcountStore::Cursor::At(RefcountStore* store, uint64_t cluster_index,
+                                    uint64_t* refcount) {
+  uint64_t slice, index;
+  if (!store->Locate(cluster_index, &slice, &index)) {
+    *refcount = 0;
+    co_return 0;
+  }
+  if (!ref.valid() || ref.offset_bytes() != slice) {
+    ref.Reset();
+    int r = co_await store->cache_->Get(slice, &ref);
+    if (r < 0) co_return r;
+  }
+  index_in_slice = index;
+  *refcount = format::GetRefcount(ref.data(), store->geo_.refcount_order, index);
+  co_return 0;
+}
+
 Task<int64_t> RefcountStore::Allocate(uint64_t count) {
   for (;;) {
+    // Find a free run, keeping the slice under the scan pinned: each slice
+    // is looked up once, and the one-cluster case (nearly every allocation)
+    // sets the refcount through the same pin.
+    Cursor cursor;
     uint64_t start = free_hint_;
     uint64_t run = 0;
     uint64_t first_free = kNone;
     for (uint64_t c = free_hint_; run < count; ++c) {
       uint64_t rc;
-      // Scanning is hot: read cached slices directly, await only on a miss.
-      if (!PeekRefcount(c, &rc)) {
-        int r = co_await Get(c, &rc);
-        if (r < 0) co_return r;
-      }
+      int r = co_await cursor.At(this, c, &rc);
+      if (r < 0) co_return r;
       if (rc == 0) {
         if (run == 0) start = c;
         if (first_free == kNone) first_free = c;
@@ -213,29 +221,28 @@ Task<int64_t> RefcountStore::Allocate(uint64_t count) {
     }
     // Nothing below first_free is free.
     free_hint_ = first_free;
-    // Make sure blocks count the run; placing a block (or growing the table)
-    // may take clusters of the run, in which case search again.
+    // Blocks must count the run. Placing a block (or growing the table) may
+    // take clusters of the run: search again then.
+    bool placed = false;
     for (uint64_t c = start; c < start + count; ++c) {
-      int r = co_await EnsureBlock(c);
+      bool p = false;
+      int r = co_await EnsureBlock(c, &p);
       if (r < 0) co_return r;
+      placed = placed || p;
     }
-    bool taken = false;
-    for (uint64_t c = start; c < start + count && !taken; ++c) {
-      uint64_t rc;
-      int r = co_await Get(c, &rc);
-      if (r < 0) co_return r;
-      taken = rc != 0;
-    }
-    if (taken) continue;
+    if (placed) continue;
     if (grow_file_durably_) {
       int r = co_await GrowFileDurably(geo_.ClusterOffset(start + count));
       if (r < 0) co_return r;
     }
     for (uint64_t c = start; c < start + count; ++c) {
-      uint64_t nv;
-      int r = co_await Add(c, 1, &nv);
+      uint64_t rc;
+      int r = co_await cursor.At(this, c, &rc);
       if (r < 0) co_return r;
+      format::SetRefcount(cursor.ref.data(), geo_.refcount_order, cursor.index_in_slice, 1);
+      cursor.ref.MarkDirty();
     }
+    meta_->NoteChange();
     if (start == free_hint_) free_hint_ = start + count;  // else a short free run remains below
     host_end_clusters_ = std::max(host_end_clusters_, start + count);
     stats_.clusters_allocated += count;

@@ -83,9 +83,17 @@ class RefcountStore {
   // The cache slice holding `cluster_index`'s refcount and its index in it;
   // false if no refcount block covers the cluster.
   bool Locate(uint64_t cluster_index, uint64_t* slice_offset, uint64_t* index_in_slice) const;
-  // The refcount from a cached slice without suspending; false on a miss.
-  bool PeekRefcount(uint64_t cluster_index, uint64_t* refcount);
-  Task<int> EnsureBlock(uint64_t cluster_index);
+  // A pin on the refcount slice of the cluster looked at last.
+  struct Cursor {
+    cache::SliceCache::Ref ref;
+    uint64_t index_in_slice = 0;
+    // The refcount of `cluster_index`, loading its slice only if it is not
+    // the pinned one.
+    Task<int> At(RefcountStore* store, uint64_t cluster_index, uint64_t* refcount);
+  };
+  // Places a refcount block covering the cluster if none does (*placed set,
+  // also when the table had to grow).
+  Task<int> EnsureBlock(uint64_t cluster_index, bool* placed);
   Task<int> GrowTable(uint64_t min_entries);
   Task<int> GrowFileDurably(uint64_t end_bytes);
 

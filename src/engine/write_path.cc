@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "src/io/iovec.h"
+#include "src/io/join.h"
 
 namespace uq::engine {
 
@@ -15,14 +16,14 @@ Task<int> WritePath::WritePiece(uint64_t g, uint64_t n, std::span<const iovec> d
   const uint32_t sa = p_->geo.Subcluster(a.in_cluster_bytes);
   const uint32_t sb = p_->geo.Subcluster(a.in_cluster_bytes + n + p_->geo.subcluster_bytes - 1);
   const uint32_t touched = p_->geo.extended_l2 ? SubclusterMask(sa, sb) : 0;
+  ClusterEntry ce;
   {
     bool done = false;
-    int r = co_await TryOverwrite(a, iov, touched, &done);
+    int r = co_await TryOverwrite(a, iov, touched, &ce, &done);
     if (done) co_return r;
   }
-
-  // Allocation, COW or a metadata update, under the exclusive lock.
-  ClusterEntry ce;
+  // Allocation, COW or a metadata update, under the exclusive lock (the
+  // entry is decoded again only if it changed since the fast path saw it).
   int r = co_await p_->LockEntry(a, true, &ce);
   if (r < 0) co_return r;
   const L2Entry& old = ce.entry;
@@ -48,21 +49,65 @@ Task<int> WritePath::WritePiece(uint64_t g, uint64_t n, std::span<const iovec> d
 }
 
 Task<int> WritePath::TryOverwrite(const GuestAddress& a, std::span<const iovec> iov,
-                                  uint32_t touched, bool* done) {
-  ClusterEntry ce;
-  int r = co_await p_->LockEntry(a, false, &ce);
+                                  uint32_t touched, ClusterEntry* ce, bool* done) {
+  int r = co_await p_->LockEntry(a, false, ce);
   if (r < 0) {
     *done = true;
     co_return r;
   }
-  const L2Entry& e = ce.entry;
+  const L2Entry& e = ce->entry;
   const bool fast = e.type == ClusterType::kNormal && (e.copied || p_->meta->external_data()) &&
                     (!p_->geo.extended_l2 || (e.alloc_bitmap & touched) == touched);
-  if (!fast) co_return 0;
-  p_->order->NoteDependency(ce.slot);
-  ce.slot.ref.Reset();
+  if (!fast) {
+    ce->Release();
+    co_return 0;
+  }
+  p_->order->NoteDependency(ce->slot);
+  ce->slot.ref.Reset();
   *done = true;
   int64_t w = co_await p_->meta->data_file().WriteV(e.host_offset + a.in_cluster_bytes, iov);
+  ce->lock.Release();
+  co_return w < 0 ? static_cast<int>(w) : 0;
+}
+
+Task<int> WritePath::TryOverwriteRange(uint64_t offset_bytes, std::span<const iovec> iov,
+                                       bool* done) {
+  LockedRange range;
+  {
+    int r = co_await p_->LockRange(offset_bytes, io::IovLength(iov), &range);
+    if (r < 0) {
+      *done = true;
+      co_return r;
+    }
+  }
+  const uint64_t mask = p_->geo.cluster_bytes - 1;
+  const bool external = p_->meta->external_data();
+  for (size_t i = 0; i < range.clusters.size(); ++i) {
+    const L2Entry& e = range.clusters[i].entry;
+    if (!(e.copied || external) ||
+        !PlainData(p_->geo, e, range.PieceOffset(i) & mask, range.PieceLength(i))) {
+      co_return 0;
+    }
+  }
+  *done = true;
+  for (const ClusterEntry& c : range.clusters) p_->order->NoteDependency(c.slot);
+  io::Join join;
+  auto run = [&](size_t first, size_t count) {
+    const uint64_t begin = range.PieceOffset(first);
+    const uint64_t end =
+        range.PieceOffset(first + count - 1) + range.PieceLength(first + count - 1);
+    io::IovVec slice;
+    io::IovSlice(iov, begin - offset_bytes, end - begin, &slice);
+    join.Start(
+        WriteData(range.clusters[first].entry.host_offset + (begin & mask), std::move(slice)));
+  };
+  p_->ForEachDataRun(
+      range, [](size_t) { return true; }, run, [](size_t) {});
+  co_return co_await join.Wait();
+}
+
+Task<int> WritePath::WriteData(uint64_t host_offset_bytes, io::IovVec iov) {
+  int64_t w = co_await p_->meta->data_file().WriteV(host_offset_bytes, iov);
   co_return w < 0 ? static_cast<int>(w) : 0;
 }
 
@@ -129,6 +174,14 @@ Task<int> WritePath::PrepareCow(const GuestAddress& a, uint64_t n, const L2Entry
       cow->end = in_off + n;
     } else if (old.type == ClusterType::kCompressed) {
       r = co_await compressed_->Read(old, cluster);
+    } else if (ReadsZeroAround(a, old)) {
+      // Only the request's bytes are written: the rest of a fresh cluster
+      // (past every cluster ever used: a hole) already reads as zero, and a
+      // reused one is zeroed first with one fallocate, not a cluster of
+      // zeros.
+      cow->begin = in_off;
+      cow->end = in_off + n;
+      cow->zero_first = !t.fresh;
     } else {
       const Source src = p_->l2->Classify(old, 0);
       r = co_await read_->FillFrom(src, old, gco, 0, in_off, cluster);
@@ -170,9 +223,27 @@ Task<int> WritePath::PrepareCow(const GuestAddress& a, uint64_t n, const L2Entry
   co_return r;
 }
 
+bool WritePath::ReadsZeroAround(const GuestAddress& a, const L2Entry& old) const {
+  // Clusters of an external data file sit at their guest offset and may
+  // hold anything: they keep the full copy.
+  if (p_->meta->external_data()) return false;
+  switch (p_->l2->Classify(old, 0)) {
+    case Source::kZero:
+      return true;
+    case Source::kBacking:
+      return !p_->backing || a.cluster_offset_bytes() >= p_->backing_size_bytes;
+    default:
+      return false;
+  }
+}
+
 Task<int> WritePath::WriteCluster(const GuestAddress& a, uint64_t n, std::span<const iovec> iov,
                                   const Target& t, const Cow& cow, std::span<std::byte> cluster) {
   const uint64_t in_off = a.in_cluster_bytes;
+  if (cow.zero_first) {
+    int z = co_await p_->meta->data_file().WriteZeroes(t.host, p_->geo.cluster_bytes);
+    if (z < 0) co_return z;
+  }
   io::IovVec wv;
   if (in_off > cow.begin) wv.push_back({cluster.data() + cow.begin, in_off - cow.begin});
   for (const iovec& v : iov) wv.push_back(v);

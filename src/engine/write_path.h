@@ -28,6 +28,7 @@
 #include "src/engine/compressed.h"
 #include "src/engine/image_parts.h"
 #include "src/engine/read_path.h"
+#include "src/io/iovec.h"
 #include "src/io/task.h"
 
 namespace uq::engine {
@@ -40,6 +41,12 @@ class WritePath {
   // Writes [g, g + n), inside one guest cluster, from `iov` (n bytes), or
   // zeros if `iov` is empty.
   Task<int> WritePiece(uint64_t g, uint64_t n, std::span<const iovec> iov);
+
+  // The fast path for a request spanning several clusters: if every piece
+  // overwrites allocated data we own alone, writes physically contiguous
+  // clusters with one I/O each and sets *done; otherwise changes nothing
+  // (the caller writes piece by piece).
+  Task<int> TryOverwriteRange(uint64_t offset_bytes, std::span<const iovec> iov, bool* done);
 
  private:
   // Where the piece's cluster goes.
@@ -54,16 +61,23 @@ class WritePath {
   struct Cow {
     uint64_t begin = 0;
     uint64_t end = 0;
+    // The rest of the cluster must read as zero and may not: zero the whole
+    // cluster (fallocate) before writing [begin, end).
+    bool zero_first = false;
     format::L2Entry entry;
   };
 
-  // The fast path. Sets *done if it handled the piece (result in the return).
+  // The fast path. Sets *done if it handled the piece (result in the
+  // return); otherwise *ce holds the entry it saw, its lock released.
   Task<int> TryOverwrite(const GuestAddress& a, std::span<const iovec> iov, uint32_t touched,
-                         bool* done);
+                         ClusterEntry* ce, bool* done);
   Task<int> ChooseTarget(const GuestAddress& a, const format::L2Entry& old, Target* t);
   // Fills the copied parts of `cluster` and plans the write.
   Task<int> PrepareCow(const GuestAddress& a, uint64_t n, const format::L2Entry& old,
                        const Target& t, std::span<std::byte> cluster, Cow* cow);
+  // Standard L2: the cluster's bytes outside the request read as zero
+  // (zero entry, or nothing below it).
+  bool ReadsZeroAround(const GuestAddress& a, const format::L2Entry& old) const;
   Task<int> WriteCluster(const GuestAddress& a, uint64_t n, std::span<const iovec> iov,
                          const Target& t, const Cow& cow, std::span<std::byte> cluster);
   // Write-through: data durable before an entry that exposes bytes the
@@ -71,6 +85,8 @@ class WritePath {
   Task<int> SyncBeforeEntry(const GuestAddress& a, uint64_t n, const format::L2Entry& old,
                             const Target& t, const Cow& cow);
   Task<void> GiveBack(const Target& t);
+  // One data write with its iovec in the frame (for io::Join).
+  Task<int> WriteData(uint64_t host_offset_bytes, io::IovVec iov);
 
   ImageParts* p_;
   ReadPath* read_;

@@ -267,6 +267,85 @@ TEST(Qcow2ImageTest, WriteZeroesIntoPartlyCoveredAllocatedSubcluster) {
   }
 }
 
+// An allocating 4 KiB write writes its 4 KiB, not a cluster of zeros around
+// it: a fresh cluster (past the end of the file) already reads as zero, and a
+// reused one is zeroed with one write-zeroes (fallocate) first.
+TEST(Qcow2ImageTest, AllocatingWriteWritesOnlyTheRequest) {
+  auto file = MakeImage(Opts(4 << 20));
+  auto img = OpenQcow2(file.get());
+  ASSERT_NE(img, nullptr);
+  constexpr uint64_t kCluster = 64 << 10;
+  std::vector<std::byte> data(4096, std::byte{0x5a});
+  ASSERT_EQ(WriteSync(*img, 0, data), 0);  // the L2 table exists from here on
+  std::vector<std::byte> old(kCluster, std::byte{0x77});
+  ASSERT_EQ(WriteSync(*img, 5 * kCluster, old), 0);
+  ASSERT_EQ(io::RunSync(nullptr, img->Flush()), 0);
+
+  file->ResetCounters();
+  ASSERT_EQ(WriteSync(*img, 7 * kCluster + 8192, data), 0);  // fresh cluster
+  EXPECT_EQ(file->counters().writes, 1u);
+  EXPECT_EQ(file->counters().bytes_written, 4096u);
+  EXPECT_EQ(file->counters().write_zeroes, 0u);
+
+  // Free cluster 5's host cluster, then allocate again: it is reused.
+  ASSERT_EQ(io::RunSync(nullptr, img->Discard(5 * kCluster, kCluster)), 0);
+  ASSERT_EQ(io::RunSync(nullptr, img->Flush()), 0);
+  const uint64_t allocated = img->stats().clusters_allocated;
+  file->ResetCounters();
+  ASSERT_EQ(WriteSync(*img, 9 * kCluster + 8192, data), 0);
+  EXPECT_EQ(img->stats().clusters_allocated, allocated + 1);
+  EXPECT_EQ(file->counters().write_zeroes, 1u);
+  EXPECT_EQ(file->counters().writes, 1u);
+  EXPECT_EQ(file->counters().bytes_written, 4096u);
+
+  for (uint64_t c : {7, 9}) {
+    std::vector<std::byte> back(kCluster);
+    ASSERT_EQ(ReadSync(*img, c * kCluster, back), 0);
+    for (uint64_t i = 0; i < kCluster; ++i) {
+      const bool written = i >= 8192 && i < 8192 + 4096;
+      ASSERT_EQ(back[i], written ? std::byte{0x5a} : std::byte{0})
+          << "cluster " << c << " byte " << i;
+    }
+  }
+  ASSERT_TRUE(io::RunSync(nullptr, img->Close()).ok());
+}
+
+// A request over physically contiguous data clusters is one I/O, not one per
+// cluster; a gap in the host layout splits it.
+TEST(Qcow2ImageTest, ContiguousClustersAreOneIo) {
+  for (bool extended : {false, true}) {
+    SCOPED_TRACE(extended ? "extended L2" : "standard L2");
+    format::CreateOptions o = Opts(8 << 20);
+    o.extended_l2 = extended;
+    auto file = MakeImage(o);
+    auto img = OpenQcow2(file.get());
+    ASSERT_NE(img, nullptr);
+    constexpr uint64_t kMiB = 1 << 20;
+    std::vector<std::byte> data(kMiB);
+    for (size_t i = 0; i < data.size(); ++i) data[i] = std::byte(i * 7 / 4096);
+    ASSERT_EQ(WriteSync(*img, 0, data), 0);  // allocates 16 clusters in order
+
+    file->ResetCounters();
+    std::vector<std::byte> back(kMiB);
+    ASSERT_EQ(ReadSync(*img, 0, back), 0);
+    EXPECT_EQ(back, data);
+    EXPECT_EQ(file->counters().reads, 1u);
+
+    file->ResetCounters();
+    ASSERT_EQ(WriteSync(*img, 4096, std::span(data).first(kMiB - 8192)), 0);
+    EXPECT_EQ(file->counters().writes, 1u);
+
+    // A cluster elsewhere in the host file breaks the run in two.
+    ASSERT_EQ(io::RunSync(nullptr, img->Discard(5 << 16, 1 << 16)), 0);
+    ASSERT_EQ(WriteSync(*img, 2 * kMiB, std::span(data).first(1 << 16)), 0);
+    ASSERT_EQ(WriteSync(*img, 5 << 16, std::span(data).first(1 << 16)), 0);
+    file->ResetCounters();
+    ASSERT_EQ(ReadSync(*img, 0, back), 0);
+    EXPECT_EQ(file->counters().reads, 3u);
+    ASSERT_TRUE(io::RunSync(nullptr, img->Close()).ok());
+  }
+}
+
 TEST(OpenImageTest, ProbesRawAndHonoursForcedFormats) {
   io::MemFile raw(io::MemFile::Mode::kImmediate, std::vector<std::byte>(8192, std::byte{3}));
   auto d = OpenSync(&raw, {});
