@@ -17,6 +17,11 @@
 // queue at depth 128 with a few frames per request: well under a MiB), up
 // to kMaxCachedBytes. Trim() gives it back.
 //
+// "Warm" therefore means: for each size class, as many frames have been live
+// at once as will be again. A test asserting zero allocations warms up with
+// every request kind it measures at full depth (reads only, writes only, then
+// the mix), not just with the mix.
+//
 // Thread-safety: every operation touches only the calling thread's state
 // (thread_local), so there is nothing to lock and nothing for TSan to flag.
 // Under ASan a cached block is poisoned until it is handed out again, so a

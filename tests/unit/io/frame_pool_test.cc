@@ -70,6 +70,20 @@ TEST_F(FramePoolTest, AFrameFreedOnAnotherThreadJoinsThatThreadsPool) {
   EXPECT_EQ(FramePool::ThreadStats().cached_bytes, 0u);  // this thread's pool is untouched
 }
 
+#if UQ_FRAME_POOL_POISON
+// Under ASan an idle block is poisoned: touching a destroyed frame is caught
+// even though the pool, not free(), holds its memory.
+TEST_F(FramePoolTest, IdleBlocksArePoisonedUnderAsan) {
+  EXPECT_DEATH(
+      {
+        auto* p = static_cast<volatile char*>(FramePool::Allocate(100));
+        FramePool::Deallocate(const_cast<char*>(p), 100);
+        p[10] = 1;
+      },
+      "use-after-poison");
+}
+#endif
+
 Task<int> Add(int a, int b) { co_return a + b; }
 Task<int> Nested(MemFile* mem) {
   const int r = co_await mem->Flush();
