@@ -17,16 +17,26 @@
 //   int r = co_await f();
 //   if (r >= 0) ...
 //
-// Thread-safety: a Task and its frame belong to one thread at a time.
+// Frames: every Task's coroutine frame comes from the calling thread's
+// FramePool (frame_pool.h) and goes back to the pool of the thread that
+// destroys it, so a warm request path allocates nothing for its coroutines.
+//
+// Thread-safety: a Task and its frame belong to one thread at a time; handing
+// one to another thread needs the usual synchronisation (a queue, a ring
+// message), after which it may run, finish and be freed there. The frame
+// pools are thread-local and need none.
 #ifndef UQ_SRC_IO_TASK_H_
 #define UQ_SRC_IO_TASK_H_
 
 #include <coroutine>
+#include <cstddef>
 #include <cstdlib>
 #include <exception>
 #include <optional>
 #include <type_traits>
 #include <utility>
+
+#include "src/io/frame_pool.h"
 
 namespace uq {
 
@@ -36,6 +46,13 @@ class Task;
 namespace internal {
 
 struct PromiseBase {
+  // The frame allocation functions (found in the promise's scope). The
+  // compiler passes the frame size to both.
+  static void* operator new(size_t frame_bytes) { return FramePool::Allocate(frame_bytes); }
+  static void operator delete(void* frame, size_t frame_bytes) noexcept {
+    FramePool::Deallocate(frame, frame_bytes);
+  }
+
   std::coroutine_handle<> continuation = std::noop_coroutine();
   // Set by Spawn(): the frame destroys itself when it finishes.
   bool detached = false;

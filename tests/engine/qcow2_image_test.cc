@@ -1,4 +1,5 @@
-// Targeted engine tests: concurrency, header bits, corruption handling, codecs.
+// Targeted engine tests: concurrency, header bits, corruption handling
+// (codec tests: tests/unit/engine/codec_test.cc).
 #include "src/engine/qcow2_image.h"
 
 #include <gtest/gtest.h>
@@ -8,7 +9,6 @@
 
 #include "format/endian.h"
 #include "src/engine/check.h"
-#include "src/engine/codec.h"
 #include "tests/engine/test_util.h"
 
 namespace uq::engine {
@@ -42,38 +42,6 @@ format::CreateOptions Opts(uint64_t size_bytes, uint32_t cluster_bits = 16,
 Task<void> WriteTask(Device* d, uint64_t off, std::vector<std::byte>* buf, std::optional<int>* r) {
   iovec v{buf->data(), buf->size()};
   r->emplace(co_await d->Write(off, std::span<const iovec>(&v, 1), false));
-}
-
-TEST(CodecTest, RoundTripBothTypes) {
-  for (auto type : {format::CompressionType::kZlib, format::CompressionType::kZstd}) {
-    std::vector<std::byte> in(65536);
-    for (size_t i = 0; i < in.size(); ++i) in[i] = std::byte(i % 7);
-    std::vector<std::byte> out(65535);
-    int64_t n = CompressCluster(type, in, out);
-    ASSERT_GT(n, 0);
-    std::vector<std::byte> back(65536);
-    ASSERT_EQ(DecompressCluster(type, std::span(out).first(n), back), 0);
-    EXPECT_EQ(back, in);
-  }
-}
-
-TEST(CodecTest, DecompressionNeverOverrunsOneCluster) {
-  for (auto type : {format::CompressionType::kZlib, format::CompressionType::kZstd}) {
-    // A stream of two clusters' worth of data into a one-cluster buffer.
-    std::vector<std::byte> in(8192, std::byte{5});
-    std::vector<std::byte> out(8192);
-    int64_t n = CompressCluster(type, in, out);
-    ASSERT_GT(n, 0);
-    std::vector<std::byte> guard(4096 + 64, std::byte{0xee});
-    EXPECT_EQ(DecompressCluster(type, std::span(out).first(n), std::span(guard).first(4096)), -EIO);
-    for (size_t i = 4096; i < guard.size(); ++i) ASSERT_EQ(guard[i], std::byte{0xee});
-    // A stream shorter than the cluster is an error too.
-    std::vector<std::byte> big(16384);
-    EXPECT_EQ(DecompressCluster(type, std::span(out).first(n), big), -EIO);
-    // Garbage is an error, not a crash.
-    std::vector<std::byte> junk(100, std::byte{0x42});
-    EXPECT_EQ(DecompressCluster(type, junk, std::span(guard).first(4096)), -EIO);
-  }
 }
 
 TEST(Qcow2ImageTest, ConcurrentWritesToOneUnallocatedClusterAllocateOnce) {
