@@ -143,6 +143,11 @@ absl::Status Server::StartNew(std::vector<QueueBackend>& backends) {
     return absl::InternalError("ADD_DEV returned no queues");
   }
   const size_t nr_queues = std::min<size_t>(backends.size(), info_.nr_hw_queues);
+  // Before any other command: an unprivileged device's commands need the
+  // caller's permission on /dev/ublkcN, which the udev rule grants once the
+  // node exists (OpenCharDev waits for it).
+  UQ_ASSIGN_OR_RETURN(cdev_fd_,
+                      OpenCharDev(info_.dev_id, (info_.flags & kFlagUnprivilegedDev) != 0));
 
   Geometry g;
   g.size_bytes = first.size_bytes();
@@ -195,8 +200,10 @@ absl::Status Server::StartRecovery(std::vector<QueueBackend>& backends) {
 }
 
 absl::Status Server::StartQueues(std::vector<QueueBackend>& backends, size_t nr_queues) {
-  UQ_ASSIGN_OR_RETURN(cdev_fd_,
-                      OpenCharDev(info_.dev_id, (info_.flags & kFlagUnprivilegedDev) != 0));
+  if (cdev_fd_ < 0) {
+    UQ_ASSIGN_OR_RETURN(cdev_fd_,
+                        OpenCharDev(info_.dev_id, (info_.flags & kFlagUnprivilegedDev) != 0));
+  }
   // The IO commands follow the numbering the kernel accepted for ADD_DEV; a
   // kernel that knows ioctl encoding keeps the flag in dev_info.
   const bool ioctl_io = (info_.flags & kFlagCmdIoctlEncode) != 0;

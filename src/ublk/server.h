@@ -102,7 +102,8 @@ class Server {
   // Take what they use out of `backends`; the rest is closed by Start().
   absl::Status StartNew(std::vector<QueueBackend>& backends);
   absl::Status StartRecovery(std::vector<QueueBackend>& backends);
-  // Opens /dev/ublkcN, creates and starts the first `nr_queues` queue threads.
+  // Opens /dev/ublkcN (unless StartNew did), creates and starts the first `nr_queues` queue
+  // threads.
   absl::Status StartQueues(std::vector<QueueBackend>& backends, size_t nr_queues);
   // Stops the queues (STOP_DEV), joins them, releases /dev/ublkcN; DEL_DEV if
   // `del`.
