@@ -74,7 +74,7 @@ refused() {
   "$@" >out 2>err || rc=$?
   [[ $rc == 1 ]] || fail "[$*] exit $rc, want 1: $(cat err)"
   [[ $(wc -l <err) == 1 && $(cat err) == "ublk-qcow2: "* ]] || fail "[$*] not one line: $(cat err)"
-  grep -Eq "$pattern" err || fail "[$*] message does not match /$pattern/: $(cat err)"
+  grep -Eq -e "$pattern" err || fail "[$*] message does not match /$pattern/: $(cat err)"
   log "ok   $(cat err)"
 }
 refused "user copy.*unprivileged" as_user "$UQ" attach --user-copy overlay.qcow2
