@@ -98,9 +98,9 @@ jq -e ".[] | select(.id == $id) | .unprivileged and .owner_uid == $USER_ID and .
 
 as_user fio --name=w --filename="$dev" --allow_file_create=0 --ioengine=io_uring --direct=1 \
   --rw=randwrite --bs=4k --iodepth=32 --size=16M --offset=4M --verify=md5 --do_verify=1 \
-  --verify_fatal=1 --verify_dump=0 --output="$WORK/fio.out" ||
-  { cat "$WORK/fio.out"; fail "fio as the user"; }
-grep -E "err= *0" "$WORK/fio.out" >/dev/null || { cat "$WORK/fio.out"; fail "fio errors"; }
+  --verify_fatal=1 --verify_dump=0 --output="$WORK/u/fio.out" ||
+  { cat "$WORK/u/fio.out"; fail "fio as the user"; }
+grep -E "err= *0" "$WORK/u/fio.out" >/dev/null || { cat "$WORK/u/fio.out"; fail "fio errors"; }
 head -c 4M /dev/zero | tr '\0' 'Z' >zz && chmod 0644 zz
 as_user cmp -n $((4 << 20)) "$dev" zz || fail "backing data below the fio range changed"
 log "fio randwrite md5 verify through $dev as uid $USER_ID: ok"
