@@ -456,8 +456,12 @@ int DoDetach(const Command& cmd) {
     return st.ok() ? 0 : Fail(st);
   }
   int rc = 0;
+  // Without CAP_SYS_ADMIN, --all means the devices this user may detach (its
+  // own unprivileged ones); the kernel refuses the others.
+  const bool privileged = ublk::HasCapSysAdmin();
   for (uint32_t id : ListDeviceIds()) {
     absl::Status st = Detach(**control, id);
+    if (!privileged && absl::IsPermissionDenied(st)) continue;
     if (!st.ok() && !absl::IsNotFound(st)) rc = Fail(st);
   }
   return rc;

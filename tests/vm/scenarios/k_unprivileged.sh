@@ -110,6 +110,7 @@ mkdir -p mnt
 refused "mount needs root" as_user "$UQ" mount overlay.qcow2 mnt
 if as_other "$UQ" detach "$dev" 2>err; then fail "uid $OTHER_ID detached uid $USER_ID's device"; fi
 log "ok   another user cannot detach it: $(cat err)"
+as_other "$UQ" detach --all || fail "detach --all as uid $OTHER_ID failed"
 [[ -b $dev ]] || fail "$dev went away"
 
 as_user "$UQ" detach "$dev" || fail "detach as the user"
