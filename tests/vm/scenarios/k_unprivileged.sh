@@ -85,11 +85,16 @@ dev=$(as_user "$UQ" attach --unprivileged overlay.qcow2) || fail "attach as uid 
 [[ -b $dev ]] || fail "attach printed '$dev'"
 id=$(dev_id "$dev")
 log "uid $USER_ID attached $dev"
-for n in /dev/ublkc$id "$dev"; do
-  for _ in $(seq 50); do [[ $(stat -c %u "$n") == "$USER_ID" ]] && break; sleep 0.1; done
-  [[ $(stat -c %u:%g:%a "$n") == "$USER_ID:$GROUP_ID:600" ]] ||
-    fail "$n is $(stat -c %u:%g:%a "$n"), not the user's"
-done
+# The udev rule (our loop) hands the nodes over shortly after they appear.
+wait_owned() {
+  local n
+  for n in "$@"; do
+    for _ in $(seq 100); do [[ $(stat -c %u "$n") == "$USER_ID" ]] && break; sleep 0.1; done
+    [[ $(stat -c %u:%g:%a "$n") == "$USER_ID:$GROUP_ID:600" ]] ||
+      fail "$n is $(stat -c %u:%g:%a "$n"), not the user's"
+  done
+}
+wait_owned /dev/ublkc$id "$dev"
 as_user "$UQ" list --output=json >list.json || fail "list as the user"
 jq -e ".[] | select(.id == $id) | .unprivileged and .owner_uid == $USER_ID and .user_copy == false" \
   list.json >/dev/null || fail "list as the user: $(cat list.json)"
@@ -122,6 +127,7 @@ check_image overlay.qcow2
 # it), so `recover` says so; the owner detaches the dead device.
 dev=$(as_user "$UQ" attach overlay.qcow2) || fail "second attach as the user failed"
 id=$(dev_id "$dev")
+wait_owned "$dev"
 pid=$(as_user "$UQ" list --output=json | jq -r ".[] | select(.id == $id) | .pid")
 [[ $pid =~ ^[0-9]+$ ]] || fail "no server pid for $dev"
 as_user dd if=/dev/urandom of="$dev" bs=64k count=16 oflag=direct status=none || fail "dd"
