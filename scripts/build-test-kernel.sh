@@ -1,27 +1,36 @@
 #!/usr/bin/env bash
-# Builds the test-VM kernel: Debian's linux-source-6.1, `make tinyconfig` plus
-# tests/vm/kernel.config (ublk, io_uring, 9p over virtio, ext4, loop, nbd ...).
+# Builds a test-VM kernel from Debian's linux-source-VERSION package: `make
+# tinyconfig` plus tests/vm/kernel.config (ublk, io_uring, 9p over virtio, ext4,
+# loop, nbd ...) plus tests/vm/kernel-VERSION.config when it exists (6.12:
+# CONFIG_BLKDEV_UBLK_LEGACY_OPCODES=n).
 #
-#   scripts/build-test-kernel.sh OUTDIR
+#   scripts/build-test-kernel.sh [--version 6.1|6.12] OUTDIR     (default 6.1)
 #
 # Result: OUTDIR/bzImage (and OUTDIR/config). Cached: when OUTDIR/bzImage exists
-# and OUTDIR/config.hash matches the fragment, nothing is done. Concurrent runs
-# on the same OUTDIR serialise on OUTDIR/.lock, so only one of them builds.
-# Installs its Debian prerequisites through scripts/setup.sh --vm.
+# and OUTDIR/config.hash matches the fragments and the source, nothing is done.
+# Concurrent runs on the same OUTDIR serialise on OUTDIR/.lock, so only one of
+# them builds. Installs its Debian prerequisites through scripts/setup.sh --vm.
 set -euo pipefail
 
+version=6.1
+if [[ "${1:-}" == --version ]]; then
+  version=${2:?--version needs 6.1 or 6.12}
+  shift 2
+fi
 if [[ $# -ne 1 || "$1" == -* ]]; then
-  echo "usage: $0 OUTDIR" >&2
+  echo "usage: $0 [--version 6.1|6.12] OUTDIR" >&2
   exit 2
 fi
 top=$(cd "$(dirname "$0")/.." && pwd)
-fragment="$top/tests/vm/kernel.config"
-tarball=${UQ_KERNEL_TARBALL:-/usr/src/linux-source-6.1.tar.xz}
+fragments=("$top/tests/vm/kernel.config")
+[[ -f "$top/tests/vm/kernel-$version.config" ]] && fragments+=("$top/tests/vm/kernel-$version.config")
+tarball=${UQ_KERNEL_TARBALL:-/usr/src/linux-source-$version.tar.xz}
 mkdir -p "$1"
 out=$(cd "$1" && pwd)
 
+# The 6.1 hash keeps its old form (fragment + tarball name) so existing caches stay valid.
 want_hash() {
-  { cat "$fragment"; basename "$tarball"; } | sha256sum | cut -d' ' -f1
+  { cat "${fragments[@]}"; basename "$tarball"; } | sha256sum | cut -d' ' -f1
 }
 is_current() {
   [[ -s "$out/bzImage" && -f "$out/config.hash" && -f "$tarball" ]] &&
@@ -49,27 +58,34 @@ fi
 
 start=$(date +%s)
 src="$out/linux"
-if [[ ! -f "$src/Makefile" ]]; then
+# An unpacked tree of another source package (OUTDIR reused) is replaced.
+if [[ ! -f "$src/Makefile" ||
+      ( -f "$src/.uq-tarball" && "$(cat "$src/.uq-tarball")" != "$(basename "$tarball")" ) ]]; then
   echo "build-test-kernel: unpacking $tarball"
   rm -rf "$src" "$src.tmp"
   mkdir -p "$src.tmp"
   tar -xf "$tarball" -C "$src.tmp" --strip-components=1
+  basename "$tarball" > "$src.tmp/.uq-tarball"
   mv "$src.tmp" "$src"
 fi
 
 cd "$src"
 make -s ARCH=x86_64 tinyconfig
-cat "$fragment" >> .config
+cat "${fragments[@]}" >> .config
 make -s ARCH=x86_64 olddefconfig
 
-# Every option the fragment asks for must have survived olddefconfig.
+# Every option the fragments ask for must have survived olddefconfig.
 missing=()
 while IFS= read -r line; do
   [[ "$line" =~ ^(CONFIG_[A-Za-z0-9_]+)=(.*)$ ]] || continue
-  grep -qx -- "$line" .config || missing+=("${BASH_REMATCH[1]}=${BASH_REMATCH[2]}")
-done < "$fragment"
+  if [[ "${BASH_REMATCH[2]}" == n ]]; then
+    grep -qx -- "# ${BASH_REMATCH[1]} is not set" .config || missing+=("$line")
+  else
+    grep -qx -- "$line" .config || missing+=("$line")
+  fi
+done < <(cat "${fragments[@]}")
 if ((${#missing[@]})); then
-  echo "build-test-kernel: FAILED: these options from $fragment are not set in the final .config" >&2
+  echo "build-test-kernel: FAILED: these options from ${fragments[*]} are not as asked in the final .config" >&2
   echo "(a dependency is missing from the fragment):" >&2
   for m in "${missing[@]}"; do
     name=${m%%=*}
@@ -79,7 +95,7 @@ if ((${#missing[@]})); then
   exit 1
 fi
 
-echo "build-test-kernel: building bzImage with -j$(nproc)"
+echo "build-test-kernel: building linux $version bzImage with -j$(nproc)"
 make -s ARCH=x86_64 -j"$(nproc)" bzImage
 cp arch/x86/boot/bzImage "$out/bzImage.tmp"
 cp .config "$out/config"

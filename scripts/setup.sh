@@ -8,7 +8,7 @@ pkgs=(build-essential cmake ninja-build pkg-config git
       liburing-dev zlib1g-dev libzstd-dev libabsl-dev
       libgtest-dev libgmock-dev libbenchmark-dev
       qemu-utils clang clang-format)
-vm_pkgs=(qemu-system-x86 linux-source-6.1 busybox-static fio e2fsprogs fdisk
+vm_pkgs=(qemu-system-x86 linux-source-6.1 linux-source-6.12 busybox-static fio e2fsprogs fdisk
          flex bison bc libelf-dev libssl-dev cpio xz-utils kmod)
 if [[ "${1:-}" == "--vm" ]]; then pkgs+=("${vm_pkgs[@]}"); fi
 

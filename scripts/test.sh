@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up a Debian 12 machine, builds everything and runs every test tier:
 # unit, engine simulation, interop (QEMU's tools as oracle), and the VM tier
-# (a 6.1 kernel with ublk, built here and booted under qemu-system-x86_64).
+# (every scenario on two kernels with ublk, Debian's 6.1 and 6.12, built here
+# and booted under qemu-system-x86_64).
 #
 #   scripts/test.sh              everything
 #   UQ_TEST_LABELS=unit scripts/test.sh   only tests with that ctest label (regex)
@@ -15,8 +16,8 @@ build=${UQ_BUILD_DIR:-build}
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DUQ_WERROR=ON
 cmake --build "$build" -j"$jobs"
 
-# The VM tier's kernel (cached in build/vm, or $UQ_VM_DIR; a no-op when up to date or when
-# this kernel has ublk itself). Built before the tests rather than inside
+# The VM tier's kernels, 6.1 and 6.12 (cached in build/vm/kernel and build/vm/kernel-6.12,
+# or under $UQ_VM_DIR; a no-op when up to date or when this kernel has ublk itself). Built before the tests rather than inside
 # ctest so its minutes do not compete with the other tiers.
 if [[ -z "${UQ_TEST_LABELS:-}" || "vm" =~ ${UQ_TEST_LABELS} ]]; then
   tests/vm/ctest-vm.sh kernel

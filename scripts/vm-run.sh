@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Runs a command inside the test VM: a 6.1 kernel with ublk (qemu-system-x86_64,
-# TCG) whose root is this machine's root filesystem (read-only 9p), so every host
-# binary runs unchanged in the guest.
+# Runs a command inside the test VM: a 6.1 or 6.12 kernel with ublk
+# (qemu-system-x86_64, TCG) whose root is this machine's root filesystem
+# (read-only 9p), so every host binary runs unchanged in the guest.
 #
-#   scripts/vm-run.sh [--smp N] [--mem SIZE] [--timeout SECONDS] -- COMMAND [ARGS...]
+#   scripts/vm-run.sh [--kernel 6.1|6.12] [--smp N] [--mem SIZE] [--timeout SECONDS] \
+#                     -- COMMAND [ARGS...]
 #
+# --kernel (default $UQ_VM_KERNEL_VERSION, else 6.1): Debian's linux-source of
+# that version (6.12: legacy ublk command numbers compiled out).
 # In the guest: cwd = the host's cwd (read-only), /tmp is a RAM tmpfs (80% of
 # --mem), $UQ_SCRATCH is a writable per-run dir shared with the host, HOME=/tmp,
 # UQ_IN_VM=1, and PATH, LANG/LC_*, CI, UQ_*, GTEST_*, *SAN_OPTIONS are passed on.
@@ -12,8 +15,8 @@
 # stdout. Exit status: the command's, or 124 on timeout, 125 when the guest did
 # not report one (boot failure, kernel panic), 2 on bad usage.
 #
-# Environment: UQ_VM_DIR (default <repo>/build/vm) holds kernel/bzImage,
-# initramfs.gz and runs/; UQ_VM_KERNEL overrides the bzImage; UQ_VM_VERBOSE=1
+# Environment: UQ_VM_DIR (default <repo>/build/vm) holds kernel/bzImage (6.1),
+# kernel-6.12/bzImage, initramfs.gz and runs/; UQ_VM_KERNEL overrides the bzImage; UQ_VM_VERBOSE=1
 # shows the full kernel log; UQ_VM_KEEP=1 keeps runs/<id> after success or skip (77);
 # UQ_VM_CPU sets -cpu (default max); UQ_VM_EXTRA_ARGS is appended to qemu's args,
 # UQ_VM_APPEND to the kernel command line.
@@ -21,6 +24,7 @@ set -euo pipefail
 
 top=$(cd "$(dirname "$0")/.." && pwd)
 smp=2 mem=2G timeout_s=550
+version=${UQ_VM_KERNEL_VERSION:-6.1}
 
 usage() {
   sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2
@@ -28,6 +32,7 @@ usage() {
 }
 while [[ $# -gt 0 ]]; do
   case "$1" in
+    --kernel) version=${2:?}; shift 2 ;;
     --smp) smp=${2:?}; shift 2 ;;
     --mem) mem=${2:?}; shift 2 ;;
     --timeout) timeout_s=${2:?}; shift 2 ;;
@@ -48,12 +53,14 @@ if [[ -z "$qemu" ]]; then
   exit 125
 fi
 
-# Kernel (cached; rebuilt only when tests/vm/kernel.config changed) and initramfs.
+# Kernel (cached; rebuilt only when its config fragments changed) and initramfs.
 kernel=${UQ_VM_KERNEL:-}
 if [[ -z "$kernel" ]]; then
-  kernel=$vm_dir/kernel/bzImage
-  "$top/scripts/build-test-kernel.sh" "$vm_dir/kernel" >&2 ||
-    { echo "vm-run: kernel build failed" >&2; exit 125; }
+  kdir=$vm_dir/kernel
+  [[ "$version" == 6.1 ]] || kdir=$vm_dir/kernel-$version
+  kernel=$kdir/bzImage
+  "$top/scripts/build-test-kernel.sh" --version "$version" "$kdir" >&2 ||
+    { echo "vm-run: kernel $version build failed" >&2; exit 125; }
 fi
 [[ -s "$kernel" ]] || { echo "vm-run: no kernel at $kernel" >&2; exit 125; }
 initrd=$vm_dir/initramfs.gz
@@ -82,7 +89,8 @@ esac
         printf 'export %s=%q\n' "$name" "${!name}" ;;
     esac
   done < <(compgen -e)
-  printf 'export HOME=/tmp TMPDIR=/tmp UQ_IN_VM=1 UQ_SCRATCH=%q\n' "$scratch"
+  printf 'export HOME=/tmp TMPDIR=/tmp UQ_IN_VM=1 UQ_SCRATCH=%q UQ_VM_KERNEL_VERSION=%q\n' \
+    "$scratch" "$version"
   printf 'cd %q || exit 125\n' "$cwd"
   printf 'exec'
   printf ' %q' "$@"

@@ -8,6 +8,7 @@
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/sysinfo.h>
+#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -38,6 +39,7 @@
 #include "src/io/run_sync.h"
 #include "src/io/uring_file.h"
 #include "src/ublk/control.h"
+#include "src/ublk/features.h"
 #include "src/ublk/server.h"
 
 namespace uq::cli {
@@ -49,6 +51,18 @@ using Clock = std::chrono::steady_clock;
 constexpr auto kDetachWait = std::chrono::seconds(120);
 constexpr auto kQuiesceWait = std::chrono::seconds(15);
 constexpr auto kPartitionWait = std::chrono::seconds(10);
+
+ublk::Want ToWant(Toggle t) {
+  switch (t) {
+    case Toggle::kOn:
+      return ublk::Want::kOn;
+    case Toggle::kOff:
+      return ublk::Want::kOff;
+    case Toggle::kAuto:
+      break;
+  }
+  return ublk::Want::kAuto;
+}
 
 int Fail(const absl::Status& st) {
   std::fprintf(stderr, "ublk-qcow2: %.*s\n", static_cast<int>(st.message().size()),
@@ -238,6 +252,11 @@ int RunServer(const Command& cmd, bool recover, Notifier& notify) {
       }
       return notify.Error(info.status());
     }
+    if ((info->flags & ublk::kFlagUnprivilegedDev) != 0) {
+      return notify.Error(absl::FailedPreconditionError(absl::StrCat(
+          "device ", id,
+          " is an unprivileged device, which the kernel gives no user recovery: detach it")));
+    }
     auto state = ReadState(id);
     if (!state.ok()) {
       return notify.Error(
@@ -285,6 +304,8 @@ int RunServer(const Command& cmd, bool recover, Notifier& notify) {
     options.depth = spec.depth;
     options.reissue = spec.reissue;
     options.writethrough = spec.writethrough;
+    options.user_copy = ToWant(cmd.user_copy);
+    options.unprivileged = ToWant(cmd.unprivileged);
   }
 
   // Open and validate the image before the kernel hears of a device.
@@ -435,8 +456,12 @@ int DoDetach(const Command& cmd) {
     return st.ok() ? 0 : Fail(st);
   }
   int rc = 0;
+  // Without CAP_SYS_ADMIN, --all means the devices this user may detach (its
+  // own unprivileged ones); the kernel refuses the others.
+  const bool privileged = ublk::HasCapSysAdmin();
   for (uint32_t id : ListDeviceIds()) {
     absl::Status st = Detach(**control, id);
+    if (!privileged && absl::IsPermissionDenied(st)) continue;
     if (!st.ok() && !absl::IsNotFound(st)) rc = Fail(st);
   }
   return rc;
@@ -464,6 +489,7 @@ int DoList(const Command& cmd) {
     bool ro = state.ok() && state->spec.read_only;
     pid_t pid = info->ublksrv_pid > 0 ? info->ublksrv_pid : (state.ok() ? state->pid : -1);
     const char* st_name = ublk::StateName(info->state);
+    const bool unprivileged = (info->flags & ublk::kFlagUnprivilegedDev) != 0;
     if (cmd.json) {
       common::Json o = common::Json::Object();
       o.Set("id", common::Json::Int(id));
@@ -475,6 +501,10 @@ int DoList(const Command& cmd) {
       o.Set("depth", common::Json::Int(info->queue_depth));
       o.Set("pid", common::Json::Int(pid));
       o.Set("read_only", common::Json::Bool(ro));
+      o.Set("user_copy", common::Json::Bool((info->flags & ublk::kFlagUserCopy) != 0));
+      o.Set("unprivileged", common::Json::Bool(unprivileged));
+      o.Set("owner_uid", common::Json::Int(unprivileged ? info->owner_uid : 0));
+      o.Set("flags", common::Json::String(ublk::FlagNames(info->flags)));
       absl::StrAppend(&json, first ? "" : ",", "\n  ", o.Serialize(common::JsonLayout::kLine));
     } else {
       std::printf("%-4u %-14s %-9s %-6u %-5u %-8d %-3s %s\n", id, BlockDevPath(id).c_str(), st_name,
@@ -509,7 +539,17 @@ absl::Status RunMountTool(const std::string& source, const std::string& dir, boo
   return absl::OkStatus();
 }
 
+// mount(2) and umount(2) need CAP_SYS_ADMIN whatever ublk allows.
+absl::Status NeedRootFor(const char* what) {
+  if (ublk::HasCapSysAdmin()) return absl::OkStatus();
+  return absl::PermissionDeniedError(
+      absl::StrCat(what,
+                   " needs root (mounting is root-only); without root, `attach` the image and have "
+                   "root mount the /dev/ublkbN it prints"));
+}
+
 int DoMount(const Command& cmd) {
+  if (absl::Status root = NeedRootFor("mount"); !root.ok()) return Fail(root);
   struct stat st;
   if (::stat(cmd.dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
     return Fail(absl::InvalidArgumentError(absl::StrCat(cmd.dir, " is not a directory")));
@@ -564,6 +604,7 @@ std::string UnescapeMountField(absl::string_view s) {
 }
 
 int DoUnmount(const Command& cmd) {
+  if (absl::Status root = NeedRootFor("unmount"); !root.ok()) return Fail(root);
   char* real = ::realpath(cmd.dir.c_str(), nullptr);
   if (real == nullptr) {
     return Fail(absl::NotFoundError(absl::StrCat(cmd.dir, ": ", std::strerror(errno))));
@@ -599,6 +640,22 @@ int DoUnmount(const Command& cmd) {
   return st.ok() ? 0 : Fail(st);
 }
 
+// ---------------------------------------------------------------------------
+// features
+
+int DoFeatures(const Command& cmd) {
+  auto control = ublk::Control::Open();
+  if (!control.ok()) return Fail(control.status());
+  utsname u{};
+  std::string release = ::uname(&u) == 0 ? u.release : "?";
+  ublk::KernelFeatures k = (*control)->features();
+  const bool privileged = ublk::HasCapSysAdmin();
+  std::string out = cmd.json ? ublk::FeaturesJson(k, privileged, release)
+                             : ublk::FeaturesHuman(k, privileged, release);
+  std::fputs(out.c_str(), stdout);
+  return 0;
+}
+
 }  // namespace
 
 int RunCommand(const Command& cmd) {
@@ -626,6 +683,8 @@ int RunCommand(const Command& cmd) {
       return DoMount(cmd);
     case Verb::kUnmount:
       return DoUnmount(cmd);
+    case Verb::kFeatures:
+      return DoFeatures(cmd);
   }
   return 1;
 }

@@ -15,8 +15,10 @@ const char kUsage[] =
     "usage: ublk-qcow2 COMMAND ...\n"
     "  attach [--read-only] [--snapshot NAME] [--queues N] [--depth D]\n"
     "         [--cache-size SIZE] [--format qcow2|raw|auto] [--foreground] [--reissue]\n"
-    "         [--writethrough] IMAGE\n"
+    "         [--writethrough] [--user-copy | --no-user-copy] [--unprivileged] IMAGE\n"
     "      serve IMAGE as /dev/ublkbN (printed); runs in the background unless --foreground\n"
+    "      user copy is used where the kernel has it (6.5+), an unprivileged device is\n"
+    "      made when run without CAP_SYS_ADMIN (6.3+); the --options insist on them\n"
     "  detach /dev/ublkbN | -n N | --all\n"
     "      flush, close the image cleanly and remove the device\n"
     "  list [--output=json]\n"
@@ -25,7 +27,9 @@ const char kUsage[] =
     "  mount [--partition M] [--rw] [--format F] [--snapshot NAME] IMAGE DIR\n"
     "      attach (read-only unless --rw) and mount the disk or its partition M on DIR\n"
     "  unmount DIR\n"
-    "      unmount DIR and detach its device\n";
+    "      unmount DIR and detach its device\n"
+    "  features [--output=json]\n"
+    "      the kernel's ublk features and which ones ublk-qcow2 uses\n";
 
 const char* FormatName(Format f) {
   switch (f) {
@@ -109,6 +113,9 @@ enum OptionId : int {
   kForeground,
   kReissue,
   kWritethrough,
+  kUserCopy,
+  kNoUserCopy,
+  kUnprivileged,
 };
 
 constexpr common::OptionSpec kHelpOption{'h', 'h', "help", "", "show the usage"};
@@ -127,11 +134,19 @@ constexpr common::OptionSpec kForegroundOption{kForeground, 0, "foreground", "",
 constexpr common::OptionSpec kIdOption{'n', 'n', "id", "N", "device id"};
 
 constexpr common::OptionSpec kAttachOptions[] = {
-    kReadOnlyOption,     kSnapshotOption,
-    kQueuesOption,       kDepthOption,
-    kCacheOption,        kFormatOption,
-    kForegroundOption,   {kReissue, 0, "reissue", "", "re-issue in-flight requests on recovery"},
-    kWritethroughOption, kHelpOption};
+    kReadOnlyOption,
+    kSnapshotOption,
+    kQueuesOption,
+    kDepthOption,
+    kCacheOption,
+    kFormatOption,
+    kForegroundOption,
+    {kReissue, 0, "reissue", "", "re-issue in-flight requests on recovery"},
+    kWritethroughOption,
+    {kUserCopy, 0, "user-copy", "", "insist on ublk user copy (Linux 6.5+)"},
+    {kNoUserCopy, 0, "no-user-copy", "", "do not use ublk user copy"},
+    {kUnprivileged, 0, "unprivileged", "", "insist on an unprivileged device (Linux 6.3+)"},
+    kHelpOption};
 constexpr common::OptionSpec kMountOptions[] = {kReadOnlyOption,
                                                 {kRw, 0, "rw", "", "mount read-write"},
                                                 kSnapshotOption,
@@ -160,6 +175,7 @@ std::span<const common::OptionSpec> OptionsOf(Verb v) {
     case Verb::kRecover:
       return kRecoverOptions;
     case Verb::kList:
+    case Verb::kFeatures:
       return kListOptions;
     case Verb::kUnmount:
     case Verb::kHelp:
@@ -211,6 +227,15 @@ absl::Status Apply(const common::ParsedOption& o, Command& cmd) {
       break;
     case kReissue:
       cmd.spec.reissue = true;
+      break;
+    case kUserCopy:
+      cmd.user_copy = Toggle::kOn;
+      break;
+    case kNoUserCopy:
+      cmd.user_copy = Toggle::kOff;
+      break;
+    case kUnprivileged:
+      cmd.unprivileged = Toggle::kOn;
       break;
     case kForeground:
       cmd.foreground = true;
@@ -273,6 +298,8 @@ absl::StatusOr<Command> ParseCommandLine(std::span<const std::string> args) {
     cmd.spec.read_only = true;
   } else if (verb == "unmount" || verb == "umount") {
     cmd.verb = Verb::kUnmount;
+  } else if (verb == "features") {
+    cmd.verb = Verb::kFeatures;
   } else {
     return absl::InvalidArgumentError(absl::StrCat("unknown command '", verb, "' (try --help)"));
   }
@@ -314,6 +341,7 @@ absl::StatusOr<Command> ParseCommandLine(std::span<const std::string> args) {
       cmd.dir = positional[0];
       break;
     case Verb::kList:
+    case Verb::kFeatures:
       if (auto st = want(0, ""); !st.ok()) return st;
       break;
     case Verb::kRecover:

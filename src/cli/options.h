@@ -30,7 +30,10 @@ struct ImageSpec {
   bool writethrough = false;
 };
 
-enum class Verb { kHelp, kAttach, kDetach, kList, kRecover, kMount, kUnmount };
+enum class Verb { kHelp, kAttach, kDetach, kList, kRecover, kMount, kUnmount, kFeatures };
+
+// An optional kernel feature: where available (kAuto), required, or not used.
+enum class Toggle { kAuto, kOn, kOff };
 
 struct Command {
   Verb verb = Verb::kHelp;
@@ -40,7 +43,10 @@ struct Command {
   std::string device;
   int64_t dev_id = -1;
   bool all = false;
-  bool json = false;  // list --output=json
+  bool json = false;  // list, features --output=json
+  // attach: --user-copy / --no-user-copy, --unprivileged (see ublk::Want).
+  Toggle user_copy = Toggle::kAuto;
+  Toggle unprivileged = Toggle::kAuto;
   int partition = 0;  // mount --partition M (0: whole disk)
   std::string dir;    // mount, unmount
 };

@@ -26,12 +26,32 @@ bool MakeDir(const std::string& dir) {
   return false;
 }
 
+// A directory of our own: created 0700, or existing, ours and not a symlink
+// (a shared /tmp must not let another user plant it).
+bool PrivateDir(const std::string& dir) {
+  if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) return false;
+  struct stat st;
+  return ::lstat(dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode) && st.st_uid == ::geteuid() &&
+         (st.st_mode & 022) == 0;
+}
+
 }  // namespace
 
 std::string StateDir() {
   if (const char* env = std::getenv("UBLK_QCOW2_STATE_DIR"); env != nullptr && *env != '\0') {
     MakeDir(env);
     return env;
+  }
+  if (::geteuid() != 0) {
+    // Unprivileged devices: the user's own files, where root's tools do not
+    // trust them (a state file names the image `recover` opens).
+    if (const char* xdg = std::getenv("XDG_RUNTIME_DIR"); xdg != nullptr && *xdg == '/') {
+      std::string dir = absl::StrCat(xdg, "/ublk-qcow2");
+      if (PrivateDir(dir)) return dir;
+    }
+    std::string dir = absl::StrCat("/tmp/ublk-qcow2-", ::geteuid());
+    PrivateDir(dir);
+    return dir;
   }
   static const std::string kRun = "/run/ublk-qcow2";
   if (MakeDir(kRun)) return kRun;

@@ -1,8 +1,10 @@
 // The per-device state file an attached server writes, so that `recover`,
 // `list` and `detach` know which image a device serves and how.
 //
-// Location: $UBLK_QCOW2_STATE_DIR, else /run/ublk-qcow2 (falling back to
-// /tmp/ublk-qcow2 where /run is not writable); one "N.json" per device id,
+// Location: $UBLK_QCOW2_STATE_DIR, else for root /run/ublk-qcow2 (falling
+// back to /tmp/ublk-qcow2 where /run is not writable), for another user
+// $XDG_RUNTIME_DIR/ublk-qcow2 or /tmp/ublk-qcow2-UID (0700, theirs); one
+// "N.json" per device id,
 // written atomically (temp file + rename), plus the daemon's log "N.log".
 // Contents: one flat JSON object (strings, integers, booleans).
 #ifndef UQ_SRC_CLI_STATE_H_

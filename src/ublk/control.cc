@@ -1,10 +1,14 @@
 #include "src/ublk/control.h"
 
 #include <fcntl.h>
+#include <linux/capability.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
+#include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 
@@ -37,6 +41,15 @@ CtrlCmd MakeCmd(uint32_t dev_id) {
 
 }  // namespace
 
+bool HasCapSysAdmin() {
+  __user_cap_header_struct header{};
+  header.version = _LINUX_CAPABILITY_VERSION_3;
+  header.pid = 0;
+  __user_cap_data_struct data[_LINUX_CAPABILITY_U32S_3] = {};
+  if (syscall(SYS_capget, &header, data) != 0) return geteuid() == 0;
+  return (data[CAP_TO_INDEX(CAP_SYS_ADMIN)].effective & CAP_TO_MASK(CAP_SYS_ADMIN)) != 0;
+}
+
 const char* StateName(uint16_t state) {
   switch (state) {
     case kStateDead:
@@ -61,9 +74,11 @@ absl::StatusOr<std::unique_ptr<Control>> Control::Open() {
           absl::StrCat(kControlPath, " not found: load the ublk_drv module (modprobe ublk_drv)"));
     }
     if (e == EACCES || e == EPERM) {
-      return absl::PermissionDeniedError(absl::StrCat("cannot open ", kControlPath, ": ",
-                                                      std::strerror(e),
-                                                      " (ublk needs root / CAP_SYS_ADMIN)"));
+      return absl::PermissionDeniedError(
+          absl::StrCat("cannot open ", kControlPath, ": ", std::strerror(e),
+                       " (ublk needs root / CAP_SYS_ADMIN, or a group the administrator "
+                       "granted ",
+                       kControlPath, " to)"));
     }
     return absl::UnavailableError(
         absl::StrCat("cannot open ", kControlPath, ": ", std::strerror(e)));
@@ -73,7 +88,26 @@ absl::StatusOr<std::unique_ptr<Control>> Control::Open() {
     ::close(fd);
     return loop.status();
   }
-  return std::unique_ptr<Control>(new Control(fd, std::move(*loop)));
+  std::unique_ptr<Control> control(new Control(fd, std::move(*loop)));
+  control->ProbeFeatures();
+  return control;
+}
+
+void Control::ProbeFeatures() {
+  // 6.1 looks the device (-1) up before the number and answers ENODEV, or
+  // EPERM without CAP_SYS_ADMIN; any error means "no GET_FEATURES".
+  uint64_t flags = 0;
+  CtrlCmd c = MakeCmd(UINT32_MAX);
+  c.addr = reinterpret_cast<uint64_t>(&flags);
+  c.len = sizeof(flags);
+  if (SendEncoded(IoctlCtrl(kCmdGetFeatures), c) == 0) {
+    features_.probed = true;
+    features_.flags = flags;
+    encoding_ = (flags & kFlagCmdIoctlEncode) != 0 ? Encoding::kIoctl : Encoding::kLegacy;
+  } else {
+    features_.probed = false;
+    features_.flags = kBaselineFlags;
+  }
 }
 
 Control::~Control() { ::close(fd_); }
@@ -98,7 +132,44 @@ int Control::SendEncoded(uint32_t op, const CtrlCmd& cmd) {
   return waiter.res;
 }
 
-int Control::Send(uint32_t nr, const CtrlCmd& cmd) {
+bool Control::NeedsPath(uint32_t dev_id) {
+  if (!features_.Has(kFlagUnprivilegedDev)) return false;
+  auto it = unprivileged_.find(dev_id);
+  if (it == unprivileged_.end()) {
+    // Learn it (GET_DEV_INFO2 records the answer); a failure shows up again
+    // in the command itself.
+    if (!GetDevInfo(dev_id).ok()) return false;
+    it = unprivileged_.find(dev_id);
+    if (it == unprivileged_.end()) return false;
+  }
+  return it->second;
+}
+
+int Control::Send(uint32_t nr, uint32_t dev_id, void* buf, uint16_t len, uint64_t data0,
+                  uint16_t queue_id) {
+  CtrlCmd c = MakeCmd(dev_id);
+  c.queue_id = queue_id;
+  c.data[0] = data0;
+  const bool with_path = nr == kCmdGetDevInfo2 || NeedsPath(dev_id);
+  if (!with_path) {
+    c.addr = reinterpret_cast<uint64_t>(buf);
+    c.len = len;
+    return SendNumbered(nr, c);
+  }
+  // [path, NUL][buffer]: the kernel checks the path, then moves addr past it.
+  std::string path = absl::StrCat(kCharDevPrefix, dev_id);
+  std::vector<char> both(path.size() + 1 + len);
+  std::memcpy(both.data(), path.c_str(), path.size() + 1);
+  if (len > 0) std::memcpy(both.data() + path.size() + 1, buf, len);
+  c.dev_path_len = static_cast<uint16_t>(path.size() + 1);
+  c.addr = reinterpret_cast<uint64_t>(both.data());
+  c.len = static_cast<uint16_t>(both.size());
+  int res = SendNumbered(nr, c);
+  if (res >= 0 && len > 0) std::memcpy(buf, both.data() + path.size() + 1, len);
+  return res;
+}
+
+int Control::SendNumbered(uint32_t nr, const CtrlCmd& cmd) {
   switch (encoding_) {
     case Encoding::kIoctl:
       return SendEncoded(IoctlCtrl(nr), cmd);
@@ -124,7 +195,9 @@ absl::Status Control::Check(int res, const char* what, uint32_t dev_id) {
     case EPERM:
     case EACCES:
       return absl::PermissionDeniedError(
-          absl::StrCat(msg, " (ublk control commands need CAP_SYS_ADMIN)"));
+          absl::StrCat(msg, features_.Has(kFlagUnprivilegedDev)
+                                ? " (the device belongs to another user, or needs CAP_SYS_ADMIN)"
+                                : " (ublk control commands need CAP_SYS_ADMIN on this kernel)"));
     case ENODEV:
     case ENOENT:
       return absl::NotFoundError(msg);
@@ -164,37 +237,47 @@ absl::StatusOr<CtrlDevInfo> Control::AddDev(const CtrlDevInfo& info) {
     res = attempt(encoding_ == Encoding::kIoctl);
   }
   if (res < 0) return Check(res, "ADD_DEV", info.dev_id);
+  unprivileged_[out.dev_id] = (out.flags & kFlagUnprivilegedDev) != 0;
   return out;
 }
 
 absl::Status Control::DelDev(uint32_t dev_id) {
-  return Check(Send(kCmdDelDev, MakeCmd(dev_id)), "DEL_DEV", dev_id);
+  absl::Status st = Check(Send(kCmdDelDev, dev_id, nullptr, 0), "DEL_DEV", dev_id);
+  if (st.ok()) unprivileged_.erase(dev_id);
+  return st;
 }
 
 absl::Status Control::SetParams(uint32_t dev_id, const Params& params) {
   Params copy = params;
-  CtrlCmd c = MakeCmd(dev_id);
-  c.addr = reinterpret_cast<uint64_t>(&copy);
-  c.len = sizeof(copy);
-  return Check(Send(kCmdSetParams, c), "SET_PARAMS", dev_id);
+  return Check(Send(kCmdSetParams, dev_id, &copy, sizeof(copy)), "SET_PARAMS", dev_id);
 }
 
 absl::Status Control::StartDev(uint32_t dev_id, pid_t server_pid) {
-  CtrlCmd c = MakeCmd(dev_id);
-  c.data[0] = static_cast<uint64_t>(server_pid);
-  return Check(Send(kCmdStartDev, c), "START_DEV", dev_id);
+  return Check(Send(kCmdStartDev, dev_id, nullptr, 0, static_cast<uint64_t>(server_pid)),
+               "START_DEV", dev_id);
 }
 
 absl::Status Control::StopDev(uint32_t dev_id) {
-  return Check(Send(kCmdStopDev, MakeCmd(dev_id)), "STOP_DEV", dev_id);
+  return Check(Send(kCmdStopDev, dev_id, nullptr, 0), "STOP_DEV", dev_id);
 }
 
 absl::StatusOr<CtrlDevInfo> Control::GetDevInfo(uint32_t dev_id) {
   CtrlDevInfo info{};
-  CtrlCmd c = MakeCmd(dev_id);
-  c.addr = reinterpret_cast<uint64_t>(&info);
-  c.len = sizeof(info);
-  int res = Send(kCmdGetDevInfo, c);
+  int res;
+  if (features_.Has(kFlagUnprivilegedDev)) {
+    // GET_DEV_INFO2 works for every device; it needs the /dev/ublkcN node,
+    // without which (ENOENT) only a privileged device can be asked about.
+    res = Send(kCmdGetDevInfo2, dev_id, &info, sizeof(info));
+    if (res == -ENOENT) {
+      CtrlCmd c = MakeCmd(dev_id);
+      c.addr = reinterpret_cast<uint64_t>(&info);
+      c.len = sizeof(info);
+      res = SendNumbered(kCmdGetDevInfo, c);
+    }
+    if (res >= 0) unprivileged_[dev_id] = (info.flags & kFlagUnprivilegedDev) != 0;
+  } else {
+    res = Send(kCmdGetDevInfo, dev_id, &info, sizeof(info));
+  }
   if (res < 0) return Check(res, "GET_DEV_INFO", dev_id);
   return info;
 }
@@ -202,23 +285,18 @@ absl::StatusOr<CtrlDevInfo> Control::GetDevInfo(uint32_t dev_id) {
 absl::StatusOr<cpu_set_t> Control::GetQueueAffinity(uint32_t dev_id, uint16_t queue_id) {
   cpu_set_t set;
   CPU_ZERO(&set);
-  CtrlCmd c = MakeCmd(dev_id);
-  c.addr = reinterpret_cast<uint64_t>(&set);
-  c.len = sizeof(set);
-  c.data[0] = queue_id;
-  int res = Send(kCmdGetQueueAffinity, c);
+  int res = Send(kCmdGetQueueAffinity, dev_id, &set, sizeof(set), queue_id);
   if (res < 0) return Check(res, "GET_QUEUE_AFFINITY", dev_id);
   return set;
 }
 
 absl::Status Control::StartUserRecovery(uint32_t dev_id) {
-  return Check(Send(kCmdStartUserRecovery, MakeCmd(dev_id)), "START_USER_RECOVERY", dev_id);
+  return Check(Send(kCmdStartUserRecovery, dev_id, nullptr, 0), "START_USER_RECOVERY", dev_id);
 }
 
 absl::Status Control::EndUserRecovery(uint32_t dev_id, pid_t server_pid) {
-  CtrlCmd c = MakeCmd(dev_id);
-  c.data[0] = static_cast<uint64_t>(server_pid);
-  return Check(Send(kCmdEndUserRecovery, c), "END_USER_RECOVERY", dev_id);
+  return Check(Send(kCmdEndUserRecovery, dev_id, nullptr, 0, static_cast<uint64_t>(server_pid)),
+               "END_USER_RECOVERY", dev_id);
 }
 
 }  // namespace uq::ublk

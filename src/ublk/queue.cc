@@ -37,6 +37,11 @@ absl::StatusOr<std::unique_ptr<Queue>> Queue::Create(const QueueConfig& config,
     return absl::InvalidArgumentError(
         absl::StrCat("queue ", config.q_id, ": bad depth ", config.depth));
   }
+  if (config.user_copy && config.buf_bytes > kUserCopyMaxBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("queue ", config.q_id, ": buffer of ",
+                                                   config.buf_bytes,
+                                                   " bytes is too large for user copy"));
+  }
   std::unique_ptr<Queue> q(new Queue(config, std::move(loop), std::move(device)));
 
   // The kernel checks the length exactly; queues are spaced for the maximum
@@ -132,6 +137,9 @@ Task<void> Queue::ServeTag(uint16_t tag) {
   std::byte* buf = buffers_ + static_cast<size_t>(tag) * PageRound(config_.buf_bytes);
   const int fd = config_.cdev_fd;
   const uint16_t q_id = config_.q_id;
+  const bool user_copy = config_.user_copy;
+  // With user copy the kernel wants no buffer address in FETCH / COMMIT.
+  const uint64_t buf_addr = user_copy ? 0 : reinterpret_cast<uint64_t>(buf);
 
   uint32_t op = fetch_op;
   int32_t result = 0;
@@ -144,7 +152,7 @@ Task<void> Queue::ServeTag(uint16_t tag) {
       cmd.q_id = q_id;
       cmd.tag = tag;
       cmd.result = result;
-      cmd.addr = reinterpret_cast<uint64_t>(buf);
+      cmd.addr = buf_addr;
       std::memcpy(sqe->cmd, &cmd, sizeof(cmd));
     });
     if (res != kIoResOk) {
@@ -164,41 +172,68 @@ Task<void> Queue::ServeTag(uint16_t tag) {
     const uint64_t offset = desc.start_sector << 9;
     const uint64_t length = static_cast<uint64_t>(desc.nr_sectors) << 9;
     iovec iov{buf, static_cast<size_t>(length)};
-    int r;
-    switch (ublk_op) {
-      // No co_await inside conditions or ?: here (GCC 12 miscompiles them,
-      // see src/io/task.h): plain statements only.
-      case kOpRead:
-        if (length > config_.buf_bytes) {
-          r = -EINVAL;
+    int r = 0;
+    if ((ublk_op == kOpRead || ublk_op == kOpWrite) && length > config_.buf_bytes) {
+      r = -EINVAL;
+    }
+    // User copy, WRITE: the request's data into the tag's buffer first.
+    if (r == 0 && user_copy && ublk_op == kOpWrite) {
+      uint64_t done = 0;
+      while (done < length) {
+        int32_t n = co_await loop_->Op([&](io_uring_sqe* sqe) {
+          io_uring_prep_read(sqe, fd, buf + done, static_cast<unsigned>(length - done),
+                             UserCopyOffset(q_id, tag, static_cast<uint32_t>(done)));
+        });
+        if (n <= 0) {
+          r = n < 0 ? n : -EIO;
           break;
         }
-        r = co_await device_->Read(offset, std::span<const iovec>(&iov, 1));
-        break;
-      case kOpWrite: {
-        if (length > config_.buf_bytes) {
-          r = -EINVAL;
-          break;
-        }
-        const bool fua = (flags & kIoFlagFua) != 0 || config_.writethrough;
-        r = co_await device_->Write(offset, std::span<const iovec>(&iov, 1), fua);
-        break;
+        done += static_cast<uint64_t>(n);
       }
-      case kOpFlush:  // start_sector = ~0, nr_sectors = 0: no range
-        r = co_await device_->Flush();
-        break;
-      case kOpDiscard:
-        r = co_await device_->Discard(offset, length);
-        break;
-      case kOpWriteZeroes:
-        r = co_await device_->WriteZeroes(offset, length, (flags & kIoFlagNoUnmap) == 0);
-        break;
-      default:
-        r = -EOPNOTSUPP;
-        break;
+    }
+    if (r == 0) {
+      switch (ublk_op) {
+        // No co_await inside conditions or ?: here (GCC 12 miscompiles them,
+        // see src/io/task.h): plain statements only.
+        case kOpRead:
+          r = co_await device_->Read(offset, std::span<const iovec>(&iov, 1));
+          break;
+        case kOpWrite: {
+          const bool fua = (flags & kIoFlagFua) != 0 || config_.writethrough;
+          r = co_await device_->Write(offset, std::span<const iovec>(&iov, 1), fua);
+          break;
+        }
+        case kOpFlush:  // start_sector = ~0, nr_sectors = 0: no range
+          r = co_await device_->Flush();
+          break;
+        case kOpDiscard:
+          r = co_await device_->Discard(offset, length);
+          break;
+        case kOpWriteZeroes:
+          r = co_await device_->WriteZeroes(offset, length, (flags & kIoFlagNoUnmap) == 0);
+          break;
+        default:
+          r = -EOPNOTSUPP;
+          break;
+      }
     }
     if (r >= 0 && config_.writethrough && (ublk_op == kOpDiscard || ublk_op == kOpWriteZeroes)) {
       r = co_await device_->Flush();
+    }
+    // User copy, READ: the data into the request's pages.
+    if (r >= 0 && user_copy && ublk_op == kOpRead) {
+      uint64_t done = 0;
+      while (done < length) {
+        int32_t n = co_await loop_->Op([&](io_uring_sqe* sqe) {
+          io_uring_prep_write(sqe, fd, buf + done, static_cast<unsigned>(length - done),
+                              UserCopyOffset(q_id, tag, static_cast<uint32_t>(done)));
+        });
+        if (n <= 0) {
+          r = n < 0 ? n : -EIO;
+          break;
+        }
+        done += static_cast<uint64_t>(n);
+      }
     }
     if (r < 0) {
       if (failed_requests_++ < kMaxLoggedFailures) {

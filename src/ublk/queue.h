@@ -8,6 +8,13 @@
 // (the tag's buffer and coroutine are set up once); the Device's own
 // coroutine frames are the engine's business.
 //
+// Data moves through the tag's buffer either way: the kernel copies it there
+// (FETCH's buffer address) or, with user copy, the queue copies it with
+// io_uring reads and writes on /dev/ublkcN. The Device reads and writes that
+// buffer; it never sees the request's pages (see README "Kernel features":
+// a zero-bounce path needs 6.15's zero copy and an engine that does its file
+// I/O on registered buffers).
+//
 // When every tag has been aborted (STOP_DEV) the thread Close()s the Device on
 // its loop (flush, dirty bit cleared) and exits, then signals `done_fd`.
 //
@@ -39,6 +46,10 @@ struct QueueConfig {
   uint32_t buf_bytes = 0;      // per-tag buffer (dev_info.max_io_buf_bytes)
   int cdev_fd = -1;            // /dev/ublkcN, owned by the caller
   bool ioctl_encoded = false;  // UBLK_U_IO_* numbers instead of legacy ones
+  // UBLK_F_USER_COPY: FETCH/COMMIT carry no buffer address; a WRITE's data is
+  // read from /dev/ublkcN into the tag's buffer before the Device call, a
+  // READ's written there after it (io_uring READ/WRITE at UserCopyOffset).
+  bool user_copy = false;
   bool has_affinity = false;
   cpu_set_t affinity{};  // CPUs GET_QUEUE_AFFINITY reported
   int done_fd = -1;      // eventfd written once when the thread exits

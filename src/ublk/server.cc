@@ -25,21 +25,82 @@ constexpr auto kRecoveryWait = std::chrono::seconds(30);
 // devtmpfs creates /dev/ublkcN right away, a udev rule may briefly replace it.
 constexpr auto kCdevWait = std::chrono::seconds(5);
 
-absl::StatusOr<int> OpenCharDev(uint32_t dev_id) {
+// An unprivileged device's /dev/ublkcN is root's until the udev rule hands it
+// to its owner: wait for that too.
+absl::StatusOr<int> OpenCharDev(uint32_t dev_id, bool unprivileged) {
   std::string path = absl::StrCat(kCharDevPrefix, dev_id);
-  auto deadline = std::chrono::steady_clock::now() + kCdevWait;
+  auto deadline = std::chrono::steady_clock::now() + (unprivileged ? 2 * kCdevWait : kCdevWait);
   while (true) {
     int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
     if (fd >= 0) return fd;
     int e = errno;
-    if ((e != ENOENT && e != EBUSY) || std::chrono::steady_clock::now() > deadline) {
-      return absl::UnavailableError(absl::StrCat("cannot open ", path, ": ", std::strerror(e)));
+    const bool wait = e == ENOENT || e == EBUSY || (unprivileged && (e == EACCES || e == EPERM));
+    if (!wait || std::chrono::steady_clock::now() > deadline) {
+      return absl::UnavailableError(absl::StrCat(
+          "cannot open ", path, ": ", std::strerror(e),
+          unprivileged && (e == EACCES || e == EPERM)
+              ? " (the udev rule installed with ublk-qcow2 gives an unprivileged device's "
+                "nodes to its owner: is it installed?)"
+              : ""));
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
 }
 
 }  // namespace
+
+absl::StatusOr<uint64_t> NewDeviceFlags(const ServerOptions& options, const KernelFeatures& kernel,
+                                        bool privileged) {
+  uint64_t flags = kFlagUserRecovery | (options.reissue ? kFlagUserRecoveryReissue : 0);
+  bool unprivileged = false;
+  switch (options.unprivileged) {
+    case Want::kOn:
+      if (!kernel.Has(kFlagUnprivilegedDev)) {
+        return absl::FailedPreconditionError(
+            "--unprivileged: this kernel has no unprivileged ublk devices "
+            "(UBLK_F_UNPRIVILEGED_DEV, Linux 6.3 or later)");
+      }
+      if (privileged) {
+        return absl::FailedPreconditionError(
+            "--unprivileged: a process with CAP_SYS_ADMIN always gets a privileged device; "
+            "run attach as the user");
+      }
+      unprivileged = true;
+      break;
+    case Want::kAuto:
+      unprivileged = !privileged && kernel.Has(kFlagUnprivilegedDev);
+      break;
+    case Want::kOff:
+      break;
+  }
+  bool user_copy = false;
+  switch (options.user_copy) {
+    case Want::kOn:
+      if (!kernel.Has(kFlagUserCopy)) {
+        return absl::FailedPreconditionError(
+            "--user-copy: this kernel has no ublk user copy (UBLK_F_USER_COPY, Linux 6.5 or "
+            "later)");
+      }
+      if (unprivileged) {
+        return absl::FailedPreconditionError(
+            "--user-copy: the kernel allows no user copy on unprivileged devices");
+      }
+      user_copy = true;
+      break;
+    case Want::kAuto:
+      user_copy = kernel.Has(kFlagUserCopy) && !unprivileged;
+      break;
+    case Want::kOff:
+      break;
+  }
+  if (unprivileged) {
+    // The kernel drops user recovery from unprivileged devices (6.3-6.12 at
+    // least): do not ask for what will not be there.
+    flags = kFlagUnprivilegedDev;
+  }
+  if (user_copy) flags |= kFlagUserCopy;
+  return flags;
+}
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(std::unique_ptr<Control> control,
                                                       const ServerOptions& options,
@@ -75,13 +136,18 @@ absl::Status Server::StartNew(std::vector<QueueBackend>& backends) {
   want.queue_depth = options_.depth;
   want.max_io_buf_bytes = options_.max_io_buf_bytes;
   want.dev_id = options_.dev_id;
-  want.flags = kFlagUserRecovery | (options_.reissue ? kFlagUserRecoveryReissue : 0);
+  UQ_ASSIGN_OR_RETURN(want.flags, NewDeviceFlags(options_, control_->features(), HasCapSysAdmin()));
   UQ_ASSIGN_OR_RETURN(info_, control_->AddDev(want));
   added_ = true;
   if (info_.nr_hw_queues == 0 || info_.queue_depth == 0) {
     return absl::InternalError("ADD_DEV returned no queues");
   }
   const size_t nr_queues = std::min<size_t>(backends.size(), info_.nr_hw_queues);
+  // Before any other command: an unprivileged device's commands need the
+  // caller's permission on /dev/ublkcN, which the udev rule grants once the
+  // node exists (OpenCharDev waits for it).
+  UQ_ASSIGN_OR_RETURN(cdev_fd_,
+                      OpenCharDev(info_.dev_id, (info_.flags & kFlagUnprivilegedDev) != 0));
 
   Geometry g;
   g.size_bytes = first.size_bytes();
@@ -99,6 +165,11 @@ absl::Status Server::StartNew(std::vector<QueueBackend>& backends) {
 
 absl::Status Server::StartRecovery(std::vector<QueueBackend>& backends) {
   UQ_ASSIGN_OR_RETURN(info_, control_->GetDevInfo(options_.dev_id));
+  if ((info_.flags & kFlagUnprivilegedDev) != 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "device ", info_.dev_id,
+        " is an unprivileged device, which the kernel gives no user recovery: detach it"));
+  }
   if ((info_.flags & kFlagUserRecovery) == 0) {
     return absl::FailedPreconditionError(
         absl::StrCat("device ", info_.dev_id, " was created without user recovery"));
@@ -129,7 +200,10 @@ absl::Status Server::StartRecovery(std::vector<QueueBackend>& backends) {
 }
 
 absl::Status Server::StartQueues(std::vector<QueueBackend>& backends, size_t nr_queues) {
-  UQ_ASSIGN_OR_RETURN(cdev_fd_, OpenCharDev(info_.dev_id));
+  if (cdev_fd_ < 0) {
+    UQ_ASSIGN_OR_RETURN(cdev_fd_,
+                        OpenCharDev(info_.dev_id, (info_.flags & kFlagUnprivilegedDev) != 0));
+  }
   // The IO commands follow the numbering the kernel accepted for ADD_DEV; a
   // kernel that knows ioctl encoding keeps the flag in dev_info.
   const bool ioctl_io = (info_.flags & kFlagCmdIoctlEncode) != 0;
@@ -140,6 +214,7 @@ absl::Status Server::StartQueues(std::vector<QueueBackend>& backends, size_t nr_
     config.buf_bytes = info_.max_io_buf_bytes;
     config.cdev_fd = cdev_fd_;
     config.ioctl_encoded = ioctl_io;
+    config.user_copy = (info_.flags & kFlagUserCopy) != 0;
     config.done_fd = done_fd_;
     config.writethrough = options_.writethrough;
     absl::StatusOr<cpu_set_t> cpus = control_->GetQueueAffinity(info_.dev_id, config.q_id);

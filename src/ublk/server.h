@@ -32,6 +32,10 @@
 
 namespace uq::ublk {
 
+// An optional kernel feature: used where available (kAuto), required (kOn:
+// Start() fails with one line naming what is missing), or not used (kOff).
+enum class Want { kAuto, kOn, kOff };
+
 struct ServerOptions {
   // New device: UINT32_MAX lets the kernel choose. Recovery: the device.
   uint32_t dev_id = UINT32_MAX;
@@ -47,7 +51,19 @@ struct ServerOptions {
   // CLI's default for writable images).
   bool writethrough = false;
   bool recover = false;
+  // New device only (a recovered one keeps what it was created with).
+  // UBLK_F_USER_COPY (6.5+); never for unprivileged devices (kernel rule).
+  Want user_copy = Want::kAuto;
+  // UBLK_F_UNPRIVILEGED_DEV (6.3+): auto = when this process lacks
+  // CAP_SYS_ADMIN (the kernel makes a capable process's devices privileged).
+  Want unprivileged = Want::kAuto;
 };
+
+// The flags a new device asks ADD_DEV for, given the kernel's features and
+// whether this process has CAP_SYS_ADMIN; an error (one line) when an option
+// asked for something the kernel or the situation cannot give (pure).
+absl::StatusOr<uint64_t> NewDeviceFlags(const ServerOptions& options, const KernelFeatures& kernel,
+                                        bool privileged);
 
 // What one queue serves: a Device opened on `loop`.
 struct QueueBackend {
@@ -86,7 +102,8 @@ class Server {
   // Take what they use out of `backends`; the rest is closed by Start().
   absl::Status StartNew(std::vector<QueueBackend>& backends);
   absl::Status StartRecovery(std::vector<QueueBackend>& backends);
-  // Opens /dev/ublkcN, creates and starts the first `nr_queues` queue threads.
+  // Opens /dev/ublkcN (unless StartNew did), creates and starts the first `nr_queues` queue
+  // threads.
   absl::Status StartQueues(std::vector<QueueBackend>& backends, size_t nr_queues);
   // Stops the queues (STOP_DEV), joins them, releases /dev/ublkcN; DEL_DEV if
   // `del`.

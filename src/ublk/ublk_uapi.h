@@ -1,7 +1,8 @@
 // The ublk kernel ABI (include/uapi/linux/ublk_cmd.h), defined here so the
 // build does not depend on the installed kernel headers (Debian 12's may lack
-// the file or carry a different revision). Layouts are the 6.1 ones; newer
-// kernels only append. Sizes are checked against the values verified on 6.1
+// the file or carry a different revision). Layouts are the 6.1 ones with the
+// fields later kernels gave names to (dev_path_len, owner_uid/gid: 6.3); sizes
+// never changed and are checked against the values verified on 6.1
 // (shared/UBLK-NOTES.md).
 #ifndef UQ_SRC_UBLK_UBLK_UAPI_H_
 #define UQ_SRC_UBLK_UBLK_UAPI_H_
@@ -24,6 +25,11 @@ inline constexpr uint32_t kCmdSetParams = 0x08;
 inline constexpr uint32_t kCmdGetParams = 0x09;
 inline constexpr uint32_t kCmdStartUserRecovery = 0x10;
 inline constexpr uint32_t kCmdEndUserRecovery = 0x11;
+// 6.3+: GET_DEV_INFO that carries the /dev/ublkcN path (permission check).
+inline constexpr uint32_t kCmdGetDevInfo2 = 0x12;
+// 6.5+, ioctl-encoded only (UBLK_U_CMD_GET_FEATURES): the driver's UBLK_F_*
+// set as 8 bytes at addr (len must be 8). Needs no device and no capability.
+inline constexpr uint32_t kCmdGetFeatures = 0x13;
 
 // I/O commands on /dev/ublkcN, legacy numbering.
 inline constexpr uint32_t kIoFetchReq = 0x20;
@@ -36,11 +42,27 @@ inline constexpr int32_t kIoResAbort = -ENODEV;
 
 inline constexpr uint32_t kMaxQueueDepth = 4096;
 
-// Device flags (ublksrv_ctrl_dev_info.flags).
-inline constexpr uint64_t kFlagUserRecovery = 1ULL << 3;
-inline constexpr uint64_t kFlagUserRecoveryReissue = 1ULL << 4;
-// The server speaks ioctl-encoded command numbers (newer kernels).
-inline constexpr uint64_t kFlagCmdIoctlEncode = 1ULL << 6;
+// Device flags (ublksrv_ctrl_dev_info.flags, and GET_FEATURES' answer), with
+// the kernel release that added each.
+inline constexpr uint64_t kFlagSupportZeroCopy = 1ULL << 0;      // declared 6.0, works 6.15
+inline constexpr uint64_t kFlagUringCmdCompInTask = 1ULL << 1;   // 6.0
+inline constexpr uint64_t kFlagNeedGetData = 1ULL << 2;          // 6.0
+inline constexpr uint64_t kFlagUserRecovery = 1ULL << 3;         // 6.0
+inline constexpr uint64_t kFlagUserRecoveryReissue = 1ULL << 4;  // 6.0
+// Devices of a user without CAP_SYS_ADMIN; every command about one carries
+// the /dev/ublkcN path, checked with the caller's file permissions.
+inline constexpr uint64_t kFlagUnprivilegedDev = 1ULL << 5;  // 6.3
+// The server speaks ioctl-encoded command numbers (UBLK_U_*).
+inline constexpr uint64_t kFlagCmdIoctlEncode = 1ULL << 6;  // 6.4
+// Request data moves by pread/pwrite on /dev/ublkcN (UserCopyOffset), not
+// through the FETCH buffer address (which must then be 0).
+inline constexpr uint64_t kFlagUserCopy = 1ULL << 7;            // 6.5
+inline constexpr uint64_t kFlagZoned = 1ULL << 8;               // 6.6
+inline constexpr uint64_t kFlagUserRecoveryFailIo = 1ULL << 9;  // 6.13
+inline constexpr uint64_t kFlagUpdateSize = 1ULL << 10;         // 6.16
+inline constexpr uint64_t kFlagAutoBufReg = 1ULL << 11;         // 6.16
+inline constexpr uint64_t kFlagQuiesce = 1ULL << 12;            // 6.16
+inline constexpr uint64_t kFlagPerIoDaemon = 1ULL << 13;        // 6.16
 
 // Device states (ublksrv_ctrl_dev_info.state).
 inline constexpr uint16_t kStateDead = 0;
@@ -77,7 +99,13 @@ struct CtrlCmd {  // struct ublksrv_ctrl_cmd, written at sqe->cmd
   uint16_t queue_id;  // 0xffff unless the command is about a queue
   uint16_t len;
   uint64_t addr;
-  uint64_t data[2];
+  uint64_t data[1];
+  // Unprivileged devices and GET_DEV_INFO2 (6.3+): addr starts with the
+  // /dev/ublkcN path, dev_path_len bytes, then the command's own buffer; len
+  // covers both. The kernel skips the path once it checked the permission.
+  uint16_t dev_path_len;
+  uint16_t pad;
+  uint32_t reserved;
 };
 
 struct CtrlDevInfo {  // struct ublksrv_ctrl_dev_info
@@ -91,7 +119,8 @@ struct CtrlDevInfo {  // struct ublksrv_ctrl_dev_info
   uint32_t pad1;
   uint64_t flags;
   uint64_t ublksrv_flags;  // server-private, kept by the kernel
-  uint64_t reserved0;
+  uint32_t owner_uid;      // 6.3+: who added the device (set by the kernel)
+  uint32_t owner_gid;
   uint64_t reserved1;
   uint64_t reserved2;
 };
@@ -146,6 +175,18 @@ static_assert(sizeof(ParamBasic) == 32);
 static_assert(sizeof(ParamDiscard) == 20);
 static_assert(sizeof(Params) == 64);
 
+// UBLK_F_USER_COPY: the file offset on /dev/ublkcN that addresses byte
+// `buf_off` of request (q_id, tag)'s data (UBLKSRV_IO_BUF_OFFSET, then 25 bits
+// of offset, 16 of tag, 12 of queue).
+inline constexpr uint64_t kUserCopyBase = 0x80000000ULL;
+inline constexpr int kUserCopyTagShift = 25;
+inline constexpr int kUserCopyQueueShift = kUserCopyTagShift + 16;
+inline constexpr uint64_t kUserCopyMaxBytes = 1ULL << kUserCopyTagShift;
+inline constexpr uint64_t UserCopyOffset(uint16_t q_id, uint16_t tag, uint32_t buf_off) {
+  return kUserCopyBase + (static_cast<uint64_t>(q_id) << kUserCopyQueueShift) +
+         (static_cast<uint64_t>(tag) << kUserCopyTagShift) + buf_off;
+}
+
 // ioctl-encoded command numbers (UBLK_U_CMD_* / UBLK_U_IO_*): _IOR/_IOWR('u',
 // nr, struct). 6.1 rejects these with EOPNOTSUPP.
 inline constexpr uint32_t IoctlCtrl(uint32_t nr) {
@@ -153,6 +194,8 @@ inline constexpr uint32_t IoctlCtrl(uint32_t nr) {
     case kCmdGetQueueAffinity:
     case kCmdGetDevInfo:
     case kCmdGetParams:
+    case kCmdGetDevInfo2:
+    case kCmdGetFeatures:
       return _IOR('u', nr, CtrlCmd);
     default:
       return _IOWR('u', nr, CtrlCmd);

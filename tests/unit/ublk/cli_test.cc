@@ -82,6 +82,35 @@ TEST(CliParseTest, ListJson) {
   EXPECT_TRUE(c->json);
 }
 
+TEST(CliParseTest, KernelFeatureOptions) {
+  auto d = Parse({"attach", "d.qcow2"});
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(d->user_copy, Toggle::kAuto);
+  EXPECT_EQ(d->unprivileged, Toggle::kAuto);
+  auto on = Parse({"attach", "--user-copy", "--unprivileged", "d.qcow2"});
+  ASSERT_TRUE(on.ok());
+  EXPECT_EQ(on->user_copy, Toggle::kOn);
+  EXPECT_EQ(on->unprivileged, Toggle::kOn);
+  auto off = Parse({"attach", "--no-user-copy", "d.qcow2"});
+  ASSERT_TRUE(off.ok());
+  EXPECT_EQ(off->user_copy, Toggle::kOff);
+  EXPECT_FALSE(Parse({"attach", "--user-copy=yes", "d.qcow2"}).ok());
+  EXPECT_FALSE(Parse({"list", "--user-copy"}).ok());
+  EXPECT_FALSE(Parse({"recover", "-n", "1", "--unprivileged"}).ok());
+}
+
+TEST(CliParseTest, Features) {
+  auto h = Parse({"features"});
+  ASSERT_TRUE(h.ok());
+  EXPECT_EQ(h->verb, Verb::kFeatures);
+  EXPECT_FALSE(h->json);
+  auto j = Parse({"features", "--output=json"});
+  ASSERT_TRUE(j.ok());
+  EXPECT_TRUE(j->json);
+  EXPECT_FALSE(Parse({"features", "extra"}).ok());
+  EXPECT_FALSE(Parse({"features", "--output", "xml"}).ok());
+}
+
 TEST(CliParseTest, Sizes) {
   EXPECT_EQ(*ParseSize("4096"), 4096u);
   EXPECT_EQ(*ParseSize("64K"), 65536u);

@@ -47,7 +47,7 @@ cleanup() {
   set +e
   for m in $(grep -o " $WORK[^ ]*" /proc/mounts | sort -r); do umount -l "$m"; done
   "$UQ" detach --all >/dev/null 2>&1
-  for log in /run/ublk-qcow2/*.log; do
+  for log in /run/ublk-qcow2/*.log /tmp/ublk-qcow2-*/*.log; do
     [[ -s $log && $rc != 0 ]] && { echo "--- $log"; tail -20 "$log"; }
   done
   rm -rf "$WORK"
