@@ -82,6 +82,8 @@ class Qcow2Image final : public Device {
   Stats stats() const;
   const cache::SliceCache& l2_cache() const { return p_->l2->cache(); }
   const cache::SliceCache& refcount_cache() const { return p_->refs->cache(); }
+  // The parts themselves, for tests and benchmarks of one part.
+  ImageParts& parts_for_testing() { return *p_; }
 
  private:
   explicit Qcow2Image(std::unique_ptr<ImageParts> parts);
