@@ -71,7 +71,7 @@ detach "$dev"
 # Writable multi-queue is refused with a reason.
 expect_error "queues" "$UQ" attach --queues 2 good.qcow2
 # Option errors.
-expect_error "unknown option" "$UQ" attach --bogus good.qcow2
+expect_error "unrecognized option '--bogus'" "$UQ" attach --bogus good.qcow2
 expect_error "no ublk device" "$UQ" detach /dev/ublkb999
 
 assert_no_devices
