@@ -5,7 +5,9 @@
 // target in sqe->user_data as a Completion*. user_data == 0 means "nobody
 // waits" (the CQE is dropped).
 //
-// Thread-safety: a loop is used only from the thread that runs it.
+// Thread-safety: a loop is used only from the thread that runs it, except
+// Post(), which any thread may call (see executor.h). Posted coroutines are
+// resumed by RunOnce once the loop's thread has called MakeCurrent().
 #ifndef UQ_SRC_IO_EVENT_LOOP_H_
 #define UQ_SRC_IO_EVENT_LOOP_H_
 
@@ -14,8 +16,11 @@
 #include <coroutine>
 #include <cstdint>
 #include <memory>
+#include <mutex>
+#include <vector>
 
 #include "absl/status/statusor.h"
+#include "src/io/executor.h"
 
 namespace uq::io {
 
@@ -28,7 +33,7 @@ class Completion {
   ~Completion() = default;
 };
 
-class EventLoop {
+class EventLoop final : public Executor {
  public:
   // `entries` SQ entries; `setup_flags` e.g. IORING_SETUP_SQE128 for the ublk
   // control ring.
@@ -52,8 +57,17 @@ class EventLoop {
   // Submits queued SQEs without waiting. Returns submitted count or -errno.
   int Submit();
 
-  // Number of SQEs submitted whose CQE has not been dispatched yet.
+  // Number of SQEs submitted whose CQE has not been dispatched yet (the wake
+  // read of a current loop included: it may deliver a posted coroutine).
   uint64_t in_flight() const { return in_flight_; }
+
+  // Makes this the calling thread's executor (executor.h) and arms the read
+  // of its eventfd through which Post() wakes it. Call from the loop's thread
+  // before its coroutines park on anything shared with other threads.
+  void MakeCurrent();
+  // Thread-safe: queues `h` and wakes the loop's thread, whose next RunOnce
+  // resumes it.
+  void Post(std::coroutine_handle<> h) override;
 
   // Awaitable for one SQE prepared by `prep(sqe)`: co_await yields the CQE's res.
   //   int32_t res = co_await loop.Op([&](io_uring_sqe* s) { io_uring_prep_fsync(s, fd, 0); });
@@ -82,10 +96,26 @@ class EventLoop {
   }
 
  private:
+  struct WakeCompletion final : Completion {
+    EventLoop* loop = nullptr;
+    void OnComplete(int32_t res, uint32_t cqe_flags) override;
+  };
+
   EventLoop() = default;
+  void ArmWake();
+  // Resumes every coroutine posted so far.
+  void RunPosted();
+
   io_uring ring_{};
   bool ring_ok_ = false;
   uint64_t in_flight_ = 0;
+  int wake_fd_ = -1;
+  bool wake_armed_ = false;
+  uint64_t wake_buf_ = 0;
+  WakeCompletion wake_completion_;
+  std::mutex post_mu_;
+  std::vector<std::coroutine_handle<>> posted_;  // guarded by post_mu_
+  std::vector<std::coroutine_handle<>> running_;  // loop thread only
   friend class EventLoopTestPeer;
 };
 

@@ -30,9 +30,13 @@ int MemFile::GrowTo(uint64_t end_bytes) {
 
 Task<int64_t> MemFile::ReadV(uint64_t offset_bytes, std::span<const iovec> iov) {
   uint64_t length = IovLength(iov);
-  ++counters_.reads;
-  counters_.bytes_read += length;
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    ++counters_.reads;
+    counters_.bytes_read += length;
+  }
   co_await Gate{this, {OpKind::kRead, offset_bytes, length}};
+  std::lock_guard<std::mutex> g(mu_);
   if (Overflows(offset_bytes, length) || length > std::numeric_limits<int64_t>::max()) {
     co_return -EINVAL;
   }
@@ -51,9 +55,13 @@ Task<int64_t> MemFile::ReadV(uint64_t offset_bytes, std::span<const iovec> iov) 
 
 Task<int64_t> MemFile::WriteV(uint64_t offset_bytes, std::span<const iovec> iov) {
   uint64_t length = IovLength(iov);
-  ++counters_.writes;
-  counters_.bytes_written += length;
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    ++counters_.writes;
+    counters_.bytes_written += length;
+  }
   co_await Gate{this, {OpKind::kWrite, offset_bytes, length}};
+  std::lock_guard<std::mutex> g(mu_);
   if (read_only_) co_return -EROFS;
   if (Overflows(offset_bytes, length) || length > std::numeric_limits<int64_t>::max()) {
     co_return -EINVAL;
@@ -65,14 +73,21 @@ Task<int64_t> MemFile::WriteV(uint64_t offset_bytes, std::span<const iovec> iov)
 }
 
 Task<int> MemFile::Flush() {
-  ++counters_.flushes;
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    ++counters_.flushes;
+  }
   co_await Gate{this, {OpKind::kFlush, 0, 0}};
   co_return 0;
 }
 
 Task<int> MemFile::Discard(uint64_t offset_bytes, uint64_t length_bytes) {
-  ++counters_.discards;
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    ++counters_.discards;
+  }
   co_await Gate{this, {OpKind::kDiscard, offset_bytes, length_bytes}};
+  std::lock_guard<std::mutex> g(mu_);
   if (read_only_) co_return -EROFS;
   if (Overflows(offset_bytes, length_bytes)) co_return -EINVAL;
   ZeroClipped(offset_bytes, length_bytes);
@@ -80,8 +95,12 @@ Task<int> MemFile::Discard(uint64_t offset_bytes, uint64_t length_bytes) {
 }
 
 Task<int> MemFile::WriteZeroes(uint64_t offset_bytes, uint64_t length_bytes) {
-  ++counters_.write_zeroes;
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    ++counters_.write_zeroes;
+  }
   co_await Gate{this, {OpKind::kWriteZeroes, offset_bytes, length_bytes}};
+  std::lock_guard<std::mutex> g(mu_);
   if (read_only_) co_return -EROFS;
   if (Overflows(offset_bytes, length_bytes)) co_return -EINVAL;
   ZeroClipped(offset_bytes, length_bytes);
@@ -93,8 +112,12 @@ Task<int> MemFile::WriteZeroes(uint64_t offset_bytes, uint64_t length_bytes) {
 }
 
 Task<int> MemFile::Truncate(uint64_t size_bytes) {
-  ++counters_.truncates;
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    ++counters_.truncates;
+  }
   co_await Gate{this, {OpKind::kTruncate, size_bytes, 0}};
+  std::lock_guard<std::mutex> g(mu_);
   if (read_only_) co_return -EROFS;
   if (size_bytes > max_size_bytes_) co_return -EFBIG;
   data_.resize(size_bytes);

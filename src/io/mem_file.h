@@ -19,16 +19,20 @@
 // Flush() has nothing to make durable here and returns 0; PowerLossFile models
 // durability on top of any BlockFile.
 //
-// Thread-safety: single thread. Pending operations are coroutine handles owned
-// by whoever owns their Tasks: destroying a MemFile with operations still
-// queued neither resumes nor destroys them (their owners must not resume
-// them either).
+// Thread-safety: in kImmediate mode the operations may run on several threads
+// at once (a mutex covers the contents, size and counters), as the queue
+// threads of one image do; the accessors (data(), counters(), mode changes)
+// and the whole of kDeferred mode are for one thread. Pending operations are
+// coroutine handles owned by whoever owns their Tasks: destroying a MemFile
+// with operations still queued neither resumes nor destroys them (their
+// owners must not resume them either).
 #ifndef UQ_SRC_IO_MEM_FILE_H_
 #define UQ_SRC_IO_MEM_FILE_H_
 
 #include <coroutine>
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
 #include <random>
 #include <vector>
 
@@ -76,7 +80,10 @@ class MemFile final : public BlockFile {
   Task<int> Discard(uint64_t offset_bytes, uint64_t length_bytes) override;
   Task<int> WriteZeroes(uint64_t offset_bytes, uint64_t length_bytes) override;
   Task<int> Truncate(uint64_t size_bytes) override;
-  uint64_t size_bytes() const override { return data_.size(); }
+  uint64_t size_bytes() const override {
+    std::lock_guard<std::mutex> g(mu_);
+    return data_.size();
+  }
   bool read_only() const override { return read_only_; }
 
   // The contents. Tests may read and modify them freely between operations
@@ -135,6 +142,7 @@ class MemFile final : public BlockFile {
   int GrowTo(uint64_t end_bytes);
 
   Mode mode_;
+  mutable std::mutex mu_;  // contents, size, counters (see Thread-safety)
   std::vector<std::byte> data_;
   bool read_only_ = false;
   uint64_t max_size_bytes_ = kDefaultMaxSizeBytes;
