@@ -8,11 +8,32 @@
 
 namespace uq::cache {
 
+namespace {
+
+// Shards of a cache: one for small caches (exact LRU), up to 16 for large
+// ones (at least 64 slices each).
+size_t ShardCount(uint64_t capacity_slices) {
+  size_t n = 1;
+  while (n < 16 && capacity_slices / (n * 2) >= 64) n *= 2;
+  return n;
+}
+
+}  // namespace
+
 uint64_t SliceCache::Ref::offset_bytes() const { return entry_->offset_bytes; }
 std::span<std::byte> SliceCache::Ref::data() { return entry_->data; }
 std::span<const std::byte> SliceCache::Ref::data() const { return entry_->data; }
-void SliceCache::Ref::MarkDirty() { ++entry_->dirty_gen; }
-bool SliceCache::Ref::dirty() const { return entry_->dirty(); }
+std::unique_lock<std::mutex> SliceCache::Ref::LockData() {
+  return std::unique_lock<std::mutex>(entry_->data_mu);
+}
+void SliceCache::Ref::MarkDirty() {
+  std::lock_guard<std::mutex> g(entry_->shard->mu);
+  ++entry_->dirty_gen;
+}
+bool SliceCache::Ref::dirty() const {
+  std::lock_guard<std::mutex> g(entry_->shard->mu);
+  return entry_->dirty();
+}
 void SliceCache::Ref::Reset() {
   if (entry_ != nullptr) cache_->Unpin(std::exchange(entry_, nullptr));
 }
@@ -22,73 +43,114 @@ SliceCache::SliceCache(io::BlockFile* file, uint32_t slice_bytes, uint64_t capac
     : file_(file),
       slice_bytes_(slice_bytes),
       capacity_slices_(std::max<uint64_t>(2, (capacity_bytes + slice_bytes - 1) / slice_bytes)),
-      name_(std::move(name)) {}
+      name_(std::move(name)),
+      shards_(ShardCount(capacity_slices_)) {
+  for (Shard& sh : shards_) sh.capacity_slices = capacity_slices_ / shards_.size();
+}
 
 SliceCache::~SliceCache() = default;
 
 bool SliceCache::has_dirty() const {
-  for (const auto& [offset, e] : entries_) {
-    if (e->dirty()) return true;
+  for (const Shard& sh : shards_) {
+    std::lock_guard<std::mutex> g(sh.mu);
+    for (const auto& [offset, e] : sh.entries) {
+      if (e->dirty()) return true;
+    }
   }
   return false;
 }
 
-void SliceCache::Unpin(Entry* e) { --e->pins; }
+size_t SliceCache::size() const {
+  size_t n = 0;
+  for (const Shard& sh : shards_) {
+    std::lock_guard<std::mutex> g(sh.mu);
+    n += sh.entries.size();
+  }
+  return n;
+}
 
-void SliceCache::Touch(Entry* e) { lru_.splice(lru_.begin(), lru_, e->lru_it); }
+SliceCache::Stats SliceCache::stats() const {
+  Stats s;
+  s.hits = hits_.load(std::memory_order_relaxed);
+  s.misses = misses_.load(std::memory_order_relaxed);
+  s.evictions = evictions_.load(std::memory_order_relaxed);
+  s.writebacks = writebacks_.load(std::memory_order_relaxed);
+  s.writes = writes_.load(std::memory_order_relaxed);
+  return s;
+}
+
+void SliceCache::Unpin(Entry* e) {
+  std::lock_guard<std::mutex> g(e->shard->mu);
+  --e->pins;
+}
+
+void SliceCache::Touch(Entry* e) { e->shard->lru.splice(e->shard->lru.begin(), e->shard->lru, e->lru_it); }
+
+std::vector<std::byte> SliceCache::TakeBuffer(Shard& sh) {
+  if (sh.spare_buffers.empty()) return std::vector<std::byte>(slice_bytes_);
+  std::vector<std::byte> b = std::move(sh.spare_buffers.back());
+  sh.spare_buffers.pop_back();
+  return b;
+}
 
 Task<int> SliceCache::Load(Entry* e) {
-  e->loading = true;
+  // `loading` keeps everyone else off the bytes until the read completes.
   int64_t r = co_await file_->Read(e->offset_bytes, e->data);
-  e->loading = false;
-  e->valid = r >= 0;
-  e->waiters.WakeAll();
+  WaitNode* waiters;
+  {
+    std::lock_guard<std::mutex> g(e->shard->mu);
+    e->loading = false;
+    e->valid = r >= 0;
+    waiters = e->waiters.TakeAll();
+  }
+  WakeNodes(waiters);
   co_return r < 0 ? static_cast<int>(r) : 0;
 }
 
-const std::byte* SliceCache::Peek(uint64_t offset_bytes) {
-  auto it = entries_.find(offset_bytes);
-  if (it == entries_.end()) return nullptr;
-  Entry* e = it->second.get();
-  if (!e->valid || e->loading) return nullptr;
-  Touch(e);
-  ++stats_.hits;
-  return e->data.data();
-}
-
 Task<int> SliceCache::Get(uint64_t offset_bytes, Ref* out) {
-  auto it = entries_.find(offset_bytes);
-  if (it != entries_.end()) {
+  Shard& sh = ShardOf(offset_bytes);
+  std::unique_lock<std::mutex> lock(sh.mu);
+  auto it = sh.entries.find(offset_bytes);
+  if (it != sh.entries.end()) {
     Entry* e = it->second.get();
     ++e->pins;
     Touch(e);
-    while (e->loading) co_await e->waiters.Wait();
+    while (e->loading) {
+      co_await e->waiters.Wait(lock);
+      lock.lock();
+    }
     if (!e->valid) {
       // An earlier load failed: retry it ourselves.
+      e->loading = true;
+      lock.unlock();
       int r = co_await Load(e);
       if (r < 0) {
         Unpin(e);
         co_return r;
       }
+    } else {
+      lock.unlock();
     }
-    ++stats_.hits;
+    hits_.fetch_add(1, std::memory_order_relaxed);
     *out = Ref(this, e);
     co_return 0;
   }
 
-  ++stats_.misses;
+  misses_.fetch_add(1, std::memory_order_relaxed);
   auto owned = std::make_unique<Entry>();
   Entry* e = owned.get();
+  e->shard = &sh;
   e->offset_bytes = offset_bytes;
-  e->data = TakeBuffer();
+  e->data = TakeBuffer(sh);
   e->pins = 1;
-  e->loading = true;  // claims the load before any suspension
-  lru_.push_front(e);
-  e->lru_it = lru_.begin();
-  entries_.emplace(offset_bytes, std::move(owned));
+  e->loading = true;  // claims the load before the lock is dropped
+  sh.lru.push_front(e);
+  e->lru_it = sh.lru.begin();
+  sh.entries.emplace(offset_bytes, std::move(owned));
+  lock.unlock();
 
   // Make room first (may write back dirty slices), then read.
-  co_await EvictIfOverBudget();
+  co_await EvictIfOverBudget(sh);
   int r = co_await Load(e);
   if (r < 0) {
     Unpin(e);
@@ -98,11 +160,11 @@ Task<int> SliceCache::Get(uint64_t offset_bytes, Ref* out) {
   co_return 0;
 }
 
-Task<int> SliceCache::EvictIfOverBudget() {
-  int result = 0;
-  while (entries_.size() > capacity_slices_) {
+Task<int> SliceCache::EvictIfOverBudget(Shard& sh) {
+  std::unique_lock<std::mutex> lock(sh.mu);
+  while (sh.entries.size() > sh.capacity_slices) {
     Entry* victim = nullptr;
-    for (auto rit = lru_.rbegin(); rit != lru_.rend(); ++rit) {
+    for (auto rit = sh.lru.rbegin(); rit != sh.lru.rend(); ++rit) {
       Entry* e = *rit;
       if (e->pins == 0 && !e->loading && !e->writing) {
         victim = e;
@@ -112,40 +174,55 @@ Task<int> SliceCache::EvictIfOverBudget() {
     if (victim == nullptr) break;  // everything pinned: run over budget
     if (victim->dirty()) {
       ++victim->pins;
+      lock.unlock();
       std::vector<Entry*> one(1, victim);
       int r = co_await WriteBack(std::move(one));
       Unpin(victim);
-      if (r < 0) {
-        result = r;
-        break;  // keep it dirty; the next flush reports the error
-      }
+      // Keep it dirty on failure; the next flush reports the error.
+      if (r < 0) co_return r;
+      lock.lock();
       continue;  // state may have changed while writing: pick again
     }
-    ++stats_.evictions;
-    lru_.erase(victim->lru_it);
-    auto node = entries_.extract(victim->offset_bytes);
-    spare_buffers_.push_back(std::move(node.mapped()->data));
+    evictions_.fetch_add(1, std::memory_order_relaxed);
+    sh.lru.erase(victim->lru_it);
+    auto node = sh.entries.extract(victim->offset_bytes);
+    sh.spare_buffers.push_back(std::move(node.mapped()->data));
   }
-  co_return result;
+  co_return 0;
 }
 
 Task<int> SliceCache::WriteBack(std::vector<Entry*> batch) {
-  // One writer per slice at a time: wait out a write-back already running.
-  for (Entry* e : batch) {
-    while (e->writing) co_await e->waiters.Wait();
-  }
   struct Copy {
     Entry* entry;
     uint64_t gen;
     std::vector<std::byte> bytes;
   };
+  // One writer per slice at a time: wait out write-backs already running,
+  // claiming nothing meanwhile (holding one slice while waiting for another
+  // could deadlock two write-backs); then claim, skipping a slice another
+  // writer claimed since (it writes it: Flush waits for its generation).
+  for (Entry* e : batch) {
+    std::unique_lock<std::mutex> lock(e->shard->mu);
+    while (e->writing) {
+      co_await e->waiters.Wait(lock);
+      lock.lock();
+    }
+  }
   std::vector<Copy> copies;
   for (Entry* e : batch) {
+    std::unique_lock<std::mutex> lock(e->shard->mu);
     if (!e->valid || !e->dirty() || e->writing) continue;
     e->writing = true;
-    std::vector<std::byte> bytes = TakeBuffer();
-    std::copy(e->data.begin(), e->data.end(), bytes.begin());
-    copies.push_back({e, e->dirty_gen, std::move(bytes)});
+    // The generation first, then the bytes: a store that lands after the
+    // copy bumps the generation after this read, so the slice stays dirty.
+    const uint64_t gen = e->dirty_gen;
+    std::vector<std::byte> bytes = TakeBuffer(*e->shard);
+    lock.unlock();
+    {
+      std::lock_guard<std::mutex> data_lock(e->data_mu);
+      std::copy(e->data.begin(), e->data.end(), bytes.begin());
+    }
+    copies.push_back({e, gen, std::move(bytes)});
   }
   if (copies.empty()) co_return 0;
   // Adjacent slices go out as one write.
@@ -155,7 +232,9 @@ Task<int> SliceCache::WriteBack(std::vector<Entry*> batch) {
 
   int result = 0;
   if (hook_) result = co_await hook_();
-  for (size_t i = 0; result >= 0 && i < copies.size();) {
+  size_t written = 0;  // copies[0, written) reached the file
+  while (result >= 0 && written < copies.size()) {
+    const size_t i = written;
     size_t j = i + 1;
     while (j < copies.size() && j - i < kMaxSlicesPerWrite &&
            copies[j].entry->offset_bytes == copies[j - 1].entry->offset_bytes + slice_bytes_) {
@@ -171,29 +250,27 @@ Task<int> SliceCache::WriteBack(std::vector<Entry*> batch) {
       result = static_cast<int>(r);
       break;
     }
-    for (size_t k = i; k < j; ++k) {
-      Copy& c = copies[k];
-      ++stats_.writebacks;
-      c.entry->written_gen = std::max(c.entry->written_gen, c.gen);
-      // Modified again while in flight: stays dirty for the next write-back.
-      if (c.entry->dirty_gen == c.gen) c.entry->clean_gen = c.gen;
+    writes_.fetch_add(1, std::memory_order_relaxed);
+    writebacks_.fetch_add(j - i, std::memory_order_relaxed);
+    written = j;
+  }
+  for (size_t k = 0; k < copies.size(); ++k) {
+    Copy& c = copies[k];
+    WaitNode* waiters;
+    {
+      std::lock_guard<std::mutex> g(c.entry->shard->mu);
+      if (k < written) {
+        c.entry->written_gen = std::max(c.entry->written_gen, c.gen);
+        // Modified again while in flight: stays dirty for the next write-back.
+        if (c.entry->dirty_gen == c.gen) c.entry->clean_gen = c.gen;
+      }
+      c.entry->writing = false;
+      c.entry->shard->spare_buffers.push_back(std::move(c.bytes));
+      waiters = c.entry->waiters.TakeAll();
     }
-    ++stats_.writes;
-    i = j;
+    WakeNodes(waiters);
   }
-  for (Copy& c : copies) {
-    c.entry->writing = false;
-    spare_buffers_.push_back(std::move(c.bytes));
-  }
-  for (Copy& c : copies) c.entry->waiters.WakeAll();
   co_return result;
-}
-
-std::vector<std::byte> SliceCache::TakeBuffer() {
-  if (spare_buffers_.empty()) return std::vector<std::byte>(slice_bytes_);
-  std::vector<std::byte> b = std::move(spare_buffers_.back());
-  spare_buffers_.pop_back();
-  return b;
 }
 
 Task<int> SliceCache::Flush() {
@@ -203,16 +280,20 @@ Task<int> SliceCache::Flush() {
   // writer grabbed first, so repeat until each slice's written generation
   // reaches what it was at the call.
   std::vector<std::pair<Entry*, uint64_t>> want;
-  for (auto& [offset, e] : entries_) {
-    if (e->dirty() || e->writing) {
-      ++e->pins;
-      want.emplace_back(e.get(), e->dirty_gen);
+  for (Shard& sh : shards_) {
+    std::lock_guard<std::mutex> g(sh.mu);
+    for (auto& [offset, e] : sh.entries) {
+      if (e->dirty() || e->writing) {
+        ++e->pins;
+        want.emplace_back(e.get(), e->dirty_gen);
+      }
     }
   }
   int r = 0;
   for (;;) {
     std::vector<Entry*> batch;
     for (const auto& [e, gen] : want) {
+      std::lock_guard<std::mutex> g(e->shard->mu);
       if (e->written_gen < gen) batch.push_back(e);
     }
     if (batch.empty()) break;
@@ -226,17 +307,21 @@ Task<int> SliceCache::Flush() {
 Task<void> SliceCache::Drop(uint64_t offset_bytes, uint64_t length_bytes) {
   uint64_t end = offset_bytes + length_bytes;
   for (uint64_t off = offset_bytes / slice_bytes_ * slice_bytes_; off < end; off += slice_bytes_) {
-    auto it = entries_.find(off);
-    if (it == entries_.end()) continue;
+    Shard& sh = ShardOf(off);
+    std::unique_lock<std::mutex> lock(sh.mu);
+    auto it = sh.entries.find(off);
+    if (it == sh.entries.end()) continue;
     Entry* e = it->second.get();
     ++e->pins;  // keeps it alive while we wait
-    while (e->writing || e->loading) co_await e->waiters.Wait();
+    while (e->writing || e->loading) {
+      co_await e->waiters.Wait(lock);
+      lock.lock();
+    }
     --e->pins;
     if (e->pins != 0) continue;
-    it = entries_.find(off);
-    lru_.erase(e->lru_it);
-    auto node = entries_.extract(it);
-    spare_buffers_.push_back(std::move(node.mapped()->data));
+    sh.lru.erase(e->lru_it);
+    auto node = sh.entries.extract(off);
+    sh.spare_buffers.push_back(std::move(node.mapped()->data));
   }
 }
 

@@ -8,8 +8,9 @@
 // Bounded memory: at most capacity_bytes / slice_bytes slices are kept, except
 // that pinned (and loading) slices are never evicted, so with more concurrent
 // users than slots the cache temporarily exceeds its budget by the number of
-// pins. Eviction takes the least recently used clean unpinned slice; when only
-// dirty ones remain, the LRU dirty slice is written back first.
+// pins. Eviction takes the least recently used clean unpinned slice (of the
+// slice's shard, see below); when only dirty ones remain, the LRU dirty slice
+// is written back first.
 //
 // Concurrent misses of one slice share one read: the first caller loads, the
 // others park on the slice's wait list.
@@ -17,23 +18,33 @@
 // Write-back ordering: before any slice of this cache is written (flush or
 // eviction), the cache takes a private copy of every slice it is about to
 // write, then awaits the writeback hook, then writes the copies (adjacent
-// slices in one write). The engine's
-// L2 cache hook flushes the refcount cache and fsyncs the file(s), so every
-// L2 entry that reaches the disk has durable refcounts and durable data (both
-// were in place before the copy was taken). Modifications made while a write
-// is in flight leave the slice dirty (a generation counter per slice).
+// slices in one write). The engine's L2 cache hook flushes the refcount cache
+// and fsyncs the file(s), so every L2 entry that reaches the disk has durable
+// refcounts and durable data (both were in place before the copy was taken).
+// Modifications made while a write is in flight leave the slice dirty (a
+// generation counter per slice).
 //
-// Thread-safety: one event loop thread. The multi-queue engine will need a
-// lock per slice (or one metadata owner thread) around Get/MarkDirty; Ref
-// pins are the only per-request state, so they can move to queue threads.
+// Thread-safety: thread-safe (the queue threads of one image share it). The
+// slices are spread over shards by offset, each with its own mutex, LRU and
+// share of the budget (one shard for small caches, so their LRU is exact);
+// a lookup locks one shard, never the whole cache, and no mutex is held
+// across a suspension. A slice's bytes are read without a lock by holders of
+// a pin; writers of slice bytes hold Ref::LockData() while they store and
+// call MarkDirty() after, and write-back copies under the same lock after
+// reading the generation, so a copy never tears an entry and never marks a
+// newer store clean. Keeping two writers of the same bytes apart is the
+// caller's job (the engine's cluster locks and metadata lock).
+// The file: I/O goes through the BlockFile of whichever thread runs it.
 #ifndef UQ_CACHE_SLICE_CACHE_H_
 #define UQ_CACHE_SLICE_CACHE_H_
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <list>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <unordered_map>
@@ -48,6 +59,7 @@ namespace uq::cache {
 class SliceCache {
  private:
   struct Entry;
+  struct Shard;
 
  public:
   struct Stats {
@@ -80,7 +92,10 @@ class SliceCache {
     uint64_t offset_bytes() const;
     std::span<std::byte> data();
     std::span<const std::byte> data() const;
-    // Records a modification: the slice will be written back.
+    // Held while storing into data() (see the file comment).
+    std::unique_lock<std::mutex> LockData();
+    // Records a modification (after storing it): the slice will be written
+    // back.
     void MarkDirty();
     // Modified since last written (a write-back in flight does not count as
     // written until it completes).
@@ -105,10 +120,6 @@ class SliceCache {
   // Returns 0 or -errno (a failed read leaves nothing cached).
   Task<int> Get(uint64_t offset_bytes, Ref* out);
 
-  // The cached bytes of a loaded slice, or nullptr on a miss; no pin, no I/O.
-  // The pointer is valid until the caller next suspends.
-  const std::byte* Peek(uint64_t offset_bytes);
-
   // Writes every dirty slice back (through the hook). Does not fsync. When it
   // returns, every modification made before the call has been written (also
   // those a concurrent write-back was already writing): safe to call from
@@ -120,19 +131,23 @@ class SliceCache {
   Task<void> Drop(uint64_t offset_bytes, uint64_t length_bytes);
 
   // Called (and awaited) before any slice of this cache is written.
+  // REQUIRES: set before the cache is shared.
   void set_writeback_hook(std::function<Task<int>()> hook) { hook_ = std::move(hook); }
 
   bool has_dirty() const;
   uint32_t slice_bytes() const { return slice_bytes_; }
   uint64_t capacity_slices() const { return capacity_slices_; }
-  size_t size() const { return entries_.size(); }
-  const Stats& stats() const { return stats_; }
+  size_t size() const;
+  Stats stats() const;
   const std::string& name() const { return name_; }
 
  private:
   struct Entry {
+    Shard* shard = nullptr;
     uint64_t offset_bytes = 0;
     std::vector<std::byte> data;
+    std::mutex data_mu;  // stores into `data` vs write-back copies
+    // Guarded by shard->mu:
     uint32_t pins = 0;
     bool valid = false;
     bool loading = false;
@@ -144,16 +159,27 @@ class SliceCache {
     std::list<Entry*>::iterator lru_it;
     bool dirty() const { return dirty_gen != clean_gen; }
   };
+  struct Shard {
+    mutable std::mutex mu;
+    std::unordered_map<uint64_t, std::unique_ptr<Entry>> entries;
+    std::list<Entry*> lru;  // front = most recently used
+    std::vector<std::vector<std::byte>> spare_buffers;
+    uint64_t capacity_slices = 0;
+  };
 
+  Shard& ShardOf(uint64_t offset_bytes) {
+    return shards_[(offset_bytes / slice_bytes_) & (shards_.size() - 1)];
+  }
   void Unpin(Entry* e);
-  void Touch(Entry* e);
+  // REQUIRES: e->shard->mu.
+  static void Touch(Entry* e);
+  std::vector<std::byte> TakeBuffer(Shard& sh);  // REQUIRES: sh.mu
+  // Reads the slice; REQUIRES: the caller set e->loading.
   Task<int> Load(Entry* e);
-  Task<int> EvictIfOverBudget();
+  Task<int> EvictIfOverBudget(Shard& sh);
   // Writes the dirty ones among `batch` (each pinned by the caller); runs of
   // adjacent slices go out as one write.
   Task<int> WriteBack(std::vector<Entry*> batch);
-  // A slice-sized buffer, recycled from evicted slices and write-back copies.
-  std::vector<std::byte> TakeBuffer();
 
   static constexpr size_t kMaxSlicesPerWrite = 256;
 
@@ -162,10 +188,12 @@ class SliceCache {
   uint64_t capacity_slices_;
   std::string name_;
   std::function<Task<int>()> hook_;
-  std::unordered_map<uint64_t, std::unique_ptr<Entry>> entries_;
-  std::list<Entry*> lru_;  // front = most recently used
-  std::vector<std::vector<std::byte>> spare_buffers_;
-  Stats stats_;
+  std::vector<Shard> shards_;  // a power of two
+  std::atomic<uint64_t> hits_{0};
+  std::atomic<uint64_t> misses_{0};
+  std::atomic<uint64_t> evictions_{0};
+  std::atomic<uint64_t> writebacks_{0};
+  std::atomic<uint64_t> writes_{0};
 };
 
 }  // namespace uq::cache

@@ -1,57 +1,103 @@
-// Coroutine parking primitives for one event loop: WaitList (park until
-// woken), AsyncMutex (FIFO, hands ownership to the next waiter) and KeyedRwLock
-// (shared/exclusive lock per 64-bit key, FIFO so writers do not starve).
+// Coroutine parking primitives, safe to share between the queue threads of
+// one image: WaitList (park until woken, under the owner's mutex), AsyncMutex
+// (FIFO, hands ownership to the next waiter) and KeyedRwLock (shared /
+// exclusive locks per 64-bit key, FIFO so writers do not starve, sharded so
+// unrelated keys never contend).
 //
-// Waking resumes the parked coroutines synchronously, on the waker's stack, in
-// FIFO order. Callers finish their own state updates before waking and do not
-// touch state that a resumed coroutine may destroy afterwards.
+// A parked coroutine records its thread's executor (src/io/executor.h).
+// Waking resumes it inline when the waker runs on that same thread (as a
+// single-threaded engine always did) and otherwise posts it to its own
+// thread's loop: a coroutine never runs on another queue's thread. Wakers
+// finish their own state updates and release their mutexes before waking,
+// and do not touch state a resumed coroutine may destroy.
 //
-// Thread-safety: none; every primitive belongs to one event loop thread. (A
-// multi-queue engine gives each queue its own, or replaces them with
-// std::mutex-guarded versions that post the wake-up to the waiter's loop.)
+// Waiters are linked through nodes inside their awaiters (in the coroutine
+// frames): parking allocates nothing, and neither does taking an uncontended
+// lock once a KeyedRwLock shard's table has grown to its peak.
+//
+// Thread-safety: AsyncMutex and KeyedRwLock are thread-safe; their internal
+// std::mutex sections are short and never span a suspension. WaitList is
+// guarded by its owner's mutex (see Wait).
 #ifndef UQ_CACHE_WAIT_LIST_H_
 #define UQ_CACHE_WAIT_LIST_H_
 
+#include <array>
 #include <coroutine>
 #include <cstdint>
-#include <deque>
+#include <mutex>
 #include <utility>
-#include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "src/io/executor.h"
 
 namespace uq::cache {
 
+// A parked coroutine: where it is and where to resume it.
+struct WaitNode {
+  std::coroutine_handle<> handle;
+  io::Executor* executor = nullptr;
+  WaitNode* next = nullptr;
+};
+
+// Resumes every node of a detached list (each on its own thread).
+inline void WakeNodes(WaitNode* head) {
+  while (head != nullptr) {
+    WaitNode* n = head;
+    head = n->next;  // read before resuming: the node dies with its frame
+    io::ResumeOn(n->executor, n->handle);
+  }
+}
+
+// A FIFO list of parked coroutines, guarded by its owner's mutex.
 class WaitList {
  public:
   WaitList() = default;
   WaitList(const WaitList&) = delete;
   WaitList& operator=(const WaitList&) = delete;
 
-  // co_await list.Wait(): parks until WakeAll().
-  auto Wait() {
+  // co_await list.Wait(lock): parks and releases `lock` (which guards this
+  // list and the condition the caller checked); the caller re-locks after
+  // waking. REQUIRES: `lock` owns the owner's mutex.
+  auto Wait(std::unique_lock<std::mutex>& lock) {
     struct Awaiter {
       WaitList* list;
+      std::unique_lock<std::mutex>* lock;
+      WaitNode node;
       bool await_ready() const noexcept { return false; }
-      void await_suspend(std::coroutine_handle<> h) { list->waiters_.push_back(h); }
+      void await_suspend(std::coroutine_handle<> h) {
+        node.handle = h;
+        node.executor = io::Executor::Current();
+        list->Append(&node);
+        lock->unlock();
+      }
       void await_resume() const noexcept {}
     };
-    return Awaiter{this};
+    return Awaiter{this, &lock, {}};
   }
 
-  // Resumes every coroutine parked so far. `this` may be destroyed by the
-  // resumed coroutines: the list is moved out first.
-  void WakeAll() {
-    if (waiters_.empty()) return;
-    std::vector<std::coroutine_handle<>> waiters = std::move(waiters_);
-    waiters_.clear();
-    for (std::coroutine_handle<> h : waiters) h.resume();
+  // Detaches every parked coroutine, for WakeNodes once the owner's mutex is
+  // released. REQUIRES: the owner's mutex.
+  WaitNode* TakeAll() {
+    WaitNode* head = head_;
+    head_ = tail_ = nullptr;
+    return head;
   }
 
-  bool empty() const { return waiters_.empty(); }
+  bool empty() const { return head_ == nullptr; }
 
  private:
-  std::vector<std::coroutine_handle<>> waiters_;
+  void Append(WaitNode* n) {
+    n->next = nullptr;
+    if (tail_ != nullptr) {
+      tail_->next = n;
+    } else {
+      head_ = n;
+    }
+    tail_ = n;
+  }
+
+  WaitNode* head_ = nullptr;
+  WaitNode* tail_ = nullptr;
 };
 
 class AsyncMutex {
@@ -64,33 +110,62 @@ class AsyncMutex {
   auto Lock() {
     struct Awaiter {
       AsyncMutex* m;
+      WaitNode node;
       bool await_ready() noexcept {
+        std::lock_guard<std::mutex> g(m->mu_);
         if (m->locked_) return false;
         m->locked_ = true;
         return true;
       }
-      void await_suspend(std::coroutine_handle<> h) { m->waiters_.push_back(h); }
+      bool await_suspend(std::coroutine_handle<> h) {
+        std::lock_guard<std::mutex> g(m->mu_);
+        if (!m->locked_) {  // unlocked since await_ready
+          m->locked_ = true;
+          return false;
+        }
+        node.handle = h;
+        node.executor = io::Executor::Current();
+        node.next = nullptr;
+        if (m->tail_ != nullptr) {
+          m->tail_->next = &node;
+        } else {
+          m->head_ = &node;
+        }
+        m->tail_ = &node;
+        return true;
+      }
       void await_resume() const noexcept {}
     };
-    return Awaiter{this};
+    return Awaiter{this, {}};
   }
 
-  // Hands the lock to the oldest waiter (resumed now) or releases it.
+  // Hands the lock to the oldest waiter (resumed on its thread) or releases
+  // it.
   void Unlock() {
-    if (waiters_.empty()) {
-      locked_ = false;
-      return;
+    WaitNode* next;
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      next = head_;
+      if (next == nullptr) {
+        locked_ = false;
+        return;
+      }
+      head_ = next->next;
+      if (head_ == nullptr) tail_ = nullptr;
     }
-    std::coroutine_handle<> next = waiters_.front();
-    waiters_.pop_front();
-    next.resume();
+    io::ResumeOn(next->executor, next->handle);
   }
 
-  bool locked() const { return locked_; }
+  bool locked() const {
+    std::lock_guard<std::mutex> g(mu_);
+    return locked_;
+  }
 
  private:
+  mutable std::mutex mu_;
   bool locked_ = false;
-  std::deque<std::coroutine_handle<>> waiters_;
+  WaitNode* head_ = nullptr;
+  WaitNode* tail_ = nullptr;
 };
 
 // RAII holder for an AsyncMutex already locked by the caller.
@@ -111,14 +186,11 @@ class MutexGuard {
 };
 
 // Shared/exclusive locks keyed by a 64-bit value (the engine keys them by guest
-// cluster index). State exists only while a key is held or waited on; waiters
-// are linked through nodes inside their own awaiters (coroutine frames), and
-// the table is a flat hash map, so taking an uncontended lock allocates
-// nothing once the table has grown to the peak number of held keys.
+// cluster index). State exists only while a key is held or waited on.
 class KeyedRwLock {
  private:
   struct Waiter {
-    std::coroutine_handle<> handle;
+    WaitNode node;
     bool exclusive = false;
     Waiter* next = nullptr;
   };
@@ -128,6 +200,12 @@ class KeyedRwLock {
     Waiter* head = nullptr;
     Waiter* tail = nullptr;
   };
+  struct Shard {
+    std::mutex mu;
+    absl::flat_hash_map<uint64_t, State> states;
+  };
+  static constexpr size_t kShards = 64;
+  Shard& ShardOf(uint64_t key) { return shards_[(key * 0x9e3779b97f4a7c15ull) >> 58]; }
 
  public:
   KeyedRwLock() = default;
@@ -140,9 +218,8 @@ class KeyedRwLock {
       KeyedRwLock* l;
       uint64_t key;
       bool exclusive;
-      Waiter node;
-      bool await_ready() {
-        State& s = l->states_[key];
+      Waiter w;
+      bool TryTake(State& s) {
         if (s.head == nullptr && !s.writer && (!exclusive || s.readers == 0)) {
           if (exclusive) {
             s.writer = true;
@@ -153,17 +230,27 @@ class KeyedRwLock {
         }
         return false;
       }
-      void await_suspend(std::coroutine_handle<> h) {
-        node.handle = h;
-        node.exclusive = exclusive;
-        node.next = nullptr;
-        State& s = l->states_[key];
+      bool await_ready() {
+        Shard& sh = l->ShardOf(key);
+        std::lock_guard<std::mutex> g(sh.mu);
+        return TryTake(sh.states[key]);
+      }
+      bool await_suspend(std::coroutine_handle<> h) {
+        Shard& sh = l->ShardOf(key);
+        std::lock_guard<std::mutex> g(sh.mu);
+        State& s = sh.states[key];
+        if (TryTake(s)) return false;  // released since await_ready
+        w.node.handle = h;
+        w.node.executor = io::Executor::Current();
+        w.exclusive = exclusive;
+        w.next = nullptr;
         if (s.tail != nullptr) {
-          s.tail->next = &node;
+          s.tail->next = &w;
         } else {
-          s.head = &node;
+          s.head = &w;
         }
-        s.tail = &node;
+        s.tail = &w;
+        return true;
       }
       void await_resume() const noexcept {}
     };
@@ -171,42 +258,49 @@ class KeyedRwLock {
   }
 
   void Unlock(uint64_t key, bool exclusive) {
-    auto it = states_.find(key);
-    State& s = it->second;
-    if (exclusive) {
-      s.writer = false;
-    } else {
-      --s.readers;
-    }
-    // Grant to the front of the queue: one writer, or every leading reader.
-    Waiter* granted = nullptr;
-    Waiter** granted_tail = &granted;
-    while (s.head != nullptr && !s.writer) {
-      Waiter* w = s.head;
-      if (w->exclusive) {
-        if (s.readers != 0) break;
-        s.writer = true;
+    WaitNode* granted = nullptr;
+    WaitNode** granted_tail = &granted;
+    {
+      Shard& sh = ShardOf(key);
+      std::lock_guard<std::mutex> g(sh.mu);
+      auto it = sh.states.find(key);
+      State& s = it->second;
+      if (exclusive) {
+        s.writer = false;
       } else {
-        ++s.readers;
+        --s.readers;
       }
-      s.head = w->next;
-      if (s.head == nullptr) s.tail = nullptr;
-      w->next = nullptr;
-      *granted_tail = w;
-      granted_tail = &w->next;
+      // Grant to the front of the queue: one writer, or every leading reader.
+      while (s.head != nullptr && !s.writer) {
+        Waiter* w = s.head;
+        if (w->exclusive) {
+          if (s.readers != 0) break;
+          s.writer = true;
+        } else {
+          ++s.readers;
+        }
+        s.head = w->next;
+        if (s.head == nullptr) s.tail = nullptr;
+        w->node.next = nullptr;
+        *granted_tail = &w->node;
+        granted_tail = &w->node.next;
+      }
+      if (!s.writer && s.readers == 0 && s.head == nullptr) sh.states.erase(it);
     }
-    if (!s.writer && s.readers == 0 && s.head == nullptr) states_.erase(it);
-    while (granted != nullptr) {
-      Waiter* w = granted;
-      granted = w->next;  // read before resuming: the node dies with its frame
-      w->handle.resume();
-    }
+    WakeNodes(granted);
   }
 
-  size_t held_keys() const { return states_.size(); }
+  size_t held_keys() {
+    size_t n = 0;
+    for (Shard& sh : shards_) {
+      std::lock_guard<std::mutex> g(sh.mu);
+      n += sh.states.size();
+    }
+    return n;
+  }
 
  private:
-  absl::flat_hash_map<uint64_t, State> states_;
+  std::array<Shard, kShards> shards_;
 };
 
 // RAII holder for a KeyedRwLock key already locked by the caller.
