@@ -56,8 +56,9 @@ Task<int> CompressedPath::Store(uint64_t g, std::span<std::byte> buffer,
   ne.type = ClusterType::kCompressed;
   ne.compressed_offset = static_cast<uint64_t>(host);
   ne.compressed_length = compressed_bytes;
-  p_->l2->QueueFree(ce.entry);
+  const L2Entry old = ce.entry;
   p_->l2->Store(ce.slot, ne);
+  p_->l2->QueueFree(old);  // after the entry that replaces it (see WritePath)
   co_return 0;
 }
 

@@ -6,15 +6,19 @@
 // request piece holds at most one at a time) before MetaFile::lock(); nothing
 // holding MetaFile::lock() waits for a cluster lock.
 //
-// Thread-safety: one event loop thread.
+// Thread-safety: the parts are thread-safe (each header says how), so the
+// queue threads of one image share one ImageParts; per-request state lives in
+// the request's coroutines.
 #ifndef UQ_SRC_ENGINE_IMAGE_PARTS_H_
 #define UQ_SRC_ENGINE_IMAGE_PARTS_H_
 
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
+#include <mutex>
 #include <utility>
 #include <vector>
 
@@ -32,8 +36,10 @@ namespace uq::engine {
 
 // Cluster-sized scratch buffers (COW, decompression), reused across requests
 // so the data path does not allocate once warm. Grows to the peak number of
-// concurrent users (bounded by the queue depth). Buffers are 4 KiB aligned so
-// COW and decompression I/O can go straight to O_DIRECT files.
+// concurrent users (bounded by the queues' depths). Buffers are 4 KiB aligned
+// so COW and decompression I/O can go straight to O_DIRECT files.
+// Thread-safe (a mutex around the free list; the overwrite and read fast
+// paths never take a buffer).
 class BufferPool {
  public:
   static constexpr size_t kAlign = 4096;
@@ -52,7 +58,7 @@ class BufferPool {
     Lease(const Lease&) = delete;
     Lease& operator=(const Lease&) = delete;
     ~Lease() {
-      if (pool_ != nullptr) pool_->free_.push_back(std::move(buf_));
+      if (pool_ != nullptr) pool_->Return(std::move(buf_));
     }
     std::span<std::byte> span() { return {buf_.get(), pool_->bytes_}; }
     std::byte* data() { return buf_.get(); }
@@ -63,20 +69,29 @@ class BufferPool {
   };
 
   Lease Acquire() {
-    if (free_.empty()) {
-      Buffer b(static_cast<std::byte*>(std::aligned_alloc(kAlign, alloc_bytes_)));
-      if (!b) std::abort();  // out of memory on a tiny, bounded pool
-      return Lease(this, std::move(b));
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      if (!free_.empty()) {
+        Buffer b = std::move(free_.back());
+        free_.pop_back();
+        return Lease(this, std::move(b));
+      }
     }
-    Buffer b = std::move(free_.back());
-    free_.pop_back();
+    Buffer b(static_cast<std::byte*>(std::aligned_alloc(kAlign, alloc_bytes_)));
+    if (!b) std::abort();  // out of memory on a tiny, bounded pool
     return Lease(this, std::move(b));
   }
 
  private:
+  void Return(Buffer b) {
+    std::lock_guard<std::mutex> g(mu_);
+    free_.push_back(std::move(b));
+  }
+
   size_t bytes_;        // what span() shows
   size_t alloc_bytes_;  // rounded up for aligned_alloc
-  std::vector<Buffer> free_;
+  std::mutex mu_;
+  std::vector<Buffer> free_;  // guarded by mu_
 };
 
 // A guest cluster's L2 entry, looked up under the cluster's lock, which is
@@ -142,7 +157,7 @@ struct ImageParts {
   BufferPool cluster_pool;
   BufferPool compressed_pool;
   std::vector<std::byte> zeros;  // one cluster of zeros, never written
-  uint64_t cow_writes = 0;       // allocating writes that replaced an entry
+  std::atomic<uint64_t> cow_writes{0};  // allocating writes that replaced an entry
 
   // Locks the guest cluster at `a` (exclusive: to store its entry, which
   // FindForWrite makes possible) and decodes its entry into *out, unless *out

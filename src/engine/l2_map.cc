@@ -16,24 +16,33 @@ L2Map::L2Map(MetaFile* meta, RefcountStore* refs, const Geometry& geo, std::vect
     : meta_(meta),
       refs_(refs),
       geo_(geo),
-      l1_(std::move(l1)),
+      l1_(std::make_unique<std::atomic<uint64_t>[]>(l1.size())),
+      l1_entries_(l1.size()),
       l1_offset_bytes_(l1_offset_bytes),
       cache_(
           std::make_unique<cache::SliceCache>(&meta->file(), geo.slice_bytes, cache_bytes, "L2")),
       writethrough_(writethrough),
       table_buf_(geo.cluster_bytes),
-      l1_buf_(l1_.size() * 8) {}
+      l1_buf_(l1.size() * 8) {
+  for (size_t i = 0; i < l1.size(); ++i) l1_[i].store(l1[i], std::memory_order_relaxed);
+}
+
+void L2Map::SetL1(uint64_t index, uint64_t raw) {
+  l1_[index].store(raw, std::memory_order_release);
+  l1_dirty_.store(true, std::memory_order_release);
+  meta_->NoteChange();
+}
 
 bool L2Map::HasTable(const GuestAddress& a) const {
-  return a.l1_index < l1_.size() && (l1_[a.l1_index] & format::kOffsetMask) != 0;
+  return a.l1_index < l1_entries_ && (L1(a.l1_index) & format::kOffsetMask) != 0;
 }
 
 Task<int> L2Map::Find(const GuestAddress& a, Slot* slot) {
-  if (a.l1_index >= l1_.size()) {
+  if (a.l1_index >= l1_entries_) {
     co_return co_await meta_->MarkCorrupt(absl::StrCat(
-        "guest cluster ", a.cluster, " is beyond the L1 table (", l1_.size(), " entries)"));
+        "guest cluster ", a.cluster, " is beyond the L1 table (", l1_entries_, " entries)"));
   }
-  auto l1e = format::DecodeL1Entry(l1_[a.l1_index]);
+  auto l1e = format::DecodeL1Entry(L1(a.l1_index));
   if (!l1e.ok()) {
     co_return co_await meta_->MarkCorrupt(
         absl::StrCat("L1 entry ", a.l1_index, ": ", l1e.status().message()));
@@ -53,8 +62,8 @@ Task<int> L2Map::Find(const GuestAddress& a, Slot* slot) {
 }
 
 Task<int> L2Map::FindForWrite(const GuestAddress& a, Slot* slot) {
-  if (a.l1_index < l1_.size()) {
-    const uint64_t raw = l1_[a.l1_index];
+  if (a.l1_index < l1_entries_) {
+    const uint64_t raw = L1(a.l1_index);
     if ((raw & format::kOffsetMask) == 0 || !(raw & format::kOflagCopied)) {
       co_await meta_->lock().Lock();
       cache::MutexGuard guard(&meta_->lock());
@@ -66,7 +75,7 @@ Task<int> L2Map::FindForWrite(const GuestAddress& a, Slot* slot) {
 }
 
 Task<int> L2Map::PrepareTable(uint64_t l1_index) {
-  const uint64_t raw = l1_[l1_index];
+  const uint64_t raw = L1(l1_index);
   const uint64_t old = raw & format::kOffsetMask;
   if (old != 0 && (raw & format::kOflagCopied)) co_return 0;  // done meanwhile
   if (old != 0) {
@@ -82,9 +91,7 @@ Task<int> L2Map::PrepareTable(uint64_t l1_index) {
           absl::StrCat("L2 table at ", old, " (L1 index ", l1_index, ") has refcount 0"));
     }
     if (rc == 1) {  // not shared after all: just own it
-      l1_[l1_index] = raw | format::kOflagCopied;
-      l1_dirty_ = true;
-      meta_->NoteChange();
+      SetL1(l1_index, raw | format::kOflagCopied);
       co_return 0;
     }
   }
@@ -100,9 +107,7 @@ Task<int> L2Map::PrepareTable(uint64_t l1_index) {
     co_await refs_->Unallocate(static_cast<uint64_t>(new_offset));
     co_return r;
   }
-  l1_[l1_index] = static_cast<uint64_t>(new_offset) | format::kOflagCopied;
-  l1_dirty_ = true;
-  meta_->NoteChange();
+  SetL1(l1_index, static_cast<uint64_t>(new_offset) | format::kOflagCopied);
   if (old != 0) refs_->QueueFree(geo_.ClusterIndex(old), 1);
   co_return 0;
 }
@@ -169,9 +174,12 @@ Task<int> L2Map::Decode(const Slot& slot, const GuestAddress& a, L2Entry* out) {
 
 void L2Map::Store(Slot& slot, const L2Entry& e) {
   format::EncodedL2 enc = format::EncodeL2Entry(e, geo_.cluster_bits, geo_.extended_l2);
-  std::byte* p = slot.ref.data().data() + slot.byte_in_slice;
-  format::StoreBE64(p, enc.entry);
-  if (geo_.extended_l2) format::StoreBE64(p + 8, enc.bitmap);
+  {
+    auto data_lock = slot.ref.LockData();
+    std::byte* p = slot.ref.data().data() + slot.byte_in_slice;
+    format::StoreBE64(p, enc.entry);
+    if (geo_.extended_l2) format::StoreBE64(p + 8, enc.bitmap);
+  }
   slot.ref.MarkDirty();
   meta_->NoteChange();
 }
@@ -206,8 +214,9 @@ void L2Map::QueueFree(const L2Entry& e) {
 }
 
 Task<int> L2Map::WriteL1() {
-  for (size_t i = 0; i < l1_.size(); ++i) format::StoreBE64(&l1_buf_[i * 8], l1_[i]);
-  l1_dirty_ = false;
+  // Cleared before the copy: a change made after it sets it again.
+  l1_dirty_.store(false, std::memory_order_release);
+  for (size_t i = 0; i < l1_entries_; ++i) format::StoreBE64(&l1_buf_[i * 8], L1(i));
   ++l1_writes_in_flight_;
   int64_t w = co_await meta_->file().Write(l1_offset_bytes_, l1_buf_);
   --l1_writes_in_flight_;

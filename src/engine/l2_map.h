@@ -11,13 +11,15 @@
 // copied through the cache (which holds the newest version of every slice)
 // and the old one freed once the new L1 entry is durable.
 //
-// Thread-safety: one event loop thread. Callers hold the guest cluster's lock
-// (shared to find and decode, exclusive to store) so that an entry never
-// changes under a reader; FindForWrite takes MetaFile::lock() itself when it
-// must create a table.
+// Thread-safety: thread-safe. Callers hold the guest cluster's lock (shared
+// to find and decode, exclusive to store) so that an entry never changes
+// under a reader; FindForWrite takes MetaFile::lock() itself when it must
+// create a table. L1 entries are atomic words (a lookup reads one without a
+// lock; they change only under MetaFile::lock()).
 #ifndef UQ_SRC_ENGINE_L2_MAP_H_
 #define UQ_SRC_ENGINE_L2_MAP_H_
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -70,14 +72,16 @@ class L2Map {
   void Store(Slot& slot, const format::L2Entry& e);
   Source Classify(const format::L2Entry& e, uint32_t subcluster) const;
   // Queues the host clusters `e` references for freeing at the next flush
-  // (data clusters of an external data file are not refcounted).
+  // (data clusters of an external data file are not refcounted). Call after
+  // storing the entry that replaces `e`: a flush applies only frees queued
+  // before it started, and writes every entry stored before that.
   void QueueFree(const format::L2Entry& e);
 
   // True if the L2 table mapping `a` exists (no I/O, no pin).
   bool HasTable(const GuestAddress& a) const;
 
-  bool l1_dirty() const { return l1_dirty_; }
-  bool l1_writing() const { return l1_writes_in_flight_ > 0; }
+  bool l1_dirty() const { return l1_dirty_.load(std::memory_order_acquire); }
+  bool l1_writing() const { return l1_writes_in_flight_.load(std::memory_order_acquire) > 0; }
   // Writes the whole L1 table (no fsync). REQUIRES: MetaFile::lock(), so an
   // older copy never lands after a newer one.
   Task<int> WriteL1();
@@ -93,10 +97,15 @@ class L2Map {
   MetaFile* meta_;
   RefcountStore* refs_;
   Geometry geo_;
-  std::vector<uint64_t> l1_;  // raw entries
+  uint64_t L1(uint64_t index) const { return l1_[index].load(std::memory_order_acquire); }
+  // REQUIRES: MetaFile::lock().
+  void SetL1(uint64_t index, uint64_t raw);
+
+  std::unique_ptr<std::atomic<uint64_t>[]> l1_;  // raw entries
+  uint64_t l1_entries_;
   uint64_t l1_offset_bytes_;
-  bool l1_dirty_ = false;
-  uint32_t l1_writes_in_flight_ = 0;
+  std::atomic<bool> l1_dirty_{false};
+  std::atomic<uint32_t> l1_writes_in_flight_{0};
   std::unique_ptr<cache::SliceCache> cache_;
   bool writethrough_;
   std::vector<std::byte> table_buf_;  // one cluster, for new L2 tables

@@ -34,6 +34,8 @@ Task<int> MetaFile::WriteWord(uint64_t offset_bytes, uint64_t value) {
 }
 
 Task<int> MetaFile::SetIncompatibleFeature(uint64_t bit, bool on) {
+  co_await header_lock_.Lock();
+  cache::MutexGuard guard(&header_lock_);
   if (on) {
     header_.incompatible_features |= bit;
   } else {
@@ -45,6 +47,8 @@ Task<int> MetaFile::SetIncompatibleFeature(uint64_t bit, bool on) {
 }
 
 Task<int> MetaFile::SetAutoclearFeatures(uint64_t bits) {
+  co_await header_lock_.Lock();
+  cache::MutexGuard guard(&header_lock_);
   header_.autoclear_features = bits;
   if (header_.version < 3) co_return 0;
   co_return co_await WriteWord(format::kHeaderAutoclearFeaturesAt, bits);
@@ -53,6 +57,8 @@ Task<int> MetaFile::SetAutoclearFeatures(uint64_t bits) {
 Task<int> MetaFile::SetRefcountTable(uint64_t offset_bytes, uint32_t clusters) {
   // refcount_table_offset (8 bytes) and refcount_table_clusters (4 bytes) are
   // adjacent: one write, inside one sector.
+  co_await header_lock_.Lock();
+  cache::MutexGuard guard(&header_lock_);
   std::byte buf[12];
   format::StoreBE64(buf, offset_bytes);
   format::StoreBE32(buf + 8, clusters);
@@ -65,8 +71,7 @@ Task<int> MetaFile::SetRefcountTable(uint64_t offset_bytes, uint32_t clusters) {
 
 Task<int> MetaFile::MarkCorrupt(std::string what) {
   std::fprintf(stderr, "qcow2: corrupt image: %s\n", what.c_str());
-  if (!corrupt_) {
-    corrupt_ = true;
+  if (!corrupt_.exchange(true, std::memory_order_acq_rel)) {
     if (!read_only_) {
       int r = co_await SetIncompatibleFeature(format::kIncompatCorrupt, true);
       if (r >= 0) r = co_await Sync();

@@ -17,10 +17,16 @@
 // whether a request changed (or relied on) anything not yet written.
 //
 // Ownership: owns both files and the in-memory header.
-// Thread-safety: one event loop thread.
+// Thread-safety: thread-safe; the queue threads of one image share it. The
+// files dispatch each operation to the calling thread's own descriptor
+// (io::PerThreadFile when several queues serve the image). Header field
+// updates are serialised by a lock of their own (taken inside the metadata
+// lock when both are held, never the other way round); the fields a request
+// path reads (version, compression type, names) never change after Open.
 #ifndef UQ_SRC_ENGINE_META_FILE_H_
 #define UQ_SRC_ENGINE_META_FILE_H_
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -49,7 +55,7 @@ class MetaFile {
   const format::Header& header() const { return header_; }
   uint32_t version() const { return header_.version; }
   bool read_only() const { return read_only_; }
-  bool corrupt() const { return corrupt_; }
+  bool corrupt() const { return corrupt_.load(std::memory_order_acquire); }
 
   // fdatasync of the data file (if any), then of the image file.
   Task<int> Sync();
@@ -68,8 +74,8 @@ class MetaFile {
   Task<int> MarkCorrupt(std::string what);
 
   cache::AsyncMutex& lock() { return lock_; }
-  uint64_t generation() const { return generation_; }
-  void NoteChange() { ++generation_; }
+  uint64_t generation() const { return generation_.load(std::memory_order_acquire); }
+  void NoteChange() { generation_.fetch_add(1, std::memory_order_acq_rel); }
 
  private:
   Task<int> WriteWord(uint64_t offset_bytes, uint64_t value);
@@ -79,9 +85,10 @@ class MetaFile {
   format::Header header_;
   bool read_only_;
   bool data_file_raw_;
-  bool corrupt_;
+  std::atomic<bool> corrupt_;
   cache::AsyncMutex lock_;
-  uint64_t generation_ = 0;
+  cache::AsyncMutex header_lock_;  // header field updates
+  std::atomic<uint64_t> generation_{0};
 };
 
 }  // namespace uq::engine

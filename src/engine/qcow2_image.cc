@@ -24,7 +24,7 @@ Qcow2Image::Stats Qcow2Image::stats() const {
   Stats s;
   s.clusters_allocated = p_->refs->stats().clusters_allocated;
   s.clusters_freed = p_->refs->stats().clusters_freed;
-  s.cow_writes = p_->cow_writes;
+  s.cow_writes = p_->cow_writes.load(std::memory_order_relaxed);
   return s;
 }
 
@@ -40,8 +40,7 @@ int Qcow2Image::CheckRequest(uint64_t offset_bytes, uint64_t length_bytes, bool 
 }
 
 Task<absl::Status> Qcow2Image::Close() {
-  if (closed_) co_return absl::OkStatus();
-  closed_ = true;
+  if (closed_.exchange(true)) co_return absl::OkStatus();
   absl::Status status;
   if (!p_->meta->read_only()) status = co_await p_->order->Close();
   if (p_->backing) {

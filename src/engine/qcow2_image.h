@@ -20,6 +20,7 @@
 #ifndef UQ_SRC_ENGINE_QCOW2_IMAGE_H_
 #define UQ_SRC_ENGINE_QCOW2_IMAGE_H_
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -103,7 +104,7 @@ class Qcow2Image final : public Device {
   ReadPath read_;
   WritePath write_;
   ZeroPath zero_;
-  bool closed_ = false;
+  std::atomic<bool> closed_{false};
 };
 
 }  // namespace uq::engine

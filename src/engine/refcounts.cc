@@ -69,7 +69,10 @@ Task<int> RefcountStore::Add(uint64_t cluster_index, int64_t delta, uint64_t* ne
   }
   const uint64_t nv = v + static_cast<uint64_t>(delta);
   if (delta > 0 && (nv > format::MaxRefcount(geo_.refcount_order) || nv < v)) co_return -ERANGE;
-  format::SetRefcount(ref.data(), geo_.refcount_order, index, nv);
+  {
+    auto data_lock = ref.LockData();
+    format::SetRefcount(ref.data(), geo_.refcount_order, index, nv);
+  }
   ref.MarkDirty();
   meta_->NoteChange();
   if (nv == 0 && cluster_index < free_hint_) free_hint_ = cluster_index;
@@ -239,13 +242,16 @@ Task<int64_t> RefcountStore::Allocate(uint64_t count) {
       uint64_t rc;
       int r = co_await cursor.At(this, c, &rc);
       if (r < 0) co_return r;
-      format::SetRefcount(cursor.ref.data(), geo_.refcount_order, cursor.index_in_slice, 1);
+      {
+        auto data_lock = cursor.ref.LockData();
+        format::SetRefcount(cursor.ref.data(), geo_.refcount_order, cursor.index_in_slice, 1);
+      }
       cursor.ref.MarkDirty();
     }
     meta_->NoteChange();
     if (start == free_hint_) free_hint_ = start + count;  // else a short free run remains below
     host_end_clusters_ = std::max(host_end_clusters_, start + count);
-    stats_.clusters_allocated += count;
+    allocated_.fetch_add(count, std::memory_order_relaxed);
     co_return static_cast<int64_t>(geo_.ClusterOffset(start));
   }
 }
@@ -256,17 +262,20 @@ Task<void> RefcountStore::Unallocate(uint64_t host_offset_bytes) {
 }
 
 void RefcountStore::QueueFree(uint64_t cluster_index, uint64_t count) {
+  std::lock_guard<std::mutex> g(frees_mu_);
   pending_frees_.push_back({cluster_index, count});
-  pending_free_clusters_ += count;
+  pending_free_clusters_.fetch_add(count, std::memory_order_acq_rel);
 }
 
 std::vector<RefcountStore::PendingFree> RefcountStore::TakePendingFrees() {
-  pending_free_clusters_ = 0;
+  std::lock_guard<std::mutex> g(frees_mu_);
+  pending_free_clusters_.store(0, std::memory_order_release);
   return std::exchange(pending_frees_, {});
 }
 
 void RefcountStore::RestorePendingFrees(std::vector<PendingFree> frees) {
-  for (const PendingFree& f : frees) pending_free_clusters_ += f.count;
+  std::lock_guard<std::mutex> g(frees_mu_);
+  for (const PendingFree& f : frees) pending_free_clusters_.fetch_add(f.count);
   pending_frees_.insert(pending_frees_.begin(), frees.begin(), frees.end());
 }
 
@@ -277,7 +286,7 @@ Task<int> RefcountStore::ApplyFrees(std::vector<PendingFree> frees) {
       int r = co_await Add(c, -1, &nv);
       if (r < 0) co_return r;
       if (nv == 0) {
-        ++stats_.clusters_freed;
+        freed_.fetch_add(1, std::memory_order_relaxed);
         // Best effort: the cluster is free whether or not the punch works.
         co_await meta_->file().Discard(geo_.ClusterOffset(c), geo_.cluster_bytes);
       }

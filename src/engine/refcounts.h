@@ -13,15 +13,18 @@
 // once the L2/L1 change that dropped them is durable) decrements them, so a
 // freed cluster is never reused while a durable entry may still point at it.
 //
-// Thread-safety: one event loop thread. Every method REQUIRES
+// Thread-safety: thread-safe as follows. Every method REQUIRES
 // MetaFile::lock() held, except Flush (the cache serialises its own
-// write-backs), Peek-free accessors and QueueFree (memory only, never
-// suspends).
+// write-backs), the counters, and QueueFree / pending_free_clusters (the
+// queue of frees has a mutex of its own: pieces queue frees under their
+// cluster lock only).
 #ifndef UQ_SRC_ENGINE_REFCOUNTS_H_
 #define UQ_SRC_ENGINE_REFCOUNTS_H_
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 #include "cache/slice_cache.h"
@@ -64,7 +67,9 @@ class RefcountStore {
 
   // Defers a refcount decrement to the next flush (see the file comment).
   void QueueFree(uint64_t cluster_index, uint64_t count);
-  uint64_t pending_free_clusters() const { return pending_free_clusters_; }
+  uint64_t pending_free_clusters() const {
+    return pending_free_clusters_.load(std::memory_order_acquire);
+  }
   // The flush sequence takes the queue before making the L2/L1 changes
   // durable, applies it after, or puts it back if the flush failed.
   std::vector<PendingFree> TakePendingFrees();
@@ -77,7 +82,9 @@ class RefcountStore {
   const cache::SliceCache& cache() const { return *cache_; }
   // Clusters in use end below this index.
   uint64_t host_end_clusters() const { return host_end_clusters_; }
-  const Stats& stats() const { return stats_; }
+  Stats stats() const {
+    return {allocated_.load(std::memory_order_relaxed), freed_.load(std::memory_order_relaxed)};
+  }
 
  private:
   // The cache slice holding `cluster_index`'s refcount and its index in it;
@@ -102,12 +109,14 @@ class RefcountStore {
   std::vector<uint64_t> table_;
   std::unique_ptr<cache::SliceCache> cache_;
   bool grow_file_durably_;
-  std::vector<PendingFree> pending_frees_;
-  uint64_t pending_free_clusters_ = 0;
+  std::mutex frees_mu_;
+  std::vector<PendingFree> pending_frees_;  // guarded by frees_mu_
+  std::atomic<uint64_t> pending_free_clusters_{0};
   uint64_t free_hint_ = 0;  // no free cluster below this index
   uint64_t host_end_clusters_ = 0;
   std::vector<std::byte> block_buf_;  // one cluster, for new refcount blocks
-  Stats stats_;
+  std::atomic<uint64_t> allocated_{0};
+  std::atomic<uint64_t> freed_{0};
 };
 
 }  // namespace uq::engine

@@ -28,7 +28,7 @@ Task<int> WriteOrder::L2WritebackHook() {
   // refcounts, so no fsync is needed. Refcounts are still written first, so
   // the file as a killed process leaves it never has an L2 entry whose
   // refcount is missing (`qemu-img check` without repair sees leaks only).
-  if (writethrough_ && dirty_marked_) co_return co_await refs_->Flush();
+  if (writethrough_ && dirty_marked()) co_return co_await refs_->Flush();
   // Every L2 entry about to be written points at clusters whose refcount
   // increments and data writes happened before the copy was taken.
   int r = co_await refs_->Flush();
@@ -39,10 +39,10 @@ Task<int> WriteOrder::L2WritebackHook() {
 Task<int> WriteOrder::MarkDirty() {
   // Version 2 has no dirty bit: write-through keeps the hook's fsync there.
   const bool want = lazy_refcounts_ || (writethrough_ && meta_->version() >= 3);
-  if (!want || dirty_marked_) co_return 0;
+  if (!want || dirty_marked()) co_return 0;
   co_await meta_->lock().Lock();
   cache::MutexGuard guard(&meta_->lock());
-  if (dirty_marked_) co_return 0;
+  if (dirty_marked()) co_return 0;
   int r = co_await meta_->SetIncompatibleFeature(format::kIncompatDirty, true);
   if (r >= 0) r = co_await meta_->Sync();
   if (r < 0) co_return r;
@@ -58,7 +58,7 @@ Task<int> WriteOrder::FlushLocked() {
   int r = 0;
   // Write-through skips the hook's fsync; keep data durable before L2
   // slices anyway.
-  if (writethrough_ && dirty_marked_ && l2_->cache().has_dirty()) r = co_await meta_->Sync();
+  if (writethrough_ && dirty_marked() && l2_->cache().has_dirty()) r = co_await meta_->Sync();
   if (r >= 0) r = co_await l2_->cache().Flush();  // hook: refcounts + fsync first
   if (r >= 0) r = co_await refs_->Flush();
   if (r >= 0) r = co_await meta_->Sync();
@@ -107,7 +107,7 @@ Task<int> WriteOrder::WriteThrough(uint64_t since_generation) {
       // A new L2 table may have been allocated after our refcount flush:
       // its refcount goes first (and, without the dirty bit, durably).
       r = co_await refs_->Flush();
-      if (r >= 0 && !dirty_marked_) r = co_await meta_->Sync();
+      if (r >= 0 && !dirty_marked()) r = co_await meta_->Sync();
       if (r >= 0) r = co_await l2_->WriteL1();
     }
   }
@@ -124,7 +124,7 @@ Task<absl::Status> WriteOrder::Close() {
   cache::MutexGuard guard(&meta_->lock());
   int r = co_await FlushLocked();
   if (r >= 0) r = co_await FlushLocked();
-  if (r >= 0 && dirty_marked_ && !meta_->corrupt()) {
+  if (r >= 0 && dirty_marked() && !meta_->corrupt()) {
     r = co_await meta_->SetIncompatibleFeature(format::kIncompatDirty, false);
     if (r >= 0) r = co_await meta_->Sync();
     if (r >= 0) dirty_marked_ = false;

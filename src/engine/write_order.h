@@ -21,11 +21,14 @@
 // Lazy refcounts (compat bit): the dirty bit is set before the first write,
 // as QEMU does, and cleared on a clean close.
 //
-// Thread-safety: one event loop thread. Flush, MarkDirty and WriteThrough
-// take MetaFile::lock() where they need it; FlushLocked REQUIRES it.
+// Thread-safety: thread-safe. Flush, MarkDirty and WriteThrough take
+// MetaFile::lock() where they need it; FlushLocked REQUIRES it. A FLUSH on
+// any queue covers writes completed on every queue: fdatasync is per file,
+// not per descriptor.
 #ifndef UQ_SRC_ENGINE_WRITE_ORDER_H_
 #define UQ_SRC_ENGINE_WRITE_ORDER_H_
 
+#include <atomic>
 #include <cstdint>
 
 #include "absl/status/status.h"
@@ -46,7 +49,7 @@ class WriteOrder {
 
   bool writethrough() const { return writethrough_; }
   // The dirty bit is durable: refcounts are rebuilt after a crash.
-  bool dirty_marked() const { return dirty_marked_; }
+  bool dirty_marked() const { return dirty_marked_.load(std::memory_order_acquire); }
 
   // Makes the dirty bit durable before the first change, when the image
   // needs it (lazy refcounts, or write-through on a version 3 image).
@@ -76,7 +79,7 @@ class WriteOrder {
   L2Map* l2_;
   bool writethrough_;
   bool lazy_refcounts_;
-  bool dirty_marked_ = false;
+  std::atomic<bool> dirty_marked_{false};
 };
 
 }  // namespace uq::engine

@@ -40,11 +40,13 @@ Task<int> WritePath::WritePiece(uint64_t g, uint64_t n, std::span<const iovec> d
     co_await GiveBack(t);
     co_return r;
   }
+  // The new entry first, then the free of what it replaces: a flush that
+  // takes the free (on another thread) then also writes this entry.
+  p_->l2->Store(ce.slot, cow.entry);
   if (!t.in_place) {
-    ++p_->cow_writes;
+    p_->cow_writes.fetch_add(1, std::memory_order_relaxed);
     p_->l2->QueueFree(old);
   }
-  p_->l2->Store(ce.slot, cow.entry);
   co_return 0;
 }
 

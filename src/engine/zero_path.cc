@@ -99,8 +99,8 @@ Task<int> ZeroPath::ZeroInEntry(const GuestAddress& a, uint64_t begin, uint64_t 
     ce.Release();
     co_return co_await write_->WritePiece(a.cluster_offset_bytes() + begin, end - begin, {});
   }
-  if (free_old) p_->l2->QueueFree(old);
   p_->l2->Store(ce.slot, ne);
+  if (free_old) p_->l2->QueueFree(old);  // after the entry that replaces it
   const bool external = p_->meta->external_data();
   const bool has_host = (old.type == ClusterType::kNormal || old.type == ClusterType::kZeroAlloc) &&
                         (old.host_offset != 0 || external);
