@@ -36,6 +36,7 @@ bool AlignedFile::Aligned(uint64_t offset_bytes, std::span<const iovec> iov) con
 }
 
 Task<void> AlignedFile::Enter(InFlight* w) {
+  std::unique_lock<std::mutex> lock(mu_);
   for (;;) {
     InFlight* conflict = nullptr;
     for (InFlight* o = head_; o != nullptr; o = o->next) {
@@ -45,18 +46,24 @@ Task<void> AlignedFile::Enter(InFlight* w) {
       }
     }
     if (conflict == nullptr) break;
+    // Parks with the lock held until the node is linked, then drops it: the
+    // waker takes the node under the same lock, so no wake-up is lost.
     struct Park {
       InFlight* on;
+      std::unique_lock<std::mutex>* lock;
       Waiter node;
       bool await_ready() const noexcept { return false; }
       void await_suspend(std::coroutine_handle<> h) noexcept {
         node.handle = h;
+        node.executor = Executor::Current();
         node.next = on->waiters;
         on->waiters = &node;
+        lock->unlock();
       }
       void await_resume() const noexcept {}
     };
-    co_await Park{conflict, {}};
+    co_await Park{conflict, &lock, {}};
+    lock.lock();
   }
   w->next = head_;
   if (head_ != nullptr) head_->prev = w;
@@ -64,17 +71,22 @@ Task<void> AlignedFile::Enter(InFlight* w) {
 }
 
 void AlignedFile::Leave(InFlight* w) {
-  if (w->prev != nullptr) {
-    w->prev->next = w->next;
-  } else {
-    head_ = w->next;
+  Waiter* waiters = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (w->prev != nullptr) {
+      w->prev->next = w->next;
+    } else {
+      head_ = w->next;
+    }
+    if (w->next != nullptr) w->next->prev = w->prev;
+    waiters = std::exchange(w->waiters, nullptr);
   }
-  if (w->next != nullptr) w->next->prev = w->prev;
   // Waiters were pushed to the front: reverse to wake them oldest first. Each
-  // rechecks for conflicts (Enter loops). Read `next` before resuming: the
-  // node dies with its coroutine's frame.
+  // rechecks for conflicts (Enter loops). Read `next` and the executor before
+  // resuming: the node dies with its coroutine's frame.
   Waiter* waiter = nullptr;
-  for (Waiter* p = std::exchange(w->waiters, nullptr); p != nullptr;) {
+  for (Waiter* p = waiters; p != nullptr;) {
     Waiter* next = p->next;
     p->next = waiter;
     waiter = p;
@@ -82,14 +94,14 @@ void AlignedFile::Leave(InFlight* w) {
   }
   while (waiter != nullptr) {
     Waiter* next = waiter->next;
-    waiter->handle.resume();
+    ResumeOn(waiter->executor, waiter->handle);
     waiter = next;
   }
 }
 
 Task<int64_t> AlignedFile::ReadV(uint64_t offset_bytes, std::span<const iovec> iov) {
   if (Aligned(offset_bytes, iov)) co_return co_await base()->ReadV(offset_bytes, iov);
-  ++bounced_ops_;
+  bounced_ops_.fetch_add(1, std::memory_order_relaxed);
   const uint64_t len = IovLength(iov);
   if (len == 0) co_return 0;
   const uint64_t begin = offset_bytes & ~uint64_t{align_ - 1};
@@ -104,7 +116,7 @@ Task<int64_t> AlignedFile::ReadV(uint64_t offset_bytes, std::span<const iovec> i
 
 Task<int64_t> AlignedFile::WriteBounced(uint64_t offset_bytes, std::span<const iovec> iov,
                                         uint64_t len) {
-  ++bounced_ops_;
+  bounced_ops_.fetch_add(1, std::memory_order_relaxed);
   const uint64_t begin = offset_bytes & ~uint64_t{align_ - 1};
   const uint64_t end = (offset_bytes + len + align_ - 1) & ~uint64_t{align_ - 1};
   InFlight w{begin, end, true};

@@ -17,14 +17,20 @@
 // sector offsets, sub-4K clusters) stay correct under O_DIRECT. Flush,
 // Truncate and the size pass through (FileWrapper).
 //
-// Thread-safety: one event loop thread, like the wrapped file.
+// Thread-safety: safe to share between threads when the wrapped file is (a
+// PerLoopFile under the queue threads of one device): the in-flight list is
+// under a mutex, and a parked write is resumed on its own executor
+// (io::ResumeOn), never on the thread that woke it.
 #ifndef UQ_SRC_IO_ALIGNED_FILE_H_
 #define UQ_SRC_IO_ALIGNED_FILE_H_
 
+#include <atomic>
 #include <coroutine>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 
+#include "src/io/executor.h"
 #include "src/io/file_wrapper.h"
 
 namespace uq::io {
@@ -41,13 +47,14 @@ class AlignedFile final : public FileWrapper {
   Task<int> WriteZeroes(uint64_t offset_bytes, uint64_t length_bytes) override;
 
   uint32_t alignment_bytes() const { return align_; }
-  uint64_t bounced_ops() const { return bounced_ops_; }
+  uint64_t bounced_ops() const { return bounced_ops_.load(std::memory_order_relaxed); }
 
  private:
   // A coroutine parked until an in-flight write leaves; the node lives in
   // the parked coroutine's frame, so parking allocates nothing.
   struct Waiter {
     std::coroutine_handle<> handle;
+    Executor* executor = nullptr;
     Waiter* next = nullptr;
   };
   struct InFlight {
@@ -68,8 +75,9 @@ class AlignedFile final : public FileWrapper {
   Task<int64_t> WriteBounced(uint64_t offset_bytes, std::span<const iovec> iov, uint64_t len);
 
   uint32_t align_;
-  InFlight* head_ = nullptr;
-  uint64_t bounced_ops_ = 0;
+  std::mutex mu_;
+  InFlight* head_ = nullptr;  // guarded by mu_
+  std::atomic<uint64_t> bounced_ops_{0};
 };
 
 }  // namespace uq::io

@@ -41,13 +41,13 @@ absl::Status OpenError(const std::string& path, const char* what, int err) {
 }  // namespace
 
 UringFile::UringFile(EventLoop* loop, int fd, bool read_only, bool direct, bool block_device,
-                     uint64_t size_bytes)
+                     std::shared_ptr<SizeCell> size)
     : loop_(loop),
       fd_(fd),
       read_only_(read_only),
       direct_(direct),
       block_device_(block_device),
-      size_bytes_(size_bytes) {}
+      size_(std::move(size)) {}
 
 UringFile::~UringFile() {
   if (fd_ >= 0) close(fd_);
@@ -115,13 +115,28 @@ absl::StatusOr<std::unique_ptr<UringFile>> UringFile::Open(EventLoop* loop, cons
   }
 
   std::unique_ptr<UringFile> file(
-      new UringFile(loop, fd, flags.read_only, direct, block_device, size_bytes));
+      new UringFile(loop, fd, flags.read_only, direct, block_device,
+                    std::make_shared<SizeCell>(size_bytes)));
   file->open_note_ = std::move(note);
   return file;
 }
 
+absl::StatusOr<std::unique_ptr<UringFile>> UringFile::Clone(EventLoop* loop) const {
+  if (loop == nullptr) return absl::InvalidArgumentError("UringFile::Clone: no event loop");
+  int fd = fcntl(fd_, F_DUPFD_CLOEXEC, 0);
+  if (fd < 0) return absl::ErrnoToStatus(errno, "dup of an image descriptor");
+  std::unique_ptr<UringFile> file(
+      new UringFile(loop, fd, read_only_, direct_, block_device_, size_));
+  file->open_note_ = open_note_;
+  return file;
+}
+
 void UringFile::GrowSize(uint64_t end_bytes) {
-  if (!block_device_ && end_bytes > size_bytes_) size_bytes_ = end_bytes;
+  if (block_device_) return;
+  uint64_t now = size_->load(std::memory_order_relaxed);
+  while (end_bytes > now &&
+         !size_->compare_exchange_weak(now, end_bytes, std::memory_order_acq_rel)) {
+  }
 }
 
 Task<int64_t> UringFile::ReadV(uint64_t offset_bytes, std::span<const iovec> iov) {
@@ -200,7 +215,7 @@ Task<int64_t> UringFile::Transfer(bool write, uint64_t offset_bytes, std::span<c
     }
     if (write) {
       GrowSize(offset_bytes + done);
-    } else if (done < total && offset_bytes + done >= size_bytes_) {
+    } else if (done < total && offset_bytes + done >= size_bytes()) {
       // Short read at end of file. Stop here rather than retry at an offset
       // O_DIRECT could not accept.
       ZeroIovFrom(iov, done);
@@ -264,8 +279,9 @@ Task<int> UringFile::Discard(uint64_t offset_bytes, uint64_t length_bytes) {
   }
   // No hole punching here: the range must still read as zero afterwards.
   // Discard never changes the size, so only the part inside the file matters.
-  if (offset_bytes >= size_bytes_) co_return 0;
-  length_bytes = std::min(length_bytes, size_bytes_ - offset_bytes);
+  const uint64_t size_bytes_now = size_bytes();
+  if (offset_bytes >= size_bytes_now) co_return 0;
+  length_bytes = std::min(length_bytes, size_bytes_now - offset_bytes);
   if (zero_range_ok_) {
     int r =
         co_await Fallocate(FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, offset_bytes, length_bytes);
@@ -288,17 +304,22 @@ Task<int> UringFile::WriteZeroes(uint64_t offset_bytes, uint64_t length_bytes) {
     zero_range_ok_ = false;
   }
   if (punch_hole_ok_ && !block_device_) {
-    // Punch the part inside the file, then extend sparsely (reads as zero).
-    uint64_t inside_end = std::min(end_bytes, size_bytes_);
+    // Punch the part inside the file, then extend it by allocating the
+    // range's last block (fallocate mode 0 only ever grows a file; an
+    // ftruncate could cut off a write another queue just finished past our
+    // end). The rest of the extension is a hole and reads as zero.
+    uint64_t inside_end = std::min(end_bytes, size_bytes());
     int r = 0;
     if (offset_bytes < inside_end) {
       r = co_await Fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset_bytes,
                              inside_end - offset_bytes);
     }
     if (r == 0) {
-      if (end_bytes > size_bytes_) {
-        if (ftruncate(fd_, static_cast<off_t>(end_bytes)) < 0) co_return -errno;
-        size_bytes_ = end_bytes;
+      if (end_bytes > inside_end) {
+        const uint64_t tail = std::min<uint64_t>(end_bytes - inside_end, kDirectAlignmentBytes);
+        r = co_await Fallocate(0, end_bytes - tail, tail);
+        if (r < 0) co_return r;
+        GrowSize(end_bytes);
       }
       co_return 0;
     }
@@ -311,9 +332,9 @@ Task<int> UringFile::WriteZeroes(uint64_t offset_bytes, uint64_t length_bytes) {
 Task<int> UringFile::Truncate(uint64_t size_bytes) {
   if (read_only_) co_return -EROFS;
   if (size_bytes > kMaxOffset) co_return -EINVAL;
-  if (block_device_) co_return size_bytes <= size_bytes_ ? 0 : -ENOSPC;
+  if (block_device_) co_return size_bytes <= this->size_bytes() ? 0 : -ENOSPC;
   if (ftruncate(fd_, static_cast<off_t>(size_bytes)) < 0) co_return -errno;
-  size_bytes_ = size_bytes;
+  size_->store(size_bytes, std::memory_order_release);
   co_return 0;
 }
 

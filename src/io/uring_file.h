@@ -8,7 +8,7 @@
 // caller's own iovec array, or one inline iovec for a partly consumed entry.
 // Flush is IORING_OP_FSYNC with DATASYNC (covers size changes too); Discard is
 // fallocate(PUNCH_HOLE|KEEP_SIZE); WriteZeroes is fallocate(ZERO_RANGE), both
-// via IORING_OP_FALLOCATE, with fallbacks (punch + ftruncate, then writing
+// via IORING_OP_FALLOCATE, with fallbacks (punch + extending fallocate, then writing
 // zeros) when the filesystem refuses the mode. Truncate is a synchronous
 // ftruncate (never on the hot path). On a read-only file, Flush is a no-op
 // returning 0 and every mutation fails with -EROFS.
@@ -26,12 +26,20 @@
 // kernel fails misaligned requests with -EINVAL. Open falls back to buffered
 // I/O, recording why in open_note(), if the filesystem refuses O_DIRECT.
 //
-// Thread-safety: one instance belongs to its EventLoop's thread. REQUIRES: no
-// operation in flight when the UringFile is destroyed; the loop outlives it.
+// Several event loops (ublk queue threads) serve one file through Clone():
+// each clone has its own descriptor (dup) and its own loop, and all of them
+// share one size, so a write through one is seen by size_bytes() of every
+// other. Growth is a compare-and-swap maximum and no path shrinks the file
+// except Truncate, so concurrent writes past the end never lose bytes.
+//
+// Thread-safety: one instance belongs to its EventLoop's thread; clones may
+// run on other threads at the same time. REQUIRES: no operation in flight
+// when the UringFile is destroyed; the loop outlives it.
 #ifndef UQ_SRC_IO_URING_FILE_H_
 #define UQ_SRC_IO_URING_FILE_H_
 
 #include <cstddef>
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -57,6 +65,10 @@ class UringFile final : public BlockFile {
   static absl::StatusOr<std::unique_ptr<UringFile>> Open(EventLoop* loop, const std::string& path,
                                                          OpenFlags flags);
   ~UringFile() override;
+  // The same open file on `loop`: a dup'ed descriptor (same open file
+  // description, so the same flags and the same image lock) sharing this
+  // file's size. Errors: Internal with errno text.
+  absl::StatusOr<std::unique_ptr<UringFile>> Clone(EventLoop* loop) const;
   UringFile(const UringFile&) = delete;
   UringFile& operator=(const UringFile&) = delete;
 
@@ -66,7 +78,7 @@ class UringFile final : public BlockFile {
   Task<int> Discard(uint64_t offset_bytes, uint64_t length_bytes) override;
   Task<int> WriteZeroes(uint64_t offset_bytes, uint64_t length_bytes) override;
   Task<int> Truncate(uint64_t size_bytes) override;
-  uint64_t size_bytes() const override { return size_bytes_; }
+  uint64_t size_bytes() const override { return size_->load(std::memory_order_acquire); }
   bool read_only() const override { return read_only_; }
 
   // The open fd (e.g. for LockImage). Owned by this object.
@@ -82,8 +94,11 @@ class UringFile final : public BlockFile {
   static constexpr uint32_t kDirectAlignmentBytes = 4096;
 
  private:
+  // The file's size, shared by every clone.
+  using SizeCell = std::atomic<uint64_t>;
+
   UringFile(EventLoop* loop, int fd, bool read_only, bool direct, bool block_device,
-            uint64_t size_bytes);
+            std::shared_ptr<SizeCell> size);
 
   Task<int64_t> Transfer(bool write, uint64_t offset_bytes, std::span<const iovec> iov);
   Task<int> Fallocate(int mode, uint64_t offset_bytes, uint64_t length_bytes);
@@ -96,7 +111,7 @@ class UringFile final : public BlockFile {
   bool read_only_;
   bool direct_;
   bool block_device_;
-  uint64_t size_bytes_;
+  std::shared_ptr<SizeCell> size_;
   std::string open_note_;
   // Cleared after the filesystem first answers EOPNOTSUPP, to skip the
   // failing syscall next time.
