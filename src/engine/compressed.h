@@ -7,7 +7,8 @@
 // decompress, which is corruption, not old data) before the L2 entry points
 // at them; the replaced entry's clusters are freed at the next flush.
 //
-// Thread-safety: one event loop thread; see ImageParts for the lock order.
+// Thread-safety: thread-safe (the queue threads of one image call it at once);
+// see ImageParts for the locks a request takes and their order.
 #ifndef UQ_SRC_ENGINE_COMPRESSED_H_
 #define UQ_SRC_ENGINE_COMPRESSED_H_
 

@@ -5,8 +5,10 @@
 // Every call returns 0 or -errno (liburing's convention on the data path).
 // Many calls may be in flight at once on one event loop.
 //
-// Thread-safety: one event loop (thread) per Device for now; see DESIGN.md
-// "Multi-queue is coming" for what must stay possible.
+// Thread-safety: the qcow2 image and RawDevice may be called from several
+// threads at once (the queue threads of one attach, through ShareDevice),
+// each running its own event loop and made current (io::Executor); other
+// implementations say otherwise.
 #ifndef UQ_SRC_ENGINE_DEVICE_H_
 #define UQ_SRC_ENGINE_DEVICE_H_
 

@@ -19,7 +19,7 @@
 // Ownership: owns both files and the in-memory header.
 // Thread-safety: thread-safe; the queue threads of one image share it. The
 // files dispatch each operation to the calling thread's own descriptor
-// (io::PerThreadFile when several queues serve the image). Header field
+// (io::PerLoopFile when several queues serve the image). Header field
 // updates are serialised by a lock of their own (taken inside the metadata
 // lock when both are held, never the other way round); the fields a request
 // path reads (version, compression type, names) never change after Open.

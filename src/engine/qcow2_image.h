@@ -16,7 +16,23 @@
 // once per request.
 //
 // Ownership: the image owns its parts, files and the backing chain below it.
-// Thread-safety: one event loop thread.
+//
+// Thread-safety: thread-safe. The N queue threads of one attach share one
+// image (engine::ShareDevice): one L2 and refcount cache, one allocator, one
+// dirty bit, one backing chain; each thread's I/O goes to its own ring and
+// descriptors (io::PerLoopFile). Serialisation is by locks, not by a
+// metadata owner thread: reads and overwrites of allocated clusters whose
+// COPIED flag is set take only their guest cluster's lock (sharded) and the
+// slice cache's shard and slice locks, and run wholly on the calling thread;
+// allocation, refcount changes, L2 table creation and metadata write-back
+// take MetaFile::lock() (one async mutex per image), header field writes the
+// header lock inside it. Order: cluster lock -> metadata lock -> header lock.
+// Locks rather than an owner thread because the slow path is rare after the
+// first writes to a cluster and short when it happens (a cached refcount
+// update), so a hop to another thread and back would cost more than the
+// occasional wait; and a waiter is resumed on its own queue's thread
+// (io::ResumeOn through the waiter's EventLoop eventfd), so its I/O stays on
+// its own ring.
 #ifndef UQ_SRC_ENGINE_QCOW2_IMAGE_H_
 #define UQ_SRC_ENGINE_QCOW2_IMAGE_H_
 

@@ -4,7 +4,8 @@
 // zero?" for the zeroing path, and fills the untouched parts of a cluster for
 // copy-on-write.
 //
-// Thread-safety: one event loop thread; see ImageParts for the lock order.
+// Thread-safety: thread-safe (the queue threads of one image call it at once);
+// see ImageParts for the locks a request takes and their order.
 #ifndef UQ_SRC_ENGINE_READ_PATH_H_
 #define UQ_SRC_ENGINE_READ_PATH_H_
 

@@ -15,7 +15,8 @@
 // is made durable first unless the cluster holds only bytes this request
 // wrote, or it is fresh space that reads as zero after power loss anyway.
 //
-// Thread-safety: one event loop thread; see ImageParts for the lock order.
+// Thread-safety: thread-safe (the queue threads of one image call it at once);
+// see ImageParts for the locks a request takes and their order.
 #ifndef UQ_SRC_ENGINE_WRITE_PATH_H_
 #define UQ_SRC_ENGINE_WRITE_PATH_H_
 

@@ -13,7 +13,8 @@
 // read as zero; partly covered clusters keep their data; a version 2 image
 // with a backing file ignores discards.
 //
-// Thread-safety: one event loop thread; see ImageParts for the lock order.
+// Thread-safety: thread-safe (the queue threads of one image call it at once);
+// see ImageParts for the locks a request takes and their order.
 #ifndef UQ_SRC_ENGINE_ZERO_PATH_H_
 #define UQ_SRC_ENGINE_ZERO_PATH_H_
 
