@@ -4,29 +4,22 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "src/io/iovec.h"
 
 namespace uq::engine {
 
 RawDevice::RawDevice(std::unique_ptr<io::BlockFile> file, uint64_t size_bytes)
     : file_(std::move(file)), size_bytes_(size_bytes) {}
 
-namespace {
-uint64_t IovLength(std::span<const iovec> iov) {
-  uint64_t n = 0;
-  for (const iovec& v : iov) n += v.iov_len;
-  return n;
-}
-}  // namespace
-
 Task<int> RawDevice::Read(uint64_t offset_bytes, std::span<const iovec> iov) {
-  if (offset_bytes + IovLength(iov) > size_bytes_) co_return -EINVAL;
+  if (offset_bytes + io::IovLength(iov) > size_bytes_) co_return -EINVAL;
   int64_t r = co_await file_->ReadV(offset_bytes, iov);
   co_return r < 0 ? static_cast<int>(r) : 0;
 }
 
 Task<int> RawDevice::Write(uint64_t offset_bytes, std::span<const iovec> iov, bool fua) {
   if (read_only()) co_return -EROFS;
-  if (offset_bytes + IovLength(iov) > size_bytes_) co_return -EINVAL;
+  if (offset_bytes + io::IovLength(iov) > size_bytes_) co_return -EINVAL;
   int64_t r = co_await file_->WriteV(offset_bytes, iov);
   if (r < 0) co_return static_cast<int>(r);
   if (fua) co_return co_await file_->Flush();
