@@ -44,6 +44,7 @@ void PowerLossFile::Apply(const Mutation& m, std::vector<std::byte>& image) {
 }
 
 void PowerLossFile::Journal(Mutation m) {
+  std::lock_guard<std::mutex> g(mu_);
   m.seq = next_seq_++;
   journal_bytes_ += m.data.size();
   journal_.push_back(std::move(m));
@@ -58,30 +59,53 @@ void PowerLossFile::MakeDurable(uint64_t end_seq) {
   }
 }
 
-void PowerLossFile::MarkAllDurable() { MakeDurable(next_seq_); }
+void PowerLossFile::MarkAllDurable() {
+  std::lock_guard<std::mutex> g(mu_);
+  MakeDurable(next_seq_);
+}
 
 Task<int64_t> PowerLossFile::WriteV(uint64_t offset_bytes, std::span<const iovec> iov) {
-  uint64_t id = next_in_flight_id_++;
-  in_flight_.emplace(id, InFlightWrite{offset_bytes, iov});
+  uint64_t id;
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    id = next_in_flight_id_++;
+    in_flight_.emplace(id, InFlightWrite{offset_bytes, iov});
+  }
   int64_t r = co_await base()->WriteV(offset_bytes, iov);
-  in_flight_.erase(id);
   uint64_t length = IovLength(iov);
-  // Success means the whole iovec was written (BlockFile contract).
+  // Success means the whole iovec was written (BlockFile contract). The
+  // caller's buffers are still valid: its Task has not completed.
+  Mutation m{0, OpKind::kWrite, offset_bytes, length, {}};
   if (r >= 0 && length > 0) {
-    // The caller's buffers are still valid: its Task has not completed.
-    Mutation m{0, OpKind::kWrite, offset_bytes, length, {}};
     m.data.resize(length);
     CopyFromIov(iov, m.data.data());
-    Journal(std::move(m));
+  }
+  {
+    // Leaves the in-flight table and enters the journal in one step, so a
+    // crash taken meanwhile on another thread sees the write once.
+    std::lock_guard<std::mutex> g(mu_);
+    in_flight_.erase(id);
+    if (r >= 0 && length > 0) {
+      m.seq = next_seq_++;
+      journal_bytes_ += m.data.size();
+      journal_.push_back(std::move(m));
+    }
   }
   co_return r;
 }
 
 Task<int> PowerLossFile::Flush() {
   // Only mutations that completed before the flush was issued are covered.
-  uint64_t covers_seq = next_seq_;
+  uint64_t covers_seq;
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    covers_seq = next_seq_;
+  }
   int r = co_await base()->Flush();
-  if (r >= 0) MakeDurable(covers_seq);
+  if (r >= 0) {
+    std::lock_guard<std::mutex> g(mu_);
+    MakeDurable(covers_seq);
+  }
   co_return r;
 }
 
@@ -103,9 +127,13 @@ Task<int> PowerLossFile::Truncate(uint64_t size_bytes) {
   co_return r;
 }
 
-std::vector<std::byte> PowerLossFile::Crash() const { return durable_; }
+std::vector<std::byte> PowerLossFile::Crash() const {
+  std::lock_guard<std::mutex> g(mu_);
+  return durable_;
+}
 
 std::vector<std::byte> PowerLossFile::CrashRandomSubset(std::mt19937_64& rng) const {
+  std::lock_guard<std::mutex> g(mu_);
   std::vector<std::byte> image = durable_;
   std::bernoulli_distribution keep(0.5);
   for (const Mutation& m : journal_) {

@@ -24,7 +24,13 @@
 // wrapper to make failed writes absent from the durable image, or *above* it
 // to fail operations before they reach the journal at all.
 //
-// Thread-safety: single thread, like the file it wraps.
+// Thread-safety: the operations may run on several threads at once if the
+// base file allows it (an immediate-mode MemFile does), as the queue threads
+// of one image do; a mutex covers the journal, the durable image and the
+// in-flight table (never held across a base operation). Crash() and
+// CrashRandomSubset() may be called from any thread at any moment: they see
+// each mutation either journaled or not, never half. durable(),
+// unflushed_count() and unflushed_bytes() are for a quiescent file.
 #ifndef UQ_SRC_IO_POWER_LOSS_FILE_H_
 #define UQ_SRC_IO_POWER_LOSS_FILE_H_
 
@@ -33,6 +39,7 @@
 #include <deque>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <random>
 #include <vector>
 
@@ -91,8 +98,10 @@ class PowerLossFile final : public FileWrapper {
   static void Apply(const Mutation& m, std::vector<std::byte>& image);
   void Journal(Mutation m);
   // Applies journaled mutations with seq < `end_seq` to durable_.
+  // REQUIRES: mu_ held.
   void MakeDurable(uint64_t end_seq);
 
+  mutable std::mutex mu_;  // guards everything below
   std::vector<std::byte> durable_;
   std::deque<Mutation> journal_;
   uint64_t journal_bytes_ = 0;
