@@ -18,12 +18,12 @@
 # Environment: UQ_VM_DIR (default <repo>/build/vm) holds kernel/bzImage (6.1),
 # kernel-6.12/bzImage, initramfs.gz and runs/; UQ_VM_KERNEL overrides the bzImage; UQ_VM_VERBOSE=1
 # shows the full kernel log; UQ_VM_KEEP=1 keeps runs/<id> after success or skip (77);
-# UQ_VM_CPU sets -cpu (default max); UQ_VM_EXTRA_ARGS is appended to qemu's args,
+# UQ_VM_CPU sets -cpu (default max), UQ_VM_SMP the vCPU count (default 2); UQ_VM_EXTRA_ARGS is appended to qemu's args,
 # UQ_VM_APPEND to the kernel command line.
 set -euo pipefail
 
 top=$(cd "$(dirname "$0")/.." && pwd)
-smp=2 mem=2G timeout_s=550
+smp=${UQ_VM_SMP:-2} mem=2G timeout_s=550
 version=${UQ_VM_KERNEL_VERSION:-6.1}
 
 usage() {

@@ -30,14 +30,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "format/status_macros.h"
+#include "src/cli/open_image.h"
 #include "src/cli/state.h"
 #include "src/common/json.h"
-#include "src/engine/image.h"
-#include "src/engine/raw_device.h"
 #include "src/io/event_loop.h"
-#include "src/io/file_lock.h"
-#include "src/io/run_sync.h"
-#include "src/io/uring_file.h"
 #include "src/ublk/control.h"
 #include "src/ublk/features.h"
 #include "src/ublk/server.h"
@@ -87,60 +83,6 @@ bool ProcessAlive(pid_t pid) {
 
 // ---------------------------------------------------------------------------
 // Opening the image.
-
-absl::Status Annotate(const absl::Status& st, const std::string& image) {
-  return absl::Status(st.code(), absl::StrCat(image, ": ", st.message()));
-}
-
-absl::StatusOr<ublk::QueueBackend> OpenBackend(const ImageSpec& spec) {
-  unsigned entries = std::bit_ceil(std::clamp<unsigned>(2u * spec.depth, 64u, 4096u));
-  UQ_ASSIGN_OR_RETURN(std::unique_ptr<io::EventLoop> loop, io::EventLoop::Create(entries));
-  io::OpenFlags flags;
-  flags.read_only = spec.read_only;
-  auto file = io::UringFile::Open(loop.get(), spec.image, flags);
-  if (!file.ok()) {
-    return absl::Status(file.status().code(),
-                        absl::StrCat("cannot open ", spec.image, ": ", file.status().message()));
-  }
-  if (absl::Status st = io::LockImage((*file)->fd(), !spec.read_only); !st.ok()) {
-    return Annotate(st, spec.image);
-  }
-  std::unique_ptr<engine::Device> device;
-  if (spec.format == Format::kRaw) {
-    uint64_t size = (*file)->size_bytes();
-    if (size < 512) return absl::InvalidArgumentError(absl::StrCat(spec.image, ": image is empty"));
-    device = std::make_unique<engine::RawDevice>(std::move(*file), size);
-  } else {
-    engine::OpenOptions o;
-    o.format =
-        spec.format == Format::kQcow2 ? engine::ImageFormat::kQcow2 : engine::ImageFormat::kAuto;
-    o.read_only = spec.read_only;
-    o.l2_cache_bytes = spec.cache_size_bytes;
-    o.snapshot = spec.snapshot;
-    o.path = spec.image;
-    // User recovery is always on: a writable image writes each request's
-    // metadata to the file before the request completes, so `recover` after
-    // the server was killed loses no acknowledged write (the page cache keeps
-    // it; power loss still needs FLUSH, or --writethrough).
-    o.metadata_writethrough = !spec.read_only;
-    io::EventLoop* lp = loop.get();
-    o.opener = [lp](const std::string& path,
-                    bool writable) -> absl::StatusOr<std::unique_ptr<io::BlockFile>> {
-      io::OpenFlags f;
-      f.read_only = !writable;
-      auto bf = io::UringFile::Open(lp, path, f);
-      if (!bf.ok()) return bf.status();
-      if (absl::Status st = io::LockImage((*bf)->fd(), writable); !st.ok()) {
-        return Annotate(st, path);
-      }
-      return std::unique_ptr<io::BlockFile>(std::move(*bf));
-    };
-    auto dev = io::RunSync(loop.get(), engine::OpenImage(std::move(*file), std::move(o)));
-    if (!dev.ok()) return Annotate(dev.status(), spec.image);
-    device = std::move(*dev);
-  }
-  return ublk::QueueBackend{std::move(loop), std::move(device)};
-}
 
 // ---------------------------------------------------------------------------
 // Starting a server, in the foreground or as a daemon.
@@ -283,10 +225,6 @@ int RunServer(const Command& cmd, bool recover, Notifier& notify) {
     options.writethrough = spec.writethrough;
     options.dev_id = id;
     options.depth = info->queue_depth;
-    if (queues > 1 && !spec.read_only) {
-      return notify.Error(absl::FailedPreconditionError(
-          absl::StrCat("device ", id, " has ", queues, " queues but a writable image")));
-    }
   } else {
     char* real = ::realpath(spec.image.c_str(), nullptr);
     if (real == nullptr) {
@@ -295,12 +233,12 @@ int RunServer(const Command& cmd, bool recover, Notifier& notify) {
     }
     spec.image = real;
     std::free(real);
-    if (spec.queues > 1 && !spec.read_only) {
-      return notify.Error(absl::InvalidArgumentError(
-          "--queues > 1 needs --read-only: a writable image is served by one queue "
-          "(the engine is single-threaded)"));
-    }
-    queues = static_cast<uint16_t>(std::clamp(static_cast<int>(spec.queues), 1, get_nprocs()));
+    // The kernel gives at most one queue per possible CPU.
+    queues = spec.queues != 0
+                 ? static_cast<uint16_t>(std::clamp(static_cast<int>(spec.queues), 1,
+                                                    get_nprocs_conf()))
+                 : static_cast<uint16_t>(
+                       std::clamp(get_nprocs(), 1, static_cast<int>(kMaxDefaultQueues)));
     options.depth = spec.depth;
     options.reissue = spec.reissue;
     options.writethrough = spec.writethrough;
@@ -309,14 +247,12 @@ int RunServer(const Command& cmd, bool recover, Notifier& notify) {
   }
 
   // Open and validate the image before the kernel hears of a device.
-  std::vector<ublk::QueueBackend> backends;
-  for (uint16_t q = 0; q < queues; ++q) {
-    auto backend = OpenBackend(spec);
-    if (!backend.ok()) return notify.Error(backend.status());
-    backends.push_back(std::move(*backend));
-  }
+  std::string note;
+  auto backends = OpenQueueBackends(spec, queues, &note);
+  if (!backends.ok()) return notify.Error(backends.status());
+  if (!note.empty()) std::fprintf(stderr, "ublk-qcow2: %s\n", note.c_str());
 
-  auto server = ublk::Server::Start(std::move(*control), options, std::move(backends));
+  auto server = ublk::Server::Start(std::move(*control), options, std::move(*backends));
   if (!server.ok()) return notify.Error(server.status());
   spec.queues = (*server)->queues();
   spec.depth = (*server)->info().queue_depth;

@@ -14,9 +14,13 @@ namespace uq::cli {
 const char kUsage[] =
     "usage: ublk-qcow2 COMMAND ...\n"
     "  attach [--read-only] [--snapshot NAME] [--queues N] [--depth D]\n"
-    "         [--cache-size SIZE] [--format qcow2|raw|auto] [--foreground] [--reissue]\n"
-    "         [--writethrough] [--user-copy | --no-user-copy] [--unprivileged] IMAGE\n"
+    "         [--cache none|writeback] [--cache-size SIZE] [--format qcow2|raw|auto]\n"
+    "         [--foreground] [--reissue] [--writethrough] [--user-copy | --no-user-copy]\n"
+    "         [--unprivileged] IMAGE\n"
     "      serve IMAGE as /dev/ublkbN (printed); runs in the background unless --foreground\n"
+    "      N queue threads share the image (default: online CPUs, at most 4), each with\n"
+    "      D requests in flight; --cache none (the default) bypasses the host page cache\n"
+    "      (O_DIRECT) where the file system allows it\n"
     "      user copy is used where the kernel has it (6.5+), an unprivileged device is\n"
     "      made when run without CAP_SYS_ADMIN (6.3+); the --options insist on them\n"
     "  detach /dev/ublkbN | -n N | --all\n"
@@ -24,7 +28,8 @@ const char kUsage[] =
     "  list [--output=json]\n"
     "  recover -n N [--foreground]\n"
     "      start a new server for device N after its server died\n"
-    "  mount [--partition M] [--rw] [--format F] [--snapshot NAME] IMAGE DIR\n"
+    "  mount [--partition M] [--rw] [--format F] [--snapshot NAME] [--queues N]\n"
+    "        [--cache none|writeback] IMAGE DIR\n"
     "      attach (read-only unless --rw) and mount the disk or its partition M on DIR\n"
     "  unmount DIR\n"
     "      unmount DIR and detach its device\n"
@@ -48,6 +53,15 @@ absl::StatusOr<Format> ParseFormat(absl::string_view s) {
   if (s == "raw") return Format::kRaw;
   if (s == "auto") return Format::kAuto;
   return absl::InvalidArgumentError(absl::StrCat("unknown format '", s, "' (qcow2, raw or auto)"));
+}
+
+const char* CacheModeName(CacheMode m) { return m == CacheMode::kNone ? "none" : "writeback"; }
+
+absl::StatusOr<CacheMode> ParseCacheMode(absl::string_view s) {
+  if (s == "none") return CacheMode::kNone;
+  if (s == "writeback") return CacheMode::kWriteback;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown --cache mode '", s, "' (none or writeback)"));
 }
 
 absl::StatusOr<uint64_t> ParseSize(absl::string_view s) {
@@ -110,6 +124,7 @@ enum OptionId : int {
   kQueues,
   kDepth,
   kCacheSize,
+  kCacheMode,
   kForeground,
   kReissue,
   kWritethrough,
@@ -122,8 +137,13 @@ constexpr common::OptionSpec kHelpOption{'h', 'h', "help", "", "show the usage"}
 constexpr common::OptionSpec kFormatOption{'f', 'f', "format", "qcow2|raw|auto", "image format"};
 constexpr common::OptionSpec kSnapshotOption{kSnapshot, 0, "snapshot", "NAME",
                                              "serve internal snapshot NAME (read-only)"};
-constexpr common::OptionSpec kQueuesOption{kQueues, 0, "queues", "N", "queues (1..64)"};
-constexpr common::OptionSpec kDepthOption{kDepth, 0, "depth", "D", "queue depth (1..4096)"};
+constexpr common::OptionSpec kQueuesOption{
+    kQueues, 0, "queues", "N", "queue threads (1..64; default: online CPUs, at most 4)"};
+constexpr common::OptionSpec kDepthOption{kDepth, 0, "depth", "D",
+                                          "requests in flight per queue (1..4096)"};
+constexpr common::OptionSpec kCacheModeOption{
+    kCacheMode, 0, "cache", "none|writeback",
+    "none (default): O_DIRECT, no host page cache copy; writeback: buffered"};
 constexpr common::OptionSpec kCacheOption{kCacheSize, 0, "cache-size", "SIZE",
                                           "metadata cache size"};
 constexpr common::OptionSpec kReadOnlyOption{kReadOnly, 0, "read-only", "", "serve read-only"};
@@ -138,6 +158,7 @@ constexpr common::OptionSpec kAttachOptions[] = {
     kSnapshotOption,
     kQueuesOption,
     kDepthOption,
+    kCacheModeOption,
     kCacheOption,
     kFormatOption,
     kForegroundOption,
@@ -152,6 +173,7 @@ constexpr common::OptionSpec kMountOptions[] = {kReadOnlyOption,
                                                 kSnapshotOption,
                                                 kQueuesOption,
                                                 kDepthOption,
+                                                kCacheModeOption,
                                                 kCacheOption,
                                                 kFormatOption,
                                                 kWritethroughOption,
@@ -212,6 +234,10 @@ absl::Status Apply(const common::ParsedOption& o, Command& cmd) {
     }
     case kDepth: {
       UQ_ASSIGN_OR_RETURN(cmd.spec.depth, ParseCount("--depth", value, 4096));
+      break;
+    }
+    case kCacheMode: {
+      UQ_ASSIGN_OR_RETURN(cmd.spec.cache, ParseCacheMode(value));
       break;
     }
     case kCacheSize: {

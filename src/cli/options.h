@@ -16,14 +16,27 @@ enum class Format { kQcow2, kRaw, kAuto };
 const char* FormatName(Format f);
 absl::StatusOr<Format> ParseFormat(absl::string_view s);
 
+// How the image, backing and data files are opened (qemu-nbd's --cache names).
+enum class CacheMode {
+  kNone,       // O_DIRECT: no second copy of the guest's data in the host page cache
+  kWriteback,  // buffered through the host page cache
+};
+
+const char* CacheModeName(CacheMode m);
+absl::StatusOr<CacheMode> ParseCacheMode(absl::string_view s);
+
+// Default --queues: the number of online CPUs, at most this.
+inline constexpr uint16_t kMaxDefaultQueues = 4;
+
 // How an image is served; also what the state file records for `recover`.
 struct ImageSpec {
   std::string image;  // absolute once attached
   Format format = Format::kQcow2;
   bool read_only = false;
   std::string snapshot;  // implies read_only
-  uint16_t queues = 1;
-  uint16_t depth = 128;
+  uint16_t queues = 0;  // 0 = online CPUs, at most kMaxDefaultQueues
+  uint16_t depth = 128;  // per queue
+  CacheMode cache = CacheMode::kNone;
   uint64_t cache_size_bytes = 0;  // 0 = engine default
   bool reissue = false;
   // Writes complete only once durable, so they survive a server crash.

@@ -74,6 +74,7 @@ std::string EncodeState(const DeviceState& s) {
   j.Set("snapshot", common::Json::String(i.snapshot));
   j.Set("queues", common::Json::Int(i.queues));
   j.Set("depth", common::Json::Int(i.depth));
+  j.Set("cache", common::Json::String(CacheModeName(i.cache)));
   j.Set("cache_size", common::Json::Int(static_cast<int64_t>(i.cache_size_bytes)));
   j.Set("reissue", common::Json::Bool(i.reissue));
   j.Set("writethrough", common::Json::Bool(i.writethrough));
@@ -133,6 +134,13 @@ absl::StatusOr<DeviceState> DecodeState(absl::string_view text) {
   s.spec.read_only = GetBool(*j, "read_only");
   s.spec.reissue = GetBool(*j, "reissue");
   s.spec.writethrough = GetBool(*j, "writethrough");
+  // State files from before --cache served through the page cache.
+  const std::string cache = GetString(*j, "cache");
+  if (cache.empty()) {
+    s.spec.cache = CacheMode::kWriteback;
+  } else {
+    UQ_ASSIGN_OR_RETURN(s.spec.cache, ParseCacheMode(cache));
+  }
   return s;
 }
 

@@ -85,6 +85,15 @@ void Queue::Start() {
 }
 
 absl::Status CloseDevice(io::EventLoop& loop, engine::Device& device) {
+  // The Device's I/O goes to this loop's files (io::PerLoopFile picks by the
+  // current executor), also when the control thread closes a queue that
+  // never ran.
+  io::Executor* before = io::Executor::Current();
+  io::Executor::SetCurrent(&loop);
+  struct Restore {
+    io::Executor* e;
+    ~Restore() { io::Executor::SetCurrent(e); }
+  } restore{before};
   std::optional<absl::Status> closed;
   Spawn(StoreResult(device.Close(), &closed));
   while (!closed.has_value()) {
@@ -109,6 +118,9 @@ void Queue::Run() {
   // do not throttle this thread like an ordinary writer. Needs
   // CAP_SYS_RESOURCE; without it we serve anyway.
   prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0);
+  // This thread's executor: the Device's files pick this loop's descriptor,
+  // and requests parked on state shared with other queues are resumed here.
+  loop_->MakeCurrent();
 
   live_tags_ = config_.depth;
   for (uint16_t tag = 0; tag < config_.depth; ++tag) Spawn(ServeTag(tag));

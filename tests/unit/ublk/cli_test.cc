@@ -29,6 +29,24 @@ TEST(CliParseTest, AttachWithEverything) {
   EXPECT_EQ(c->spec.image, "disk.qcow2");
 }
 
+// Defaults a qemu-nbd user expects: O_DIRECT, queues chosen at attach time.
+TEST(CliParseTest, QueueAndCacheDefaults) {
+  auto c = Parse({"attach", "d.qcow2"});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->spec.queues, 0);  // resolved to online CPUs (at most 4) by attach
+  EXPECT_EQ(c->spec.cache, CacheMode::kNone);
+  auto w = Parse({"attach", "--cache", "writeback", "--queues", "4", "d.qcow2"});
+  ASSERT_TRUE(w.ok()) << w.status();
+  EXPECT_EQ(w->spec.cache, CacheMode::kWriteback);
+  EXPECT_EQ(w->spec.queues, 4);
+  auto m = Parse({"mount", "--cache=none", "d.qcow2", "/mnt"});
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ(m->spec.cache, CacheMode::kNone);
+  auto bad = Parse({"attach", "--cache", "unsafe", "d.qcow2"});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().message(), "unknown --cache mode 'unsafe' (none or writeback)");
+}
+
 TEST(CliParseTest, SnapshotImpliesReadOnly) {
   auto c = Parse({"attach", "--snapshot", "s", "d.qcow2"});
   ASSERT_TRUE(c.ok());
@@ -142,8 +160,10 @@ TEST(StateTest, RoundTrip) {
   s.spec.cache_size_bytes = 1 << 20;
   s.spec.reissue = true;
   s.spec.writethrough = true;
+  s.spec.cache = CacheMode::kWriteback;
   auto d = DecodeState(EncodeState(s));
   ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->spec.cache, CacheMode::kWriteback);
   EXPECT_EQ(d->dev_id, 4u);
   EXPECT_EQ(d->pid, 1234);
   EXPECT_EQ(d->spec.image, s.spec.image);

@@ -69,7 +69,7 @@ expect_error "lock" "$UQ" attach --read-only good.qcow2
 detach "$dev"
 
 # Writable multi-queue is refused with a reason.
-expect_error "queues" "$UQ" attach --queues 2 good.qcow2
+expect_error "unknown --cache mode 'unsafe'" "$UQ" attach --cache unsafe good.qcow2
 # Option errors.
 expect_error "unrecognized option '--bogus'" "$UQ" attach --bogus good.qcow2
 expect_error "no ublk device" "$UQ" detach /dev/ublkb999
