@@ -57,7 +57,7 @@ using testing::EnvU64;
 using testing::MakeImage;
 
 #ifdef UQ_TSAN
-constexpr uint64_t kOpsDivisor = 8;  // TSan runs ~10x slower: same shapes, fewer ops
+constexpr uint64_t kOpsDivisor = 16;  // TSan runs ~10x slower: same shapes, fewer ops
 #else
 constexpr uint64_t kOpsDivisor = 1;
 #endif

@@ -17,7 +17,7 @@
 // No two requests in flight overlap (a shared registry), so completion order
 // is the model's only ordering.
 //
-// Environment: UQ_POWER_THREADED_SEEDS (default 150), UQ_POWER_BASE_SEED
+// Environment: UQ_POWER_THREADED_SEEDS (default 150, 25 under TSan), UQ_POWER_BASE_SEED
 // (default random, printed), UQ_POWER_SEED=<n> runs only seed n. Thread
 // interleavings are not reproducible: rerun a failing seed a few times.
 #include <gtest/gtest.h>
@@ -49,10 +49,23 @@
 #include "tests/engine/test_util.h"
 #include "tests/engine/thread_util.h"
 
+#if defined(__SANITIZE_THREAD__)
+#define UQ_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define UQ_TSAN 1
+#endif
+#endif
+
 namespace uq::engine {
 namespace {
 
 constexpr uint64_t kSector = 512;
+#ifdef UQ_TSAN
+constexpr uint64_t kDefaultSeeds = 25;  // TSan runs ~10x slower
+#else
+constexpr uint64_t kDefaultSeeds = 150;
+#endif
 
 struct Config {
   format::CreateOptions create;
@@ -415,7 +428,7 @@ void ThreadedPowerLossRun::CheckCrashedImage() {
 }
 
 TEST(ThreadedPowerLoss, ConcurrentStreamsSurviveCrash) {
-  const uint64_t seeds = testing::EnvU64("UQ_POWER_THREADED_SEEDS", 150);
+  const uint64_t seeds = testing::EnvU64("UQ_POWER_THREADED_SEEDS", kDefaultSeeds);
   const uint64_t base = testing::EnvU64("UQ_POWER_BASE_SEED", std::random_device{}());
   std::optional<uint64_t> only;
   if (std::getenv("UQ_POWER_SEED") != nullptr) only = testing::EnvU64("UQ_POWER_SEED", 0);
