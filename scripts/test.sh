@@ -38,3 +38,20 @@ if [[ -z "${UQ_TEST_LABELS:-}" ]]; then
   ctest --test-dir "$asan" --output-on-failure -j"$jobs" -L 'unit|sanitize'
   ctest --test-dir "$asan" --output-on-failure -j"$jobs" -R 'MalformedCliTest|CliErrorsTest'
 fi
+
+# Again under ThreadSanitizer: the tests labelled `tsan` (the engine, cache and
+# io tests, among them the simulation and power-loss runs with 2 and 4 real
+# threads sharing one image). Only their executables are built. setarch -R:
+# GCC 12's TSan aborts on kernels with high mmap randomisation ("unexpected
+# memory mapping"); without ASLR its shadow layout always fits. The
+# PowerLossFile model test is single-threaded and takes minutes under TSan.
+if [[ -z "${UQ_TEST_LABELS:-}" || "tsan" =~ ${UQ_TEST_LABELS} ]]; then
+  tsan=${build}-tsan
+  cmake -S . -B "$tsan" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DUQ_WERROR=ON \
+    -DSANITIZE=thread
+  cmake --build "$tsan" -j"$jobs" --target uq_io_test cache_slice_cache_test engine_qcow2_test \
+    engine_threaded_simulation_test engine_threaded_power_loss_test
+  TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 ${TSAN_OPTIONS:-}" \
+    setarch "$(uname -m)" -R ctest --test-dir "$tsan" --output-on-failure -j"$jobs" -L tsan \
+    -E '^PowerLossFileTest\.RandomOpsMatchModel$'
+fi
