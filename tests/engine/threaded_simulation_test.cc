@@ -80,6 +80,14 @@ struct ThreadedConfig {
   // most two subclusters (or 4 KiB) long.
   uint64_t hot_clusters = 0;
   uint64_t seed = 1;
+  // > 0: partitioned mode, for ThreadSanitizer. The disk is cut into stripes
+  // of this size and thread i only touches stripes s with s % threads == i
+  // (each request inside one stripe); a stripe smaller than a cluster puts
+  // every thread inside every cluster. The threads then share nothing but
+  // the engine: no registry lock, and the image and backing files are
+  // UnlockedFiles (no MemFile mutex), so the only happens-before edges TSan
+  // sees between threads are the engine's own synchronisation.
+  uint64_t stripe_bytes = 0;
 };
 
 enum class OpType { kRead, kWrite, kZeroes, kZeroesUnmap, kDiscard, kFlush, kCompressed };
@@ -124,6 +132,7 @@ class ThreadedSimulation {
     int index = 0;
     std::mt19937_64 rng;
     uint32_t inflight = 0;
+    std::list<InFlight> local;  // partitioned mode: this thread's requests
   };
 
   uint64_t cluster_bytes() const { return uint64_t{1} << c_.cluster_bits; }
@@ -154,8 +163,10 @@ class ThreadedSimulation {
     return [this](const std::string& path,
                   bool writable) -> absl::StatusOr<std::unique_ptr<io::BlockFile>> {
       if (!backing_ || path != backing_path_) return absl::NotFoundError(path);
+      io::BlockFile* f = unlocked_backing_ ? static_cast<io::BlockFile*>(unlocked_backing_.get())
+                                           : backing_.get();
       return std::make_unique<testing::YieldFile>(
-          std::make_unique<testing::BorrowedFile>(backing_.get(), !writable));
+          std::make_unique<testing::BorrowedFile>(f, !writable));
     };
   }
 
@@ -200,7 +211,20 @@ class ThreadedSimulation {
     backing_path_ = "/images/" + o.backing_file;
     image_ = MakeImage(o);
     ASSERT_NE(image_, nullptr);
+    if (c_.stripe_bytes > 0) {
+      const uint64_t capacity = 2 * c_.size_bytes + (16 << 20);
+      unlocked_image_ = std::make_unique<testing::UnlockedFile>(image_->data(), capacity);
+      if (backing_) {
+        unlocked_backing_ =
+            std::make_unique<testing::UnlockedFile>(backing_->data(), backing_->data().size());
+      }
+    }
     ASSERT_NO_FATAL_FAILURE(Reopen(false));
+  }
+
+  io::BlockFile& image_file() {
+    if (unlocked_image_) return *unlocked_image_;
+    return *image_;
   }
 
   void Reopen(bool read_only) {
@@ -212,7 +236,7 @@ class ThreadedSimulation {
     oo.refcount_cache_bytes = c_.refcount_cache_bytes;
     auto d = io::RunSync(
         nullptr, OpenImage(std::make_unique<testing::YieldFile>(
-                               std::make_unique<testing::BorrowedFile>(image_.get(), read_only)),
+                               std::make_unique<testing::BorrowedFile>(&image_file(), read_only)),
                            oo));
     ASSERT_TRUE(d.ok()) << d.status();
     dev_ = std::move(*d);
@@ -223,7 +247,7 @@ class ThreadedSimulation {
     absl::Status s = io::RunSync(nullptr, dev_->Close());
     ASSERT_TRUE(s.ok()) << s;
     dev_.reset();
-    auto r = io::RunSync(nullptr, CheckImage(*image_));
+    auto r = io::RunSync(nullptr, CheckImage(image_file()));
     ASSERT_TRUE(r.ok()) << r.status();
     std::string msgs;
     for (const std::string& m : r->messages) msgs += m + "\n";
@@ -302,7 +326,9 @@ class ThreadedSimulation {
            std::to_string(static_cast<int>(type)) + " [" + std::to_string(off) + ", +" +
            std::to_string(len) + ") failed: " + std::to_string(r));
     }
-    {
+    if (c_.stripe_bytes > 0) {
+      w->local.erase(it);
+    } else {
       std::lock_guard<std::mutex> g(registry_mu_);
       inflight_.erase(it);
       --inflight_count_;
@@ -324,7 +350,23 @@ class ThreadedSimulation {
                               : OpType::kCompressed;
     uint64_t off = 0;
     uint64_t len = 0;
-    if (type == OpType::kCompressed) {
+    if (c_.stripe_bytes > 0) {
+      if (type == OpType::kCompressed && c_.stripe_bytes % cs != 0) type = OpType::kWrite;
+      // One of this thread's stripes.
+      const uint64_t sb = c_.stripe_bytes;
+      const uint64_t stripes = (c_.size_bytes + sb - 1) / sb;
+      const uint64_t own = (stripes - w->index + threads_ - 1) / threads_;
+      const uint64_t base = (rng() % own * threads_ + w->index) * sb;
+      const uint64_t end = std::min(base + sb, c_.size_bytes);
+      if (type == OpType::kCompressed) {
+        off = base + rng() % ((end - base + cs - 1) / cs) * cs;
+        len = std::min(cs, end - off);
+      } else if (type != OpType::kFlush) {
+        off = base + rng() % ((end - base) / 512) * 512;
+        len = (1 + rng() % ((end - off) / 512)) * 512;
+        len = std::min(len, c_.max_io_bytes);
+      }
+    } else if (type == OpType::kCompressed) {
       const uint64_t clusters = c_.hot_clusters ? c_.hot_clusters : (c_.size_bytes + cs - 1) / cs;
       off = rng() % clusters * cs;
       len = std::min(cs, c_.size_bytes - off);
@@ -349,7 +391,15 @@ class ThreadedSimulation {
     }
     const bool mutates = type != OpType::kRead && type != OpType::kFlush;
     std::list<InFlight>::iterator it;
-    if (!Register(off, off + len, mutates, &it)) return false;
+    if (c_.stripe_bytes > 0) {
+      for (const InFlight& f : w->local) {
+        if (off < f.end && f.begin < off + len && (mutates || f.mutates)) return false;
+      }
+      w->local.push_front({off, off + len, mutates});
+      it = w->local.begin();
+    } else if (!Register(off, off + len, mutates, &it)) {
+      return false;
+    }
     // The range is ours: update the model before the request starts, as the
     // single-threaded simulation does.
     std::vector<std::byte> buf;
@@ -442,10 +492,13 @@ class ThreadedSimulation {
   int threads_;
   std::unique_ptr<io::MemFile> image_;
   std::unique_ptr<io::MemFile> backing_;
+  std::unique_ptr<testing::UnlockedFile> unlocked_image_;    // partitioned mode
+  std::unique_ptr<testing::UnlockedFile> unlocked_backing_;  // partitioned mode
   std::string backing_path_;
   std::unique_ptr<Device> dev_;
   // Each byte is touched only by the thread holding its range in inflight_
-  // (or, for reads, by threads that all only read it).
+  // (or, for reads, by threads that all only read it; in partitioned mode,
+  // by the thread owning its stripe).
   std::vector<std::byte> model_;
   std::mutex registry_mu_;
   std::list<InFlight> inflight_;  // guarded by registry_mu_
@@ -511,6 +564,32 @@ const NamedConfig kConfigs[] = {
       .size_bytes = 1 << 20,
       .hot_clusters = 2,
       .seed = 209}},
+    // Partitioned (see stripe_bytes): every thread in every cluster, one
+    // subcluster each.
+    {"PartitionedSubclustersExtendedL2QcowBacking",
+     {.extended_l2 = true,
+      .backing = BackingKind::kQcow2,
+      .size_bytes = 1 << 20,
+      .ops = 40000,
+      .seed = 210,
+      .stripe_bytes = 2048}},
+    {"PartitionedSectorsStandardL2RawBacking",
+     {.cluster_bits = 14,
+      .backing = BackingKind::kRaw,
+      .size_bytes = 1 << 20,
+      .ops = 40000,
+      .seed = 211,
+      .stripe_bytes = 4096}},
+    {"PartitionedClustersTinyCaches",
+     {.cluster_bits = 12,
+      .refcount_order = 3,
+      .l2_cache_bytes = 2 * 4096,
+      .refcount_cache_bytes = 2 * 4096,
+      .size_bytes = 4 << 20,
+      .ops = 20000,
+      .max_io_bytes = 32 << 10,
+      .seed = 212,
+      .stripe_bytes = 4 * 4096}},
 };
 
 class ThreadedSimulationTest
