@@ -72,6 +72,7 @@ struct ThreadedConfig {
   uint64_t l2_cache_bytes = 0;
   uint64_t refcount_cache_bytes = 0;
   format::CompressionType compression = format::CompressionType::kZlib;
+  bool lazy_refcounts = false;
   uint64_t size_bytes = 8 << 20;
   uint64_t ops = 8000;  // in total, shared out between the threads
   uint32_t max_inflight = 8;  // per thread
@@ -180,6 +181,7 @@ class ThreadedSimulation {
     o.refcount_order = c_.refcount_order;
     o.extended_l2 = c_.extended_l2;
     o.compression_type = c_.compression;
+    o.lazy_refcounts = c_.lazy_refcounts;
     if (c_.backing == BackingKind::kRaw) {
       std::vector<std::byte> bytes(backing_size);
       FillRandom(rng, bytes);
@@ -564,6 +566,22 @@ const NamedConfig kConfigs[] = {
       .size_bytes = 1 << 20,
       .hot_clusters = 2,
       .seed = 209}},
+    // Refcount blocks fill up and the refcount table grows while every
+    // thread allocates.
+    {"Cluster512Refcount64BitGrowsRefcountTable",
+     {.cluster_bits = 9,
+      .refcount_order = 6,
+      .size_bytes = 6 << 20,
+      .max_io_bytes = 64 << 10,
+      .seed = 213}},
+    // The first write of each thread races to set the dirty bit.
+    {"LazyRefcountsQcow2Backing",
+     {.cluster_bits = 13,
+      .backing = BackingKind::kQcow2,
+      .lazy_refcounts = true,
+      .size_bytes = 4 << 20,
+      .max_io_bytes = 32 << 10,
+      .seed = 214}},
     // Partitioned (see stripe_bytes): every thread in every cluster, one
     // subcluster each.
     {"PartitionedSubclustersExtendedL2QcowBacking",
