@@ -250,7 +250,6 @@ int RunServer(const Command& cmd, bool recover, Notifier& notify) {
   std::string note;
   auto backends = OpenQueueBackends(spec, queues, &note);
   if (!backends.ok()) return notify.Error(backends.status());
-  if (!note.empty()) std::fprintf(stderr, "ublk-qcow2: %s\n", note.c_str());
 
   auto server = ublk::Server::Start(std::move(*control), options, std::move(*backends));
   if (!server.ok()) return notify.Error(server.status());
@@ -261,6 +260,8 @@ int RunServer(const Command& cmd, bool recover, Notifier& notify) {
     std::fprintf(stderr, "ublk-qcow2: warning: %.*s\n", static_cast<int>(st.message().size()),
                  st.message().data());
   }
+  // Only once the device is live, so that a failed attach prints one line.
+  if (!note.empty()) std::fprintf(stderr, "ublk-qcow2: %s\n", note.c_str());
   notify.Ok((*server)->dev_id());
   return ServeUntilStopped(**server);
 }

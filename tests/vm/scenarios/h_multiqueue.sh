@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Read-only multi-queue: --queues 2 serves one Device per queue thread; fio
+# Read-only multi-queue: --queues 2, both queue threads share one open image; fio
 # randread at depth 64 verifies against the converted raw image.
 source "$(dirname "$0")/lib.sh"
 need qemu-img fio cmp
