@@ -13,8 +13,23 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "format/status_macros.h"
+#include "tools/commands.h"
 
 namespace uq::tools {
+
+absl::StatusOr<bool> WantJson(const common::ParsedArgs& args) {
+  const std::string* output = args.Last(kOutputId);
+  if (output == nullptr || *output == "human") return false;
+  if (*output == "json") return true;
+  return absl::InvalidArgumentError("--output must be used with human or json as argument.");
+}
+
+absl::StatusOr<std::string> OneImage(const common::ParsedArgs& args) {
+  if (args.operands.size() != 1) {
+    return absl::InvalidArgumentError("Expecting one image file name");
+  }
+  return args.operands[0];
+}
 
 int Fail(std::string_view what, std::string_view problem) {
   std::fprintf(stderr, "qcow2-img: %.*s: %.*s\n", static_cast<int>(what.size()), what.data(),
@@ -218,8 +233,10 @@ constexpr uint64_t kMaxSnapshotEntryBytes = 40 + 1024 + 2 * 65535 + 7;
 
 }  // namespace
 
-absl::StatusOr<ImageDescription> DescribeImage(const std::string& path, std::string_view format) {
+absl::StatusOr<ImageDescription> DescribeImage(const std::string& path, std::string_view format,
+                                               LockMode lock) {
   UQ_ASSIGN_OR_RETURN(PosixFile file, PosixFile::Open(path, O_RDONLY));
+  UQ_RETURN_IF_ERROR(LockImageFile(file.fd(), lock));
   UQ_ASSIGN_OR_RETURN(const uint64_t file_size, file.Size());
   ImageDescription d;
   d.filename = path;

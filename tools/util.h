@@ -15,8 +15,17 @@
 #include "format/bitmaps.h"
 #include "format/header.h"
 #include "format/snapshot.h"
+#include "src/common/options.h"
+#include "tools/image_lock.h"
 
 namespace uq::tools {
+
+// --output: false for human (the default), true for json; anything else is
+// qemu-img's error.
+absl::StatusOr<bool> WantJson(const common::ParsedArgs& args);
+
+// The single image operand, else qemu-img's "Expecting one image file name".
+absl::StatusOr<std::string> OneImage(const common::ParsedArgs& args);
 
 // Prints the one error line every subcommand uses, "qcow2-img: <what>:
 // <problem>", to stderr and returns the exit code 1.
@@ -77,10 +86,11 @@ struct ImageDescription {
   std::string full_backing_filename;        // resolved; empty = none
 };
 
-// Opens `path` read-only and describes it. `format` is "qcow2", "raw" or ""
-// (probe: qcow2 if the magic matches, else raw). Errors are one line naming
-// the problem (without the file name).
-absl::StatusOr<ImageDescription> DescribeImage(const std::string& path, std::string_view format);
+// Opens `path` read-only, locks it with `lock` and describes it. `format` is
+// "qcow2", "raw" or "" (probe: qcow2 if the magic matches, else raw). Errors
+// are one line naming the problem (without the file name).
+absl::StatusOr<ImageDescription> DescribeImage(const std::string& path, std::string_view format,
+                                               LockMode lock);
 
 }  // namespace uq::tools
 
