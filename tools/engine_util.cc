@@ -181,6 +181,19 @@ absl::StatusOr<std::unique_ptr<engine::Device>> OpenQcow2(io::EventLoop& loop,
 
 }  // namespace
 
+absl::StatusOr<bool> IsQcow2(io::EventLoop& loop, io::BlockFile& file, const std::string& format) {
+  if (!format.empty()) {
+    UQ_ASSIGN_OR_RETURN(engine::ImageFormat f, ParseFormatName(format));
+    return f == engine::ImageFormat::kQcow2;
+  }
+  // The qcow2 magic: bytes 0..3, "QFI\xfb".
+  AlignedBuffer head(4096);
+  const int64_t r = RunOnLoop(loop, file.Read(0, head.span()));
+  if (r < 0) return absl::InternalError(absl::StrCat("reading the header: ", std::strerror(-r)));
+  const auto* b = reinterpret_cast<const uint8_t*>(head.data());
+  return file.size_bytes() >= 4 && b[0] == 0x51 && b[1] == 0x46 && b[2] == 0x49 && b[3] == 0xfb;
+}
+
 absl::StatusOr<std::unique_ptr<engine::Device>> OpenDevice(io::EventLoop& loop,
                                                            const std::string& path,
                                                            const EngineOpenOptions& options) {
@@ -199,15 +212,8 @@ absl::StatusOr<std::unique_ptr<engine::Device>> OpenDeviceOnFile(
     const EngineOpenOptions& options) {
   engine::ImageFormat format = options.format;
   if (format == engine::ImageFormat::kAuto) {
-    // Probe the qcow2 magic (bytes 0..3, big-endian "QFI\xfb").
-    AlignedBuffer head(4096);
-    int64_t r = RunOnLoop(loop, file->Read(0, head.span()));
-    if (r < 0) return absl::InternalError(absl::StrCat("reading the header: ", std::strerror(-r)));
-    bool is_qcow2 = file->size_bytes() >= 4 && static_cast<uint8_t>(head.data()[0]) == 0x51 &&
-                    static_cast<uint8_t>(head.data()[1]) == 0x46 &&
-                    static_cast<uint8_t>(head.data()[2]) == 0x49 &&
-                    static_cast<uint8_t>(head.data()[3]) == 0xfb;
-    format = is_qcow2 ? engine::ImageFormat::kQcow2 : engine::ImageFormat::kRaw;
+    UQ_ASSIGN_OR_RETURN(bool qcow2, IsQcow2(loop, *file, ""));
+    format = qcow2 ? engine::ImageFormat::kQcow2 : engine::ImageFormat::kRaw;
   }
   if (format == engine::ImageFormat::kRaw) {
     if (!options.snapshot.empty()) {

@@ -60,6 +60,10 @@ struct EngineOpenOptions {
   bool force_share = false;
 };
 
+// Whether `file` is to be read as qcow2: `format` is "qcow2" or "raw", or
+// empty to probe the qcow2 magic.
+absl::StatusOr<bool> IsQcow2(io::EventLoop& loop, io::BlockFile& file, const std::string& format);
+
 // Opens and locks `path` as a Device on `loop` (backing files and the
 // external data file are opened on the same loop, with O_DIRECT too if
 // asked).

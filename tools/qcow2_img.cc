@@ -15,7 +15,7 @@ namespace {
 // To add a subcommand: define its Command in cmd_<name>.cc, declare it in
 // commands.h and add it here.
 const Command* const kCommands[] = {
-    &kCreateCommand, &kInfoCommand, &kConvertCommand, &kIoCommand, &kBenchCommand,
+    &kCreateCommand, &kInfoCommand, &kCheckCommand, &kConvertCommand, &kIoCommand, &kBenchCommand,
 };
 
 void PrintUsage(std::FILE* out) {
