@@ -41,6 +41,7 @@ inline constexpr common::OptionSpec kOutputOption{kOutputId, 0, "output", "human
 extern const Command kCreateCommand;
 extern const Command kInfoCommand;
 extern const Command kCheckCommand;
+extern const Command kMapCommand;
 extern const Command kIoCommand;
 extern const Command kConvertCommand;
 extern const Command kBenchCommand;

@@ -74,6 +74,12 @@ class PosixFile {
 // the directory of image_path.
 std::string ResolveRelative(const std::string& image_path, const std::string& name);
 
+// Whether `file` starts with the qcow2 magic.
+absl::StatusOr<bool> HasQcow2Magic(const PosixFile& file);
+// Reads and validates the qcow2 header of `file` (format::DecodeHeader
+// against the file's size).
+absl::StatusOr<format::Header> ReadQcow2Header(const PosixFile& file);
+
 // What `info` reports about one image.
 struct ImageDescription {
   std::string filename;
