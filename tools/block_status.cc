@@ -26,8 +26,9 @@ uint64_t RoundUpToSector(uint64_t v) {
 }  // namespace
 
 unsigned BlockStatus::Flags() const {
+  // RECURSE is QEMU's internal hint between layers: callers never see it.
   return (data ? 1u : 0u) | (zero ? 2u : 0u) | (offset_valid ? 4u : 0u) | (allocated ? 8u : 0u) |
-         (eof ? 16u : 0u) | (recurse ? 32u : 0u);
+         (eof ? 16u : 0u);
 }
 
 absl::StatusOr<HoleRun> FindHoles(const PosixFile& file, uint64_t offset, uint64_t bytes) {
@@ -104,7 +105,8 @@ absl::StatusOr<std::vector<uint64_t>> ReadL1(const PosixFile& file, const format
       if (s.id == snapshot || (found == nullptr && s.name == snapshot)) found = &s;
     }
     if (found == nullptr) {
-      return absl::NotFoundError(absl::StrCat("Can't find snapshot '", snapshot, "'"));
+      return absl::NotFoundError(
+          absl::StrCat("Failed to load snapshot: Can't find snapshot '", snapshot, "'"));
     }
     offset = found->l1_table_offset;
     entries = found->l1_size;
@@ -144,6 +146,9 @@ absl::StatusOr<Chain> Chain::Open(const std::string& path, const std::string& fo
           absl::StrCat("Unknown driver '", current_format, "' (qcow2 or raw)"));
     }
     if (!qcow2) {
+      if (chain.layers_.empty() && !snapshot.empty()) {
+        return absl::InvalidArgumentError("Failed to load snapshot: a raw image has no snapshots");
+      }
       chain.layers_.push_back(std::make_unique<RawLayer>(*std::move(file), current));
       break;
     }

@@ -46,7 +46,8 @@ struct BlockStatus {
   uint64_t host_offset = 0;  // with offset_valid
   std::string file;          // the file host_offset refers to (with offset_valid)
 
-  // The flags as one value, for strict comparisons.
+  // The flags callers of QEMU's block status see, as one value (strict
+  // comparisons).
   unsigned Flags() const;
 };
 

@@ -42,6 +42,7 @@ extern const Command kCreateCommand;
 extern const Command kInfoCommand;
 extern const Command kCheckCommand;
 extern const Command kMapCommand;
+extern const Command kCompareCommand;
 extern const Command kIoCommand;
 extern const Command kConvertCommand;
 extern const Command kBenchCommand;

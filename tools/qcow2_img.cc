@@ -15,8 +15,8 @@ namespace {
 // To add a subcommand: define its Command in cmd_<name>.cc, declare it in
 // commands.h and add it here.
 const Command* const kCommands[] = {
-    &kCreateCommand,  &kInfoCommand, &kCheckCommand, &kMapCommand,
-    &kConvertCommand, &kIoCommand,   &kBenchCommand,
+    &kCreateCommand,  &kInfoCommand,    &kCheckCommand, &kMapCommand,   &kCompareCommand,
+    &kConvertCommand, &kIoCommand,    &kBenchCommand,
 };
 
 void PrintUsage(std::FILE* out) {
