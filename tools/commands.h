@@ -43,6 +43,7 @@ extern const Command kInfoCommand;
 extern const Command kCheckCommand;
 extern const Command kMapCommand;
 extern const Command kCompareCommand;
+extern const Command kMeasureCommand;
 extern const Command kIoCommand;
 extern const Command kConvertCommand;
 extern const Command kBenchCommand;

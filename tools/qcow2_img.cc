@@ -16,7 +16,7 @@ namespace {
 // commands.h and add it here.
 const Command* const kCommands[] = {
     &kCreateCommand,  &kInfoCommand,    &kCheckCommand, &kMapCommand,   &kCompareCommand,
-    &kConvertCommand, &kIoCommand,    &kBenchCommand,
+    &kMeasureCommand, &kConvertCommand, &kIoCommand,    &kBenchCommand,
 };
 
 void PrintUsage(std::FILE* out) {
