@@ -91,8 +91,8 @@ void Inc(Scan& s, uint64_t offset, uint64_t size) {
     if (v == s.refs.max()) {
       s.Corruption(absl::StrFormat("ERROR: overflow cluster offset=0x%x", c * cs));
       s.Message(
-          "Use a wider refcount_bits or qcow2-img convert to create a clean copy if the image "
-          "cannot be opened for writing");
+          "Use qemu-img amend to increase the refcount entry width or qemu-img convert to create "
+          "a clean copy if the image cannot be opened for writing");
       continue;
     }
     s.refs.Set(c, v + 1);
