@@ -7,6 +7,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 
 namespace uq::common {
 
@@ -146,6 +147,7 @@ std::string FormatHelp(absl::string_view usage, absl::string_view summary,
     left.push_back(std::move(l));
   }
   constexpr size_t kMaxColumn = 30;
+  constexpr size_t kWidth = 80;
   const size_t column = std::min(width, kMaxColumn) + 2;
   std::string out = absl::StrCat("usage: ", usage, "\n");
   if (!summary.empty()) absl::StrAppend(&out, "\n", summary, "\n");
@@ -158,7 +160,20 @@ std::string FormatHelp(absl::string_view usage, absl::string_view summary,
     } else {
       line.append(column - line.size(), ' ');
     }
-    absl::StrAppend(&out, line, specs[i].help, "\n");
+    // Word-wrap the help text to the width, continuing under its column.
+    size_t used = column;
+    bool first = true;
+    for (absl::string_view word : absl::StrSplit(specs[i].help, ' ', absl::SkipEmpty())) {
+      if (!first && used + 1 + word.size() > kWidth) {
+        absl::StrAppend(&line, "\n", std::string(column, ' '));
+        used = column;
+        first = true;
+      }
+      absl::StrAppend(&line, first ? "" : " ", word);
+      used += (first ? 0 : 1) + word.size();
+      first = false;
+    }
+    absl::StrAppend(&out, line, "\n");
   }
   return out;
 }
