@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "format/header.h"
 #include "format/status_macros.h"
 #include "src/common/json.h"
 #include "tools/block_status.h"
@@ -22,7 +23,6 @@ namespace uq::tools {
 namespace {
 
 constexpr int kSizeId = common::kLongOnlyIdBase + 1;
-constexpr uint64_t kMaxL1Bytes = 32 << 20;  // QEMU's QCOW_MAX_L1_SIZE
 
 constexpr common::OptionSpec kMeasureOptions[] = {
     {'f', 'f', "format", "FMT", "format of SRC, qcow2 or raw (probed when omitted)"},
@@ -216,7 +216,7 @@ absl::StatusOr<Measurement> Measure(const Target& t, std::optional<uint64_t> siz
   const uint64_t cs = t.cluster_bytes;
   uint64_t virtual_size = RoundUp(size.value_or(t.size_bytes.value_or(0)), cs);
   const uint64_t l2_tables = DivRoundUp(virtual_size / cs, cs / (t.extended_l2 ? 16 : 8));
-  if (l2_tables * 8 > kMaxL1Bytes) {
+  if (l2_tables * 8 > format::kMaxL1Bytes) {
     return absl::InvalidArgumentError(
         "The image size is too large (try using a larger cluster size)");
   }

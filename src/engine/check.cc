@@ -264,7 +264,8 @@ Task<absl::Status> MarkCleanAndConsistent(Scan& s) {
   const uint64_t bits = format::kIncompatDirty | format::kIncompatCorrupt;
   if (s.h.version < 3 || (s.h.incompatible_features & bits) == 0) co_return absl::OkStatus();
   s.h.incompatible_features &= ~bits;
-  UQ_CO_RETURN_IF_ERROR(co_await check_internal::WriteEntry(s.file, 72, s.h.incompatible_features));
+  UQ_CO_RETURN_IF_ERROR(co_await check_internal::WriteEntry(
+      s.file, format::kHeaderIncompatibleFeaturesAt, s.h.incompatible_features));
   if (co_await s.file.Flush() < 0) co_return absl::DataLossError("flush failed");
   co_return absl::OkStatus();
 }

@@ -17,7 +17,6 @@ namespace uq::engine::check_internal {
 namespace {
 
 constexpr uint64_t kRefTableOffsetMask = 0xfffffffffffffe00ull;
-constexpr uint64_t kMaxRefcountTableBytes = 8ull << 20;  // QEMU's QCOW_MAX_REFTABLE_SIZE
 // Refcount blocks kept in memory at once (bytes).
 constexpr uint64_t kBlockCacheBytes = 32ull << 20;
 constexpr uint64_t kSectorBytes = 512;
@@ -145,7 +144,7 @@ Task<absl::Status> WriteNewRefcountStructure(Scan& s, bool clear_dirty) {
     if (need <= blocks) break;
     blocks = need;
   }
-  if (table_clusters * cs > kMaxRefcountTableBytes) {
+  if (table_clusters * cs > format::kMaxRefcountTableBytes) {
     co_return absl::ResourceExhaustedError("the new refcount table would exceed 8 MiB");
   }
   const uint64_t end = base + blocks + table_clusters;
@@ -182,7 +181,8 @@ Task<absl::Status> WriteNewRefcountStructure(Scan& s, bool clear_dirty) {
   format::StoreBE64(fields + 16, h.snapshots_offset);
   format::StoreBE64(fields + 24, h.version >= 3 ? h.incompatible_features : 0);
   const uint64_t length = h.version >= 3 ? 32 : 24;  // v2 headers end at byte 72
-  UQ_CO_RETURN_IF_ERROR(co_await WriteAt(s.file, 48, std::span<const std::byte>(fields, length)));
+  UQ_CO_RETURN_IF_ERROR(co_await WriteAt(s.file, format::kHeaderRefcountTableOffsetAt,
+                                         std::span<const std::byte>(fields, length)));
   if (co_await s.file.Flush() < 0) co_return absl::DataLossError("flush failed");
   s.h = h;
   co_return co_await LoadRefcountTable(s);

@@ -27,7 +27,6 @@ constexpr uint64_t kAllAllocated = 0xffffffffull;       // extended L2: bits 0..
 constexpr uint64_t kAllZeroes = 0xffffffff00000000ull;  // extended L2: bits 32..63
 constexpr uint64_t kBitmapEntryReservedMask = 0xff000000000001feull;
 constexpr uint64_t kBitmapEntryAllOnes = 1;
-constexpr uint64_t kMaxL1Bytes = 32ull << 20;  // QEMU's QCOW_MAX_L1_SIZE
 constexpr uint64_t kTableChunkBytes = 64 << 10;
 
 enum class Kind { kUnallocated, kZeroPlain, kZeroAlloc, kNormal, kCompressed };
@@ -369,7 +368,7 @@ Task<absl::Status> CountReferences(Scan& s, RepairMode fix) {
           sn.id, sn.name, sn.l1_table_offset));
       continue;
     }
-    if (uint64_t{sn.l1_size} > kMaxL1Bytes / 8) {
+    if (uint64_t{sn.l1_size} > format::kMaxL1Bytes / 8) {
       s.Corruption(absl::StrFormat(
           "ERROR snapshot %s (%s) l1_size=%#x: L1 table is too large; snapshot table entry "
           "corrupted",
