@@ -197,8 +197,8 @@ const Command kCheckCommand = {
     "check",
     RunCheck,
     "check [-f FMT] [-r leaks|all] [--output=human|json] [-q] [-U] FILE",
-    "Checks a qcow2 image for consistency (and repairs it with -r) as qemu-img check does.\n"
-    "Exit status: 0 clean, 1 the check failed, 2 corruptions, 3 leaked clusters only,\n"
+    "Checks a qcow2 image for consistency (and repairs it with -r) as qemu-img check does.\n\n"
+    "Exit status: 0 clean, 1 the check failed, 2 corruptions, 3 leaked clusters only, "
     "63 the format has no checks (raw).",
     kCheckOptions,
 };

@@ -233,9 +233,10 @@ const Command kCompareCommand = {
     "compare",
     RunCompare,
     "compare [-f FMT] [-F FMT] [-s] [-q] [-U] FILE1 FILE2",
-    "Compares the guest contents of two images (through their backing chains) as qemu-img\n"
-    "compare does. Exit status: 0 identical, 1 different, 2 an image could not be opened,\n"
-    "3 block status failed, 4 a read failed.",
+    "Compares the guest contents of two images (through their backing chains) as qemu-img "
+    "compare does.\n\n"
+    "Exit status: 0 identical, 1 different, 2 an image could not be opened, 3 block status "
+    "failed, 4 a read failed.",
     kCompareOptions,
 };
 

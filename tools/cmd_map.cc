@@ -155,8 +155,8 @@ const Command kMapCommand = {
     "map",
     RunMap,
     "map [-f FMT] [--output=human|json] [--start-offset=OFFSET] [--max-length=LENGTH] [-U] FILE",
-    "Prints where each guest range of FILE is stored, through its backing chain, as qemu-img map\n"
-    "does: the human format lists the ranges with data, the JSON format every range (start,\n"
+    "Prints where each guest range of FILE is stored, through its backing chain, as qemu-img map "
+    "does: the human format lists the ranges with data, the JSON format every range (start, "
     "length, depth, present, zero, data and the host offset where there is one).",
     kMapOptions,
 };

@@ -310,7 +310,7 @@ const Command kMeasureCommand = {
     RunMeasure,
     "measure [--output=human|json] [-O FMT] [-o OPTIONS] [--size SIZE | [-f FMT] [-l SNAPSHOT] "
     "[-U] SRC]",
-    "Computes how large a new image of format FMT (default raw) holding SRC (or SIZE empty\n"
+    "Computes how large a new image of format FMT (default raw) holding SRC (or SIZE empty "
     "bytes) would be, as qemu-img measure does.",
     kMeasureOptions,
 };
