@@ -68,6 +68,10 @@ TEST(HelpTest, EveryCommandDocumentsEveryOptionItAccepts) {
     const std::vector<std::string> lines = Lines(help.out);
     ASSERT_FALSE(lines.empty());
     EXPECT_EQ(lines[0].rfind("usage: qcow2-img " + command, 0), 0u) << lines[0];
+    for (const std::string& line : lines) EXPECT_LE(line.size(), 80u) << line;
+    // The usage may continue on indented lines; its options are checked below.
+    std::string usage = lines[0];
+    for (size_t i = 1; i < lines.size() && !lines[i].empty(); ++i) usage += " " + lines[i];
     std::vector<std::string> listed;  // "-x" and "--name" spellings
     bool options = false;
     for (const std::string& line : lines) {
@@ -92,7 +96,7 @@ TEST(HelpTest, EveryCommandDocumentsEveryOptionItAccepts) {
     }
     EXPECT_NE(std::find(listed.begin(), listed.end(), "--help"), listed.end());
     // Every option of the usage line is listed.
-    for (auto it = std::sregex_iterator(lines[0].begin(), lines[0].end(), usage_option);
+    for (auto it = std::sregex_iterator(usage.begin(), usage.end(), usage_option);
          it != std::sregex_iterator(); ++it) {
       const std::string spelled = (*it)[1];
       EXPECT_NE(std::find(listed.begin(), listed.end(), spelled), listed.end())
