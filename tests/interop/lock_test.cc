@@ -16,6 +16,7 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -51,7 +52,14 @@ class Background {
     kill(pid_, SIGKILL);
     waitpid(pid_, nullptr, 0);
   }
-  bool running() const { return pid_ > 0 && waitpid(pid_, nullptr, WNOHANG) == 0; }
+  // Reaps the command if it has exited (so the destructor never signals a
+  // recycled process id).
+  bool running() {
+    if (pid_ <= 0) return false;
+    if (waitpid(pid_, nullptr, WNOHANG) == 0) return true;
+    pid_ = -1;
+    return false;
+  }
 
  private:
   pid_t pid_ = -1;
@@ -72,13 +80,21 @@ class LockTest : public ::testing::Test {
   }
   RunResult Ours(const std::string& args) const { return In(Quote(Qcow2Img()) + " " + args); }
 
-  // Waits (up to 10 s) until the shell command `probe` succeeds.
-  bool WaitFor(const std::string& probe) const {
-    for (int i = 0; i < 200; ++i) {
-      if (In(probe).exit_code == 0) return true;
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  // Starts `command` (which locks the image) in the background and waits
+  // until the shell command `probe` sees the lock; nullptr after about 30 s.
+  // The probe opens the image too, so a holder that starts while a probe has
+  // it open cannot take its lock and exits: it is then started again.
+  std::unique_ptr<Background> StartHolder(const std::string& command,
+                                          const std::string& probe) const {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (std::chrono::steady_clock::now() < deadline) {
+      auto holder = std::make_unique<Background>(dir_.path(), command);
+      while (holder->running() && std::chrono::steady_clock::now() < deadline) {
+        if (In(probe).exit_code == 0 && holder->running()) return holder;
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      }
     }
-    return false;
+    return nullptr;
   }
 
   // `args` must be refused: the exit status, one stderr line naming
@@ -121,8 +137,9 @@ const std::vector<std::string>& WritingCommands() {
 }
 
 TEST_F(LockTest, QemuIoWritingRefusesOurWritersAndLockingReaders) {
-  Background holder(dir_.path(), "qemu-io -c 'sleep 60000' img.qcow2");
-  ASSERT_TRUE(WaitFor("! qemu-img info img.qcow2 >/dev/null 2>&1")) << "qemu-io took no lock";
+  const std::unique_ptr<Background> holder = StartHolder(
+      "qemu-io -c 'sleep 60000' img.qcow2", "! qemu-img info img.qcow2 >/dev/null 2>&1");
+  ASSERT_NE(holder, nullptr) << "qemu-io took no lock";
   for (const std::string& args : WritingCommands()) ExpectRefused(args, kWriteLock);
   for (const char* args : {"info img.qcow2", "check img.qcow2", "map img.qcow2",
                            "measure -O qcow2 img.qcow2", "convert -O raw img.qcow2 out.raw",
@@ -143,27 +160,29 @@ TEST_F(LockTest, QemuIoWritingRefusesOurWritersAndLockingReaders) {
   ExpectRefused("check -U -r all img.qcow2", "force-share=on can only be used with read-only");
   ExpectRefused("io -U -c 'write 0 4k' img.qcow2",
                 "force-share=on can only be used with read-only");
-  EXPECT_TRUE(holder.running());
+  EXPECT_TRUE(holder->running());
 }
 
 TEST_F(LockTest, QemuIoReadingRefusesOurWritersOnly) {
-  Background holder(dir_.path(), "qemu-io -r -c 'sleep 60000' img.qcow2");
-  ASSERT_TRUE(WaitFor("! qemu-io -c 'read 0 512' img.qcow2 >/dev/null 2>&1"))
-      << "qemu-io took no lock";
+  const std::unique_ptr<Background> holder =
+      StartHolder("qemu-io -r -c 'sleep 60000' img.qcow2",
+                  "! qemu-io -c 'read 0 512' img.qcow2 >/dev/null 2>&1");
+  ASSERT_NE(holder, nullptr) << "qemu-io took no lock";
   for (const std::string& args : WritingCommands()) ExpectRefused(args, kWriteLock);
   for (const char* args :
        {"info img.qcow2", "check img.qcow2", "map img.qcow2", "compare img.qcow2 img.qcow2",
         "measure -O qcow2 img.qcow2", "io -r -c 'read -P 0x5a 0 4k' img.qcow2"}) {
     ExpectWorks(args);
   }
-  EXPECT_TRUE(holder.running());
+  EXPECT_TRUE(holder->running());
 }
 
 TEST_F(LockTest, OurWriterRefusesQemuImg) {
   // A long bench run writes the image until the test kills it.
-  Background writer(dir_.path(), Quote(Qcow2Img()) + " bench -w -q -c 2000000000 -d 1 img.qcow2");
-  ASSERT_TRUE(WaitFor("! qemu-img info img.qcow2 >/dev/null 2>&1"))
-      << "qcow2-img bench took no lock";
+  const std::unique_ptr<Background> writer =
+      StartHolder(Quote(Qcow2Img()) + " bench -w -q -c 2000000000 -d 1 img.qcow2",
+                  "! qemu-img info img.qcow2 >/dev/null 2>&1");
+  ASSERT_NE(writer, nullptr) << "qcow2-img bench took no lock";
   RunResult r = In("qemu-img info img.qcow2");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find(kSharedLock), std::string::npos) << r.err;
@@ -174,15 +193,16 @@ TEST_F(LockTest, OurWriterRefusesQemuImg) {
   EXPECT_EQ(r.exit_code, 0) << r.err;
   // And our own readers refuse it too, as a second qemu-img would.
   ExpectRefused("info img.qcow2", kSharedLock);
-  EXPECT_TRUE(writer.running());
+  EXPECT_TRUE(writer->running());
 }
 
 TEST_F(LockTest, OurConvertDestinationRefusesQemuImg) {
   // A destination being written by a long convert (a sparse 16 GiB source).
   ASSERT_EQ(In("qemu-img create -q -f raw big.raw 16G").exit_code, 0);
-  Background writer(dir_.path(), Quote(Qcow2Img()) + " convert -O qcow2 big.raw dst.qcow2");
-  ASSERT_TRUE(WaitFor("test -e dst.qcow2 && ! qemu-img info dst.qcow2 >/dev/null 2>&1"))
-      << "qcow2-img convert took no lock";
+  const std::unique_ptr<Background> writer =
+      StartHolder(Quote(Qcow2Img()) + " convert -O qcow2 big.raw dst.qcow2",
+                  "test -e dst.qcow2 && ! qemu-img info dst.qcow2 >/dev/null 2>&1");
+  ASSERT_NE(writer, nullptr) << "qcow2-img convert took no lock";
   const RunResult r = In("qemu-img info dst.qcow2");
   EXPECT_NE(r.err.find(kSharedLock), std::string::npos) << r.err;
 }
