@@ -156,149 +156,122 @@ class Bench {
   uint64_t error_offset_ = 0;
 };
 
-constexpr const char kBenchUsage[] =
-    "usage: qcow2-img bench [-c COUNT] [-d DEPTH] [-f FMT] [--flush-interval=N] [-i io_uring] "
-    "[--no-drain] [-o OFFSET] [--pattern=N] [-q] [-s SIZE] [-S STEP] [-t none|writeback] [-U] "
-    "[-w] FILE";
+constexpr int kFlushIntervalId = common::kLongOnlyIdBase + 1;
+constexpr int kNoDrainId = common::kLongOnlyIdBase + 2;
+constexpr int kPatternId = common::kLongOnlyIdBase + 3;
 
-}  // namespace
+constexpr common::OptionSpec kBenchOptions[] = {
+    {'c', 'c', "count", "COUNT", "number of requests (default 75000)"},
+    {'d', 'd', "depth", "DEPTH", "requests in flight (default 64)"},
+    kFormatOption,
+    {kFlushIntervalId, 0, "flush-interval", "N", "flush after every N requests (with -w)"},
+    {'i', 'i', "aio", "io_uring", "AIO mode (only io_uring)"},
+    {kNoDrainId, 0, "no-drain", "", "do not drain the queue before a flush"},
+    {'o', 'o', "offset", "OFFSET", "offset of the first request (default 0)"},
+    {kPatternId, 0, "pattern", "N", "byte value written by -w (default 0)"},
+    {'q', 'q', "quiet", "", "print nothing"},
+    {'s', 's', "size", "SIZE", "bytes per request (default 4k)"},
+    {'S', 'S', "step", "STEP", "offset step between requests (default SIZE)"},
+    {'t', 't', "cache", "CACHE", "cache mode: writeback (default) or none (O_DIRECT)"},
+    {'w', 'w', "write", "", "write instead of read"},
+    {'U', 'U', "force-share", "", "read without taking the image lock"},
+    kHelpOption,
+};
 
-int CmdBench(std::span<char* const> args) {
-  const int argc = static_cast<int>(args.size());
-  char* const* argv = args.data();
+// Applies one bench option to `config` / `options`; an error names the bad
+// value.
+absl::Status ApplyBenchOption(const common::ParsedOption& o, BenchConfig& config,
+                              EngineOpenOptions& options, bool& no_drain) {
+  const std::string& value = o.value;
+  absl::StatusOr<uint64_t> n;
+  auto invalid = [&](const char* what) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("bench: invalid ", what, " specified: '", value, "'"));
+  };
+  switch (o.id) {
+    case 'c':
+      n = ParseCount(value, "request count");
+      if (!n.ok() || *n == 0 || *n > INT32_MAX) return invalid("request count");
+      config.count = *n;
+      break;
+    case 'd':
+      n = ParseCount(value, "queue depth");
+      if (!n.ok() || *n == 0 || *n > 4096) return invalid("queue depth");
+      config.depth = *n;
+      break;
+    case 'f': {
+      auto f = ParseFormatName(value);
+      if (!f.ok()) return f.status();
+      options.format = *f;
+      break;
+    }
+    case 'i':
+      if (value != "io_uring") {
+        return absl::InvalidArgumentError(absl::StrCat("bench: unsupported aio mode '", value,
+                                                       "' (this engine always uses io_uring)"));
+      }
+      break;
+    case 'o':
+      n = ParseByteCount(value, "offset");
+      if (!n.ok()) return absl::InvalidArgumentError(absl::StrCat("bench: ", n.status().message()));
+      config.offset_bytes = *n;
+      break;
+    case 's':
+      n = ParseByteCount(value, "buffer size");
+      if (!n.ok() || *n == 0 || *n > (1u << 30)) return invalid("buffer size");
+      config.size_bytes = *n;
+      break;
+    case 'S':
+      n = ParseByteCount(value, "step size");
+      if (!n.ok() || *n > INT32_MAX) return invalid("step size");
+      config.step_bytes = *n;
+      break;
+    case 't':
+      if (value == "none") {
+        options.direct_io = true;
+      } else if (value != "writeback") {
+        return absl::InvalidArgumentError(absl::StrCat("bench: unsupported cache mode '", value,
+                                                       "' (supported: none, writeback)"));
+      }
+      break;
+    case kPatternId:
+      n = ParseCount(value, "pattern");
+      if (!n.ok() || *n > 255) return invalid("pattern");
+      config.pattern = static_cast<uint8_t>(*n);
+      break;
+    case kFlushIntervalId:
+      n = ParseCount(value, "flush interval");
+      if (!n.ok()) return absl::InvalidArgumentError(absl::StrCat("bench: ", n.status().message()));
+      config.flush_interval = *n;
+      break;
+    case kNoDrainId:
+      no_drain = true;
+      break;
+    case 'w':
+      config.write = true;
+      break;
+    case 'q':
+      config.quiet = true;
+      break;
+    case 'U':
+      options.force_share = true;
+      break;
+  }
+  return absl::OkStatus();
+}
+
+int RunBench(const common::ParsedArgs& parsed) {
   BenchConfig config;
   EngineOpenOptions options;
-  std::string path;
   bool no_drain = false;
-  for (int i = 0; i < argc; ++i) {
-    absl::string_view a = argv[i];
-    // Long options: --name=value or --name value.
-    if (absl::StartsWith(a, "--")) {
-      absl::string_view name = a.substr(2);
-      std::string value;
-      bool has_value = false;
-      if (size_t eq = name.find('='); eq != absl::string_view::npos) {
-        value = std::string(name.substr(eq + 1));
-        name = name.substr(0, eq);
-        has_value = true;
-      }
-      auto take_value = [&]() -> bool {
-        if (has_value) return true;
-        if (i + 1 >= argc) return false;
-        value = argv[++i];
-        return true;
-      };
-      if (name == "no-drain") {
-        no_drain = true;
-      } else if (name == "force-share") {
-        // Sharing is not locked here; accepted for command-line compatibility.
-      } else if (name == "pattern" || name == "flush-interval") {
-        if (!take_value()) return ReportError(absl::StrCat("bench: --", name, " needs a value"));
-        auto n = ParseCount(value, name);
-        if (!n.ok()) return ReportError(absl::StrCat("bench: ", n.status().message()));
-        if (name == "pattern") {
-          if (*n > 255) return ReportError(absl::StrCat("bench: invalid pattern '", value, "'"));
-          config.pattern = static_cast<uint8_t>(*n);
-        } else {
-          config.flush_interval = *n;
-        }
-      } else if (name == "help") {
-        std::printf("%s\n", kBenchUsage);
-        return 0;
-      } else {
-        return ReportError(absl::StrCat("bench: unknown option '", a, "'; ", kBenchUsage));
-      }
-      continue;
-    }
-    if (a.size() < 2 || a[0] != '-') {
-      if (!path.empty()) return ReportError(absl::StrCat("bench: unexpected argument '", a, "'"));
-      path = std::string(a);
-      continue;
-    }
-    char opt = a[1];
-    if (absl::string_view("cdfiosSt").find(opt) != absl::string_view::npos) {
-      std::string value;
-      if (a.size() > 2) {
-        value = std::string(a.substr(2));
-      } else if (i + 1 < argc) {
-        value = argv[++i];
-      } else {
-        return ReportError(absl::StrCat("bench: option -", std::string(1, opt), " needs a value"));
-      }
-      absl::StatusOr<uint64_t> n;
-      switch (opt) {
-        case 'c':
-          n = ParseCount(value, "request count");
-          if (!n.ok() || *n == 0 || *n > INT32_MAX) {
-            return ReportError(
-                absl::StrCat("bench: invalid request count specified: '", value, "'"));
-          }
-          config.count = *n;
-          break;
-        case 'd':
-          n = ParseCount(value, "queue depth");
-          if (!n.ok() || *n == 0 || *n > 4096) {
-            return ReportError(absl::StrCat("bench: invalid queue depth specified: '", value, "'"));
-          }
-          config.depth = *n;
-          break;
-        case 'f': {
-          auto f = ParseFormatName(value);
-          if (!f.ok()) return ReportError(f.status());
-          options.format = *f;
-          break;
-        }
-        case 'i':
-          if (value != "io_uring") {
-            return ReportError(absl::StrCat("bench: unsupported aio mode '", value,
-                                            "' (this engine always uses io_uring)"));
-          }
-          break;
-        case 'o':
-          n = ParseByteCount(value, "offset");
-          if (!n.ok()) return ReportError(absl::StrCat("bench: ", n.status().message()));
-          config.offset_bytes = *n;
-          break;
-        case 's':
-          n = ParseByteCount(value, "buffer size");
-          if (!n.ok() || *n == 0 || *n > (1u << 30)) {
-            return ReportError(absl::StrCat("bench: invalid buffer size specified: '", value, "'"));
-          }
-          config.size_bytes = *n;
-          break;
-        case 'S':
-          n = ParseByteCount(value, "step size");
-          if (!n.ok() || *n > INT32_MAX) {
-            return ReportError(absl::StrCat("bench: invalid step size specified: '", value, "'"));
-          }
-          config.step_bytes = *n;
-          break;
-        case 't':
-          if (value == "none") {
-            options.direct_io = true;
-          } else if (value != "writeback") {
-            return ReportError(absl::StrCat("bench: unsupported cache mode '", value,
-                                            "' (supported: none, writeback)"));
-          }
-          break;
-      }
-      continue;
-    }
-    if (a == "-w") {
-      config.write = true;
-    } else if (a == "-q") {
-      config.quiet = true;
-    } else if (a == "-U") {
-      // Accepted for command-line compatibility (no image locking here).
-    } else if (a == "-h") {
-      std::printf("%s\n", kBenchUsage);
-      return 0;
-    } else {
-      return ReportError(absl::StrCat("bench: unknown option '", a, "'; ", kBenchUsage));
-    }
+  for (const common::ParsedOption& o : parsed.options) {
+    absl::Status s = ApplyBenchOption(o, config, options, no_drain);
+    if (!s.ok()) return ReportError(s);
   }
-  if (path.empty())
-    return ReportError(absl::StrCat("bench: expecting one image file name; ", kBenchUsage));
+  if (parsed.operands.size() != 1) {
+    return ReportError("bench: expecting one image file name (try 'qcow2-img bench --help')");
+  }
+  const std::string& path = parsed.operands[0];
   if (config.flush_interval != 0 && !config.write) {
     return ReportError("bench: --flush-interval is only available in write tests");
   }
@@ -355,5 +328,16 @@ int CmdBench(std::span<char* const> args) {
   if (!closed.ok()) return ReportError(closed);
   return 0;
 }
+
+}  // namespace
+
+const Command kBenchCommand = {
+    "bench",
+    RunBench,
+    "bench [-c COUNT] [-d DEPTH] [-f FMT] [--flush-interval=N] [-i io_uring] [--no-drain] "
+    "[-o OFFSET] [--pattern=N] [-q] [-s SIZE] [-S STEP] [-t none|writeback] [-U] [-w] FILE",
+    "Sends qemu-img bench's request pattern to FILE through the engine and times it.",
+    kBenchOptions,
+};
 
 }  // namespace uq::tools

@@ -35,6 +35,7 @@
 #include "src/io/uring_file.h"
 #include "tools/commands.h"
 #include "tools/engine_util.h"
+#include "tools/image_lock.h"
 
 namespace uq::tools {
 
@@ -107,32 +108,31 @@ absl::Status ApplyCreateOptions(absl::string_view text, format::CreateOptions& o
   return absl::OkStatus();
 }
 
-// Creates (or truncates) `path` as an empty file.
-absl::Status CreateEmptyFile(const std::string& path) {
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return absl::InternalError(absl::StrCat(path, ": ", std::strerror(errno)));
-  ::close(fd);
-  return absl::OkStatus();
-}
-
-// Writes a fresh qcow2 layout into the (empty) file at `path`.
-absl::Status WriteQcow2Layout(io::EventLoop& loop, const std::string& path,
-                              const format::ImageLayout& layout) {
-  auto file = io::UringFile::Open(&loop, path, io::OpenFlags{});
+// Creates `path` (or empties it) under the writer's lock, taken before the
+// truncation so an image in use is left alone, and writes a fresh qcow2
+// layout into it when `layout` is given. The engine then reopens (and
+// relocks) the file, with O_DIRECT if asked.
+absl::Status PrepareDestination(io::EventLoop& loop, const std::string& path,
+                                const format::ImageLayout* layout) {
+  io::OpenFlags flags;
+  flags.create = true;
+  auto file = io::UringFile::Open(&loop, path, flags);
   if (!file.ok()) return file.status();
   io::BlockFile& f = **file;
-  for (const format::WriteRange& w : layout.writes) {
-    int64_t r = RunOnLoop(loop, f.Write(w.offset_bytes, w.data));
-    if (r < 0) {
+  UQ_RETURN_IF_ERROR(LockImageFile((*file)->fd(), LockMode::kExclusive));
+  int r = RunOnLoop(loop, f.Truncate(0));
+  if (r < 0) return absl::InternalError(absl::StrCat(path, ": truncate: ", std::strerror(-r)));
+  if (layout == nullptr) return absl::OkStatus();
+  for (const format::WriteRange& w : layout->writes) {
+    int64_t n = RunOnLoop(loop, f.Write(w.offset_bytes, w.data));
+    if (n < 0) {
       return absl::InternalError(absl::StrCat(path, ": writing image metadata at ", w.offset_bytes,
-                                              ": ", std::strerror(static_cast<int>(-r))));
+                                              ": ", std::strerror(static_cast<int>(-n))));
     }
   }
-  if (f.size_bytes() < layout.file_size_bytes) {
-    int r = RunOnLoop(loop, f.Truncate(layout.file_size_bytes));
-    if (r < 0) return absl::InternalError(absl::StrCat(path, ": truncate: ", std::strerror(-r)));
-  }
-  int r = RunOnLoop(loop, f.Flush());
+  r = RunOnLoop(loop, f.Truncate(layout->file_size_bytes));
+  if (r < 0) return absl::InternalError(absl::StrCat(path, ": truncate: ", std::strerror(-r)));
+  r = RunOnLoop(loop, f.Flush());
   if (r < 0) return absl::InternalError(absl::StrCat(path, ": flush: ", std::strerror(-r)));
   return absl::OkStatus();
 }
@@ -293,10 +293,6 @@ absl::Status RunCopy(CopyJob& job, int workers) {
   return absl::OkStatus();
 }
 
-constexpr const char kConvertUsage[] =
-    "usage: qcow2-img convert [-f FMT] [-O raw|qcow2] [-o OPTS] [-c] [-p] [-q] [-m N] [-W] "
-    "[-l SNAPSHOT] [-t CACHE] [-T SRC_CACHE] SRC DST";
-
 absl::Status ParseCacheMode(absl::string_view mode, bool* direct) {
   if (mode == "none") {
     *direct = true;
@@ -309,11 +305,26 @@ absl::Status ParseCacheMode(absl::string_view mode, bool* direct) {
   return absl::OkStatus();
 }
 
-}  // namespace
+constexpr common::OptionSpec kConvertOptions[] = {
+    {'f', 'f', "format", "FMT", "source format, qcow2 or raw (probed when omitted)"},
+    {'O', 'O', "output-format", "FMT", "destination format, raw (default) or qcow2"},
+    {'o', 'o', "options", "OPTS",
+     "qcow2 creation options (repeatable): cluster_size, compat, compression_type, "
+     "refcount_bits, extended_l2, lazy_refcounts"},
+    {'c', 'c', "compress", "", "write compressed clusters (-O qcow2)"},
+    {'p', 'p', "progress", "", "show progress on stderr"},
+    {'q', 'q', "quiet", "", "no progress"},
+    {'m', 'm', "coroutines", "N", "chunks in flight at once (1..16, default 8)"},
+    {'W', 'W', "out-of-order", "", "allow out-of-order writes (qcow2 output may be fragmented)"},
+    {'l', 'l', "snapshot", "SNAPSHOT",
+     "convert internal snapshot SNAPSHOT (a name or id, or snapshot.name=NAME)"},
+    {'t', 't', "cache", "CACHE", "destination cache mode: writeback (default) or none (O_DIRECT)"},
+    {'T', 'T', "source-cache", "CACHE", "source cache mode: writeback (default) or none"},
+    {'U', 'U', "force-share", "", "open the source without taking the image lock"},
+    kHelpOption,
+};
 
-int CmdConvert(std::span<char* const> args) {
-  const int argc = static_cast<int>(args.size());
-  char* const* argv = args.data();
+int RunConvert(const common::ParsedArgs& parsed) {
   EngineOpenOptions src_options;
   src_options.read_only = true;
   std::string out_format = "raw";
@@ -323,84 +334,66 @@ int CmdConvert(std::span<char* const> args) {
   bool progress_enabled = false;
   bool dst_direct = false;
   int workers = 8;
-  std::vector<std::string> positional;
   std::vector<std::string> create_option_strings;
 
-  for (int i = 0; i < argc; ++i) {
-    absl::string_view a = argv[i];
-    if (a.size() < 2 || a[0] != '-') {
-      positional.emplace_back(a);
-      continue;
-    }
-    // Options with a value: -f -O -o -m -l -t -T (value attached or next).
-    char opt = a[1];
-    if (absl::string_view("fOomltT").find(opt) != absl::string_view::npos) {
-      std::string value;
-      if (a.size() > 2) {
-        value = std::string(a.substr(2));
-      } else if (i + 1 < argc) {
-        value = argv[++i];
-      } else {
-        return ReportError(
-            absl::StrCat("convert: option -", std::string(1, opt), " needs a value"));
+  for (const common::ParsedOption& o : parsed.options) {
+    const std::string& value = o.value;
+    absl::Status s;
+    switch (o.id) {
+      case 'f': {
+        auto f = ParseFormatName(value);
+        if (!f.ok()) return ReportError(f.status());
+        src_options.format = *f;
+        break;
       }
-      absl::Status s;
-      switch (opt) {
-        case 'f': {
-          auto f = ParseFormatName(value);
-          if (!f.ok()) return ReportError(f.status());
-          src_options.format = *f;
-          break;
+      case 'O':
+        if (value != "raw" && value != "qcow2") {
+          return ReportError(absl::StrCat("convert: unsupported output format '", value,
+                                          "' (supported: raw, qcow2)"));
         }
-        case 'O':
-          if (value != "raw" && value != "qcow2") {
-            return ReportError(absl::StrCat("convert: unsupported output format '", value,
-                                            "' (supported: raw, qcow2)"));
-          }
-          out_format = value;
-          break;
-        case 'o':
-          create_option_strings.push_back(value);
-          break;
-        case 'm': {
-          auto n = ParseCount(value, "coroutine count");
-          if (!n.ok() || *n < 1 || *n > 16) {
-            return ReportError(absl::StrCat("convert: invalid -m '", value, "' (1..16)"));
-          }
-          workers = static_cast<int>(*n);
-          break;
+        out_format = value;
+        break;
+      case 'o':
+        create_option_strings.push_back(value);
+        break;
+      case 'm': {
+        auto n = ParseCount(value, "coroutine count");
+        if (!n.ok() || *n < 1 || *n > 16) {
+          return ReportError(absl::StrCat("convert: invalid -m '", value, "' (1..16)"));
         }
-        case 'l':
-          src_options.snapshot =
-              absl::StartsWith(value, "snapshot.name=") ? value.substr(14) : value;
-          break;
-        case 't':
-          s = ParseCacheMode(value, &dst_direct);
-          break;
-        case 'T':
-          s = ParseCacheMode(value, &src_options.direct_io);
-          break;
+        workers = static_cast<int>(*n);
+        break;
       }
-      if (!s.ok()) return ReportError(s);
-      continue;
+      case 'l':
+        src_options.snapshot = absl::StartsWith(value, "snapshot.name=") ? value.substr(14) : value;
+        break;
+      case 't':
+        s = ParseCacheMode(value, &dst_direct);
+        break;
+      case 'T':
+        s = ParseCacheMode(value, &src_options.direct_io);
+        break;
+      case 'c':
+        compress = true;
+        break;
+      case 'W':
+        out_of_order = true;
+        break;
+      case 'p':
+        progress_enabled = true;
+        break;
+      case 'q':
+        progress_enabled = false;
+        break;
+      case 'U':
+        src_options.force_share = true;
+        break;
     }
-    if (a == "-c") {
-      compress = true;
-    } else if (a == "-W") {
-      out_of_order = true;
-    } else if (a == "-p") {
-      progress_enabled = true;
-    } else if (a == "-q") {
-      progress_enabled = false;
-    } else if (a == "-h" || a == "--help") {
-      std::printf("%s\n", kConvertUsage);
-      return 0;
-    } else {
-      return ReportError(absl::StrCat("convert: unknown option '", a, "'; ", kConvertUsage));
-    }
+    if (!s.ok()) return ReportError(s);
   }
+  const std::vector<std::string>& positional = parsed.operands;
   if (positional.size() != 2) {
-    return ReportError(absl::StrCat("convert: expected SRC and DST; ", kConvertUsage));
+    return ReportError("convert: expected SRC and DST (try 'qcow2-img convert --help')");
   }
   const std::string& src_path = positional[0];
   const std::string& dst_path = positional[1];
@@ -431,8 +424,8 @@ int CmdConvert(std::span<char* const> args) {
     if (!built.ok()) return ReportError(absl::StrCat("convert: ", built.status().message()));
     layout = std::move(*built);
   }
-  absl::Status created = CreateEmptyFile(dst_path);
-  if (!created.ok()) return ReportError(created);
+  absl::Status created = PrepareDestination(loop, dst_path, layout ? &*layout : nullptr);
+  if (!created.ok()) return ReportError(absl::StrCat(dst_path, ": ", created.message()));
 
   std::unique_ptr<engine::Device> dst;
   CopyJob job;
@@ -441,14 +434,14 @@ int CmdConvert(std::span<char* const> args) {
     flags.direct = dst_direct;
     auto file = io::UringFile::Open(&loop, dst_path, flags);
     if (!file.ok()) return ReportError(absl::StrCat(dst_path, ": ", file.status().message()));
+    absl::Status locked = LockImageFile((*file)->fd(), LockMode::kExclusive);
+    if (!locked.ok()) return ReportError(absl::StrCat(dst_path, ": ", locked.message()));
     int r = RunOnLoop(loop, (*file)->Truncate(size_bytes));
     if (r < 0) return ReportError(absl::StrCat(dst_path, ": truncate: ", std::strerror(-r)));
     dst = std::make_unique<engine::RawDevice>(std::move(*file), size_bytes);
     job.chunk_bytes = kRawChunkBytes;
     job.unit_bytes = kRawZeroGranularityBytes;
   } else {
-    absl::Status s = WriteQcow2Layout(loop, dst_path, *layout);
-    if (!s.ok()) return ReportError(s);
     EngineOpenOptions dst_options;
     dst_options.format = engine::ImageFormat::kQcow2;
     dst_options.direct_io = dst_direct;
@@ -485,5 +478,16 @@ int CmdConvert(std::span<char* const> args) {
   if (!src_closed.ok()) return ReportError(absl::StrCat(src_path, ": ", src_closed.message()));
   return 0;
 }
+
+}  // namespace
+
+const Command kConvertCommand = {
+    "convert",
+    RunConvert,
+    "convert [-f FMT] [-O raw|qcow2] [-o OPTIONS] [-c] [-p] [-q] [-m N] [-W] [-l SNAPSHOT] "
+    "[-t CACHE] [-T SRC_CACHE] [-U] SRC DST",
+    "Copies the guest-visible contents of SRC (through its backing chain) into a new image DST.",
+    kConvertOptions,
+};
 
 }  // namespace uq::tools

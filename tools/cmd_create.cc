@@ -140,46 +140,47 @@ absl::Status ApplyOptions(CreateArgs& args, format::CreateOptions& o, bool& comp
   return absl::OkStatus();
 }
 
-// Parses argv; errors come back as one line without the file name.
-absl::StatusOr<CreateArgs> ParseArgs(std::span<char* const> argv) {
+constexpr common::OptionSpec kCreateOptions[] = {
+    {'f', 'f', "format", "FMT", "image format, qcow2 or raw (default raw)"},
+    {'o', 'o', "options", "OPTS",
+     "comma-separated KEY=VALUE creation options (repeatable): cluster_size, compat, "
+     "refcount_bits, extended_l2, lazy_refcounts, compression_type, preallocation "
+     "(off|metadata), data_file, data_file_raw, backing_file, backing_fmt, size"},
+    {'b', 'b', "backing", "BACKING",
+     "backing file (relative names resolve against FILE's directory)"},
+    {'F', 'F', "backing-format", "FMT", "format of the backing file (required with -b)"},
+    {'u', 'u', "unsafe", "", "do not open the backing file (SIZE is then required)"},
+    {'q', 'q', "quiet", "", "do not print the \"Formatting ...\" line"},
+    kHelpOption,
+};
+
+// Errors come back as one line without the file name.
+absl::StatusOr<CreateArgs> ParseArgs(const common::ParsedArgs& parsed) {
   CreateArgs args;
-  std::vector<std::string> positional;
-  bool options_done = false;
-  for (size_t i = 0; i < argv.size(); ++i) {
-    const std::string arg = argv[i];
-    if (options_done || arg.size() < 2 || arg[0] != '-') {
-      positional.push_back(arg);
-      continue;
-    }
-    if (arg == "--") {
-      options_done = true;
-      continue;
-    }
-    // Flags taking a value: "-o x" or "-ox".
-    const char flag = arg[1];
-    if (flag == 'f' || flag == 'o' || flag == 'b' || flag == 'F') {
-      std::string value;
-      if (arg.size() > 2) {
-        value = arg.substr(2);
-      } else if (i + 1 < argv.size()) {
-        value = argv[++i];
-      } else {
-        return absl::InvalidArgumentError(
-            absl::StrCat("option -", std::string(1, flag), " needs an argument"));
-      }
-      if (flag == 'f') args.format = value;
-      if (flag == 'o') args.option_strings.push_back(value);
-      if (flag == 'b') args.backing_file = value;
-      if (flag == 'F') args.backing_format = value;
-    } else if (arg == "-u") {
-      args.unsafe = true;
-    } else if (arg == "-q") {
-      args.quiet = true;
-    } else {
-      return absl::InvalidArgumentError(absl::StrCat("unknown option '", arg, "'"));
+  for (const common::ParsedOption& o : parsed.options) {
+    switch (o.id) {
+      case 'f':
+        args.format = o.value;
+        break;
+      case 'o':
+        args.option_strings.push_back(o.value);
+        break;
+      case 'b':
+        args.backing_file = o.value;
+        break;
+      case 'F':
+        args.backing_format = o.value;
+        break;
+      case 'u':
+        args.unsafe = true;
+        break;
+      case 'q':
+        args.quiet = true;
+        break;
     }
   }
-  if (positional.empty()) return absl::InvalidArgumentError("missing file name");
+  const std::vector<std::string>& positional = parsed.operands;
+  if (positional.empty()) return absl::InvalidArgumentError("Expecting image file name");
   if (positional.size() > 2) {
     return absl::InvalidArgumentError(absl::StrCat("unexpected argument '", positional[2], "'"));
   }
@@ -188,11 +189,20 @@ absl::StatusOr<CreateArgs> ParseArgs(std::span<char* const> argv) {
   return args;
 }
 
+// Opens (creating) `path` for writing and takes the writer's lock before
+// anything is truncated, so an image in use is left alone.
+absl::StatusOr<PosixFile> OpenLockedForCreate(const std::string& path) {
+  UQ_ASSIGN_OR_RETURN(PosixFile f, PosixFile::Open(path, O_RDWR | O_CREAT));
+  UQ_RETURN_IF_ERROR(LockImageFile(f.fd(), LockMode::kExclusive));
+  return f;
+}
+
 absl::Status CreateRaw(const CreateArgs& args, uint64_t size_bytes) {
   if (!args.option_strings.empty() || args.backing_file) {
     return absl::InvalidArgumentError("raw images take no -o options or backing file");
   }
-  UQ_ASSIGN_OR_RETURN(PosixFile f, PosixFile::Open(args.file, O_RDWR | O_CREAT | O_TRUNC));
+  UQ_ASSIGN_OR_RETURN(PosixFile f, OpenLockedForCreate(args.file));
+  UQ_RETURN_IF_ERROR(f.Truncate(0));
   UQ_RETURN_IF_ERROR(f.Truncate(size_bytes));
   if (!args.quiet) {
     std::printf("Formatting '%s', fmt=raw size=%llu\n", args.file.c_str(),
@@ -242,7 +252,9 @@ absl::Status CreateQcow2(CreateArgs& args) {
     o.backing_format = *args.backing_format;
     if (!args.unsafe) {
       const std::string path = ResolveRelative(args.file, o.backing_file);
-      absl::StatusOr<ImageDescription> backing = DescribeImage(path, *args.backing_format);
+      // qemu-img reads the backing file's size without locking it (it may be in use).
+      absl::StatusOr<ImageDescription> backing =
+          DescribeImage(path, *args.backing_format, LockMode::kNone);
       if (!backing.ok()) {
         return absl::InvalidArgumentError(absl::StrCat(
             "could not open backing file ", o.backing_file, ": ", backing.status().message()));
@@ -255,7 +267,8 @@ absl::Status CreateQcow2(CreateArgs& args) {
   UQ_ASSIGN_OR_RETURN(format::ImageLayout layout, format::BuildImageLayout(o));
 
   if (!args.quiet) std::printf("%s\n", FormattingLine(args, o, compat_given).c_str());
-  UQ_ASSIGN_OR_RETURN(PosixFile f, PosixFile::Open(args.file, O_RDWR | O_CREAT | O_TRUNC));
+  UQ_ASSIGN_OR_RETURN(PosixFile f, OpenLockedForCreate(args.file));
+  UQ_RETURN_IF_ERROR(f.Truncate(0));
   for (const format::WriteRange& w : layout.writes) {
     UQ_RETURN_IF_ERROR(f.WriteAt(w.offset_bytes, w.data));
   }
@@ -265,21 +278,20 @@ absl::Status CreateQcow2(CreateArgs& args) {
     // The data file holds the guest data at guest offsets; QEMU sizes it to
     // the virtual size up front.
     const std::string path = ResolveRelative(args.file, o.data_file);
-    absl::StatusOr<PosixFile> data = PosixFile::Open(path, O_RDWR | O_CREAT | O_TRUNC);
+    absl::StatusOr<PosixFile> data = OpenLockedForCreate(path);
     if (!data.ok()) {
       return absl::Status(data.status().code(),
                           absl::StrCat("data file ", path, ": ", data.status().message()));
     }
+    UQ_RETURN_IF_ERROR(data->Truncate(0));
     UQ_RETURN_IF_ERROR(data->Truncate(layout.header.size_bytes));
     UQ_RETURN_IF_ERROR(data->Sync());
   }
   return absl::OkStatus();
 }
 
-}  // namespace
-
-int CmdCreate(std::span<char* const> argv) {
-  absl::StatusOr<CreateArgs> args = ParseArgs(argv);
+int RunCreate(const common::ParsedArgs& parsed) {
+  absl::StatusOr<CreateArgs> args = ParseArgs(parsed);
   if (!args.ok()) return Fail("create", args.status());
   absl::Status status;
   if (args->format == "qcow2") {
@@ -298,5 +310,15 @@ int CmdCreate(std::span<char* const> argv) {
   if (!status.ok()) return Fail(args->file, status);
   return 0;
 }
+
+}  // namespace
+
+const Command kCreateCommand = {
+    "create",
+    RunCreate,
+    "create [-f qcow2|raw] [-o OPTIONS] [-b BACKING -F FMT] [-u] [-q] FILE [SIZE]",
+    "Creates FILE, SIZE bytes (suffixes k, M, G, T, P, E) or the backing file's size.",
+    kCreateOptions,
+};
 
 }  // namespace uq::tools

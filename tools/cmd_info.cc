@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "format/endian.h"
+#include "format/status_macros.h"
 #include "src/common/json.h"
 #include "tools/commands.h"
 #include "tools/util.h"
@@ -22,53 +23,30 @@ namespace uq::tools {
 using common::Json;
 namespace {
 
+constexpr int kBackingChainId = common::kLongOnlyIdBase + 1;
+constexpr common::OptionSpec kInfoOptions[] = {
+    kFormatOption,
+    kOutputOption,
+    {kBackingChainId, 0, "backing-chain", "", "describe every image of the backing chain"},
+    kForceShareOption,
+    kHelpOption,
+};
+
 struct InfoArgs {
   std::string format;  // "" = probe
   bool json = false;
   bool backing_chain = false;
+  LockMode lock = LockMode::kShared;
   std::string file;
 };
 
-absl::StatusOr<InfoArgs> ParseArgs(std::span<char* const> argv) {
+absl::StatusOr<InfoArgs> ParseArgs(const common::ParsedArgs& parsed) {
   InfoArgs args;
-  std::vector<std::string> positional;
-  for (size_t i = 0; i < argv.size(); ++i) {
-    const std::string arg = argv[i];
-    std::string output;
-    if (arg == "--output" || arg == "-f") {
-      if (i + 1 >= argv.size()) {
-        return absl::InvalidArgumentError(absl::StrCat("option ", arg, " needs an argument"));
-      }
-      (arg == "-f" ? args.format : output) = argv[++i];
-    } else if (arg.starts_with("--output=")) {
-      output = arg.substr(9);
-    } else if (arg.starts_with("-f") && arg.size() > 2) {
-      args.format = arg.substr(2);
-    } else if (arg == "--backing-chain") {
-      args.backing_chain = true;
-    } else if (arg == "-U" || arg == "--force-share") {
-      // Accepted for qemu-img compatibility: info never locks.
-    } else if (arg.size() > 1 && arg[0] == '-') {
-      return absl::InvalidArgumentError(absl::StrCat("unknown option '", arg, "'"));
-    } else {
-      positional.push_back(arg);
-    }
-    if (!output.empty()) {
-      if (output == "json") {
-        args.json = true;
-      } else if (output == "human") {
-        args.json = false;
-      } else {
-        return absl::InvalidArgumentError(
-            absl::StrCat("--output ", output, " is not supported (human or json)"));
-      }
-    }
-  }
-  if (positional.size() != 1) {
-    return absl::InvalidArgumentError(positional.empty() ? "missing file name"
-                                                         : "expected exactly one file name");
-  }
-  args.file = positional[0];
+  if (const std::string* f = parsed.Last('f')) args.format = *f;
+  UQ_ASSIGN_OR_RETURN(args.json, WantJson(parsed));
+  args.backing_chain = parsed.Has(kBackingChainId);
+  UQ_ASSIGN_OR_RETURN(args.lock, LockModeFor(/*writable=*/false, parsed.Has('U')));
+  UQ_ASSIGN_OR_RETURN(args.file, OneImage(parsed));
   return args;
 }
 
@@ -244,10 +222,8 @@ std::string ToHuman(const ImageDescription& d) {
   return out;
 }
 
-}  // namespace
-
-int CmdInfo(std::span<char* const> argv) {
-  absl::StatusOr<InfoArgs> args = ParseArgs(argv);
+int RunInfo(const common::ParsedArgs& parsed) {
+  absl::StatusOr<InfoArgs> args = ParseArgs(parsed);
   if (!args.ok()) return Fail("info", args.status());
 
   std::vector<ImageDescription> chain;
@@ -255,7 +231,7 @@ int CmdInfo(std::span<char* const> argv) {
   std::string path = args->file;
   std::string format = args->format;
   for (;;) {
-    absl::StatusOr<ImageDescription> d = DescribeImage(path, format);
+    absl::StatusOr<ImageDescription> d = DescribeImage(path, format, args->lock);
     if (!d.ok()) return Fail(path, d.status());
     char real[PATH_MAX];
     const std::string key = realpath(path.c_str(), real) ? std::string(real) : path;
@@ -286,5 +262,15 @@ int CmdInfo(std::span<char* const> argv) {
   }
   return 0;
 }
+
+}  // namespace
+
+const Command kInfoCommand = {
+    "info",
+    RunInfo,
+    "info [-f FMT] [--output=human|json] [--backing-chain] [-U] FILE",
+    "Describes FILE (and with --backing-chain every image below it) as qemu-img info does.",
+    kInfoOptions,
+};
 
 }  // namespace uq::tools

@@ -353,60 +353,52 @@ absl::Status IoSession::Flush(const ParsedCommand& c) {
   return absl::OkStatus();
 }
 
-constexpr const char kIoUsage[] =
-    "usage: qcow2-img io [-r] [-f qcow2|raw] [-t none|writeback] -c CMD [-c CMD ...] FILE";
+constexpr common::OptionSpec kIoOptions[] = {
+    {'r', 'r', "read-only", "", "open the image read-only"},
+    kFormatOption,
+    {'t', 't', "cache", "CACHE", "cache mode: writeback (default) or none (O_DIRECT)"},
+    {'c', 'c', "cmd", "CMD",
+     "run CMD (repeatable, in order): read [-q] [-v] [-P PATTERN] OFF LEN | write [-q] [-f] "
+     "[-P PATTERN] OFF LEN | write [-q] -z [-u] OFF LEN | discard [-q] OFF LEN | flush"},
+    {'U', 'U', "force-share", "", "with -r: open without taking the image lock"},
+    kHelpOption,
+};
 
-}  // namespace
-
-int CmdIo(std::span<char* const> args) {
-  const int argc = static_cast<int>(args.size());
-  char* const* argv = args.data();
+int RunIo(const common::ParsedArgs& parsed) {
   bool read_only = false;
   EngineOpenOptions options;
   std::vector<std::string> commands;
-  std::string path;
-  for (int i = 0; i < argc; ++i) {
-    absl::string_view a = argv[i];
-    auto value = [&](absl::string_view opt) -> const char* {
-      if (a.size() > 2) return argv[i] + 2;
-      if (i + 1 >= argc) return nullptr;
-      (void)opt;
-      return argv[++i];
-    };
-    if (a == "-r") {
-      read_only = true;
-    } else if (absl::StartsWith(a, "-f")) {
-      const char* v = value("-f");
-      if (v == nullptr) return ReportError("io: -f needs a format");
-      auto f = ParseFormatName(v);
-      if (!f.ok()) return ReportError(f.status());
-      options.format = *f;
-    } else if (absl::StartsWith(a, "-c")) {
-      const char* v = value("-c");
-      if (v == nullptr) return ReportError("io: -c needs a command");
-      commands.emplace_back(v);
-    } else if (absl::StartsWith(a, "-t")) {
-      const char* v = value("-t");
-      if (v == nullptr) return ReportError("io: -t needs a cache mode");
-      absl::string_view mode = v;
-      if (mode == "none") {
-        options.direct_io = true;
-      } else if (mode != "writeback") {
-        return ReportError(
-            absl::StrCat("io: unsupported cache mode '", mode, "' (supported: none, writeback)"));
+  for (const common::ParsedOption& o : parsed.options) {
+    switch (o.id) {
+      case 'r':
+        read_only = true;
+        break;
+      case 'f': {
+        auto f = ParseFormatName(o.value);
+        if (!f.ok()) return ReportError(f.status());
+        options.format = *f;
+        break;
       }
-    } else if (a == "-h" || a == "--help") {
-      std::printf("%s\n", kIoUsage);
-      return 0;
-    } else if (a.size() > 1 && a[0] == '-') {
-      return ReportError(absl::StrCat("io: unknown option '", a, "'; ", kIoUsage));
-    } else if (path.empty()) {
-      path = std::string(a);
-    } else {
-      return ReportError(absl::StrCat("io: unexpected argument '", a, "'; ", kIoUsage));
+      case 'c':
+        commands.push_back(o.value);
+        break;
+      case 't':
+        if (o.value == "none") {
+          options.direct_io = true;
+        } else if (o.value != "writeback") {
+          return ReportError(absl::StrCat("io: unsupported cache mode '", o.value,
+                                          "' (supported: none, writeback)"));
+        }
+        break;
+      case 'U':
+        options.force_share = true;
+        break;
     }
   }
-  if (path.empty()) return ReportError(absl::StrCat("io: missing FILE; ", kIoUsage));
+  if (parsed.operands.size() != 1) {
+    return ReportError("io: expected one FILE (try 'qcow2-img io --help')");
+  }
+  const std::string& path = parsed.operands[0];
   options.read_only = read_only;
 
   auto loop = io::EventLoop::Create(64);
@@ -425,5 +417,15 @@ int CmdIo(std::span<char* const> args) {
   if (!closed.ok()) return ReportError(closed);
   return 0;
 }
+
+}  // namespace
+
+const Command kIoCommand = {
+    "io",
+    RunIo,
+    "io [-r] [-f qcow2|raw] [-t none|writeback] [-U] -c CMD [-c CMD ...] FILE",
+    "Runs qemu-io style commands on FILE through the engine.",
+    kIoOptions,
+};
 
 }  // namespace uq::tools

@@ -1,32 +1,52 @@
-// qcow2-img subcommands. Each lives in its own cmd_<name>.cc and is listed
-// once in the dispatch table in qcow2_img.cc.
+// qcow2-img subcommands. Each lives in its own cmd_<name>.cc, defines its
+// Command (options table, usage, summary) and is listed once in the dispatch
+// table in qcow2_img.cc.
 //
-// Contract for every subcommand: `args` holds the arguments after the
-// subcommand name. It returns the process exit code; on failure it prints
-// exactly one line "qcow2-img: <file>: <problem>" (tools::Fail) and returns 1.
-// It never throws or aborts on bad input.
+// The dispatcher parses argv against the command's option table
+// (src/common/options.h, qemu-img's conventions), answers --help from the
+// same table, and calls `run` with the parsed options and operands. `run`
+// returns the process exit code; on failure it prints exactly one line
+// "qcow2-img: <file or command>: <problem>" (tools::Fail / ReportError). It
+// never throws or aborts on bad input.
 #ifndef UQ_TOOLS_COMMANDS_H_
 #define UQ_TOOLS_COMMANDS_H_
 
 #include <span>
-#include <string_view>
+
+#include "absl/strings/string_view.h"
+#include "src/common/options.h"
 
 namespace uq::tools {
 
-using CommandFn = int (*)(std::span<char* const> args);
-
 struct Command {
-  std::string_view name;
-  CommandFn run;
-  std::string_view usage;  // one line, shown by `qcow2-img help`
+  absl::string_view name;
+  int (*run)(const common::ParsedArgs& args);
+  absl::string_view usage;    // the synopsis after "qcow2-img "
+  absl::string_view summary;  // what it does, for --help
+  std::span<const common::OptionSpec> options;
 };
 
-int CmdCreate(std::span<char* const> args);
-int CmdInfo(std::span<char* const> args);
-// Engine-backed subcommands (cmd_io.cc, cmd_convert.cc, cmd_bench.cc).
-int CmdIo(std::span<char* const> args);
-int CmdConvert(std::span<char* const> args);
-int CmdBench(std::span<char* const> args);
+// Options several commands share, spelled as qemu-img spells them.
+inline constexpr common::OptionSpec kHelpOption{'h', 'h', "help", "", "print this help and exit"};
+inline constexpr common::OptionSpec kFormatOption{
+    'f', 'f', "format", "FMT", "image format, qcow2 or raw (probed when omitted)"};
+inline constexpr common::OptionSpec kForceShareOption{
+    'U', 'U', "force-share", "",
+    "open read-only without taking the image lock (another process may be writing)"};
+inline constexpr common::OptionSpec kQuietOption{'q', 'q', "quiet", "", "print nothing on success"};
+inline constexpr int kOutputId = common::kLongOnlyIdBase;
+inline constexpr common::OptionSpec kOutputOption{kOutputId, 0, "output", "human|json",
+                                                  "output format (default human)"};
+
+extern const Command kCreateCommand;
+extern const Command kInfoCommand;
+extern const Command kCheckCommand;
+extern const Command kMapCommand;
+extern const Command kCompareCommand;
+extern const Command kMeasureCommand;
+extern const Command kIoCommand;
+extern const Command kConvertCommand;
+extern const Command kBenchCommand;
 
 }  // namespace uq::tools
 

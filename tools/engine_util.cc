@@ -10,9 +10,11 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "format/status_macros.h"
 #include "src/engine/qcow2_image.h"
 #include "src/engine/raw_device.h"
 #include "src/io/uring_file.h"
+#include "tools/image_lock.h"
 
 namespace uq::tools {
 
@@ -160,7 +162,8 @@ absl::StatusOr<std::unique_ptr<engine::Device>> OpenQcow2(io::EventLoop& loop,
   if (options.direct_io) open.file_alignment_bytes = file->alignment_bytes();
   io::EventLoop* loop_ptr = &loop;
   bool direct = options.direct_io;
-  open.opener = [loop_ptr, direct](
+  bool force_share = options.force_share;
+  open.opener = [loop_ptr, direct, force_share](
                     const std::string& name,
                     bool writable) -> absl::StatusOr<std::unique_ptr<io::BlockFile>> {
     io::OpenFlags f_flags;
@@ -168,6 +171,9 @@ absl::StatusOr<std::unique_ptr<engine::Device>> OpenQcow2(io::EventLoop& loop,
     f_flags.direct = direct;
     auto f = io::UringFile::Open(loop_ptr, name, f_flags);
     if (!f.ok()) return f.status();
+    // Backing files are read (shared lock); a writable one is the data file.
+    UQ_ASSIGN_OR_RETURN(LockMode mode, LockModeFor(writable, force_share));
+    UQ_RETURN_IF_ERROR(LockImageFile((*f)->fd(), mode));
     return std::unique_ptr<io::BlockFile>(std::move(*f));
   };
   return RunOnLoop(loop, engine::OpenImage(std::move(file), std::move(open)));
@@ -175,36 +181,49 @@ absl::StatusOr<std::unique_ptr<engine::Device>> OpenQcow2(io::EventLoop& loop,
 
 }  // namespace
 
+absl::StatusOr<bool> IsQcow2(io::EventLoop& loop, io::BlockFile& file, const std::string& format) {
+  if (!format.empty()) {
+    UQ_ASSIGN_OR_RETURN(engine::ImageFormat f, ParseFormatName(format));
+    return f == engine::ImageFormat::kQcow2;
+  }
+  // The qcow2 magic: bytes 0..3, "QFI\xfb".
+  AlignedBuffer head(4096);
+  const int64_t r = RunOnLoop(loop, file.Read(0, head.span()));
+  if (r < 0) return absl::InternalError(absl::StrCat("reading the header: ", std::strerror(-r)));
+  const auto* b = reinterpret_cast<const uint8_t*>(head.data());
+  return file.size_bytes() >= 4 && b[0] == 0x51 && b[1] == 0x46 && b[2] == 0x49 && b[3] == 0xfb;
+}
+
 absl::StatusOr<std::unique_ptr<engine::Device>> OpenDevice(io::EventLoop& loop,
                                                            const std::string& path,
                                                            const EngineOpenOptions& options) {
   io::OpenFlags flags;
   flags.read_only = options.read_only;
   flags.direct = options.direct_io;
+  UQ_ASSIGN_OR_RETURN(LockMode lock, LockModeFor(!options.read_only, options.force_share));
   auto file = io::UringFile::Open(&loop, path, flags);
   if (!file.ok()) return file.status();
+  UQ_RETURN_IF_ERROR(LockImageFile((*file)->fd(), lock));
+  return OpenDeviceOnFile(loop, path, std::move(*file), options);
+}
 
+absl::StatusOr<std::unique_ptr<engine::Device>> OpenDeviceOnFile(
+    io::EventLoop& loop, const std::string& path, std::unique_ptr<io::UringFile> file,
+    const EngineOpenOptions& options) {
   engine::ImageFormat format = options.format;
   if (format == engine::ImageFormat::kAuto) {
-    // Probe the qcow2 magic (bytes 0..3, big-endian "QFI\xfb").
-    AlignedBuffer head(4096);
-    int64_t r = RunOnLoop(loop, (*file)->Read(0, head.span()));
-    if (r < 0) return absl::InternalError(absl::StrCat("reading the header: ", std::strerror(-r)));
-    bool is_qcow2 = (*file)->size_bytes() >= 4 && static_cast<uint8_t>(head.data()[0]) == 0x51 &&
-                    static_cast<uint8_t>(head.data()[1]) == 0x46 &&
-                    static_cast<uint8_t>(head.data()[2]) == 0x49 &&
-                    static_cast<uint8_t>(head.data()[3]) == 0xfb;
-    format = is_qcow2 ? engine::ImageFormat::kQcow2 : engine::ImageFormat::kRaw;
+    UQ_ASSIGN_OR_RETURN(bool qcow2, IsQcow2(loop, *file, ""));
+    format = qcow2 ? engine::ImageFormat::kQcow2 : engine::ImageFormat::kRaw;
   }
   if (format == engine::ImageFormat::kRaw) {
     if (!options.snapshot.empty()) {
       return absl::InvalidArgumentError("a raw image has no snapshots");
     }
-    uint64_t size_bytes = (*file)->size_bytes();
+    uint64_t size_bytes = file->size_bytes();
     return std::unique_ptr<engine::Device>(
-        std::make_unique<engine::RawDevice>(std::move(*file), size_bytes));
+        std::make_unique<engine::RawDevice>(std::move(file), size_bytes));
   }
-  return OpenQcow2(loop, path, std::move(*file), options);
+  return OpenQcow2(loop, path, std::move(file), options);
 }
 
 AlignedBuffer::AlignedBuffer(size_t size_bytes) : size_(size_bytes) {

@@ -29,6 +29,7 @@
 #include "src/io/event_loop.h"
 #include "src/io/run_sync.h"
 #include "src/io/task.h"
+#include "src/io/uring_file.h"
 
 namespace uq::tools {
 
@@ -53,13 +54,27 @@ struct EngineOpenOptions {
   bool read_only = false;
   bool direct_io = false;  // O_DIRECT on the image file (-t none)
   std::string snapshot;
+  // -U: take no image lock (only with read_only). Otherwise the image and its
+  // data file are locked for writing (shared when read_only) and backing
+  // files shared (tools/image_lock.h).
+  bool force_share = false;
 };
 
-// Opens `path` as a Device on `loop` (backing files and the external data
-// file are opened on the same loop, with O_DIRECT too if asked).
+// Whether `file` is to be read as qcow2: `format` is "qcow2" or "raw", or
+// empty to probe the qcow2 magic.
+absl::StatusOr<bool> IsQcow2(io::EventLoop& loop, io::BlockFile& file, const std::string& format);
+
+// Opens and locks `path` as a Device on `loop` (backing files and the
+// external data file are opened on the same loop, with O_DIRECT too if
+// asked).
 absl::StatusOr<std::unique_ptr<engine::Device>> OpenDevice(io::EventLoop& loop,
                                                            const std::string& path,
                                                            const EngineOpenOptions& options);
+
+// The same on a file already open (and locked) by the caller.
+absl::StatusOr<std::unique_ptr<engine::Device>> OpenDeviceOnFile(
+    io::EventLoop& loop, const std::string& path, std::unique_ptr<io::UringFile> file,
+    const EngineOpenOptions& options);
 
 // Runs `task` to completion on `loop` and returns its value (io::RunSync).
 template <typename T>

@@ -1,33 +1,48 @@
 // qcow2-img: a qemu-img-compatible image tool. main() only dispatches.
 #include <cstdio>
-#include <span>
-#include <string_view>
+#include <string>
+#include <vector>
 
+#include "absl/strings/str_cat.h"
+#include "src/common/options.h"
+#include "src/common/version.h"
 #include "tools/commands.h"
 #include "tools/util.h"
 
 namespace uq::tools {
 namespace {
 
-// To add a subcommand: implement Cmd<Name> in cmd_<name>.cc, declare it in
-// commands.h and add one line here.
-constexpr Command kCommands[] = {
-    {"create", CmdCreate,
-     "create [-f qcow2|raw] [-o options] [-b backing -F fmt] [-u] [-q] FILE [SIZE]"},
-    {"info", CmdInfo, "info [-f fmt] [--output=human|json] [--backing-chain] FILE"},
-    {"io", CmdIo, "io [-r] [-f qcow2|raw] [-t none|writeback] -c CMD [-c CMD ...] FILE"},
-    {"convert", CmdConvert,
-     "convert [-f fmt] [-O raw|qcow2] [-o options] [-c] [-p] [-m N] [-W] [-l snapshot] SRC DST"},
-    {"bench", CmdBench,
-     "bench [-c count] [-d depth] [-f fmt] [--flush-interval=N] [--no-drain] [-o offset] "
-     "[--pattern=N] [-q] [-s size] [-S step] [-t none|writeback] [-w] FILE"},
+// To add a subcommand: define its Command in cmd_<name>.cc, declare it in
+// commands.h and add it here.
+const Command* const kCommands[] = {
+    &kCreateCommand,  &kInfoCommand,    &kCheckCommand, &kMapCommand,   &kCompareCommand,
+    &kMeasureCommand, &kConvertCommand, &kIoCommand,    &kBenchCommand,
 };
 
 void PrintUsage(std::FILE* out) {
-  std::fprintf(out, "usage: qcow2-img <command> [args]\ncommands:\n");
-  for (const Command& c : kCommands) {
-    std::fprintf(out, "  %.*s\n", static_cast<int>(c.usage.size()), c.usage.data());
+  std::fprintf(out,
+               "usage: qcow2-img COMMAND [OPTIONS] ...\n"
+               "       qcow2-img --version | --help\n\ncommands:\n");
+  for (const Command* c : kCommands) {
+    std::fprintf(out, "  %.*s\n", static_cast<int>(c->usage.size()), c->usage.data());
   }
+  std::fprintf(out, "\n'qcow2-img COMMAND --help' describes every option of COMMAND.\n");
+}
+
+int Dispatch(const Command& command, const std::vector<std::string>& args) {
+  absl::StatusOr<common::ParsedArgs> parsed = common::ParseOptions(args, command.options);
+  if (!parsed.ok()) {
+    return Fail(
+        std::string(command.name),
+        absl::StrCat(parsed.status().message(), " (try 'qcow2-img ", command.name, " --help')"));
+  }
+  if (parsed->Has(kHelpOption.id)) {
+    const std::string help = common::FormatHelp(absl::StrCat("qcow2-img ", command.usage),
+                                                command.summary, command.options);
+    std::fputs(help.c_str(), stdout);
+    return 0;
+  }
+  return command.run(*parsed);
 }
 
 }  // namespace
@@ -39,13 +54,19 @@ int main(int argc, char** argv) {
     uq::tools::PrintUsage(stderr);
     return 1;
   }
-  const std::string_view name = argv[1];
+  const std::string name = argv[1];
   if (name == "help" || name == "--help" || name == "-h") {
     uq::tools::PrintUsage(stdout);
     return 0;
   }
-  for (const uq::tools::Command& c : kCommands) {
-    if (c.name == name) return c.run(std::span<char* const>(argv + 2, argv + argc));
+  if (name == "--version" || name == "-V") {
+    std::printf("qcow2-img version %s\n", UQ_VERSION);
+    return 0;
   }
-  return uq::tools::Fail(name, "unknown command (try 'qcow2-img help')");
+  for (const uq::tools::Command* c : kCommands) {
+    if (c->name == name) {
+      return uq::tools::Dispatch(*c, std::vector<std::string>(argv + 2, argv + argc));
+    }
+  }
+  return uq::tools::Fail(name, "unknown command (try 'qcow2-img --help')");
 }

@@ -13,8 +13,23 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "format/status_macros.h"
+#include "tools/commands.h"
 
 namespace uq::tools {
+
+absl::StatusOr<bool> WantJson(const common::ParsedArgs& args) {
+  const std::string* output = args.Last(kOutputId);
+  if (output == nullptr || *output == "human") return false;
+  if (*output == "json") return true;
+  return absl::InvalidArgumentError("--output must be used with human or json as argument.");
+}
+
+absl::StatusOr<std::string> OneImage(const common::ParsedArgs& args) {
+  if (args.operands.size() != 1) {
+    return absl::InvalidArgumentError("Expecting one image file name");
+  }
+  return args.operands[0];
+}
 
 int Fail(std::string_view what, std::string_view problem) {
   std::fprintf(stderr, "qcow2-img: %.*s: %.*s\n", static_cast<int>(what.size()), what.data(),
@@ -218,17 +233,35 @@ constexpr uint64_t kMaxSnapshotEntryBytes = 40 + 1024 + 2 * 65535 + 7;
 
 }  // namespace
 
-absl::StatusOr<ImageDescription> DescribeImage(const std::string& path, std::string_view format) {
+absl::StatusOr<bool> HasQcow2Magic(const PosixFile& file) {
+  UQ_ASSIGN_OR_RETURN(std::vector<std::byte> first, file.ReadAt(0, 4));
+  return first.size() >= 4 && first[0] == std::byte{'Q'} && first[1] == std::byte{'F'} &&
+         first[2] == std::byte{'I'} && first[3] == std::byte{0xfb};
+}
+
+absl::StatusOr<format::Header> ReadQcow2Header(const PosixFile& file) {
+  UQ_ASSIGN_OR_RETURN(const uint64_t file_size, file.Size());
+  UQ_ASSIGN_OR_RETURN(std::vector<std::byte> head, file.ReadAt(0, 24));
+  if (head.size() >= 24) {
+    // Read exactly the first cluster when cluster_bits is sane; otherwise let
+    // DecodeHeader name the bad field.
+    absl::StatusOr<uint64_t> want = format::HeaderReadSize(head);
+    UQ_ASSIGN_OR_RETURN(head, file.ReadAt(0, want.ok() ? *want : kMaxHeaderReadBytes));
+  }
+  return format::DecodeHeader(head, {.file_size_bytes = file_size});
+}
+
+absl::StatusOr<ImageDescription> DescribeImage(const std::string& path, std::string_view format,
+                                               LockMode lock) {
   UQ_ASSIGN_OR_RETURN(PosixFile file, PosixFile::Open(path, O_RDONLY));
+  UQ_RETURN_IF_ERROR(LockImageFile(file.fd(), lock));
   UQ_ASSIGN_OR_RETURN(const uint64_t file_size, file.Size());
   ImageDescription d;
   d.filename = path;
   UQ_ASSIGN_OR_RETURN(d.actual_size_bytes, file.AllocatedBytes());
-  UQ_ASSIGN_OR_RETURN(std::vector<std::byte> first, file.ReadAt(0, 8));
   bool is_qcow2 = format == "qcow2";
   if (format.empty()) {
-    is_qcow2 = first.size() >= 4 && first[0] == std::byte{'Q'} && first[1] == std::byte{'F'} &&
-               first[2] == std::byte{'I'} && first[3] == std::byte{0xfb};
+    UQ_ASSIGN_OR_RETURN(is_qcow2, HasQcow2Magic(file));
   } else if (format != "qcow2" && format != "raw") {
     return absl::InvalidArgumentError(
         absl::StrCat("unknown format '", std::string(format), "' (qcow2 or raw)"));
@@ -240,14 +273,7 @@ absl::StatusOr<ImageDescription> DescribeImage(const std::string& path, std::str
     return d;
   }
   d.format = "qcow2";
-  UQ_ASSIGN_OR_RETURN(std::vector<std::byte> head, file.ReadAt(0, 24));
-  if (head.size() >= 24) {
-    // Read exactly the first cluster when cluster_bits is sane; otherwise let
-    // DecodeHeader name the bad field.
-    absl::StatusOr<uint64_t> want = format::HeaderReadSize(head);
-    UQ_ASSIGN_OR_RETURN(head, file.ReadAt(0, want.ok() ? *want : kMaxHeaderReadBytes));
-  }
-  UQ_ASSIGN_OR_RETURN(format::Header h, format::DecodeHeader(head, {.file_size_bytes = file_size}));
+  UQ_ASSIGN_OR_RETURN(format::Header h, ReadQcow2Header(file));
   d.virtual_size_bytes = h.size_bytes;
   if (h.nb_snapshots > 0) {
     const uint64_t want =

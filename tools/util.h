@@ -15,8 +15,17 @@
 #include "format/bitmaps.h"
 #include "format/header.h"
 #include "format/snapshot.h"
+#include "src/common/options.h"
+#include "tools/image_lock.h"
 
 namespace uq::tools {
+
+// --output: false for human (the default), true for json; anything else is
+// qemu-img's error.
+absl::StatusOr<bool> WantJson(const common::ParsedArgs& args);
+
+// The single image operand, else qemu-img's "Expecting one image file name".
+absl::StatusOr<std::string> OneImage(const common::ParsedArgs& args);
 
 // Prints the one error line every subcommand uses, "qcow2-img: <what>:
 // <problem>", to stderr and returns the exit code 1.
@@ -65,6 +74,12 @@ class PosixFile {
 // the directory of image_path.
 std::string ResolveRelative(const std::string& image_path, const std::string& name);
 
+// Whether `file` starts with the qcow2 magic.
+absl::StatusOr<bool> HasQcow2Magic(const PosixFile& file);
+// Reads and validates the qcow2 header of `file` (format::DecodeHeader
+// against the file's size).
+absl::StatusOr<format::Header> ReadQcow2Header(const PosixFile& file);
+
 // What `info` reports about one image.
 struct ImageDescription {
   std::string filename;
@@ -77,10 +92,11 @@ struct ImageDescription {
   std::string full_backing_filename;        // resolved; empty = none
 };
 
-// Opens `path` read-only and describes it. `format` is "qcow2", "raw" or ""
-// (probe: qcow2 if the magic matches, else raw). Errors are one line naming
-// the problem (without the file name).
-absl::StatusOr<ImageDescription> DescribeImage(const std::string& path, std::string_view format);
+// Opens `path` read-only, locks it with `lock` and describes it. `format` is
+// "qcow2", "raw" or "" (probe: qcow2 if the magic matches, else raw). Errors
+// are one line naming the problem (without the file name).
+absl::StatusOr<ImageDescription> DescribeImage(const std::string& path, std::string_view format,
+                                               LockMode lock);
 
 }  // namespace uq::tools
 

@@ -3,10 +3,13 @@
 #include <getopt.h>
 
 #include <algorithm>
+#include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 
 namespace uq::common {
 
@@ -130,6 +133,66 @@ absl::StatusOr<ParsedArgs> ParseOptions(std::span<const std::string> args,
   return out;
 }
 
+namespace {
+
+constexpr size_t kWidth = 80;
+
+// "usage: <usage>", broken at spaces outside brackets so that no line is
+// wider than kWidth where it can be helped; continuation lines start under
+// the first option (after "usage: <program> <command> ").
+std::string WrapUsage(absl::string_view usage) {
+  std::vector<std::string> groups;  // "[-f FMT]", "FILE", ...
+  int depth = 0;
+  std::string current;
+  for (char c : usage) {
+    if (c == ' ' && depth == 0) {
+      if (!current.empty()) groups.push_back(std::move(current));
+      current.clear();
+      continue;
+    }
+    if (c == '[') ++depth;
+    if (c == ']' && depth > 0) --depth;
+    current += c;
+  }
+  if (!current.empty()) groups.push_back(std::move(current));
+  std::string out = "usage:";
+  size_t indent = out.size() + 1;
+  for (size_t i = 0; i < groups.size() && i < 2; ++i) indent += groups[i].size() + 1;
+  if (indent > kWidth / 2) indent = 8;
+  size_t used = out.size();
+  for (size_t i = 0; i < groups.size(); ++i) {
+    if (i >= 2 && used + 1 + groups[i].size() > kWidth) {
+      absl::StrAppend(&out, "\n", std::string(indent - 1, ' '));
+      used = indent - 1;
+    }
+    absl::StrAppend(&out, " ", groups[i]);
+    used += 1 + groups[i].size();
+  }
+  return out + "\n";
+}
+
+// One paragraph of the summary, its words refilled to kWidth columns.
+std::string Reflow(absl::string_view paragraph) {
+  std::string out;
+  size_t used = 0;
+  for (absl::string_view word :
+       absl::StrSplit(paragraph, absl::ByAnyChar(" \n"), absl::SkipEmpty())) {
+    if (used != 0 && used + 1 + word.size() > kWidth) {
+      out += '\n';
+      used = 0;
+    }
+    if (used != 0) {
+      out += ' ';
+      ++used;
+    }
+    absl::StrAppend(&out, word);
+    used += word.size();
+  }
+  return out;
+}
+
+}  // namespace
+
 std::string FormatHelp(absl::string_view usage, absl::string_view summary,
                        std::span<const OptionSpec> specs) {
   std::vector<std::string> left;
@@ -147,8 +210,10 @@ std::string FormatHelp(absl::string_view usage, absl::string_view summary,
   }
   constexpr size_t kMaxColumn = 30;
   const size_t column = std::min(width, kMaxColumn) + 2;
-  std::string out = absl::StrCat("usage: ", usage, "\n");
-  if (!summary.empty()) absl::StrAppend(&out, "\n", summary, "\n");
+  std::string out = WrapUsage(usage);
+  for (absl::string_view paragraph : absl::StrSplit(summary, "\n\n", absl::SkipEmpty())) {
+    absl::StrAppend(&out, "\n", Reflow(paragraph), "\n");
+  }
   if (!specs.empty()) absl::StrAppend(&out, "\nOptions:\n");
   for (size_t i = 0; i < specs.size(); ++i) {
     std::string line = left[i];
@@ -158,7 +223,20 @@ std::string FormatHelp(absl::string_view usage, absl::string_view summary,
     } else {
       line.append(column - line.size(), ' ');
     }
-    absl::StrAppend(&out, line, specs[i].help, "\n");
+    // Word-wrap the help text to the width, continuing under its column.
+    size_t used = column;
+    bool first = true;
+    for (absl::string_view word : absl::StrSplit(specs[i].help, ' ', absl::SkipEmpty())) {
+      if (!first && used + 1 + word.size() > kWidth) {
+        absl::StrAppend(&line, "\n", std::string(column, ' '));
+        used = column;
+        first = true;
+      }
+      absl::StrAppend(&line, first ? "" : " ", word);
+      used += (first ? 0 : 1) + word.size();
+      first = false;
+    }
+    absl::StrAppend(&out, line, "\n");
   }
   return out;
 }

@@ -56,7 +56,10 @@ absl::StatusOr<ParsedArgs> ParseOptions(std::span<const std::string> args,
                                         std::span<const OptionSpec> specs);
 
 // The help text: "usage: <usage>\n\n<summary>\n\nOptions:\n" and one aligned
-// line per option ("  -f, --format=FMT  help"). `summary` may span lines.
+// line per option ("  -f, --format=FMT  help"), 80 columns wide: the usage
+// line breaks between its bracketed groups, the summary is refilled (a blank
+// line, "\n\n", separates its paragraphs) and each option's text wraps under
+// its column.
 std::string FormatHelp(absl::string_view usage, absl::string_view summary,
                        std::span<const OptionSpec> specs);
 

@@ -1,214 +1,272 @@
+// The check's sequence of steps and repairs, as qemu-img 7.2 runs them
+// (qcow2_co_check_locked, qcow2_check_refcounts, check_oflag_copied); the
+// reference counting is in check_refs.cc, the stored refcounts in
+// check_refcounts.cc.
 #include "src/engine/check.h"
 
 #include <algorithm>
 #include <cstring>
-#include <map>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "format/endian.h"
 #include "format/status_macros.h"
 #include "format/tables.h"
+#include "src/engine/check_internal.h"
 
 namespace uq::engine {
-namespace {
 
-using format::ClusterType;
+namespace check_internal {
 
-constexpr size_t kMaxMessages = 20;
-constexpr uint64_t kMaxSnapshotTableBytes = 64ull << 20;
-
-struct Tally {
-  const format::Header* h = nullptr;
-  uint64_t file_clusters = 0;
-  std::vector<uint64_t> counts;  // computed references per cluster
-  CheckResult result;
-  // Active-layer entries whose COPIED flag must match refcount == 1.
-  struct CopiedCheck {
-    uint64_t cluster;
-    bool copied;
-    std::string what;
-  };
-  std::vector<CopiedCheck> copied_checks;
-
-  void Problem(bool corruption, std::string msg) {
-    if (corruption) {
-      ++result.corruptions;
-    } else {
-      ++result.leaks;
-    }
-    if (result.messages.size() < kMaxMessages) result.messages.push_back(std::move(msg));
-  }
-  void AddRange(uint64_t offset, uint64_t bytes, const std::string& what) {
-    if (bytes == 0) return;
-    const uint64_t first = offset >> h->cluster_bits;
-    const uint64_t last = (offset + bytes - 1) >> h->cluster_bits;
-    for (uint64_t c = first; c <= last; ++c) {
-      if (c >= file_clusters) {
-        Problem(true, absl::StrCat("ERROR ", what, " at offset ", c << h->cluster_bits,
-                                   " is beyond the end of the file"));
-        continue;
-      }
-      ++counts[c];
-    }
-  }
-};
-
-Task<int64_t> ReadAll(io::BlockFile& file, uint64_t offset, std::span<std::byte> buf) {
-  co_return co_await file.Read(offset, buf);
+void RefcountArray::Grow(uint64_t clusters) {
+  if (clusters > small_.size()) small_.resize(clusters, 0);
 }
 
-// Counts an L1 table, its L2 tables and their clusters.
-Task<absl::Status> CountL1(io::BlockFile& file, Tally& t, uint64_t l1_offset, uint64_t l1_size,
-                           bool active, const std::string& name) {
-  const format::Header& h = *t.h;
-  const uint64_t cs = h.cluster_size();
-  if (l1_size == 0) co_return absl::OkStatus();
-  if (l1_offset & (cs - 1)) {
-    t.Problem(true, absl::StrCat("ERROR ", name, " L1 table offset ", l1_offset, " unaligned"));
-    co_return absl::OkStatus();
+uint64_t RefcountArray::Get(uint64_t cluster) const {
+  const uint16_t v = small_[cluster];
+  if (v != kInMap) return v;
+  auto it = big_.find(cluster);
+  return it == big_.end() ? v : it->second;
+}
+
+void RefcountArray::Set(uint64_t cluster, uint64_t value) {
+  if (value < kInMap) {
+    if (small_[cluster] == kInMap) big_.erase(cluster);
+    small_[cluster] = static_cast<uint16_t>(value);
+    return;
   }
-  t.AddRange(l1_offset, l1_size * 8, name + " L1 table");
-  std::vector<std::byte> l1(l1_size * 8);
-  int64_t r = co_await ReadAll(file, l1_offset, l1);
-  if (r < 0) co_return absl::DataLossError(absl::StrCat("reading L1: ", std::strerror(-r)));
-  std::vector<std::byte> l2(cs);
-  for (uint64_t i = 0; i < l1_size; ++i) {
-    auto l1e = format::DecodeL1Entry(format::LoadBE64(&l1[i * 8]));
-    if (!l1e.ok()) {
-      t.Problem(true, absl::StrCat("ERROR ", name, " L1[", i, "]: ", l1e.status().message()));
-      continue;
-    }
-    if (l1e->l2_offset == 0) continue;
-    if (l1e->l2_offset & (cs - 1)) {
-      t.Problem(true, absl::StrCat("ERROR ", name, " L1[", i, "] L2 offset unaligned"));
-      continue;
-    }
-    t.AddRange(l1e->l2_offset, cs, name + " L2 table");
-    if (active) {
-      t.copied_checks.push_back(
-          {l1e->l2_offset >> h.cluster_bits, l1e->copied, absl::StrCat("L1[", i, "] (L2 table)")});
-    }
-    r = co_await ReadAll(file, l1e->l2_offset, l2);
-    if (r < 0) co_return absl::DataLossError(absl::StrCat("reading L2: ", std::strerror(-r)));
-    const uint64_t entries = h.l2_entries_per_table();
-    for (uint64_t j = 0; j < entries; ++j) {
-      const std::byte* p = &l2[j * h.l2_entry_bytes()];
-      const uint64_t raw = format::LoadBE64(p);
-      const uint64_t bitmap = h.extended_l2() ? format::LoadBE64(p + 8) : 0;
-      auto e = format::DecodeL2Entry(raw, bitmap, h.cluster_bits, h.extended_l2());
-      const uint64_t guest = ((i * entries) + j) << h.cluster_bits;
-      if (!e.ok()) {
-        t.Problem(true, absl::StrCat("ERROR ", name, " L2 entry for guest offset ", guest, ": ",
-                                     e.status().message()));
-        continue;
-      }
-      switch (e->type) {
-        case ClusterType::kNormal:
-        case ClusterType::kZeroAlloc:
-          if (h.has_data_file()) {
-            if (active && !e->copied) {
-              t.Problem(true,
-                        absl::StrCat("ERROR OFLAG_COPIED data cluster (data file) guest ", guest));
-            }
-            break;
-          }
-          t.AddRange(e->host_offset, cs, name + " data cluster");
-          if (active) {
-            t.copied_checks.push_back({e->host_offset >> h.cluster_bits, e->copied,
-                                       absl::StrCat("data cluster for guest offset ", guest)});
-          }
-          break;
-        case ClusterType::kCompressed:
-          t.AddRange(e->compressed_offset, e->compressed_length, name + " compressed cluster");
-          break;
-        default:
-          break;
-      }
-    }
+  small_[cluster] = kInMap;
+  big_[cluster] = value;
+}
+
+void RefcountArray::Clear() {
+  std::fill(small_.begin(), small_.end(), 0);
+  big_.clear();
+}
+
+Scan::Scan(io::BlockFile& f, format::Header header, std::function<void(const std::string&)> sink)
+    : file(f),
+      h(std::move(header)),
+      cluster_bytes(h.cluster_size()),
+      refs(format::MaxRefcount(h.refcount_order)),
+      on_message(std::move(sink)) {}
+
+void Scan::Message(std::string line) {
+  if (on_message) on_message(line);
+  if (kept_messages.size() < CheckResult::kKeptMessages) kept_messages.push_back(std::move(line));
+}
+
+Task<absl::Status> ReadAt(io::BlockFile& file, uint64_t offset, std::span<std::byte> buf) {
+  const int64_t r = co_await file.Read(offset, buf);
+  if (r < 0) {
+    co_return absl::DataLossError(absl::StrCat("reading ", buf.size(), " bytes at offset ", offset,
+                                               ": ", std::strerror(static_cast<int>(-r))));
   }
   co_return absl::OkStatus();
 }
 
-struct Loaded {
-  format::Header header;
-};
+Task<absl::Status> WriteAt(io::BlockFile& file, uint64_t offset, std::span<const std::byte> buf) {
+  const int64_t r = co_await file.Write(offset, buf);
+  if (r < 0) {
+    co_return absl::DataLossError(absl::StrCat("writing ", buf.size(), " bytes at offset ", offset,
+                                               ": ", std::strerror(static_cast<int>(-r))));
+  }
+  co_return absl::OkStatus();
+}
+
+Task<absl::Status> WriteEntry(io::BlockFile& file, uint64_t offset, uint64_t value) {
+  std::byte buf[8];
+  format::StoreBE64(buf, value);
+  co_return co_await WriteAt(file, offset, buf);
+}
+
+}  // namespace check_internal
+
+namespace {
+
+using check_internal::Counts;
+using check_internal::Scan;
+
+constexpr uint64_t kMaxSnapshotTableBytes = 64ull << 20;
 
 Task<absl::StatusOr<format::Header>> LoadHeader(io::BlockFile& file) {
   std::vector<std::byte> first(512);
-  int64_t r = co_await file.Read(0, first);
-  if (r < 0) co_return absl::DataLossError(absl::StrCat("reading header: ", std::strerror(-r)));
+  UQ_CO_RETURN_IF_ERROR(co_await check_internal::ReadAt(file, 0, first));
   UQ_CO_ASSIGN_OR_RETURN(uint64_t n, format::HeaderReadSize(first));
   std::vector<std::byte> buf(n);
-  r = co_await file.Read(0, buf);
-  if (r < 0) co_return absl::DataLossError(absl::StrCat("reading header: ", std::strerror(-r)));
+  UQ_CO_RETURN_IF_ERROR(co_await check_internal::ReadAt(file, 0, buf));
   co_return format::DecodeHeader(buf, {.file_size_bytes = file.size_bytes()});
 }
 
-// The persistent dirty bitmaps (bitmaps extension): directory, bitmap tables
-// and their data clusters. Counted only while the autoclear bit says the
-// extension is consistent, as QEMU does.
-Task<absl::Status> CountBitmaps(io::BlockFile& file, Tally& t) {
-  const format::Header& h = *t.h;
-  if (!(h.autoclear_features & format::kAutoclearBitmaps)) co_return absl::OkStatus();
-  const format::HeaderExtension* ext = nullptr;
-  for (const format::HeaderExtension& e : h.opaque_extensions) {
-    if (e.type == format::kExtBitmaps) ext = &e;
-  }
-  if (ext == nullptr || ext->data.size() < 24) co_return absl::OkStatus();
-  const uint32_t nb_bitmaps = format::LoadBE32(&ext->data[0]);
-  const uint64_t dir_size = format::LoadBE64(&ext->data[8]);
-  const uint64_t dir_offset = format::LoadBE64(&ext->data[16]);
-  const uint64_t cs = h.cluster_size();
-  if (dir_size > (64ull << 20) || (dir_offset & (cs - 1))) {
-    t.Problem(true, "ERROR bitmap directory offset/size invalid");
-    co_return absl::OkStatus();
-  }
-  t.AddRange(dir_offset, dir_size, "bitmap directory");
-  std::vector<std::byte> dir(dir_size);
-  int64_t r = co_await file.Read(dir_offset, dir);
-  if (r < 0) co_return absl::DataLossError("reading bitmap directory");
-  uint64_t pos = 0;
-  for (uint32_t i = 0; i < nb_bitmaps; ++i) {
-    if (pos + 24 > dir.size()) {
-      t.Problem(true, "ERROR bitmap directory truncated");
-      break;
-    }
-    const uint64_t table_offset = format::LoadBE64(&dir[pos]);
-    const uint32_t table_entries = format::LoadBE32(&dir[pos + 8]);
-    const uint16_t name_size = format::LoadBE16(&dir[pos + 18]);
-    const uint32_t extra = format::LoadBE32(&dir[pos + 20]);
-    pos += (24 + uint64_t{extra} + name_size + 7) / 8 * 8;
-    if (table_offset & (cs - 1)) {
-      t.Problem(true, "ERROR bitmap table offset unaligned");
-      continue;
-    }
-    t.AddRange(table_offset, uint64_t{table_entries} * 8, "bitmap table");
-    std::vector<std::byte> table(uint64_t{table_entries} * 8);
-    r = co_await file.Read(table_offset, table);
-    if (r < 0) co_return absl::DataLossError("reading bitmap table");
-    for (uint32_t j = 0; j < table_entries; ++j) {
-      const uint64_t off = format::LoadBE64(&table[j * 8]) & format::kOffsetMask;
-      if (off != 0) t.AddRange(off, cs, "bitmap data cluster");
-    }
-  }
+// Everything a check reads up front: the snapshot table, the refcount table
+// and the active L1 table (QEMU holds these from opening the image).
+Task<absl::Status> LoadMetadata(Scan& s) {
+  UQ_CO_ASSIGN_OR_RETURN(s.snapshots, co_await ReadSnapshotTable(s.file, s.h));
+  s.snapshots_size = s.snapshots.empty() ? 0 : format::SnapshotTableSize(s.snapshots);
+  UQ_CO_RETURN_IF_ERROR(co_await check_internal::LoadRefcountTable(s));
+  std::vector<std::byte> l1(uint64_t{s.h.l1_size} * 8);
+  UQ_CO_RETURN_IF_ERROR(co_await check_internal::ReadAt(s.file, s.h.l1_table_offset, l1));
+  s.active_l1.resize(s.h.l1_size);
+  for (uint64_t i = 0; i < s.active_l1.size(); ++i) s.active_l1[i] = format::LoadBE64(&l1[i * 8]);
+  s.refs.Grow(s.file_clusters());
   co_return absl::OkStatus();
 }
 
-// Everything but the refcount structures.
-Task<absl::Status> CountReferences(io::BlockFile& file, Tally& t) {
-  const format::Header& h = *t.h;
-  t.AddRange(0, h.cluster_size(), "header");
-  UQ_CO_RETURN_IF_ERROR(
-      co_await CountL1(file, t, h.l1_table_offset, h.l1_size, /*active=*/true, "active"));
-  UQ_CO_RETURN_IF_ERROR(co_await CountBitmaps(file, t));
-  UQ_CO_ASSIGN_OR_RETURN(std::vector<format::Snapshot> snaps, co_await ReadSnapshotTable(file, h));
-  if (!snaps.empty()) {
-    t.AddRange(h.snapshots_offset, format::SnapshotTableSize(snaps), "snapshot table");
+bool HasHostCluster(const format::Header& h, uint64_t entry) {
+  if (entry & format::kOflagCompressed) return false;
+  if ((entry & format::kOffsetMask) != 0) return true;
+  return h.has_data_file() && (entry & format::kOflagCopied);
+}
+
+// QEMU's check_oflag_copied for one L2 table: COPIED must be set exactly
+// where the stored refcount is 1. Returns how many entries it rewrote.
+Task<absl::StatusOr<uint64_t>> CheckCopiedInL2(Scan& s, uint64_t l2_offset, bool repair) {
+  std::vector<std::byte> table(s.cluster_bytes);
+  if (absl::Status st = co_await check_internal::ReadAt(s.file, l2_offset, table); !st.ok()) {
+    s.Message(absl::StrCat("ERROR: Could not read L2 table: ", st.message()));
+    ++s.counts.check_errors;
+    co_return st;
   }
-  for (const format::Snapshot& s : snaps) {
-    UQ_CO_RETURN_IF_ERROR(co_await CountL1(file, t, s.l1_table_offset, s.l1_size,
-                                           /*active=*/false, "snapshot '" + s.name + "'"));
+  uint64_t dirty = 0;
+  const uint64_t entry_bytes = s.h.l2_entry_bytes();
+  for (uint64_t j = 0; j < s.cluster_bytes / entry_bytes; ++j) {
+    std::byte* p = &table[j * entry_bytes];
+    const uint64_t entry = format::LoadBE64(p);
+    if (!HasHostCluster(s.h, entry)) continue;
+    uint64_t refcount = 1;
+    if (!s.h.has_data_file()) {
+      absl::StatusOr<uint64_t> stored = co_await check_internal::StoredRefcount(
+          s, (entry & format::kOffsetMask) / s.cluster_bytes);
+      if (!stored.ok()) continue;
+      refcount = *stored;
+    }
+    if ((refcount == 1) == static_cast<bool>(entry & format::kOflagCopied)) continue;
+    ++s.counts.corruptions;
+    s.Message(absl::StrFormat("%s OFLAG_COPIED data cluster: l2_entry=%x refcount=%d",
+                              repair ? "Repairing" : "ERROR", entry, refcount));
+    if (repair) {
+      format::StoreBE64(
+          p, refcount == 1 ? entry | format::kOflagCopied : entry & ~format::kOflagCopied);
+      ++dirty;
+    }
   }
+  if (dirty == 0) co_return uint64_t{0};
+  // The table itself must not overlap other metadata (QEMU's overlap check).
+  const uint64_t cs = s.cluster_bytes;
+  bool overlap = l2_offset < cs;
+  for (uint64_t raw : s.reftable) {
+    const uint64_t block = raw & ~uint64_t{0x1ff};
+    overlap |= block != 0 && block < l2_offset + cs && l2_offset < block + cs;
+  }
+  const uint64_t rt_end = s.h.refcount_table_offset + uint64_t{s.h.refcount_table_clusters} * cs;
+  overlap |= s.h.refcount_table_offset < l2_offset + cs && l2_offset < rt_end;
+  const uint64_t l1_end = s.h.l1_table_offset + uint64_t{s.h.l1_size} * 8;
+  overlap |= s.h.l1_table_offset < l2_offset + cs && l2_offset < l1_end;
+  absl::Status st = overlap
+                        ? absl::DataLossError("metadata overlap check failed: Input/output error")
+                        : co_await check_internal::WriteAt(s.file, l2_offset, table);
+  if (!st.ok()) {
+    s.Message(absl::StrCat("ERROR: Could not write L2 table; ", st.message()));
+    ++s.counts.check_errors;
+    co_return st;
+  }
+  s.counts.corruptions -= dirty;
+  s.counts.corruptions_fixed += dirty;
+  co_return dirty;
+}
+
+Task<absl::Status> CheckCopiedFlags(Scan& s, RepairMode fix) {
+  // With -r leaks the flags are repaired only if the refcounts can be trusted.
+  const bool repair =
+      fix == RepairMode::kAll || (fix == RepairMode::kLeaks && s.counts.check_errors == 0 &&
+                                  s.counts.corruptions == 0 && s.counts.leaks == 0);
+  for (uint64_t i = 0; i < s.active_l1.size(); ++i) {
+    const uint64_t entry = s.active_l1[i];
+    const uint64_t l2_offset = entry & format::kOffsetMask;
+    if (l2_offset == 0) continue;
+    absl::StatusOr<uint64_t> refcount =
+        co_await check_internal::StoredRefcount(s, l2_offset / s.cluster_bytes);
+    if (!refcount.ok()) continue;
+    if ((*refcount == 1) != static_cast<bool>(entry & format::kOflagCopied)) {
+      ++s.counts.corruptions;
+      s.Message(absl::StrFormat("%s OFLAG_COPIED L2 cluster: l1_index=%d l1_entry=%x refcount=%d",
+                                repair ? "Repairing" : "ERROR", i, entry, *refcount));
+      if (repair) {
+        const uint64_t fixed =
+            *refcount == 1 ? entry | format::kOflagCopied : entry & ~format::kOflagCopied;
+        absl::Status st =
+            co_await check_internal::WriteEntry(s.file, s.h.l1_table_offset + i * 8, fixed);
+        if (!st.ok()) {
+          ++s.counts.check_errors;
+          co_return st;
+        }
+        s.active_l1[i] = fixed;
+        --s.counts.corruptions;
+        ++s.counts.corruptions_fixed;
+      }
+    }
+    UQ_CO_RETURN_IF_ERROR((co_await CheckCopiedInL2(s, l2_offset, repair)).status());
+  }
+  if (co_await s.file.Flush() < 0) co_return absl::DataLossError("flush failed");
+  co_return absl::OkStatus();
+}
+
+// The refcount structures cannot be repaired in place: write new ones from
+// the counted references, count again, and free what the rebuild left
+// behind (the old structures), as QEMU does after rebuild_refcount_structure.
+Task<absl::Status> Rebuild(Scan& s, uint64_t* highest) {
+  const Counts old = s.counts;
+  s.Message("Rebuilding refcount structure");
+  UQ_CO_RETURN_IF_ERROR(co_await check_internal::WriteNewRefcountStructure(s, false));
+  s.counts.corruptions = 0;
+  s.counts.leaks = 0;
+  s.rebuild = false;
+  s.refs.Clear();
+  UQ_CO_RETURN_IF_ERROR(co_await check_internal::CountReferences(s, RepairMode::kNone));
+  const Counts saved = s.counts;
+  s.counts = Counts{};
+  UQ_CO_RETURN_IF_ERROR(co_await check_internal::CompareRefcounts(s, RepairMode::kLeaks, highest));
+  if (s.rebuild) s.Message("ERROR rebuilt refcount structure is still broken");
+  const uint64_t fresh_leaks = s.counts.leaks;
+  s.counts = saved;
+  if (s.counts.corruptions < old.corruptions) {
+    s.counts.corruptions_fixed += old.corruptions - s.counts.corruptions;
+  }
+  if (s.counts.leaks < old.leaks) s.counts.leaks_fixed += old.leaks - s.counts.leaks;
+  s.counts.leaks += fresh_leaks;
+  co_return absl::OkStatus();
+}
+
+// qcow2_check_refcounts: count, compare, repair.
+Task<absl::Status> CheckRefcounts(Scan& s, RepairMode fix, uint64_t* highest) {
+  UQ_CO_RETURN_IF_ERROR(co_await check_internal::CountReferences(s, fix));
+  const Counts before_compare = s.counts;
+  UQ_CO_RETURN_IF_ERROR(co_await check_internal::CompareRefcounts(s, RepairMode::kNone, highest));
+  if (s.rebuild && fix == RepairMode::kAll) {
+    UQ_CO_RETURN_IF_ERROR(co_await Rebuild(s, highest));
+  } else if (fix != RepairMode::kNone) {
+    if (s.rebuild) {
+      s.Message("ERROR need to rebuild refcount structures");
+      ++s.counts.check_errors;
+      co_return absl::DataLossError("Input/output error");
+    }
+    if (s.counts.leaks != 0 || s.counts.corruptions != 0) {
+      s.counts = before_compare;
+      UQ_CO_RETURN_IF_ERROR(co_await check_internal::CompareRefcounts(s, fix, highest));
+    }
+  }
+  co_return co_await CheckCopiedFlags(s, fix);
+}
+
+// After a repair that left nothing wrong: clear the dirty and corrupt bits.
+Task<absl::Status> MarkCleanAndConsistent(Scan& s) {
+  const uint64_t bits = format::kIncompatDirty | format::kIncompatCorrupt;
+  if (s.h.version < 3 || (s.h.incompatible_features & bits) == 0) co_return absl::OkStatus();
+  s.h.incompatible_features &= ~bits;
+  UQ_CO_RETURN_IF_ERROR(co_await check_internal::WriteEntry(
+      s.file, format::kHeaderIncompatibleFeaturesAt, s.h.incompatible_features));
+  if (co_await s.file.Flush() < 0) co_return absl::DataLossError("flush failed");
   co_return absl::OkStatus();
 }
 
@@ -223,143 +281,49 @@ Task<absl::StatusOr<std::vector<format::Snapshot>>> ReadSnapshotTable(io::BlockF
   }
   const uint64_t n = std::min(file.size_bytes() - h.snapshots_offset, kMaxSnapshotTableBytes);
   std::vector<std::byte> buf(n);
-  int64_t r = co_await file.Read(h.snapshots_offset, buf);
-  if (r < 0) co_return absl::DataLossError(absl::StrCat("reading snapshots: ", std::strerror(-r)));
+  UQ_CO_RETURN_IF_ERROR(co_await check_internal::ReadAt(file, h.snapshots_offset, buf));
   co_return format::DecodeSnapshotTable(buf, h.nb_snapshots, h.cluster_bits);
 }
 
-Task<absl::StatusOr<CheckResult>> CheckImage(io::BlockFile& file) {
+Task<absl::StatusOr<CheckResult>> CheckImage(io::BlockFile& file, CheckOptions options) {
   UQ_CO_ASSIGN_OR_RETURN(format::Header h, co_await LoadHeader(file));
-  const uint64_t cs = h.cluster_size();
-  Tally t;
-  t.h = &h;
-  t.file_clusters = (file.size_bytes() + cs - 1) / cs;
-  t.counts.assign(t.file_clusters, 0);
-  UQ_CO_RETURN_IF_ERROR(co_await CountReferences(file, t));
-
-  // Refcount table and blocks; load the stored refcounts.
-  const uint64_t rt_bytes = uint64_t{h.refcount_table_clusters} * cs;
-  t.AddRange(h.refcount_table_offset, rt_bytes, "refcount table");
-  std::vector<std::byte> rt(rt_bytes);
-  int64_t r = co_await file.Read(h.refcount_table_offset, rt);
-  if (r < 0) co_return absl::DataLossError("reading refcount table");
-  const uint32_t block_bits = h.cluster_bits + 3 - h.refcount_order;
-  std::map<uint64_t, std::vector<std::byte>> blocks;
-  for (uint64_t b = 0; b < rt_bytes / 8; ++b) {
-    auto off = format::DecodeRefcountTableEntry(format::LoadBE64(&rt[b * 8]));
-    if (!off.ok()) {
-      t.Problem(true, absl::StrCat("ERROR refcount table[", b, "]: ", off.status().message()));
-      continue;
-    }
-    if (*off == 0) continue;
-    if (*off & (cs - 1)) {
-      t.Problem(true, absl::StrCat("ERROR refcount block ", b, " offset unaligned"));
-      continue;
-    }
-    t.AddRange(*off, cs, "refcount block");
-    std::vector<std::byte> blk(cs);
-    r = co_await file.Read(*off, blk);
-    if (r < 0) co_return absl::DataLossError("reading refcount block");
-    blocks.emplace(b, std::move(blk));
+  Scan s(file, std::move(h), std::move(options.on_message));
+  UQ_CO_RETURN_IF_ERROR(co_await LoadMetadata(s));
+  const RepairMode fix = options.repair;
+  uint64_t highest = 0;
+  UQ_CO_RETURN_IF_ERROR(co_await CheckRefcounts(s, fix, &highest));
+  if (fix != RepairMode::kNone && s.counts.check_errors == 0 && s.counts.corruptions == 0) {
+    UQ_CO_RETURN_IF_ERROR(co_await MarkCleanAndConsistent(s));
   }
-  auto stored = [&](uint64_t c) -> uint64_t {
-    auto it = blocks.find(c >> block_bits);
-    if (it == blocks.end()) return 0;
-    return format::GetRefcount(it->second, h.refcount_order, c & ((uint64_t{1} << block_bits) - 1));
-  };
-  for (uint64_t c = 0; c < t.file_clusters; ++c) {
-    const uint64_t want = t.counts[c];
-    const uint64_t have = stored(c);
-    if (want > 0) ++t.result.referenced_clusters;
-    if (have < want) {
-      t.Problem(true, absl::StrCat("ERROR cluster ", c, " refcount=", have, " reference=", want));
-    } else if (have > want) {
-      t.Problem(false, absl::StrCat("Leaked cluster ", c, " refcount=", have, " reference=", want));
-    }
-  }
-  for (const auto& [b, blk] : blocks) {
-    for (uint64_t i = 0; i < (uint64_t{1} << block_bits); ++i) {
-      const uint64_t c = (b << block_bits) + i;
-      if (c < t.file_clusters) continue;
-      if (format::GetRefcount(blk, h.refcount_order, i) != 0) {
-        t.Problem(false, absl::StrCat("Leaked cluster ", c, " beyond the end of the file"));
-      }
-    }
-  }
-  for (const Tally::CopiedCheck& cc : t.copied_checks) {
-    const bool one = stored(cc.cluster) == 1;
-    if (one != cc.copied) {
-      t.Problem(true, absl::StrCat("ERROR OFLAG_COPIED ", cc.what,
-                                   ": refcount=", stored(cc.cluster), " copied=", cc.copied));
-    }
-  }
-  co_return t.result;
+  CheckResult r;
+  r.corruptions = s.counts.corruptions;
+  r.leaks = s.counts.leaks;
+  r.check_errors = s.counts.check_errors;
+  r.corruptions_fixed = s.counts.corruptions_fixed;
+  r.leaks_fixed = s.counts.leaks_fixed;
+  r.image_end_offset = (highest + 1) * s.cluster_bytes;
+  r.total_clusters = (s.h.size_bytes + s.cluster_bytes - 1) / s.cluster_bytes;
+  r.allocated_clusters = s.counts.allocated_clusters;
+  r.fragmented_clusters = s.counts.fragmented_clusters;
+  r.compressed_clusters = s.counts.compressed_clusters;
+  r.messages = std::move(s.kept_messages);
+  co_return r;
 }
 
-Task<absl::Status> RebuildRefcounts(io::BlockFile& file, format::Header& h) {
-  const uint64_t cs = h.cluster_size();
-  Tally t;
-  t.h = &h;
-  t.file_clusters = (file.size_bytes() + cs - 1) / cs;
-  t.counts.assign(t.file_clusters, 0);
-  UQ_CO_RETURN_IF_ERROR(co_await CountReferences(file, t));
-  if (t.result.corruptions > 0) {
+Task<absl::Status> RebuildRefcounts(io::BlockFile& file, format::Header& header) {
+  Scan s(file, header, nullptr);
+  s.count_refcount_structures = false;
+  UQ_CO_ASSIGN_OR_RETURN(s.snapshots, co_await ReadSnapshotTable(file, header));
+  s.snapshots_size = s.snapshots.empty() ? 0 : format::SnapshotTableSize(s.snapshots);
+  s.refs.Grow(s.file_clusters());
+  UQ_CO_RETURN_IF_ERROR(co_await check_internal::CountReferences(s, RepairMode::kNone));
+  if (s.counts.corruptions > 0) {
     co_return absl::DataLossError(
-        absl::StrCat("cannot rebuild refcounts: ", t.result.corruptions, " corruptions, first: ",
-                     t.result.messages.empty() ? std::string() : t.result.messages.front()));
+        absl::StrCat("cannot rebuild refcounts: ", s.counts.corruptions, " corruptions, first: ",
+                     s.kept_messages.empty() ? std::string() : s.kept_messages.front()));
   }
-  const uint32_t block_bits = h.cluster_bits + 3 - h.refcount_order;
-  const uint64_t per_block = uint64_t{1} << block_bits;
-  // New table and blocks go past the end of the file and count themselves.
-  const uint64_t area = t.file_clusters;
-  uint64_t nblocks = (area + per_block - 1) / per_block;
-  uint64_t table_clusters = 0;
-  for (;;) {
-    table_clusters = std::max<uint64_t>(1, (nblocks * 8 + cs - 1) / cs);
-    const uint64_t end = area + table_clusters + nblocks;
-    const uint64_t need = (end + per_block - 1) / per_block;
-    if (need <= nblocks) break;
-    nblocks = need;
-  }
-  const uint64_t total = area + table_clusters + nblocks;
-  t.counts.resize(total, 0);
-  for (uint64_t c = area; c < total; ++c) t.counts[c] = 1;
-  const uint64_t max_rc = format::MaxRefcount(h.refcount_order);
-  std::vector<std::byte> blk(cs);
-  std::vector<std::byte> table(table_clusters * cs);
-  for (uint64_t b = 0; b < nblocks; ++b) {
-    std::fill(blk.begin(), blk.end(), std::byte{0});
-    for (uint64_t i = 0; i < per_block; ++i) {
-      const uint64_t c = b * per_block + i;
-      if (c >= total) break;
-      if (t.counts[c] > max_rc) {
-        co_return absl::DataLossError(absl::StrCat("cluster ", c, " has ", t.counts[c],
-                                                   " references, more than refcount_bits allow"));
-      }
-      format::SetRefcount(blk, h.refcount_order, i, t.counts[c]);
-    }
-    const uint64_t off = (area + table_clusters + b) * cs;
-    int64_t r = co_await file.Write(off, blk);
-    if (r < 0) co_return absl::DataLossError("writing refcount block");
-    format::StoreBE64(&table[b * 8], off);
-  }
-  int64_t r = co_await file.Write(area * cs, table);
-  if (r < 0) co_return absl::DataLossError("writing refcount table");
-  {
-    int f = co_await file.Flush();
-    if (f < 0) co_return absl::DataLossError("flush");
-  }
-  h.refcount_table_offset = area * cs;
-  h.refcount_table_clusters = static_cast<uint32_t>(table_clusters);
-  h.incompatible_features &= ~format::kIncompatDirty;
-  std::vector<std::byte> hbuf(cs);
-  UQ_CO_RETURN_IF_ERROR(format::EncodeHeader(h, hbuf));
-  r = co_await file.Write(0, hbuf);
-  if (r < 0) co_return absl::DataLossError("writing header");
-  {
-    int f = co_await file.Flush();
-    if (f < 0) co_return absl::DataLossError("flush");
-  }
+  UQ_CO_RETURN_IF_ERROR(co_await check_internal::WriteNewRefcountStructure(s, true));
+  header = s.h;
   co_return absl::OkStatus();
 }
 

@@ -1,22 +1,48 @@
-// Structural checks of a qcow2 file, independent of the engine's caches: the
-// simulation tests' oracle and the engine's repair of dirty images.
+// The qcow2 consistency check and its repairs, independent of the engine's
+// caches: `qcow2-img check [-r leaks|all]`, the simulation tests' oracle, and
+// the engine's refcount rebuild for images opened with the dirty bit set.
 //
-// CheckImage recomputes every cluster's reference count the way
-// `qemu-img check` does (header cluster, L1 tables of the active layer and of
-// every snapshot, each L2 table once per L1 table that references it, data
-// and compressed clusters through those L2 tables, refcount table and blocks,
-// snapshot table) and compares it with the stored refcounts:
-//   stored < computed  -> corruption (a cluster could be reused while in use)
-//   stored > computed  -> leak
-// plus unaligned / out-of-range table offsets and L2 entries with reserved
-// bits (corruptions) and active-layer COPIED flags that disagree with the
-// refcount (corruptions, as qemu-img check reports them).
+// CheckImage follows qemu-img 7.2's check of a qcow2 image step by step, so
+// the counts, the exit code qemu-img would derive from them and the problem
+// lines agree with qemu-img on the same bytes:
+//  - every reference to a host cluster is counted in memory: the header, the
+//    active and every snapshot's L1 table, each L2 table once per L1 entry
+//    naming it, data and preallocated clusters, compressed clusters (every
+//    host cluster the compressed bytes touch), the snapshot table, the
+//    refcount table and blocks, the bitmap directory, tables and data;
+//  - entries are checked on the way: reserved bits, unaligned L2 tables and
+//    data clusters, references one cluster or more past the end of the file,
+//    compressed clusters with COPIED or a subcluster bitmap, extended-L2
+//    bitmaps with a subcluster both allocated and zero, refcount blocks that
+//    are unaligned, outside the image or shared;
+//  - the stored refcount of every cluster of the file is compared with the
+//    count: stored < counted is a corruption (the cluster could be reused
+//    while in use), stored > counted a leak;
+//  - COPIED flags of the active L1 and L2 tables must be set exactly where the
+//    stored refcount is 1.
+//
+// Repairs (RepairMode) are qemu-img's: kLeaks lowers leaked refcounts (and
+// fixes COPIED flags once nothing else is wrong); kAll also raises refcounts
+// that are too low, turns unaligned preallocated zero clusters into plain
+// zero clusters, fixes COPIED flags, and rebuilds the refcount structures when
+// they cannot be trusted (a used cluster with refcount 0, a broken refcount
+// table entry). A repair never makes an image worse: refcounts only move to
+// the counted value, and a rebuild writes the new refcount table and blocks
+// past the end of the file, flushes them, and only then points the header at
+// them (one 32-byte write); clusters holding unreachable data are never
+// reused by the repair itself.
+//
+// Untrusted input: every offset is checked before use, reads past the end of
+// the file are zeros (as in QEMU), tables are read a cluster at a time, and
+// memory is bounded by the file's size (two bytes a cluster, as QEMU's 16-bit
+// in-memory refcounts) plus one cluster per cached refcount block.
 //
 // Thread-safety: the file is used from the calling coroutine only.
 #ifndef UQ_SRC_ENGINE_CHECK_H_
 #define UQ_SRC_ENGINE_CHECK_H_
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -29,21 +55,44 @@
 
 namespace uq::engine {
 
+enum class RepairMode { kNone, kLeaks, kAll };
+
+// What qemu-img check reports (its BdrvCheckResult and fragmentation info).
 struct CheckResult {
   uint64_t corruptions = 0;
   uint64_t leaks = 0;
-  uint64_t referenced_clusters = 0;   // clusters with a computed count > 0
-  std::vector<std::string> messages;  // the first few problems, one line each
+  uint64_t check_errors = 0;
+  uint64_t corruptions_fixed = 0;
+  uint64_t leaks_fixed = 0;
+  uint64_t image_end_offset = 0;  // end of the last cluster in use
+  uint64_t total_clusters = 0;    // guest clusters of the virtual disk
+  uint64_t allocated_clusters = 0;
+  uint64_t fragmented_clusters = 0;
+  uint64_t compressed_clusters = 0;
+  std::vector<std::string> messages;  // the first kKeptMessages problem lines
+  static constexpr size_t kKeptMessages = 20;
 };
 
-// Returns an error only if the header cannot be decoded or the file cannot be
-// read; structural problems are counted in the result.
-Task<absl::StatusOr<CheckResult>> CheckImage(io::BlockFile& file);
+struct CheckOptions {
+  RepairMode repair = RepairMode::kNone;
+  // Receives every problem and repair line as qemu-img words it ("ERROR
+  // cluster 5 refcount=0 reference=1", "Leaked cluster ...", "Repairing ..."),
+  // in order, without a newline. May be empty.
+  std::function<void(const std::string&)> on_message;
+};
 
-// Rebuilds the refcount structures from the references (qemu-img check -r all
-// for refcounts): writes a fresh refcount table and blocks past the end of the
-// used area, then the header pointing at them with the dirty bit cleared.
-// `header` is updated to match. The old refcount structures become free space.
+// Checks (and with options.repair, repairs) the qcow2 image in `file`. An
+// error means the check could not run (qemu-img's "Check failed: ..."): an
+// undecodable header or snapshot table, or an I/O error. Structural problems
+// are counted in the result; a repair that cannot proceed counts check_errors.
+// REQUIRES: `file` is writable when options.repair != kNone.
+Task<absl::StatusOr<CheckResult>> CheckImage(io::BlockFile& file, CheckOptions options = {});
+
+// The engine's repair of an image opened with the dirty bit set: counts the
+// references (everything but the refcount structures), refuses with
+// DataLoss if they are inconsistent, writes fresh refcount structures past
+// the end of the file, then points the header at them and clears the dirty
+// bit. The old refcount structures become free space. `header` is updated.
 Task<absl::Status> RebuildRefcounts(io::BlockFile& file, format::Header& header);
 
 // Reads and decodes the internal snapshot table.

@@ -5,6 +5,9 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
+
 namespace uq::common {
 namespace {
 
@@ -95,6 +98,26 @@ TEST(OptionsTest, HelpListsEveryOption) {
   for (const char* line : {"  -f, --format=FMT", "  -r, --repair=leaks|all", "  -q, --quiet",
                            "  -U, --force-share", "      --output=FMT", "  -c CMD"}) {
     EXPECT_NE(help.find(std::string("\n") + line + " "), std::string::npos) << line << "\n" << help;
+  }
+}
+
+TEST(OptionsTest, HelpIsEightyColumnsWide) {
+  const std::string usage =
+      "qcow2-img measure [--output=human|json] [-O FMT] [-o OPTIONS] [--size SIZE | [-f FMT] "
+      "[-l SNAPSHOT] [-U] SRC]";
+  const std::string summary =
+      std::string(60, 'a') + " " + std::string(30, 'b') + "\nsoft break\n\nSecond paragraph.";
+  const std::string help = FormatHelp(usage, summary, kSpecs);
+  EXPECT_EQ(help.rfind("usage: qcow2-img measure [--output=human|json] [-O FMT] [-o OPTIONS]\n"
+                       "                         [--size SIZE | [-f FMT] [-l SNAPSHOT] [-U] "
+                       "SRC]\n\n" +
+                           std::string(60, 'a') + "\n" + std::string(30, 'b') +
+                           " soft break\n\nSecond paragraph.\n\nOptions:\n",
+                       0),
+            0u)
+      << help;
+  for (absl::string_view line : absl::StrSplit(help, '\n')) {
+    EXPECT_LE(line.size(), 80u) << line;
   }
 }
 

@@ -1,0 +1,126 @@
+// Internals of the qcow2 check (check.h), shared by check.cc (the sequence of
+// steps), check_refs.cc (counting references) and check_refcounts.cc (reading,
+// repairing and rebuilding the stored refcounts). Not for other users.
+//
+// Thread-safety: a Scan belongs to one coroutine.
+#ifndef UQ_SRC_ENGINE_CHECK_INTERNAL_H_
+#define UQ_SRC_ENGINE_CHECK_INTERNAL_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <span>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "format/header.h"
+#include "format/snapshot.h"
+#include "src/engine/check.h"
+#include "src/io/block_file.h"
+#include "src/io/task.h"
+
+namespace uq::engine::check_internal {
+
+// QEMU's in-memory refcount table: two bytes a cluster, larger counts in a
+// side map. Counts stop at the image's maximum refcount (an "overflow" is a
+// corruption, as in QEMU).
+class RefcountArray {
+ public:
+  explicit RefcountArray(uint64_t max_refcount) : max_(max_refcount) {}
+  uint64_t size() const { return small_.size(); }
+  uint64_t max() const { return max_; }
+  void Grow(uint64_t clusters);
+  uint64_t Get(uint64_t cluster) const;
+  void Set(uint64_t cluster, uint64_t value);
+  void Clear();
+
+ private:
+  static constexpr uint16_t kInMap = 0xffff;
+  uint64_t max_;
+  std::vector<uint16_t> small_;
+  std::unordered_map<uint64_t, uint64_t> big_;
+};
+
+// The counters of one check pass (QEMU's BdrvCheckResult), copied around the
+// way qemu-img's repair sequence saves and restores them.
+struct Counts {
+  uint64_t corruptions = 0;
+  uint64_t leaks = 0;
+  uint64_t check_errors = 0;
+  uint64_t corruptions_fixed = 0;
+  uint64_t leaks_fixed = 0;
+  uint64_t allocated_clusters = 0;
+  uint64_t fragmented_clusters = 0;
+  uint64_t compressed_clusters = 0;
+};
+
+// One check of one image file.
+struct Scan {
+  Scan(io::BlockFile& f, format::Header header, std::function<void(const std::string&)> sink);
+
+  io::BlockFile& file;
+  format::Header h;
+  uint64_t cluster_bytes;
+  RefcountArray refs;  // counted references; its size is QEMU's nb_clusters
+  Counts counts;
+  bool rebuild = false;  // the refcount structures cannot be repaired in place
+  // False for the engine's dirty-image rebuild: the old refcount table and
+  // blocks are not counted (they become free space) nor checked.
+  bool count_refcount_structures = true;
+  std::vector<format::Snapshot> snapshots;
+  uint64_t snapshots_size = 0;      // bytes of the snapshot table
+  std::vector<uint64_t> reftable;   // raw entries
+  std::vector<uint64_t> active_l1;  // raw entries, as QEMU holds them after open
+  // Refcount blocks read so far, by reftable index.
+  std::map<uint64_t, std::vector<std::byte>> block_cache;
+  bool corruption_reported = false;  // QEMU reports a broken refblock once
+  std::vector<std::string> kept_messages;
+  std::function<void(const std::string&)> on_message;
+
+  uint64_t file_clusters() const { return (file.size_bytes() + cluster_bytes - 1) / cluster_bytes; }
+  void Message(std::string line);
+  void Corruption(std::string line) {
+    ++counts.corruptions;
+    Message(std::move(line));
+  }
+};
+
+// Reads exactly buf.size() bytes at `offset` (zeros past the end of file).
+Task<absl::Status> ReadAt(io::BlockFile& file, uint64_t offset, std::span<std::byte> buf);
+// Writes `buf` at `offset`.
+Task<absl::Status> WriteAt(io::BlockFile& file, uint64_t offset, std::span<const std::byte> buf);
+// Writes one big-endian 64-bit table entry.
+Task<absl::Status> WriteEntry(io::BlockFile& file, uint64_t offset, uint64_t value);
+
+// check_refs.cc: QEMU's calculate_refcounts. Counts every reference into
+// s.refs (growing it past the end of the file by less than a cluster where
+// the last cluster is partly used) and reports what it finds on the way.
+// With kAll it turns unaligned preallocated zero clusters into plain zero
+// clusters. Errors: I/O, or a bitmap directory that cannot be decoded.
+Task<absl::Status> CountReferences(Scan& s, RepairMode fix);
+
+// check_refcounts.cc.
+// Loads the refcount table of s.h into s.reftable and drops cached blocks.
+Task<absl::Status> LoadRefcountTable(Scan& s);
+// The stored refcount of `cluster` (0 past the table or for a missing
+// block). An error is QEMU's -EIO for an unaligned refcount block.
+Task<absl::StatusOr<uint64_t>> StoredRefcount(Scan& s, uint64_t cluster);
+// Writes `value` as the stored refcount of `cluster`, whose refcount block
+// must exist.
+Task<absl::Status> SetStoredRefcount(Scan& s, uint64_t cluster, uint64_t value);
+// QEMU's compare_refcounts: stored against counted for every cluster of
+// s.refs, repairing per `fix`; sets s.rebuild where a used cluster has no
+// refcount. *highest_cluster: the last cluster stored or counted in use.
+Task<absl::Status> CompareRefcounts(Scan& s, RepairMode fix, uint64_t* highest_cluster);
+// Writes refcount blocks and a table for s.refs (plus themselves) past the
+// end of the file, flushes, then points the header at them (and clears the
+// dirty bit if asked) in one write, flushes, and reloads s.reftable.
+Task<absl::Status> WriteNewRefcountStructure(Scan& s, bool clear_dirty);
+
+}  // namespace uq::engine::check_internal
+
+#endif  // UQ_SRC_ENGINE_CHECK_INTERNAL_H_
