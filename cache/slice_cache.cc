@@ -84,7 +84,9 @@ void SliceCache::Unpin(Entry* e) {
   --e->pins;
 }
 
-void SliceCache::Touch(Entry* e) { e->shard->lru.splice(e->shard->lru.begin(), e->shard->lru, e->lru_it); }
+void SliceCache::Touch(Entry* e) {
+  e->shard->lru.splice(e->shard->lru.begin(), e->shard->lru, e->lru_it);
+}
 
 std::vector<std::byte> SliceCache::TakeBuffer(Shard& sh) {
   if (sh.spare_buffers.empty()) return std::vector<std::byte>(slice_bytes_);

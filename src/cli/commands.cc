@@ -234,11 +234,11 @@ int RunServer(const Command& cmd, bool recover, Notifier& notify) {
     spec.image = real;
     std::free(real);
     // The kernel gives at most one queue per possible CPU.
-    queues = spec.queues != 0
-                 ? static_cast<uint16_t>(std::clamp(static_cast<int>(spec.queues), 1,
-                                                    get_nprocs_conf()))
-                 : static_cast<uint16_t>(
-                       std::clamp(get_nprocs(), 1, static_cast<int>(kMaxDefaultQueues)));
+    queues =
+        spec.queues != 0
+            ? static_cast<uint16_t>(std::clamp(static_cast<int>(spec.queues), 1, get_nprocs_conf()))
+            : static_cast<uint16_t>(
+                  std::clamp(get_nprocs(), 1, static_cast<int>(kMaxDefaultQueues)));
     options.depth = spec.depth;
     options.reissue = spec.reissue;
     options.writethrough = spec.writethrough;

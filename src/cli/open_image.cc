@@ -26,9 +26,9 @@ absl::Status Annotate(const absl::Status& st, const std::string& image) {
 
 // Opens `path` on loops[0], locks it, and spreads it over every loop. A
 // single loop keeps the plain UringFile (no dispatch needed).
-absl::StatusOr<std::unique_ptr<io::BlockFile>> OpenOnLoops(
-    const std::vector<io::EventLoop*>& loops, const std::string& path, bool writable,
-    bool direct, std::string* note) {
+absl::StatusOr<std::unique_ptr<io::BlockFile>> OpenOnLoops(const std::vector<io::EventLoop*>& loops,
+                                                           const std::string& path, bool writable,
+                                                           bool direct, std::string* note) {
   io::OpenFlags flags;
   flags.read_only = !writable;
   flags.direct = direct;
@@ -75,7 +75,8 @@ absl::StatusOr<std::vector<ublk::QueueBackend>> OpenQueueBackends(const ImageSpe
     uint64_t size = file->size_bytes();
     if (size < 512) return absl::InvalidArgumentError(absl::StrCat(spec.image, ": image is empty"));
     if (aligned) {
-      file = std::make_unique<io::AlignedFile>(std::move(file), io::UringFile::kDirectAlignmentBytes);
+      file =
+          std::make_unique<io::AlignedFile>(std::move(file), io::UringFile::kDirectAlignmentBytes);
     }
     device = std::make_unique<engine::RawDevice>(std::move(file), size);
   } else {
@@ -94,8 +95,9 @@ absl::StatusOr<std::vector<ublk::QueueBackend>> OpenQueueBackends(const ImageSpe
     o.metadata_writethrough = !spec.read_only;
     o.file_alignment_bytes = aligned ? io::UringFile::kDirectAlignmentBytes : 0;
     // Only called inside OpenImage (backing chain, data file).
-    o.opener = [loops, aligned, note](const std::string& path, bool writable)
-        -> absl::StatusOr<std::unique_ptr<io::BlockFile>> {
+    o.opener = [loops, aligned, note](
+                   const std::string& path,
+                   bool writable) -> absl::StatusOr<std::unique_ptr<io::BlockFile>> {
       return OpenOnLoops(loops, path, writable, aligned, note);
     };
     auto dev = io::RunSync(loops[0], engine::OpenImage(std::move(file), std::move(o)));

@@ -168,17 +168,13 @@ constexpr common::OptionSpec kAttachOptions[] = {
     {kNoUserCopy, 0, "no-user-copy", "", "do not use ublk user copy"},
     {kUnprivileged, 0, "unprivileged", "", "insist on an unprivileged device (Linux 6.3+)"},
     kHelpOption};
-constexpr common::OptionSpec kMountOptions[] = {kReadOnlyOption,
-                                                {kRw, 0, "rw", "", "mount read-write"},
-                                                kSnapshotOption,
-                                                kQueuesOption,
-                                                kDepthOption,
-                                                kCacheModeOption,
-                                                kCacheOption,
-                                                kFormatOption,
-                                                kWritethroughOption,
-                                                {'p', 'p', "partition", "M", "mount partition M"},
-                                                kHelpOption};
+constexpr common::OptionSpec kMountOptions[] = {
+    kReadOnlyOption,     {kRw, 0, "rw", "", "mount read-write"},
+    kSnapshotOption,     kQueuesOption,
+    kDepthOption,        kCacheModeOption,
+    kCacheOption,        kFormatOption,
+    kWritethroughOption, {'p', 'p', "partition", "M", "mount partition M"},
+    kHelpOption};
 constexpr common::OptionSpec kDetachOptions[] = {
     kIdOption, {'a', 'a', "all", "", "every device"}, kHelpOption};
 constexpr common::OptionSpec kRecoverOptions[] = {kIdOption, kForegroundOption, kHelpOption};

@@ -34,7 +34,7 @@ struct ImageSpec {
   Format format = Format::kQcow2;
   bool read_only = false;
   std::string snapshot;  // implies read_only
-  uint16_t queues = 0;  // 0 = online CPUs, at most kMaxDefaultQueues
+  uint16_t queues = 0;   // 0 = online CPUs, at most kMaxDefaultQueues
   uint16_t depth = 128;  // per queue
   CacheMode cache = CacheMode::kNone;
   uint64_t cache_size_bytes = 0;  // 0 = engine default

@@ -156,7 +156,7 @@ struct ImageParts {
   cache::KeyedRwLock cluster_locks;
   BufferPool cluster_pool;
   BufferPool compressed_pool;
-  std::vector<std::byte> zeros;  // one cluster of zeros, never written
+  std::vector<std::byte> zeros;         // one cluster of zeros, never written
   std::atomic<uint64_t> cow_writes{0};  // allocating writes that replaced an entry
 
   // Locks the guest cluster at `a` (exclusive: to store its entry, which

@@ -114,7 +114,7 @@ class EventLoop final : public Executor {
   uint64_t wake_buf_ = 0;
   WakeCompletion wake_completion_;
   std::mutex post_mu_;
-  std::vector<std::coroutine_handle<>> posted_;  // guarded by post_mu_
+  std::vector<std::coroutine_handle<>> posted_;   // guarded by post_mu_
   std::vector<std::coroutine_handle<>> running_;  // loop thread only
   friend class EventLoopTestPeer;
 };

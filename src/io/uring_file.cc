@@ -114,9 +114,8 @@ absl::StatusOr<std::unique_ptr<UringFile>> UringFile::Open(EventLoop* loop, cons
     }
   }
 
-  std::unique_ptr<UringFile> file(
-      new UringFile(loop, fd, flags.read_only, direct, block_device,
-                    std::make_shared<SizeCell>(size_bytes)));
+  std::unique_ptr<UringFile> file(new UringFile(loop, fd, flags.read_only, direct, block_device,
+                                                std::make_shared<SizeCell>(size_bytes)));
   file->open_note_ = std::move(note);
   return file;
 }

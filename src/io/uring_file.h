@@ -38,8 +38,8 @@
 #ifndef UQ_SRC_IO_URING_FILE_H_
 #define UQ_SRC_IO_URING_FILE_H_
 
-#include <cstddef>
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>

@@ -12,8 +12,8 @@
 #include <chrono>
 #include <condition_variable>
 #include <coroutine>
-#include <cstring>
 #include <cstdint>
+#include <cstring>
 #include <mutex>
 #include <random>
 #include <span>
@@ -79,7 +79,7 @@ class ThreadExecutor final : public io::Executor {
   std::mutex mu_;
   std::condition_variable cv_;
   std::vector<std::coroutine_handle<>> posted_;  // guarded by mu_
-  std::mt19937_64 rng_;                           // owning thread only
+  std::mt19937_64 rng_;                          // owning thread only
   std::atomic<uint64_t> foreign_posts_{0};
 };
 

@@ -74,7 +74,7 @@ struct ThreadedConfig {
   format::CompressionType compression = format::CompressionType::kZlib;
   bool lazy_refcounts = false;
   uint64_t size_bytes = 8 << 20;
-  uint64_t ops = 8000;  // in total, shared out between the threads
+  uint64_t ops = 8000;        // in total, shared out between the threads
   uint32_t max_inflight = 8;  // per thread
   uint64_t max_io_bytes = 256 << 10;
   // > 0: every request lies inside the first `hot_clusters` clusters and is at
@@ -101,11 +101,12 @@ class ThreadedSimulation {
   }
 
   void Run() {
-    SCOPED_TRACE(::testing::Message() << "seed=" << c_.seed << " threads=" << threads_
-                                      << " (UQ_SIM_SEED to replay)");
-    std::printf("threaded simulation: seed %llu, %d threads, %llu ops (UQ_SIM_SEED / UQ_SIM_SCALE)\n",
-                static_cast<unsigned long long>(c_.seed), threads_,
-                static_cast<unsigned long long>(c_.ops));
+    SCOPED_TRACE(::testing::Message()
+                 << "seed=" << c_.seed << " threads=" << threads_ << " (UQ_SIM_SEED to replay)");
+    std::printf(
+        "threaded simulation: seed %llu, %d threads, %llu ops (UQ_SIM_SEED / UQ_SIM_SCALE)\n",
+        static_cast<unsigned long long>(c_.seed), threads_,
+        static_cast<unsigned long long>(c_.ops));
     std::fflush(stdout);
     ASSERT_NO_FATAL_FAILURE(Setup());
     ASSERT_NO_FATAL_FAILURE(RunThreads(c_.ops, 1));
@@ -164,8 +165,8 @@ class ThreadedSimulation {
     return [this](const std::string& path,
                   bool writable) -> absl::StatusOr<std::unique_ptr<io::BlockFile>> {
       if (!backing_ || path != backing_path_) return absl::NotFoundError(path);
-      io::BlockFile* f = unlocked_backing_ ? static_cast<io::BlockFile*>(unlocked_backing_.get())
-                                           : backing_.get();
+      io::BlockFile* f =
+          unlocked_backing_ ? static_cast<io::BlockFile*>(unlocked_backing_.get()) : backing_.get();
       return std::make_unique<testing::YieldFile>(
           std::make_unique<testing::BorrowedFile>(f, !writable));
     };
@@ -610,8 +611,7 @@ const NamedConfig kConfigs[] = {
       .stripe_bytes = 4 * 4096}},
 };
 
-class ThreadedSimulationTest
-    : public ::testing::TestWithParam<std::tuple<size_t, int>> {};
+class ThreadedSimulationTest : public ::testing::TestWithParam<std::tuple<size_t, int>> {};
 
 TEST_P(ThreadedSimulationTest, MatchesModel) {
   const auto [config, threads] = GetParam();
@@ -620,13 +620,13 @@ TEST_P(ThreadedSimulationTest, MatchesModel) {
   ThreadedSimulation(c, threads).Run();
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    All, ThreadedSimulationTest,
-    ::testing::Combine(::testing::Range<size_t>(0, std::size(kConfigs)), ::testing::Values(2, 4)),
-    [](const ::testing::TestParamInfo<std::tuple<size_t, int>>& info) {
-      return std::string(kConfigs[std::get<0>(info.param)].name) + "_" +
-             std::to_string(std::get<1>(info.param)) + "Threads";
-    });
+INSTANTIATE_TEST_SUITE_P(All, ThreadedSimulationTest,
+                         ::testing::Combine(::testing::Range<size_t>(0, std::size(kConfigs)),
+                                            ::testing::Values(2, 4)),
+                         [](const ::testing::TestParamInfo<std::tuple<size_t, int>>& info) {
+                           return std::string(kConfigs[std::get<0>(info.param)].name) + "_" +
+                                  std::to_string(std::get<1>(info.param)) + "Threads";
+                         });
 
 }  // namespace
 }  // namespace uq::engine

@@ -71,19 +71,18 @@ struct Config {
   format::CreateOptions create;
   uint64_t l2_cache_bytes = 0;
   int threads = 2;
-  uint32_t depth = 1;  // per thread
+  uint32_t depth = 1;        // per thread
   uint64_t crash_after = 1;  // completed requests
   bool random_subset = false;
 };
 
 std::string Describe(const Config& c) {
-  return absl::StrCat("threads=", c.threads, " cluster_bits=", c.create.cluster_bits,
-                      " refcount_order=", c.create.refcount_order,
-                      " extended_l2=", c.create.extended_l2,
-                      " lazy_refcounts=", c.create.lazy_refcounts, " size=", c.create.size_bytes,
-                      " l2_cache=", c.l2_cache_bytes, " depth=", c.depth,
-                      " crash_after=", c.crash_after,
-                      " crash=", c.random_subset ? "random-subset" : "drop-unflushed");
+  return absl::StrCat(
+      "threads=", c.threads, " cluster_bits=", c.create.cluster_bits,
+      " refcount_order=", c.create.refcount_order, " extended_l2=", c.create.extended_l2,
+      " lazy_refcounts=", c.create.lazy_refcounts, " size=", c.create.size_bytes,
+      " l2_cache=", c.l2_cache_bytes, " depth=", c.depth, " crash_after=", c.crash_after,
+      " crash=", c.random_subset ? "random-subset" : "drop-unflushed");
 }
 
 Config RandomConfig(uint64_t seed) {
@@ -298,8 +297,8 @@ void ThreadedPowerLossRun::Complete(Op* op, int result) {
         for (uint64_t b = 0; b < kSector; ++b) {
           const uint8_t got = static_cast<uint8_t>(op->buf[s * kSector + b]);
           if (got != want) {
-            ADD_FAILURE() << "live read: sector " << op->first_sector + s << " byte " << b
-                          << " is " << int(got) << ", model says " << int(want);
+            ADD_FAILURE() << "live read: sector " << op->first_sector + s << " byte " << b << " is "
+                          << int(got) << ", model says " << int(want);
             ++failures_;
             break;
           }
@@ -339,8 +338,8 @@ void ThreadedPowerLossRun::WorkerMain(Worker* w, std::latch* start) {
     const bool can_issue = !(stop_ || failures_ > 0) && w->inflight < config_.depth;
     if (can_issue && (w->rng() % 2 == 0 || w->inflight == 0) && TryIssue(w)) continue;
     if (exec.WaitForPost(std::chrono::microseconds(can_issue ? 50 : 2000))) continue;
-    if (w->inflight > 0 && std::chrono::steady_clock::now() - last_progress >
-                               std::chrono::seconds(60)) {
+    if (w->inflight > 0 &&
+        std::chrono::steady_clock::now() - last_progress > std::chrono::seconds(60)) {
       std::fprintf(stderr, "threaded power loss: seed %llu thread %d: hang\n",
                    static_cast<unsigned long long>(seed_), w->index);
       std::abort();  // parked coroutines cannot be unwound
@@ -365,8 +364,8 @@ void ThreadedPowerLossRun::Run() {
                       bool) -> absl::StatusOr<std::unique_ptr<io::BlockFile>> {
     return absl::NotFoundError(path);
   };
-  auto opened = io::RunSync(
-      nullptr, OpenImage(std::make_unique<testing::YieldFile>(power_.get()), options));
+  auto opened =
+      io::RunSync(nullptr, OpenImage(std::make_unique<testing::YieldFile>(power_.get()), options));
   ASSERT_TRUE(opened.ok()) << opened.status();
   device_ = std::move(*opened);
 
