@@ -85,7 +85,6 @@ Task<absl::Status> WriteEntry(io::BlockFile& file, uint64_t offset, uint64_t val
 
 namespace {
 
-using check_internal::Counts;
 using check_internal::Scan;
 
 constexpr uint64_t kMaxSnapshotTableBytes = 64ull << 20;
@@ -216,7 +215,7 @@ Task<absl::Status> CheckCopiedFlags(Scan& s, RepairMode fix) {
 // the counted references, count again, and free what the rebuild left
 // behind (the old structures), as QEMU does after rebuild_refcount_structure.
 Task<absl::Status> Rebuild(Scan& s, uint64_t* highest) {
-  const Counts old = s.counts;
+  const CheckCounts old = s.counts;
   s.Message("Rebuilding refcount structure");
   UQ_CO_RETURN_IF_ERROR(co_await check_internal::WriteNewRefcountStructure(s, false));
   s.counts.corruptions = 0;
@@ -224,8 +223,8 @@ Task<absl::Status> Rebuild(Scan& s, uint64_t* highest) {
   s.rebuild = false;
   s.refs.Clear();
   UQ_CO_RETURN_IF_ERROR(co_await check_internal::CountReferences(s, RepairMode::kNone));
-  const Counts saved = s.counts;
-  s.counts = Counts{};
+  const CheckCounts saved = s.counts;
+  s.counts = CheckCounts{};
   UQ_CO_RETURN_IF_ERROR(co_await check_internal::CompareRefcounts(s, RepairMode::kLeaks, highest));
   if (s.rebuild) s.Message("ERROR rebuilt refcount structure is still broken");
   const uint64_t fresh_leaks = s.counts.leaks;
@@ -241,7 +240,7 @@ Task<absl::Status> Rebuild(Scan& s, uint64_t* highest) {
 // qcow2_check_refcounts: count, compare, repair.
 Task<absl::Status> CheckRefcounts(Scan& s, RepairMode fix, uint64_t* highest) {
   UQ_CO_RETURN_IF_ERROR(co_await check_internal::CountReferences(s, fix));
-  const Counts before_compare = s.counts;
+  const CheckCounts before_compare = s.counts;
   UQ_CO_RETURN_IF_ERROR(co_await check_internal::CompareRefcounts(s, RepairMode::kNone, highest));
   if (s.rebuild && fix == RepairMode::kAll) {
     UQ_CO_RETURN_IF_ERROR(co_await Rebuild(s, highest));
@@ -296,16 +295,9 @@ Task<absl::StatusOr<CheckResult>> CheckImage(io::BlockFile& file, CheckOptions o
     UQ_CO_RETURN_IF_ERROR(co_await MarkCleanAndConsistent(s));
   }
   CheckResult r;
-  r.corruptions = s.counts.corruptions;
-  r.leaks = s.counts.leaks;
-  r.check_errors = s.counts.check_errors;
-  r.corruptions_fixed = s.counts.corruptions_fixed;
-  r.leaks_fixed = s.counts.leaks_fixed;
+  static_cast<CheckCounts&>(r) = s.counts;
   r.image_end_offset = (highest + 1) * s.cluster_bytes;
   r.total_clusters = (s.h.size_bytes + s.cluster_bytes - 1) / s.cluster_bytes;
-  r.allocated_clusters = s.counts.allocated_clusters;
-  r.fragmented_clusters = s.counts.fragmented_clusters;
-  r.compressed_clusters = s.counts.compressed_clusters;
   r.messages = std::move(s.kept_messages);
   co_return r;
 }

@@ -57,18 +57,24 @@ namespace uq::engine {
 
 enum class RepairMode { kNone, kLeaks, kAll };
 
-// What qemu-img check reports (its BdrvCheckResult and fragmentation info).
-struct CheckResult {
+// The counters of one check pass (QEMU's BdrvCheckResult), which qemu-img's
+// repair sequence saves and restores between its passes.
+struct CheckCounts {
   uint64_t corruptions = 0;
   uint64_t leaks = 0;
   uint64_t check_errors = 0;
   uint64_t corruptions_fixed = 0;
   uint64_t leaks_fixed = 0;
-  uint64_t image_end_offset = 0;  // end of the last cluster in use
-  uint64_t total_clusters = 0;    // guest clusters of the virtual disk
   uint64_t allocated_clusters = 0;
   uint64_t fragmented_clusters = 0;
   uint64_t compressed_clusters = 0;
+};
+
+// What qemu-img check reports: the counters of the last pass, and the image's
+// extent and fragmentation info.
+struct CheckResult : CheckCounts {
+  uint64_t image_end_offset = 0;      // end of the last cluster in use
+  uint64_t total_clusters = 0;        // guest clusters of the virtual disk
   std::vector<std::string> messages;  // the first kKeptMessages problem lines
   static constexpr size_t kKeptMessages = 20;
 };

@@ -45,19 +45,6 @@ class RefcountArray {
   std::unordered_map<uint64_t, uint64_t> big_;
 };
 
-// The counters of one check pass (QEMU's BdrvCheckResult), copied around the
-// way qemu-img's repair sequence saves and restores them.
-struct Counts {
-  uint64_t corruptions = 0;
-  uint64_t leaks = 0;
-  uint64_t check_errors = 0;
-  uint64_t corruptions_fixed = 0;
-  uint64_t leaks_fixed = 0;
-  uint64_t allocated_clusters = 0;
-  uint64_t fragmented_clusters = 0;
-  uint64_t compressed_clusters = 0;
-};
-
 // One check of one image file.
 struct Scan {
   Scan(io::BlockFile& f, format::Header header, std::function<void(const std::string&)> sink);
@@ -66,7 +53,7 @@ struct Scan {
   format::Header h;
   uint64_t cluster_bytes;
   RefcountArray refs;  // counted references; its size is QEMU's nb_clusters
-  Counts counts;
+  CheckCounts counts;
   bool rebuild = false;  // the refcount structures cannot be repaired in place
   // False for the engine's dirty-image rebuild: the old refcount table and
   // blocks are not counted (they become free space) nor checked.
