@@ -250,6 +250,7 @@ Task<int> SliceCache::WriteBack(std::vector<Entry*> batch) {
       std::fprintf(stderr, "%s cache: write-back at offset %llu failed: %s\n", name_.c_str(),
                    static_cast<unsigned long long>(offset), std::strerror(static_cast<int>(-r)));
       result = static_cast<int>(r);
+      if (error_hook_) error_hook_(result);
       break;
     }
     writes_.fetch_add(1, std::memory_order_relaxed);

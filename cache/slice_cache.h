@@ -133,6 +133,10 @@ class SliceCache {
   // Called (and awaited) before any slice of this cache is written.
   // REQUIRES: set before the cache is shared.
   void set_writeback_hook(std::function<Task<int>()> hook) { hook_ = std::move(hook); }
+  // Called with the -errno of every slice write that fails (its outcome on
+  // disk is unknown); the owner decides whether that fails its file.
+  // REQUIRES: set before the cache is shared.
+  void set_write_error_hook(std::function<void(int)> hook) { error_hook_ = std::move(hook); }
 
   bool has_dirty() const;
   uint32_t slice_bytes() const { return slice_bytes_; }
@@ -188,6 +192,7 @@ class SliceCache {
   uint64_t capacity_slices_;
   std::string name_;
   std::function<Task<int>()> hook_;
+  std::function<void(int)> error_hook_;
   std::vector<Shard> shards_;  // a power of two
   std::atomic<uint64_t> hits_{0};
   std::atomic<uint64_t> misses_{0};

@@ -25,6 +25,7 @@ L2Map::L2Map(MetaFile* meta, RefcountStore* refs, const Geometry& geo, std::vect
       table_buf_(geo.cluster_bytes),
       l1_buf_(l1.size() * 8) {
   for (size_t i = 0; i < l1.size(); ++i) l1_[i].store(l1[i], std::memory_order_relaxed);
+  cache_->set_write_error_hook([meta](int error) { meta->Fail(error, "L2 table write"); });
 }
 
 void L2Map::SetL1(uint64_t index, uint64_t raw) {
@@ -222,7 +223,7 @@ Task<int> L2Map::WriteL1() {
   --l1_writes_in_flight_;
   if (w < 0) {
     l1_dirty_ = true;
-    co_return static_cast<int>(w);
+    co_return meta_->Fail(static_cast<int>(w), "L1 table write");
   }
   co_return 0;
 }

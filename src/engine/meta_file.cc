@@ -2,8 +2,10 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "format/endian.h"
 
 namespace uq::engine {
@@ -18,19 +20,41 @@ MetaFile::MetaFile(std::unique_ptr<io::BlockFile> file, std::unique_ptr<io::Bloc
                      (header.autoclear_features & format::kAutoclearDataFileRaw) != 0),
       corrupt_((header.incompatible_features & format::kIncompatCorrupt) != 0) {}
 
+std::string MetaFile::failure() const {
+  std::lock_guard<std::mutex> g(failure_mu_);
+  return failure_;
+}
+
+int MetaFile::Fail(int error, const char* what) {
+  if (error >= 0) return error;
+  std::lock_guard<std::mutex> g(failure_mu_);
+  int expected = 0;
+  if (failed_errno_.compare_exchange_strong(expected, -error, std::memory_order_acq_rel)) {
+    failure_ = absl::StrCat(what, ": ", std::strerror(-error));
+    std::fprintf(stderr,
+                 "qcow2: %s; the image is failed: later writes and flushes return EIO, and the "
+                 "next writable open repairs it\n",
+                 failure_.c_str());
+  }
+  return error;
+}
+
 Task<int> MetaFile::Sync() {
+  if (failed()) co_return -EIO;
   if (data_file_) {
     int r = co_await data_file_->Flush();
-    if (r < 0) co_return r;
+    if (r < 0) co_return Fail(r, "fdatasync of the data file");
   }
-  co_return co_await file_->Flush();
+  int r = co_await file_->Flush();
+  co_return Fail(r, "fdatasync of the image file");
 }
 
 Task<int> MetaFile::WriteWord(uint64_t offset_bytes, uint64_t value) {
+  if (failed()) co_return -EIO;
   std::byte buf[8];
   format::StoreBE64(buf, value);
   int64_t w = co_await file_->Write(offset_bytes, buf);
-  co_return w < 0 ? static_cast<int>(w) : 0;
+  co_return w < 0 ? Fail(static_cast<int>(w), "header write") : 0;
 }
 
 Task<int> MetaFile::SetIncompatibleFeature(uint64_t bit, bool on) {
@@ -59,13 +83,16 @@ Task<int> MetaFile::SetRefcountTable(uint64_t offset_bytes, uint32_t clusters) {
   // adjacent: one write, inside one sector.
   co_await header_lock_.Lock();
   cache::MutexGuard guard(&header_lock_);
+  if (failed()) co_return -EIO;
   std::byte buf[12];
   format::StoreBE64(buf, offset_bytes);
   format::StoreBE32(buf + 8, clusters);
-  int64_t w = co_await file_->Write(format::kHeaderRefcountTableOffsetAt, buf);
-  if (w < 0) co_return static_cast<int>(w);
+  // Memory follows the write as soon as it is issued: a failed write may
+  // still have landed, and the image fails then anyway.
   header_.refcount_table_offset = offset_bytes;
   header_.refcount_table_clusters = clusters;
+  int64_t w = co_await file_->Write(format::kHeaderRefcountTableOffsetAt, buf);
+  if (w < 0) co_return Fail(static_cast<int>(w), "header write (refcount table)");
   co_return 0;
 }
 

@@ -29,6 +29,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include "cache/wait_list.h"
@@ -57,7 +58,23 @@ class MetaFile {
   bool read_only() const { return read_only_; }
   bool corrupt() const { return corrupt_.load(std::memory_order_acquire); }
 
-  // fdatasync of the data file (if any), then of the image file.
+  // Fail-stop. After a failed fsync/fdatasync, or a failed metadata write
+  // whose outcome on disk is unknown, the page cache and the file may
+  // disagree about what is durable, and in-memory metadata about what is on
+  // disk: the image is failed. Every later write, flush and Sync returns
+  // -EIO, nothing retries the lost writes, Close leaves the image as a crash
+  // would (the next writable open repairs it), and reads keep working.
+  // Guest data write errors only fail their request.
+  bool failed() const { return failed_errno_.load(std::memory_order_acquire) != 0; }
+  // Why the image failed ("fsync: Input/output error"), or "".
+  std::string failure() const;
+  // Marks the image failed by `error` (-errno) during `what`, the first time
+  // (reported once on stderr). Returns `error`, so a metadata write site can
+  // `co_return meta.Fail(w, "...")`.
+  int Fail(int error, const char* what);
+
+  // fdatasync of the data file (if any), then of the image file. -EIO
+  // without any I/O once the image failed; a failure fails the image.
   Task<int> Sync();
 
   // Sets or clears incompatible feature `bit` in memory and on disk (no
@@ -86,6 +103,9 @@ class MetaFile {
   bool read_only_;
   bool data_file_raw_;
   std::atomic<bool> corrupt_;
+  std::atomic<int> failed_errno_{0};  // positive errno of the first failure
+  mutable std::mutex failure_mu_;
+  std::string failure_;  // guarded by failure_mu_
   cache::AsyncMutex lock_;
   cache::AsyncMutex header_lock_;  // header field updates
   std::atomic<uint64_t> generation_{0};

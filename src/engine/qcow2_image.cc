@@ -31,7 +31,7 @@ Qcow2Image::Stats Qcow2Image::stats() const {
 int Qcow2Image::CheckRequest(uint64_t offset_bytes, uint64_t length_bytes, bool write) const {
   if (closed_) return -EIO;
   if (write && p_->meta->read_only()) return -EROFS;
-  if (write && p_->meta->corrupt()) return -EIO;
+  if (write && (p_->meta->corrupt() || p_->meta->failed())) return -EIO;
   if ((offset_bytes | length_bytes) & 511) return -EINVAL;
   if (offset_bytes > p_->size_bytes || length_bytes > p_->size_bytes - offset_bytes) {
     return -EINVAL;

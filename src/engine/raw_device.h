@@ -1,8 +1,13 @@
 // RawDevice: a raw image file served as a Device (raw backing files,
 // `-f raw` in qcow2-img, and the frontend's tests).
+//
+// Fail-stop, as for qcow2 images (MetaFile): after a failed fsync the page
+// cache may have dropped writes it had acknowledged, so every later write and
+// flush returns -EIO instead of reporting durability that may be false.
 #ifndef UQ_SRC_ENGINE_RAW_DEVICE_H_
 #define UQ_SRC_ENGINE_RAW_DEVICE_H_
 
+#include <atomic>
 #include <memory>
 
 #include "src/engine/device.h"
@@ -27,8 +32,11 @@ class RawDevice final : public Device {
   Task<absl::Status> Close() override;
 
  private:
+  Task<int> Sync();
+
   std::unique_ptr<io::BlockFile> file_;
   uint64_t size_bytes_;
+  std::atomic<bool> failed_{false};
 };
 
 }  // namespace uq::engine

@@ -23,7 +23,9 @@ RefcountStore::RefcountStore(MetaFile* meta, const Geometry& geo, std::vector<ui
                                                  "refcount")),
       grow_file_durably_(grow_file_durably),
       host_end_clusters_((meta->file().size_bytes() + geo.cluster_bytes - 1) >> geo.cluster_bits),
-      block_buf_(geo.cluster_bytes) {}
+      block_buf_(geo.cluster_bytes) {
+  cache_->set_write_error_hook([meta](int error) { meta->Fail(error, "refcount block write"); });
+}
 
 bool RefcountStore::Locate(uint64_t cluster_index, uint64_t* slice_offset,
                            uint64_t* index_in_slice) const {
@@ -105,7 +107,7 @@ Task<int> RefcountStore::EnsureBlock(uint64_t cluster_index, bool* placed) {
   std::byte entry[8];
   format::StoreBE64(entry, block_offset);
   w = co_await meta_->file().Write(meta_->header().refcount_table_offset + block * 8, entry);
-  if (w < 0) co_return static_cast<int>(w);
+  if (w < 0) co_return meta_->Fail(static_cast<int>(w), "refcount table write");
   table_[block] = block_offset;
   host_end_clusters_ = std::max(host_end_clusters_, block_cluster + 1);
   co_return 0;
@@ -167,11 +169,12 @@ Task<int> RefcountStore::GrowTable(uint64_t min_entries) {
   const uint64_t old_clusters = meta_->header().refcount_table_clusters;
   r = co_await meta_->SetRefcountTable(geo_.ClusterOffset(area_start),
                                        static_cast<uint32_t>(table_clusters));
-  if (r < 0) co_return r;
-  // The header now names the new table: memory follows it whatever the fsync
-  // says (later blocks go into the table the file names).
+  // Once the header write is issued the file may name the new table, so
+  // memory follows it whatever the write or the fsync says (later blocks go
+  // into the table the file names; a failure has failed the image anyway).
   table_ = std::move(table);
   host_end_clusters_ = std::max(host_end_clusters_, area_end);
+  if (r < 0) co_return r;
   r = co_await meta_->Sync();
   // Until that header is durable the old table may still be the one on disk:
   // keep its clusters (a leak at worst) unless the sync succeeded.
@@ -307,7 +310,8 @@ Task<int> RefcountStore::GrowFileDurably(uint64_t end_bytes) {
   // what is needed, or the error.
   if (r < 0) r = co_await f.Truncate(end_bytes);
   if (r < 0) co_return r;
-  co_return co_await f.Flush();
+  const int synced = co_await f.Flush();
+  co_return meta_->Fail(synced, "fsync after growing the image file");
 }
 
 }  // namespace uq::engine

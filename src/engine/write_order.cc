@@ -1,5 +1,6 @@
 #include "src/engine/write_order.h"
 
+#include <cerrno>
 #include <cstring>
 #include <utility>
 #include <vector>
@@ -52,6 +53,8 @@ Task<int> WriteOrder::MarkDirty() {
 
 Task<int> WriteOrder::FlushLocked() {
   if (meta_->read_only()) co_return 0;
+  // Fail-stop: after a failed fsync nothing may report durability again.
+  if (meta_->failed()) co_return -EIO;
   // Frees queued so far belong to L2/L1 changes already in the caches; they
   // are applied once those changes are durable.
   std::vector<RefcountStore::PendingFree> frees = refs_->TakePendingFrees();
@@ -122,6 +125,14 @@ Task<int> WriteOrder::MaybeFlushFrees() {
 Task<absl::Status> WriteOrder::Close() {
   co_await meta_->lock().Lock();
   cache::MutexGuard guard(&meta_->lock());
+  if (meta_->failed()) {
+    // Left as a crash would leave it: the dirty bit (if set) stays, and the
+    // ordering rules kept what is on disk consistent up to the failure.
+    co_return absl::DataLossError(
+        absl::StrCat("close: the image failed earlier (", meta_->failure(),
+                     "): writes since the last successful flush may be lost; the next writable "
+                     "open repairs it"));
+  }
   int r = co_await FlushLocked();
   if (r >= 0) r = co_await FlushLocked();
   if (r >= 0 && dirty_marked() && !meta_->corrupt()) {
