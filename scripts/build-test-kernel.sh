@@ -6,7 +6,8 @@
 #
 #   scripts/build-test-kernel.sh [--version 6.1|6.12] OUTDIR     (default 6.1)
 #
-# Result: OUTDIR/bzImage (and OUTDIR/config). Cached: when OUTDIR/bzImage exists
+# Result: OUTDIR/bzImage (and OUTDIR/config; the unpacked tree is removed unless
+# UQ_KEEP_KERNEL_TREE=1). Cached: when OUTDIR/bzImage exists
 # and OUTDIR/config.hash matches the fragments and the source, nothing is done.
 # Concurrent runs on the same OUTDIR serialise on OUTDIR/.lock, so only one of
 # them builds. Installs its Debian prerequisites through scripts/setup.sh --vm.
@@ -102,3 +103,9 @@ cp .config "$out/config"
 mv "$out/bzImage.tmp" "$out/bzImage"
 want_hash > "$out/config.hash"
 echo "build-test-kernel: $out/bzImage built in $(( $(date +%s) - start )) s"
+# The tree (1.5 GB) is not kept: a fragment change rewrites autoconf.h, which
+# rebuilds nearly every object anyway. UQ_KEEP_KERNEL_TREE=1 keeps it.
+if [[ "${UQ_KEEP_KERNEL_TREE:-0}" != 1 ]]; then
+  cd "$out"
+  rm -rf "$src"
+fi

@@ -16,12 +16,27 @@ build=${UQ_BUILD_DIR:-build}
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DUQ_WERROR=ON
 cmake --build "$build" -j"$jobs"
 
-# The VM tier's kernels, 6.1 and 6.12 (cached in build/vm/kernel and build/vm/kernel-6.12,
-# or under $UQ_VM_DIR; a no-op when up to date or when this kernel has ublk itself). Built before the tests rather than inside
+# The VM tier's kernels, 6.1 and 6.12: built once per machine and cached outside
+# the checkout (scripts/lib/kernel-cache.sh: ~/.cache/ublk-qcow2/kernels, or
+# $UQ_KERNEL_CACHE), so a fresh clone reuses them; a no-op when up to date or
+# when this kernel has ublk itself. Built before the tests rather than inside
 # ctest so its minutes do not compete with the other tiers.
 if [[ -z "${UQ_TEST_LABELS:-}" || "vm" =~ ${UQ_TEST_LABELS} ]]; then
   tests/vm/ctest-vm.sh kernel
 fi
+
+# The sanitizer stages build only what they run: the executables of the
+# selected tests, named by their paths in the main build (test discovery needs
+# built executables, so the main build answers; ninja takes an output's path
+# as a target), plus the commands those tests call. Scripts (not build
+# outputs) drop out.
+build_abs=$(cd "$build" && pwd)
+test_executables() {  # ctest selection arguments
+  ctest --test-dir "$build" -N -V "$@" |
+    sed -n "s|^[0-9]*: Test command: $build_abs/\([^ \"]*\).*|\1|p" | sort -u
+}
+commands=(ublk-qcow2 ublk-qcow2-udev qcow2-img)
+asan_cli_tests='MalformedCliTest|CliErrorsTest'
 
 label_args=()
 if [[ -n "${UQ_TEST_LABELS:-}" ]]; then label_args=(-L "$UQ_TEST_LABELS"); fi
@@ -34,9 +49,10 @@ if [[ -z "${UQ_TEST_LABELS:-}" ]]; then
   asan=${build}-asan
   cmake -S . -B "$asan" -G Ninja -DCMAKE_BUILD_TYPE=Debug -DUQ_WERROR=ON \
     -DSANITIZE=address,undefined
-  cmake --build "$asan" -j"$jobs"
+  mapfile -t targets < <(test_executables -L 'unit|sanitize'; test_executables -R "$asan_cli_tests")
+  cmake --build "$asan" -j"$jobs" --target "${targets[@]}" "${commands[@]}"
   ctest --test-dir "$asan" --output-on-failure -j"$jobs" -L 'unit|sanitize'
-  ctest --test-dir "$asan" --output-on-failure -j"$jobs" -R 'MalformedCliTest|CliErrorsTest'
+  ctest --test-dir "$asan" --output-on-failure -j"$jobs" -R "$asan_cli_tests"
 fi
 
 # Again under ThreadSanitizer: the tests labelled `tsan` (the engine, cache and
@@ -49,8 +65,8 @@ if [[ -z "${UQ_TEST_LABELS:-}" || "tsan" =~ ${UQ_TEST_LABELS} ]]; then
   tsan=${build}-tsan
   cmake -S . -B "$tsan" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DUQ_WERROR=ON \
     -DSANITIZE=thread
-  cmake --build "$tsan" -j"$jobs" --target uq_io_test cache_slice_cache_test engine_qcow2_test \
-    engine_threaded_simulation_test engine_threaded_power_loss_test
+  mapfile -t targets < <(test_executables -L tsan)
+  cmake --build "$tsan" -j"$jobs" --target "${targets[@]}"
   TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 ${TSAN_OPTIONS:-}" \
     setarch "$(uname -m)" -R ctest --test-dir "$tsan" --output-on-failure -j"$jobs" -L tsan \
     -E '^PowerLossFileTest\.RandomOpsMatchModel$'

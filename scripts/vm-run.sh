@@ -15,8 +15,9 @@
 # stdout. Exit status: the command's, or 124 on timeout, 125 when the guest did
 # not report one (boot failure, kernel panic), 2 on bad usage.
 #
-# Environment: UQ_VM_DIR (default <repo>/build/vm) holds kernel/bzImage (6.1),
-# kernel-6.12/bzImage, initramfs.gz and runs/; UQ_VM_KERNEL overrides the bzImage; UQ_VM_VERBOSE=1
+# Environment: UQ_VM_DIR (default <repo>/build/vm) holds initramfs.gz and runs/;
+# the kernels are cached per machine (scripts/lib/kernel-cache.sh: UQ_KERNEL_CACHE,
+# default ~/.cache/ublk-qcow2/kernels/linux-VERSION); UQ_VM_KERNEL overrides the bzImage; UQ_VM_VERBOSE=1
 # shows the full kernel log; UQ_VM_KEEP=1 keeps runs/<id> after success or skip (77);
 # UQ_VM_CPU sets -cpu (default max), UQ_VM_SMP the vCPU count (default 2); UQ_VM_EXTRA_ARGS is appended to qemu's args,
 # UQ_VM_APPEND to the kernel command line.
@@ -56,8 +57,9 @@ fi
 # Kernel (cached; rebuilt only when its config fragments changed) and initramfs.
 kernel=${UQ_VM_KERNEL:-}
 if [[ -z "$kernel" ]]; then
-  kdir=$vm_dir/kernel
-  [[ "$version" == 6.1 ]] || kdir=$vm_dir/kernel-$version
+  # shellcheck source=scripts/lib/kernel-cache.sh
+  source "$top/scripts/lib/kernel-cache.sh"
+  kdir=$(uq_kernel_dir "$version")
   kernel=$kdir/bzImage
   "$top/scripts/build-test-kernel.sh" --version "$version" "$kdir" >&2 ||
     { echo "vm-run: kernel $version build failed" >&2; exit 125; }

@@ -14,7 +14,9 @@ set -uo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 vm_dir=${UQ_VM_DIR:-$top/build/vm}
 version=${UQ_VM_KERNEL_VERSION:-6.1}
-kernel_dir() { if [[ "$1" == 6.1 ]]; then echo "$vm_dir/kernel"; else echo "$vm_dir/kernel-$1"; fi; }
+# shellcheck source=scripts/lib/kernel-cache.sh
+source "$top/scripts/lib/kernel-cache.sh"
+kernel_dir() { uq_kernel_dir "$1"; }
 
 missing() {
   if [[ "${CI:-}" == true ]]; then
