@@ -19,29 +19,58 @@ namespace uq::engine {
 
 namespace check_internal {
 
-void RefcountArray::Grow(uint64_t clusters) {
-  if (clusters > small_.size()) small_.resize(clusters, 0);
+void RefcountArray::Grow(uint64_t clusters) { size_ = std::max(size_, clusters); }
+
+const RefcountArray::Page* RefcountArray::FindPage(uint64_t page) const {
+  if (page != last_index_) {
+    auto it = pages_.find(page);
+    last_page_ = it == pages_.end() ? nullptr : it->second.get();
+    last_index_ = page;
+  }
+  return last_page_;
 }
 
 uint64_t RefcountArray::Get(uint64_t cluster) const {
-  const uint16_t v = small_[cluster];
+  const Page* page = FindPage(cluster >> kPageBits);
+  if (page == nullptr) return 0;
+  const uint16_t v = (*page)[cluster & ((1u << kPageBits) - 1)];
   if (v != kInMap) return v;
   auto it = big_.find(cluster);
   return it == big_.end() ? v : it->second;
 }
 
 void RefcountArray::Set(uint64_t cluster, uint64_t value) {
+  const uint64_t index = cluster >> kPageBits;
+  auto page = const_cast<Page*>(FindPage(index));
+  if (page == nullptr) {
+    if (value == 0) return;
+    auto fresh = std::make_unique<Page>();
+    fresh->fill(0);
+    page = fresh.get();
+    pages_.emplace(index, std::move(fresh));
+    last_index_ = index;
+    last_page_ = page;
+  }
+  uint16_t& slot = (*page)[cluster & ((1u << kPageBits) - 1)];
   if (value < kInMap) {
-    if (small_[cluster] == kInMap) big_.erase(cluster);
-    small_[cluster] = static_cast<uint16_t>(value);
+    if (slot == kInMap) big_.erase(cluster);
+    slot = static_cast<uint16_t>(value);
     return;
   }
-  small_[cluster] = kInMap;
+  slot = kInMap;
   big_[cluster] = value;
 }
 
+uint64_t RefcountArray::SkipZeros(uint64_t cluster) const {
+  auto it = pages_.lower_bound(cluster >> kPageBits);
+  if (it == pages_.end()) return UINT64_MAX;
+  return std::max(cluster, it->first << kPageBits);
+}
+
 void RefcountArray::Clear() {
-  std::fill(small_.begin(), small_.end(), 0);
+  pages_.clear();
+  last_index_ = UINT64_MAX;
+  last_page_ = nullptr;
   big_.clear();
 }
 
@@ -314,7 +343,11 @@ Task<absl::Status> RebuildRefcounts(io::BlockFile& file, format::Header& header)
         absl::StrCat("cannot rebuild refcounts: ", s.counts.corruptions, " corruptions, first: ",
                      s.kept_messages.empty() ? std::string() : s.kept_messages.front()));
   }
-  UQ_CO_RETURN_IF_ERROR(co_await check_internal::WriteNewRefcountStructure(s, true));
+  absl::Status written = co_await check_internal::WriteNewRefcountStructure(s, true);
+  if (!written.ok()) {
+    co_return absl::Status(written.code(),
+                           absl::StrCat("cannot rebuild refcounts: ", written.message()));
+  }
   header = s.h;
   co_return absl::OkStatus();
 }

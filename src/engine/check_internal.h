@@ -6,10 +6,12 @@
 #ifndef UQ_SRC_ENGINE_CHECK_INTERNAL_H_
 #define UQ_SRC_ENGINE_CHECK_INTERNAL_H_
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <span>
 #include <string>
 #include <unordered_map>
@@ -27,21 +29,35 @@ namespace uq::engine::check_internal {
 
 // QEMU's in-memory refcount table: two bytes a cluster, larger counts in a
 // side map. Counts stop at the image's maximum refcount (an "overflow" is a
-// corruption, as in QEMU).
+// corruption, as in QEMU). Memory follows the references counted, not the
+// file's apparent size (a sparse or crafted file may claim terabytes): the
+// counts live in small pages allocated when a cluster in them is first set,
+// so a page costs about 200 bytes for the reference that created it.
 class RefcountArray {
  public:
   explicit RefcountArray(uint64_t max_refcount) : max_(max_refcount) {}
-  uint64_t size() const { return small_.size(); }
+  // Clusters covered: Get and Set take cluster < size().
+  uint64_t size() const { return size_; }
   uint64_t max() const { return max_; }
   void Grow(uint64_t clusters);
   uint64_t Get(uint64_t cluster) const;
   void Set(uint64_t cluster, uint64_t value);
   void Clear();
+  // A cluster >= `cluster` before which every count is zero (the start of
+  // the next allocated page), or UINT64_MAX: lets a scan skip empty ranges.
+  uint64_t SkipZeros(uint64_t cluster) const;
 
  private:
   static constexpr uint16_t kInMap = 0xffff;
+  static constexpr uint32_t kPageBits = 6;  // 64 clusters a page
+  using Page = std::array<uint16_t, size_t{1} << kPageBits>;
+  const Page* FindPage(uint64_t page) const;
+
   uint64_t max_;
-  std::vector<uint16_t> small_;
+  uint64_t size_ = 0;
+  std::map<uint64_t, std::unique_ptr<Page>> pages_;  // ordered: SkipZeros
+  mutable uint64_t last_index_ = UINT64_MAX;         // one-entry lookup cache
+  mutable const Page* last_page_ = nullptr;
   std::unordered_map<uint64_t, uint64_t> big_;
 };
 

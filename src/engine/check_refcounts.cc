@@ -91,6 +91,17 @@ Task<absl::Status> CompareRefcounts(Scan& s, RepairMode fix, uint64_t* highest_c
   *highest_cluster = 0;
   bool wrote = false;
   for (uint64_t i = 0; i < s.refs.size(); ++i) {
+    // Where no refcount block exists every stored count is 0, so only the
+    // clusters counted as referenced need a look: a sparse file may claim
+    // billions of clusters.
+    if (absl::StatusOr<uint64_t> block = BlockOffset(s, i); block.ok() && *block == 0) {
+      const uint64_t block_end = ((i >> BlockBits(s)) + 1) << BlockBits(s);
+      const uint64_t next = std::min({s.refs.SkipZeros(i), block_end, s.refs.size()});
+      if (next > i) {
+        i = next - 1;
+        continue;
+      }
+    }
     absl::StatusOr<uint64_t> stored = co_await StoredRefcount(s, i);
     if (!stored.ok()) {
       s.Message(absl::StrFormat("Can't get refcount for cluster %d: %s", i,
