@@ -1,5 +1,6 @@
 // qcow2-img: a qemu-img-compatible image tool. main() only dispatches.
 #include <cstdio>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -16,7 +17,7 @@ namespace {
 // commands.h and add it here.
 const Command* const kCommands[] = {
     &kCreateCommand,  &kInfoCommand,    &kCheckCommand, &kMapCommand,   &kCompareCommand,
-    &kMeasureCommand, &kConvertCommand, &kIoCommand,    &kBenchCommand,
+    &kMeasureCommand, &kConvertCommand, &kIoCommand,    &kBenchCommand, &kResizeCommand,
 };
 
 void PrintUsage(std::FILE* out) {
@@ -29,8 +30,15 @@ void PrintUsage(std::FILE* out) {
   std::fprintf(out, "\n'qcow2-img COMMAND --help' describes every option of COMMAND.\n");
 }
 
-int Dispatch(const Command& command, const std::vector<std::string>& args) {
+int Dispatch(const Command& command, std::vector<std::string> args) {
+  std::optional<std::string> last_operand;
+  if (command.last_argument_is_operand && !args.empty() && args.back() != "-h" &&
+      args.back() != "--help") {
+    last_operand = std::move(args.back());
+    args.pop_back();
+  }
   absl::StatusOr<common::ParsedArgs> parsed = common::ParseOptions(args, command.options);
+  if (parsed.ok() && last_operand.has_value()) parsed->operands.push_back(*last_operand);
   if (!parsed.ok()) {
     return Fail(
         std::string(command.name),
