@@ -51,6 +51,7 @@ extern const Command kIoCommand;
 extern const Command kConvertCommand;
 extern const Command kBenchCommand;
 extern const Command kResizeCommand;
+extern const Command kDdCommand;
 
 }  // namespace uq::tools
 
