@@ -167,6 +167,18 @@ Task<absl::Status> ResizeImage(Qcow2Image& image, uint64_t new_size_bytes) {
   if (new_l1 * 8 > format::kMaxL1Bytes) {
     co_return absl::InvalidArgumentError("Failed to grow the L1 table: File too large");
   }
+  // A moved L1 table is one contiguous run of clusters, and the allocator
+  // places a fresh area's refcount blocks at the start of the range each
+  // describes, so it cannot find a run as long as a block's range (it would
+  // search forever): refuse such a table up front. (512-byte clusters from
+  // 512 MiB on, 4 KiB clusters from 2 TiB on, at 16-bit refcounts.)
+  const uint64_t new_l1_clusters = RoundUp(new_l1 * 8, geo.cluster_bytes) / geo.cluster_bytes;
+  if (new_l1 > p.l2->l1_entries() && new_l1_clusters >= (uint64_t{1} << geo.refblock_bits)) {
+    co_return absl::UnimplementedError(absl::StrCat(
+        "Failed to grow the L1 table: its ", new_l1_clusters,
+        " clusters exceed what one refcount block covers, which qcow2-img cannot allocate yet "
+        "(use a larger cluster size)"));
+  }
   const bool grow = new_size_bytes >= old_size_bytes;
   const bool hide_backing = grow && p.backing != nullptr && p.backing_size_bytes > old_size_bytes;
   if (hide_backing && h.version < 3) {
