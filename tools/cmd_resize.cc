@@ -168,7 +168,7 @@ const Command kResizeCommand = {
     "Not supported (refused before any change): --preallocation other than off, qcow2 images "
     "with an external data file or persistent bitmaps.",
     kResizeOptions,
-    /*last_argument_is_operand=*/true,
+    /*negative_last_operand=*/true,
 };
 
 }  // namespace uq::tools

@@ -24,9 +24,10 @@ struct Command {
   absl::string_view usage;    // the synopsis after "qcow2-img "
   absl::string_view summary;  // what it does, for --help
   std::span<const common::OptionSpec> options;
-  // The last argument is an operand even if it starts with '-' (resize's
-  // size: qemu-img takes it off argv before parsing, so "-1G" needs no "--").
-  bool last_argument_is_operand = false;
+  // A last argument "-<digit>..." is an operand, not an option (resize's
+  // relative size: qemu-img takes it off argv before parsing, so "-1G" needs
+  // no "--").
+  bool negative_last_operand = false;
 };
 
 // Options several commands share, spelled as qemu-img spells them.

@@ -1,4 +1,5 @@
 // qcow2-img: a qemu-img-compatible image tool. main() only dispatches.
+#include <cctype>
 #include <cstdio>
 #include <optional>
 #include <string>
@@ -33,8 +34,8 @@ void PrintUsage(std::FILE* out) {
 
 int Dispatch(const Command& command, std::vector<std::string> args) {
   std::optional<std::string> last_operand;
-  if (command.last_argument_is_operand && !args.empty() && args.back() != "-h" &&
-      args.back() != "--help") {
+  if (command.negative_last_operand && !args.empty() && args.back().size() > 1 &&
+      args.back()[0] == '-' && std::isdigit(static_cast<unsigned char>(args.back()[1]))) {
     last_operand = std::move(args.back());
     args.pop_back();
   }
