@@ -236,7 +236,7 @@ Task<absl::Status> ResizeImage(Qcow2Image& image, uint64_t new_size_bytes) {
     r = co_await p.meta->file().Truncate(static_cast<uint64_t>(used_end));
     if (r >= 0) r = co_await p.meta->Sync();
     if (r < 0) {
-      std::fprintf(stderr, "qcow2-img: warning: Failed to truncate the tail of the image: %s\n",
+      std::fprintf(stderr, "qcow2: warning: Failed to truncate the tail of the image: %s\n",
                    std::strerror(-r));
     }
   }
