@@ -225,6 +225,18 @@ TEST(ResizeTest, BadInputLeavesTheImageUnchanged) {
       }
     }
   }
+  // The writer's lock: refused (one line, image untouched) while qemu-io
+  // has the image open.
+  {
+    const std::string before = ReadFile(dir.File("img.qcow2"));
+    const RunResult locked =
+        In(dir.path(), "{ qemu-io -c 'sleep 800' img.qcow2 >/dev/null 2>&1 & sleep 0.3; " + Ours() +
+                           " resize img.qcow2 +1M; r=$?; wait; exit $r; }");
+    EXPECT_EQ(locked.exit_code, 1);
+    EXPECT_EQ(Lines(locked.err), 1) << locked.err;
+    EXPECT_NE(locked.err.find("Failed to get \"write\" lock"), std::string::npos) << locked.err;
+    EXPECT_TRUE(ReadFile(dir.File("img.qcow2")) == before);
+  }
   // -q prints nothing on success.
   const RunResult quiet = In(dir.path(), Ours() + " resize -q img.qcow2 +1M");
   EXPECT_EQ(quiet.exit_code, 0) << quiet.err;
