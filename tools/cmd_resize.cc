@@ -166,7 +166,9 @@ const Command kResizeCommand = {
     "(and moves) when the new size needs it; growing an image whose backing file is longer than "
     "it zeroes the added range so the backing file does not show through.\n\n"
     "Not supported (refused before any change): --preallocation other than off, qcow2 images "
-    "with an external data file or persistent bitmaps.",
+    "with an external data file or persistent bitmaps, and growing an L1 table to as many "
+    "clusters as one refcount block covers (512-byte clusters past 512 MiB, 4 KiB clusters past "
+    "2 TiB, at 16-bit refcounts).",
     kResizeOptions,
     /*negative_last_operand=*/true,
 };
