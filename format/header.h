@@ -32,6 +32,8 @@ inline constexpr uint64_t kMaxRefcountTableBytes = 8ull << 20;
 
 // Byte offsets of header fields that are updated in place (a write of just
 // that field, as QEMU does, never a re-encode of the whole first cluster).
+inline constexpr uint64_t kHeaderSizeAt = 24;
+inline constexpr uint64_t kHeaderL1SizeAt = 36;               // + l1_table_offset at 40
 inline constexpr uint64_t kHeaderRefcountTableOffsetAt = 48;  // + refcount_table_clusters at 56
 inline constexpr uint64_t kHeaderIncompatibleFeaturesAt = 72;
 inline constexpr uint64_t kHeaderAutoclearFeaturesAt = 88;

@@ -24,6 +24,10 @@ struct Command {
   absl::string_view usage;    // the synopsis after "qcow2-img "
   absl::string_view summary;  // what it does, for --help
   std::span<const common::OptionSpec> options;
+  // A last argument "-<digit>..." is an operand, not an option (resize's
+  // relative size: qemu-img takes it off argv before parsing, so "-1G" needs
+  // no "--").
+  bool negative_last_operand = false;
 };
 
 // Options several commands share, spelled as qemu-img spells them.
@@ -47,6 +51,8 @@ extern const Command kMeasureCommand;
 extern const Command kIoCommand;
 extern const Command kConvertCommand;
 extern const Command kBenchCommand;
+extern const Command kResizeCommand;
+extern const Command kDdCommand;
 
 }  // namespace uq::tools
 

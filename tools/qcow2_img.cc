@@ -1,5 +1,7 @@
 // qcow2-img: a qemu-img-compatible image tool. main() only dispatches.
+#include <cctype>
 #include <cstdio>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -15,8 +17,9 @@ namespace {
 // To add a subcommand: define its Command in cmd_<name>.cc, declare it in
 // commands.h and add it here.
 const Command* const kCommands[] = {
-    &kCreateCommand,  &kInfoCommand,    &kCheckCommand, &kMapCommand,   &kCompareCommand,
-    &kMeasureCommand, &kConvertCommand, &kIoCommand,    &kBenchCommand,
+    &kCreateCommand,  &kInfoCommand,    &kCheckCommand,   &kMapCommand,
+    &kCompareCommand, &kMeasureCommand, &kConvertCommand, &kIoCommand,
+    &kBenchCommand,   &kResizeCommand,  &kDdCommand,
 };
 
 void PrintUsage(std::FILE* out) {
@@ -29,8 +32,15 @@ void PrintUsage(std::FILE* out) {
   std::fprintf(out, "\n'qcow2-img COMMAND --help' describes every option of COMMAND.\n");
 }
 
-int Dispatch(const Command& command, const std::vector<std::string>& args) {
+int Dispatch(const Command& command, std::vector<std::string> args) {
+  std::optional<std::string> last_operand;
+  if (command.negative_last_operand && !args.empty() && args.back().size() > 1 &&
+      args.back()[0] == '-' && std::isdigit(static_cast<unsigned char>(args.back()[1]))) {
+    last_operand = std::move(args.back());
+    args.pop_back();
+  }
   absl::StatusOr<common::ParsedArgs> parsed = common::ParseOptions(args, command.options);
+  if (parsed.ok() && last_operand.has_value()) parsed->operands.push_back(*last_operand);
   if (!parsed.ok()) {
     return Fail(
         std::string(command.name),

@@ -34,6 +34,15 @@ void L2Map::SetL1(uint64_t index, uint64_t raw) {
   meta_->NoteChange();
 }
 
+void L2Map::ReplaceL1(const std::vector<uint64_t>& entries, uint64_t offset_bytes) {
+  l1_ = std::make_unique<std::atomic<uint64_t>[]>(entries.size());
+  for (size_t i = 0; i < entries.size(); ++i) l1_[i].store(entries[i], std::memory_order_relaxed);
+  l1_entries_ = entries.size();
+  l1_offset_bytes_ = offset_bytes;
+  l1_buf_.assign(entries.size() * 8, std::byte{0});
+  meta_->NoteChange();
+}
+
 bool L2Map::HasTable(const GuestAddress& a) const {
   return a.l1_index < l1_entries_ && (L1(a.l1_index) & format::kOffsetMask) != 0;
 }

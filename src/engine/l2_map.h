@@ -89,6 +89,18 @@ class L2Map {
   cache::SliceCache& cache() { return *cache_; }
   const cache::SliceCache& cache() const { return *cache_; }
 
+  // For resize (src/engine/resize.cc), which runs with no request in flight.
+  uint64_t l1_entries() const { return l1_entries_; }
+  uint64_t l1_offset_bytes() const { return l1_offset_bytes_; }
+  uint64_t L1Raw(uint64_t index) const { return L1(index); }
+  // Unmaps the L2 table of L1 entry `index` (in memory; the flush writes it).
+  // REQUIRES: MetaFile::lock().
+  void ClearL1(uint64_t index) { SetL1(index, 0); }
+  // Adopts the L1 table now at `offset_bytes` on disk (written and named by
+  // the header already). REQUIRES: MetaFile::lock(), no request in flight,
+  // !l1_dirty().
+  void ReplaceL1(const std::vector<uint64_t>& entries, uint64_t offset_bytes);
+
  private:
   // REQUIRES: MetaFile::lock().
   Task<int> PrepareTable(uint64_t l1_index);

@@ -96,6 +96,30 @@ Task<int> MetaFile::SetRefcountTable(uint64_t offset_bytes, uint32_t clusters) {
   co_return 0;
 }
 
+Task<int> MetaFile::SetL1Table(uint64_t offset_bytes, uint32_t entries) {
+  // l1_size (4 bytes) and l1_table_offset (8 bytes) are adjacent: one write,
+  // inside one sector, as QEMU's qcow2_grow_l1_table does.
+  co_await header_lock_.Lock();
+  cache::MutexGuard guard(&header_lock_);
+  std::byte buf[12];
+  format::StoreBE32(buf, entries);
+  format::StoreBE64(buf + 4, offset_bytes);
+  int64_t w = co_await file_->Write(format::kHeaderL1SizeAt, buf);
+  if (w < 0) co_return static_cast<int>(w);
+  header_.l1_size = entries;
+  header_.l1_table_offset = offset_bytes;
+  co_return 0;
+}
+
+Task<int> MetaFile::SetDiskSize(uint64_t size_bytes) {
+  co_await header_lock_.Lock();
+  cache::MutexGuard guard(&header_lock_);
+  int r = co_await WriteWord(format::kHeaderSizeAt, size_bytes);
+  if (r < 0) co_return r;
+  header_.size_bytes = size_bytes;
+  co_return 0;
+}
+
 Task<int> MetaFile::MarkCorrupt(std::string what) {
   std::fprintf(stderr, "qcow2: corrupt image: %s\n", what.c_str());
   if (!corrupt_.exchange(true, std::memory_order_acq_rel)) {

@@ -84,6 +84,10 @@ class MetaFile {
   Task<int> SetAutoclearFeatures(uint64_t bits);
   // Points the header at a new refcount table (no fsync).
   Task<int> SetRefcountTable(uint64_t offset_bytes, uint32_t clusters);
+  // Points the header at a new active L1 table (no fsync). Resize only.
+  Task<int> SetL1Table(uint64_t offset_bytes, uint32_t entries);
+  // Writes the guest disk size (no fsync). Resize only.
+  Task<int> SetDiskSize(uint64_t size_bytes);
 
   // Reports `what` on stderr ("qcow2: corrupt image: ..."), and the first time
   // sets the corrupt bit durably (writable images). Returns -EIO, so a request

@@ -103,6 +103,9 @@ class Qcow2Image final : public Device {
   ImageParts& parts_for_testing() { return *p_; }
 
  private:
+  // Resizing changes the parts' size and L1 table (src/engine/resize.h).
+  friend Task<absl::Status> ResizeImage(Qcow2Image& image, uint64_t new_size_bytes);
+
   explicit Qcow2Image(std::unique_ptr<ImageParts> parts);
 
   int CheckRequest(uint64_t offset_bytes, uint64_t length_bytes, bool write) const;

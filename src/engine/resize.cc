@@ -1,0 +1,246 @@
+#include "src/engine/resize.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "format/endian.h"
+#include "format/header.h"
+#include "format/tables.h"
+
+namespace uq::engine {
+namespace {
+
+absl::Status Errno(absl::string_view what, int r) {
+  return absl::InternalError(absl::StrCat(what, ": ", std::strerror(-r)));
+}
+
+uint64_t RoundUp(uint64_t v, uint64_t unit) { return (v + unit - 1) / unit * unit; }
+
+// Entries an L1 table needs for a disk of `size_bytes` (QEMU's size_to_l1).
+uint64_t L1EntriesFor(const Geometry& geo, uint64_t size_bytes) {
+  return (size_bytes + geo.table_span_bytes() - 1) / geo.table_span_bytes();
+}
+
+// Moves the active L1 table to a new place with `entries` entries.
+Task<absl::Status> GrowL1(ImageParts& p, uint64_t entries) {
+  const Geometry& geo = p.geo;
+  L2Map& l2 = *p.l2;
+  const uint64_t old_entries = l2.l1_entries();
+  const uint64_t old_offset = l2.l1_offset_bytes();
+  const uint64_t table_bytes = RoundUp(entries * 8, geo.cluster_bytes);
+  int64_t offset = 0;
+  {
+    co_await p.meta->lock().Lock();
+    cache::MutexGuard guard(&p.meta->lock());
+    offset = co_await p.refs->Allocate(table_bytes / geo.cluster_bytes);
+  }
+  if (offset < 0) co_return Errno("Failed to grow the L1 table", static_cast<int>(offset));
+  // The new table's refcounts are durable before anything names it.
+  int r = co_await p.refs->Flush();
+  if (r >= 0) r = co_await p.meta->Sync();
+  std::vector<uint64_t> l1(entries, 0);
+  std::vector<std::byte> buf(table_bytes, std::byte{0});
+  for (uint64_t i = 0; i < old_entries; ++i) {
+    l1[i] = l2.L1Raw(i);
+    format::StoreBE64(&buf[i * 8], l1[i]);
+  }
+  if (r >= 0) {
+    const int64_t w = co_await p.meta->file().Write(static_cast<uint64_t>(offset), buf);
+    r = w < 0 ? static_cast<int>(w) : 0;
+  }
+  if (r >= 0) r = co_await p.meta->Sync();
+  if (r >= 0) r = co_await p.meta->SetL1Table(static_cast<uint64_t>(offset), entries);
+  if (r >= 0) r = co_await p.meta->Sync();
+  if (r < 0) co_return Errno("Failed to grow the L1 table", r);
+  co_await p.meta->lock().Lock();
+  cache::MutexGuard guard(&p.meta->lock());
+  l2.ReplaceL1(l1, static_cast<uint64_t>(offset));
+  // The header no longer names the old table: its clusters are freed by the
+  // next flush.
+  if (old_entries > 0 && old_offset != 0) {
+    p.refs->QueueFree(geo.ClusterIndex(old_offset),
+                      RoundUp(old_entries * 8, geo.cluster_bytes) / geo.cluster_bytes);
+  }
+  co_return absl::OkStatus();
+}
+
+// Clears the L2 entries of guest clusters [first, end) whose tables exist,
+// queueing frees of what they referenced.
+Task<int> ClearEntries(ImageParts& p, uint64_t first_cluster, uint64_t end_cluster) {
+  const Geometry& geo = p.geo;
+  for (uint64_t c = first_cluster; c < end_cluster; ++c) {
+    const GuestAddress a = geo.Locate(geo.ClusterOffset(c));
+    if (!p.l2->HasTable(a)) continue;
+    ClusterEntry ce;
+    int r = co_await p.LockEntry(a, true, &ce);
+    if (r < 0) co_return r;
+    const format::L2Entry& old = ce.entry;
+    if (old.type == format::ClusterType::kUnallocated && old.alloc_bitmap == 0 &&
+        old.zero_bitmap == 0) {
+      continue;
+    }
+    p.l2->Store(ce.slot, format::L2Entry{});
+    p.l2->QueueFree(old);
+  }
+  co_return 0;
+}
+
+// Unmaps the L2 tables of L1 entries [first, l1_entries) and queues frees of
+// each table and, where the active layer alone owns it, of the clusters it
+// references (a table shared with a snapshot keeps its references).
+Task<int> DropTables(ImageParts& p, uint64_t first_index) {
+  const Geometry& geo = p.geo;
+  L2Map& l2 = *p.l2;
+  const uint64_t per_table = uint64_t{1} << geo.l2_bits;
+  for (uint64_t i = first_index; i < l2.l1_entries(); ++i) {
+    const uint64_t table = l2.L1Raw(i) & format::kOffsetMask;
+    if (table == 0) continue;
+    uint64_t refcount = 0;
+    int r = co_await p.refs->Get(geo.ClusterIndex(table), &refcount);
+    if (r < 0) co_return r;
+    std::vector<format::L2Entry> referenced;
+    if (refcount == 1) {
+      for (uint64_t k = 0; k < per_table; ++k) {
+        const GuestAddress a = geo.Locate(geo.ClusterOffset(i * per_table + k));
+        Slot slot;
+        r = co_await l2.Find(a, &slot);
+        if (r < 0) co_return r;
+        format::L2Entry e;
+        r = co_await l2.Decode(slot, a, &e);
+        if (r < 0) co_return r;
+        referenced.push_back(e);
+      }
+    }
+    {
+      co_await p.meta->lock().Lock();
+      cache::MutexGuard guard(&p.meta->lock());
+      l2.ClearL1(i);
+    }
+    // Queued after the L1 change that drops them: the flush applies them
+    // once the L1 table is durable.
+    for (const format::L2Entry& e : referenced) l2.QueueFree(e);
+    p.refs->QueueFree(geo.ClusterIndex(table), 1);
+    co_await l2.cache().Drop(table, geo.cluster_bytes);
+  }
+  co_return 0;
+}
+
+// The end of the last cluster with a non-zero refcount.
+Task<int64_t> UsedEnd(ImageParts& p) {
+  uint64_t c = p.refs->host_end_clusters();
+  while (c > 0) {
+    uint64_t refcount = 0;
+    int r = co_await p.refs->Get(c - 1, &refcount);
+    if (r < 0) co_return r;
+    if (refcount != 0) break;
+    --c;
+  }
+  co_return static_cast<int64_t>(p.geo.ClusterOffset(c));
+}
+
+}  // namespace
+
+Task<absl::Status> ResizeImage(Qcow2Image& image, uint64_t new_size_bytes) {
+  ImageParts& p = *image.p_;
+  const format::Header& h = p.meta->header();
+  const Geometry& geo = p.geo;
+  const uint64_t old_size_bytes = p.size_bytes;
+  if (p.meta->read_only()) co_return absl::FailedPreconditionError("the image is read-only");
+  if (new_size_bytes % 512 != 0) {
+    co_return absl::InvalidArgumentError("The new size must be a multiple of 512");
+  }
+  if (h.nb_snapshots != 0 && h.version < 3) {
+    co_return absl::FailedPreconditionError("Can't resize a v2 image which has snapshots");
+  }
+  if (p.meta->external_data()) {
+    co_return absl::UnimplementedError("resizing an image with an external data file");
+  }
+  if ((h.autoclear_features & format::kAutoclearBitmaps) != 0) {
+    co_return absl::UnimplementedError("resizing an image with persistent bitmaps");
+  }
+  const uint64_t new_l1 = L1EntriesFor(geo, new_size_bytes);
+  if (new_l1 * 8 > format::kMaxL1Bytes) {
+    co_return absl::InvalidArgumentError("Failed to grow the L1 table: File too large");
+  }
+  // A moved L1 table is one contiguous run of clusters, and the allocator
+  // places a fresh area's refcount blocks at the start of the range each
+  // describes, so it cannot find a run as long as a block's range (it would
+  // search forever): refuse such a table up front. (512-byte clusters from
+  // 512 MiB on, 4 KiB clusters from 2 TiB on, at 16-bit refcounts.)
+  const uint64_t new_l1_clusters = RoundUp(new_l1 * 8, geo.cluster_bytes) / geo.cluster_bytes;
+  if (new_l1 > p.l2->l1_entries() && new_l1_clusters >= (uint64_t{1} << geo.refblock_bits)) {
+    co_return absl::UnimplementedError(absl::StrCat(
+        "Failed to grow the L1 table: its ", new_l1_clusters,
+        " clusters exceed what one refcount block covers, which qcow2-img cannot allocate yet "
+        "(use a larger cluster size)"));
+  }
+  const bool grow = new_size_bytes >= old_size_bytes;
+  const bool hide_backing = grow && p.backing != nullptr && p.backing_size_bytes > old_size_bytes;
+  if (hide_backing && h.version < 3) {
+    co_return absl::UnimplementedError("Failed to zero out new clusters: Operation not supported");
+  }
+
+  int r = co_await p.order->MarkDirty();
+  // Every change so far durable: the on-disk L1 table is the in-memory one.
+  if (r >= 0) r = co_await image.Flush();
+  if (r < 0) co_return Errno("Failed to flush the image", r);
+
+  if (grow) {
+    if (new_l1 > p.l2->l1_entries()) {
+      absl::Status s = co_await GrowL1(p, new_l1);
+      if (!s.ok()) co_return s;
+    }
+    p.size_bytes = new_size_bytes;
+    if (hide_backing) {
+      r = co_await image.WriteZeroes(old_size_bytes, new_size_bytes - old_size_bytes, false);
+      if (r < 0) {
+        p.size_bytes = old_size_bytes;
+        co_return Errno("Failed to zero out new clusters", r);
+      }
+    }
+    // Frees of the old L1 table and any zeroing durable before the size.
+    r = co_await image.Flush();
+    if (r >= 0) r = co_await p.meta->SetDiskSize(new_size_bytes);
+    if (r >= 0) r = co_await p.meta->Sync();
+    if (r < 0) co_return Errno("Failed to update the image size", r);
+    co_return absl::OkStatus();
+  }
+
+  r = co_await p.meta->SetDiskSize(new_size_bytes);
+  if (r >= 0) r = co_await p.meta->Sync();
+  if (r < 0) co_return Errno("Failed to update the image size", r);
+  p.size_bytes = new_size_bytes;
+  // Clusters past the (cluster-rounded) new end, in the table the end falls
+  // in; tables wholly past it go with their L1 entries.
+  const uint64_t per_table = uint64_t{1} << geo.l2_bits;
+  const uint64_t first_cluster = RoundUp(new_size_bytes, geo.cluster_bytes) >> geo.cluster_bits;
+  const uint64_t old_clusters = RoundUp(old_size_bytes, geo.cluster_bytes) >> geo.cluster_bits;
+  const uint64_t partial_end = std::min(old_clusters, new_l1 * per_table);
+  r = co_await ClearEntries(p, first_cluster, partial_end);
+  if (r >= 0) r = co_await image.Flush();
+  if (r < 0) co_return Errno("Failed to discard cropped clusters", r);
+  r = co_await DropTables(p, new_l1);
+  // Twice: the first makes the L1 change durable and applies the frees,
+  // which dirties refcount blocks; the second writes those.
+  if (r >= 0) r = co_await image.Flush();
+  if (r >= 0) r = co_await image.Flush();
+  if (r < 0) co_return Errno("Failed to reduce the number of L2 tables", r);
+  const int64_t used_end = co_await UsedEnd(p);
+  if (used_end < 0) co_return Errno("Failed to find the last cluster", static_cast<int>(used_end));
+  if (static_cast<uint64_t>(used_end) < p.meta->file().size_bytes()) {
+    r = co_await p.meta->file().Truncate(static_cast<uint64_t>(used_end));
+    if (r >= 0) r = co_await p.meta->Sync();
+    if (r < 0) {
+      std::fprintf(stderr, "qcow2: warning: Failed to truncate the tail of the image: %s\n",
+                   std::strerror(-r));
+    }
+  }
+  co_return absl::OkStatus();
+}
+
+}  // namespace uq::engine

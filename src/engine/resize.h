@@ -1,0 +1,45 @@
+// Resizing an open qcow2 image (qemu-img resize; QEMU's qcow2_co_truncate).
+//
+// Grow: the L1 table grows to exactly the entries the new size needs, moving
+// when it must (new table allocated and its refcounts durable -> new table
+// written -> fsync -> header l1_size/l1_table_offset -> fsync -> old table
+// freed); a backing file longer than the old size is hidden by zeroing the
+// new range (as QEMU's block layer asks with BDRV_REQ_ZERO_WRITE); the size
+// field is written last, so a crash leaves the old disk.
+//
+// Shrink: the size field is written first (an L1 table longer than the disk
+// needs is valid), so a crash leaves the new disk with, at worst, leaked
+// clusters; then the clusters past the new end are unmapped (the L2 entries
+// of the table the end falls in are cleared; tables wholly past it are
+// unmapped from L1 and freed with the clusters only they reference, each
+// free applied once the entry that dropped it is durable), and the file is
+// truncated after its last used cluster. The last partial cluster is kept
+// whole, as QEMU keeps it.
+//
+// Refusals, with QEMU's words: a size not a multiple of 512, a version 2
+// image with snapshots, a version 2 image growing over a longer backing file
+// (no zero flag to hide it). Not supported here (refused before any change):
+// external data files, persistent bitmaps, and an L1 table of at least as
+// many clusters as one refcount block covers (the allocator cannot place so
+// long a run; only 512-byte clusters past 512 MiB and 4 KiB clusters past
+// 2 TiB need one). Preallocation is the tool's to refuse.
+#ifndef UQ_SRC_ENGINE_RESIZE_H_
+#define UQ_SRC_ENGINE_RESIZE_H_
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "src/engine/qcow2_image.h"
+#include "src/io/task.h"
+
+namespace uq::engine {
+
+// Resizes `image` to `new_size_bytes` guest bytes. REQUIRES: no request in
+// flight on the image, and none issued until it returns. The image stays
+// open and usable (at the new size) on success; on failure it is left
+// consistent (zero corruptions), at the old or the new size.
+Task<absl::Status> ResizeImage(Qcow2Image& image, uint64_t new_size_bytes);
+
+}  // namespace uq::engine
+
+#endif  // UQ_SRC_ENGINE_RESIZE_H_
