@@ -101,13 +101,15 @@ Task<int> MetaFile::SetL1Table(uint64_t offset_bytes, uint32_t entries) {
   // inside one sector, as QEMU's qcow2_grow_l1_table does.
   co_await header_lock_.Lock();
   cache::MutexGuard guard(&header_lock_);
+  if (failed()) co_return -EIO;
   std::byte buf[12];
   format::StoreBE32(buf, entries);
   format::StoreBE64(buf + 4, offset_bytes);
-  int64_t w = co_await file_->Write(format::kHeaderL1SizeAt, buf);
-  if (w < 0) co_return static_cast<int>(w);
+  // Memory follows the write once issued (see SetRefcountTable).
   header_.l1_size = entries;
   header_.l1_table_offset = offset_bytes;
+  int64_t w = co_await file_->Write(format::kHeaderL1SizeAt, buf);
+  if (w < 0) co_return Fail(static_cast<int>(w), "header write (L1 table)");
   co_return 0;
 }
 
