@@ -11,7 +11,6 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "format/status_macros.h"
-#include "src/engine/qcow2_image.h"
 #include "src/engine/raw_device.h"
 #include "src/io/uring_file.h"
 #include "tools/image_lock.h"
@@ -256,17 +255,6 @@ bool IsAllZero(std::span<const std::byte> bytes) {
     if (bytes[i] != std::byte{0}) return false;
   }
   return true;
-}
-
-bool SupportsCompressedWrites(engine::Device& device) {
-  return dynamic_cast<engine::Qcow2Image*>(&device) != nullptr;
-}
-
-Task<int> WriteCompressedCluster(engine::Device& device, uint64_t guest_offset_bytes,
-                                 std::span<const std::byte> data) {
-  auto* image = dynamic_cast<engine::Qcow2Image*>(&device);
-  if (image == nullptr) co_return -ENOTSUP;
-  co_return co_await image->WriteCompressed(guest_offset_bytes, data);
 }
 
 absl::Status CloseDevice(io::EventLoop& loop, engine::Device& device) {

@@ -114,14 +114,6 @@ class AlignedBuffer {
 // True if every byte of `bytes` is zero.
 bool IsAllZero(std::span<const std::byte> bytes);
 
-// Compressed cluster writes (convert -c): true if `device` is a qcow2 image
-// that accepts them.
-bool SupportsCompressedWrites(engine::Device& device);
-// Writes one guest cluster (`data` is the cluster, shorter only for the last
-// cluster of the disk) as a compressed cluster. 0 or -errno.
-Task<int> WriteCompressedCluster(engine::Device& device, uint64_t guest_offset_bytes,
-                                 std::span<const std::byte> data);
-
 // Closes `device` (flush + clean dirty bit) and reports a failure.
 absl::Status CloseDevice(io::EventLoop& loop, engine::Device& device);
 
