@@ -64,17 +64,12 @@ struct EngineOpenOptions {
 // empty to probe the qcow2 magic.
 absl::StatusOr<bool> IsQcow2(io::EventLoop& loop, io::BlockFile& file, const std::string& format);
 
-// Opens and locks `path` as a Device on `loop` (backing files and the
-// external data file are opened on the same loop, with O_DIRECT too if
-// asked).
+// Opens and locks `path` as a Device on `loop` (engine::OpenPath: backing
+// files and the external data file are opened on the same loop, with O_DIRECT
+// too if asked).
 absl::StatusOr<std::unique_ptr<engine::Device>> OpenDevice(io::EventLoop& loop,
                                                            const std::string& path,
                                                            const EngineOpenOptions& options);
-
-// The same on a file already open (and locked) by the caller.
-absl::StatusOr<std::unique_ptr<engine::Device>> OpenDeviceOnFile(
-    io::EventLoop& loop, const std::string& path, std::unique_ptr<io::UringFile> file,
-    const EngineOpenOptions& options);
 
 // Runs `task` to completion on `loop` and returns its value (io::RunSync).
 template <typename T>

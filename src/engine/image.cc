@@ -38,6 +38,9 @@ Task<absl::StatusOr<std::unique_ptr<Device>>> OpenImage(std::unique_ptr<io::Bloc
     }
   }
   if (!is_qcow2) {
+    if (!options.snapshot.empty()) {
+      co_return absl::InvalidArgumentError("a raw image has no snapshots");
+    }
     if (options.read_only && !file->read_only()) {
       file = std::make_unique<io::ReadOnlyFile>(std::move(file));
     }

@@ -55,7 +55,8 @@ struct OpenOptions {
 };
 
 // Opens `file` as a Device. Errors are one line naming the problem (bad
-// magic, unsupported feature, corrupt bit on a writable open, ...).
+// magic, unsupported feature, corrupt bit on a writable open, ...). A raw
+// image has no snapshot.
 Task<absl::StatusOr<std::unique_ptr<Device>>> OpenImage(std::unique_ptr<io::BlockFile> file,
                                                         OpenOptions options);
 
