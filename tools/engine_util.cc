@@ -188,6 +188,8 @@ absl::StatusOr<std::unique_ptr<engine::Device>> OpenDevice(io::EventLoop& loop,
   open.format = options.format;
   open.read_only = options.read_only;
   open.snapshot = options.snapshot;
+  open.data_file = options.data_file;
+  open.allow_devices = options.allow_devices;
   // O_DIRECT files need aligned offsets, lengths and buffers for metadata I/O
   // too: the engine bounces through AlignedFile when told the alignment (1
   // where O_DIRECT fell back to buffered I/O).

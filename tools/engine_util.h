@@ -58,6 +58,9 @@ struct EngineOpenOptions {
   // data file are locked for writing (shared when read_only) and backing
   // files shared (tools/image_lock.h).
   bool force_share = false;
+  // --data-file PATH and --allow-devices (engine/open_path.h).
+  std::string data_file;
+  bool allow_devices = false;
 };
 
 // Whether `file` is to be read as qcow2: `format` is "qcow2" or "raw", or

@@ -85,6 +85,8 @@ absl::StatusOr<std::vector<ublk::QueueBackend>> OpenQueueBackends(const ImageSpe
   // or --writethrough).
   o.metadata_writethrough = !spec.read_only;
   o.file_alignment_bytes = aligned ? io::UringFile::kDirectAlignmentBytes : 0;
+  o.data_file = spec.data_file;
+  o.allow_devices = spec.allow_devices;
   // Only called inside the open (backing chain, data file).
   o.opener = [loops, aligned, note](
                  const std::string& path,

@@ -41,6 +41,10 @@ Task<absl::StatusOr<std::unique_ptr<Device>>> OpenImage(std::unique_ptr<io::Bloc
     if (!options.snapshot.empty()) {
       co_return absl::InvalidArgumentError("a raw image has no snapshots");
     }
+    if (!options.data_file_path.empty()) {
+      co_return absl::InvalidArgumentError(
+          "a raw image has no external data file (--data-file is for qcow2 images)");
+    }
     if (options.read_only && !file->read_only()) {
       file = std::make_unique<io::ReadOnlyFile>(std::move(file));
     }

@@ -52,11 +52,22 @@ struct OpenOptions {
   // bit: there each request that writes L2 slices keeps the refcount-flush +
   // fsync before them (correct, slower). Flush keeps its full fsync sequence.
   bool metadata_writethrough = false;
+
+  // Host-path policy for the files the image names (named_file.h). OpenPath
+  // turns it on; engine tests over in-memory files, whose names are not host
+  // paths, leave it off.
+  bool check_named_files = false;
+  // Block devices named by the image may be opened.
+  bool allow_devices = false;
+  // The data file the user named (--data-file): used instead of the name in
+  // the header and opened as asked wherever it lies. Only for an image with
+  // an external data file.
+  std::string data_file_path;
 };
 
 // Opens `file` as a Device. Errors are one line naming the problem (bad
 // magic, unsupported feature, corrupt bit on a writable open, ...). A raw
-// image has no snapshot.
+// image has no snapshot and no data file to override.
 Task<absl::StatusOr<std::unique_ptr<Device>>> OpenImage(std::unique_ptr<io::BlockFile> file,
                                                         OpenOptions options);
 

@@ -25,6 +25,9 @@ Task<absl::StatusOr<std::unique_ptr<Device>>> OpenPathOnFile(const std::string& 
   o.metadata_writethrough = options.metadata_writethrough && !options.read_only;
   o.path = path;
   o.opener = std::move(options.opener);
+  o.check_named_files = true;
+  o.allow_devices = options.allow_devices;
+  o.data_file_path = std::move(options.data_file);
   co_return co_await OpenImage(std::move(file), std::move(o));
 }
 

@@ -3,7 +3,9 @@
 // The caller says how files are opened (its FileOpener: descriptors, locks,
 // O_DIRECT, a descriptor per queue thread) and what the user asked for; this
 // function owns everything else: the format (named or probed), the backing
-// chain (read-only) and the data file, snapshots, cache budgets, O_DIRECT
+// chain (always read-only, in the format the image names), the data file
+// (--data-file, or the image's name under the host-path policy of
+// named_file.h), --allow-devices, snapshots, cache budgets, O_DIRECT
 // alignment and metadata write-through.
 //
 // Thread-safety: runs on the event loop of the calling thread; the opener is
@@ -35,6 +37,12 @@ struct PathOptions {
   // Writable opens: metadata written through before each request completes
   // (OpenOptions::metadata_writethrough).
   bool metadata_writethrough = false;
+  // --data-file PATH: the user names the external data file; it replaces the
+  // header's name and may be opened writable wherever it lies.
+  std::string data_file;
+  // --allow-devices: block devices named by the image may be opened
+  // (named_file.h: other special files never are).
+  bool allow_devices = false;
   // Opens the image (OpenPath only), its backing files (writable = false)
   // and its data file. Required.
   FileOpener opener;

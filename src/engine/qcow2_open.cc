@@ -11,6 +11,7 @@
 #include "format/snapshot.h"
 #include "format/status_macros.h"
 #include "src/engine/check.h"
+#include "src/engine/named_file.h"
 #include "src/engine/qcow2_image.h"
 #include "src/io/aligned_file.h"
 
@@ -55,19 +56,37 @@ absl::Status CheckOpenable(const format::Header& h, bool read_only) {
   return absl::OkStatus();
 }
 
-// The external data file, or null if the image has none.
+// The external data file, or null if the image has none: the one the user
+// named (options.data_file_path), else the header's name checked against the
+// host-path policy (named_file.h).
 absl::StatusOr<std::unique_ptr<io::BlockFile>> OpenDataFile(const format::Header& h,
                                                             const OpenOptions& options,
                                                             bool writable) {
-  if (!h.has_data_file()) return nullptr;
-  if (!h.data_file || h.data_file->empty()) {
+  const bool user_named = !options.data_file_path.empty();
+  if (!h.has_data_file()) {
+    if (user_named) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--data-file '", options.data_file_path,
+                       "' given, but the image has no external data file"));
+    }
+    return nullptr;
+  }
+  if (!user_named && (!h.data_file || h.data_file->empty())) {
     return absl::InvalidArgumentError(
         "image has the external data file bit but names no data file");
   }
   if (!options.opener) {
     return absl::InvalidArgumentError("image needs an external data file but no opener");
   }
-  std::string path = ResolvePath(options.path, *h.data_file);
+  const std::string path =
+      user_named ? options.data_file_path : ResolvePath(options.path, *h.data_file);
+  if (options.check_named_files && !user_named) {
+    UQ_RETURN_IF_ERROR(CheckNamedFile({.image_path = options.path,
+                                       .path = path,
+                                       .role = NamedRole::kDataFile,
+                                       .writable = writable},
+                                      options.allow_devices));
+  }
   auto df = options.opener(path, writable);
   if (!df.ok()) {
     return absl::Status(df.status().code(),
@@ -92,6 +111,12 @@ Task<absl::StatusOr<std::unique_ptr<Device>>> OpenBacking(const format::Header& 
         absl::StrCat("image has backing file '", h.backing_file, "' but no opener was given"));
   }
   std::string path = ResolvePath(options.path, h.backing_file);
+  if (options.check_named_files) {
+    UQ_CO_RETURN_IF_ERROR(CheckNamedFile(
+        {.image_path = options.path, .path = path, .role = NamedRole::kBacking, .writable = false},
+        options.allow_devices));
+  }
+  // Always read-only: an overlay never writes to its backing file.
   auto bf = options.opener(path, false);
   if (!bf.ok()) {
     co_return absl::Status(bf.status().code(),
@@ -105,6 +130,8 @@ Task<absl::StatusOr<std::unique_ptr<Device>>> OpenBacking(const format::Header& 
   bo.refcount_cache_bytes = options.refcount_cache_bytes;
   bo.max_backing_depth = options.max_backing_depth - 1;
   bo.file_alignment_bytes = options.file_alignment_bytes;
+  bo.check_named_files = options.check_named_files;
+  bo.allow_devices = options.allow_devices;
   if (h.backing_format == "qcow2") {
     bo.format = ImageFormat::kQcow2;
   } else if (h.backing_format == "raw") {
