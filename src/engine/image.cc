@@ -49,7 +49,9 @@ Task<absl::StatusOr<std::unique_ptr<Device>>> OpenImage(std::unique_ptr<io::Bloc
       file = std::make_unique<io::ReadOnlyFile>(std::move(file));
     }
     const uint64_t size = file->size_bytes();
-    co_return std::unique_ptr<Device>(std::make_unique<RawDevice>(std::move(file), size));
+    const RawDevice::Format how = options.format == ImageFormat::kAuto ? RawDevice::Format::kProbed
+                                                                       : RawDevice::Format::kNamed;
+    co_return std::unique_ptr<Device>(std::make_unique<RawDevice>(std::move(file), size, how));
   }
   auto img = co_await Qcow2Image::Open(std::move(file), options);
   if (!img.ok()) co_return img.status();

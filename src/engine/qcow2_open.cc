@@ -99,6 +99,34 @@ absl::StatusOr<std::unique_ptr<io::BlockFile>> OpenDataFile(const format::Header
   return file;
 }
 
+// The format a backing file is opened as: the one the image names (only
+// formats this engine has), else probed (kAuto).
+absl::StatusOr<ImageFormat> BackingFormat(const format::Header& h) {
+  if (!h.backing_format || h.backing_format->empty()) return ImageFormat::kAuto;
+  if (*h.backing_format == "qcow2") return ImageFormat::kQcow2;
+  if (*h.backing_format == "raw") return ImageFormat::kRaw;
+  return absl::UnimplementedError(absl::StrCat("backing file '", h.backing_file, "' has format '",
+                                               *h.backing_format,
+                                               "', which is not supported (qcow2 or raw)"));
+}
+
+// A backing file whose format its overlay does not name was probed; if it
+// turned out qcow2, it may not lead on to files it names itself.
+absl::Status CheckProbedFollows(const format::Header& h, const OpenOptions& options) {
+  if (!options.unnamed_format) return absl::OkStatus();
+  if (h.backing_file.empty() && !h.has_data_file()) return absl::OkStatus();
+  const OpenOptions::UnnamedFormat& u = *options.unnamed_format;
+  const std::string what = h.backing_file.empty()
+                               ? std::string("an external data file")
+                               : absl::StrCat("backing file '", h.backing_file, "'");
+  return absl::FailedPreconditionError(absl::StrCat(
+      "'", u.overlay_path, "' does not name this file's format and it looks like qcow2, so ", what,
+      " it names is not followed; if it is a qcow2 image, name its format: "
+      "qemu-img rebase -u -b '",
+      u.backing_name, "' -F qcow2 '", u.overlay_path,
+      "' (or recreate the overlay with backing_fmt=qcow2)"));
+}
+
 // The backing chain below the image (read-only), or null if it has none.
 Task<absl::StatusOr<std::unique_ptr<Device>>> OpenBacking(const format::Header& h,
                                                           const OpenOptions& options) {
@@ -110,6 +138,7 @@ Task<absl::StatusOr<std::unique_ptr<Device>>> OpenBacking(const format::Header& 
     co_return absl::InvalidArgumentError(
         absl::StrCat("image has backing file '", h.backing_file, "' but no opener was given"));
   }
+  UQ_CO_ASSIGN_OR_RETURN(const ImageFormat format, BackingFormat(h));
   std::string path = ResolvePath(options.path, h.backing_file);
   if (options.check_named_files) {
     UQ_CO_RETURN_IF_ERROR(CheckNamedFile(
@@ -132,10 +161,9 @@ Task<absl::StatusOr<std::unique_ptr<Device>>> OpenBacking(const format::Header& 
   bo.file_alignment_bytes = options.file_alignment_bytes;
   bo.check_named_files = options.check_named_files;
   bo.allow_devices = options.allow_devices;
-  if (h.backing_format == "qcow2") {
-    bo.format = ImageFormat::kQcow2;
-  } else if (h.backing_format == "raw") {
-    bo.format = ImageFormat::kRaw;
+  bo.format = format;
+  if (format == ImageFormat::kAuto) {
+    bo.unnamed_format = OpenOptions::UnnamedFormat{options.path, h.backing_file};
   }
   auto dev = co_await OpenImage(std::move(*bf), bo);
   if (!dev.ok()) {
@@ -256,6 +284,7 @@ Task<absl::StatusOr<std::unique_ptr<Qcow2Image>>> Qcow2Image::Open(
   UQ_CO_ASSIGN_OR_RETURN(format::Header h, co_await ReadHeader(f));
   const bool read_only = options.read_only || f.read_only() || !options.snapshot.empty();
   UQ_CO_RETURN_IF_ERROR(CheckOpenable(h, read_only));
+  UQ_CO_RETURN_IF_ERROR(CheckProbedFollows(h, options));
   UQ_CO_ASSIGN_OR_RETURN(std::unique_ptr<io::BlockFile> data_file,
                          OpenDataFile(h, options, !read_only));
   UQ_CO_ASSIGN_OR_RETURN(std::unique_ptr<Device> backing, co_await OpenBacking(h, options));

@@ -1,12 +1,17 @@
-// Issue 12 point 1 through qcow2-img (engine::OpenPath), with crafted
+// Issue 12 points 1 and 2 through qcow2-img (engine::OpenPath), with crafted
 // images made by qemu-img and qemu-img / qemu-io as the oracle:
 //  - a data file the image names outside its own directory (absolute, "../",
 //    or a symlink leading out) is not opened for writing: one error line,
 //    the file unchanged; read-only opens work; --data-file PATH writes it;
 //  - a FIFO or a character device (/dev/null) named as data file is refused
 //    (--allow-devices admits block devices only);
+//  - a raw backing file whose first bytes are a qcow2 header naming a host
+//    file does not expose that file, whether its format is probed (refused
+//    with one line) or named raw (read as raw);
+//  - backing_fmt=vmdk is an error naming vmdk;
 //  - the --help of io and of ublk-qcow2 attach/mount lists the new options.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -47,6 +52,12 @@ void Patch(const std::string& path, const std::string& from, const std::string& 
   ASSERT_EQ(bytes.find(from, at + 1), std::string::npos);
   bytes.replace(at, from.size(), to);
   WriteFile(path, bytes);
+}
+
+// Removes the backing format header extension: its type becomes one no
+// reader knows, which readers skip (the spec), so the image names no format.
+void DropBackingFormat(const std::string& path) {
+  Patch(path, std::string("\xe2\x79\x2a\xca", 4), std::string("\x75\x6e\x6b\x6e", 4));
 }
 
 class OpenPolicyTest : public ::testing::Test {
@@ -149,6 +160,62 @@ TEST_F(OpenPolicyTest, DevNullDataFileIsRefusedWithoutAllowDevices) {
     EXPECT_EQ(Lines(r.err), 1) << r.err;
     EXPECT_NE(r.err.find("is never opened"), std::string::npos) << r.err;
   }
+}
+
+TEST_F(OpenPolicyTest, RawBackingWithAQcow2HeaderDoesNotExposeHostFiles) {
+  WriteFile(Path("b/secret"), std::string(65536, 'S'));
+  std::vector<std::string> targets = {Path("b/secret")};
+  struct stat st;
+  if (stat("/etc/hostname", &st) == 0 && S_ISREG(st.st_mode)) targets.push_back("/etc/hostname");
+  for (const std::string& target : targets) {
+    SCOPED_TRACE(target);
+    const std::string secret = ReadFile(target);
+    // evil.raw: a raw disk whose guest wrote a qcow2 header naming `target`.
+    MustSh("cd " + Quote(Dir("a")) + " && rm -f evil.raw top.qcow2 named.qcow2 out.raw && " +
+           "qemu-img create -q -f qcow2 -b " + Quote(target) + " -F raw evil.raw 1M && " +
+           "qemu-img create -q -f qcow2 -b evil.raw -F qcow2 top.qcow2 && " +
+           "qemu-img create -q -f qcow2 -b evil.raw -F raw named.qcow2 1M");
+    DropBackingFormat(Path("a/top.qcow2"));
+
+    // Probed: refused, with how to name the format.
+    for (const char* mode : {"-r ", ""}) {
+      const RunResult r =
+          Sh(Img(std::string("io ") + mode + "-c 'read -v 0 64k' " + Quote(Path("a/top.qcow2"))));
+      EXPECT_EQ(r.exit_code, 1) << mode;
+      EXPECT_EQ(Lines(r.err), 1) << r.err;
+      EXPECT_NE(r.err.find("is not followed"), std::string::npos) << r.err;
+      EXPECT_NE(r.err.find("qemu-img rebase -u -b 'evil.raw' -F qcow2"), std::string::npos)
+          << r.err;
+      EXPECT_EQ(r.out, "");
+    }
+    const RunResult convert =
+        Sh(Img("convert -O raw " + Quote(Path("a/top.qcow2")) + " " + Quote(Path("a/out.raw"))));
+    EXPECT_EQ(convert.exit_code, 1);
+    if (!secret.empty()) {
+      EXPECT_EQ(ReadFile(Path("a/out.raw")).find(secret), std::string::npos);
+    }
+
+    // Named raw: read as raw, the header bytes and not the file they name;
+    // qemu-img agrees byte for byte.
+    MustSh(Img("convert -O raw " + Quote(Path("a/named.qcow2")) + " " + Quote(Path("a/out.raw"))));
+    MustSh("qemu-img convert -f qcow2 -O raw " + Quote(Path("a/named.qcow2")) + " " +
+           Quote(Path("a/oracle.raw")));
+    const std::string out = ReadFile(Path("a/out.raw"));
+    EXPECT_EQ(out, ReadFile(Path("a/oracle.raw")));
+    EXPECT_EQ(out.substr(0, 4), "QFI\xfb");
+    if (!secret.empty()) {
+      EXPECT_EQ(out.find(secret), std::string::npos);
+    }
+  }
+}
+
+TEST_F(OpenPolicyTest, UnknownBackingFormatIsNamed) {
+  MustSh("cd " + Quote(Dir("a")) + " && qemu-img create -q -f vmdk base.vmdk 1M && " +
+         "qemu-img create -q -f qcow2 -b base.vmdk -F vmdk top.qcow2");
+  const RunResult r = Sh(Img("io -r -c 'read 0 4k' " + Quote(Path("a/top.qcow2"))));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(Lines(r.err), 1) << r.err;
+  EXPECT_NE(r.err.find("format 'vmdk'"), std::string::npos) << r.err;
 }
 
 TEST(OpenPolicyHelpTest, IoAndAttachListTheNewOptions) {
