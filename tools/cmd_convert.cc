@@ -236,8 +236,7 @@ Task<int> CopyChunk(CopyJob& job, AlignedBuffer& buf, uint64_t index, uint64_t o
       continue;
     }
     if (job.compress) {
-      r = co_await WriteCompressedCluster(*job.dst, offset + pos,
-                                          buf.span().subspan(pos, unit_len));
+      r = co_await job.dst->WriteCompressed(offset + pos, buf.span().subspan(pos, unit_len));
       if (r < 0) {
         what = absl::StrCat("writing compressed cluster at offset ", offset + pos);
         co_return r;
@@ -454,7 +453,7 @@ int RunConvert(const common::ParsedArgs& parsed) {
     job.in_order = !out_of_order;
     if (compress) {
       job.compress = true;
-      if (!SupportsCompressedWrites(*dst)) {
+      if (!dst->supports_compressed_writes()) {
         return ReportError("convert: the destination does not support compressed writes");
       }
     }

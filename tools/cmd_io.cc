@@ -353,6 +353,8 @@ absl::Status IoSession::Flush(const ParsedCommand& c) {
   return absl::OkStatus();
 }
 
+enum : int { kIoDataFile = common::kLongOnlyIdBase, kIoAllowDevices };
+
 constexpr common::OptionSpec kIoOptions[] = {
     {'r', 'r', "read-only", "", "open the image read-only"},
     kFormatOption,
@@ -361,6 +363,10 @@ constexpr common::OptionSpec kIoOptions[] = {
      "run CMD (repeatable, in order): read [-q] [-v] [-P PATTERN] OFF LEN | write [-q] [-f] "
      "[-P PATTERN] OFF LEN | write [-q] -z [-u] OFF LEN | discard [-q] OFF LEN | flush"},
     {'U', 'U', "force-share", "", "with -r: open without taking the image lock"},
+    {kIoDataFile, 0, "data-file", "PATH",
+     "the external data file, instead of the image's name for it (may be written)"},
+    {kIoAllowDevices, 0, "allow-devices", "",
+     "let the image name block devices as backing or data file"},
     kHelpOption,
 };
 
@@ -393,6 +399,13 @@ int RunIo(const common::ParsedArgs& parsed) {
       case 'U':
         options.force_share = true;
         break;
+      case kIoDataFile:
+        if (o.value.empty()) return ReportError("io: --data-file needs a path");
+        options.data_file = o.value;
+        break;
+      case kIoAllowDevices:
+        options.allow_devices = true;
+        break;
     }
   }
   if (parsed.operands.size() != 1) {
@@ -423,7 +436,8 @@ int RunIo(const common::ParsedArgs& parsed) {
 const Command kIoCommand = {
     "io",
     RunIo,
-    "io [-r] [-f qcow2|raw] [-t none|writeback] [-U] -c CMD [-c CMD ...] FILE",
+    "io [-r] [-f qcow2|raw] [-t none|writeback] [-U] [--data-file PATH] [--allow-devices] "
+    "-c CMD [-c CMD ...] FILE",
     "Runs qemu-io style commands on FILE through the engine.",
     kIoOptions,
 };

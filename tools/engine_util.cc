@@ -11,8 +11,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "format/status_macros.h"
-#include "src/engine/qcow2_image.h"
-#include "src/engine/raw_device.h"
+#include "src/engine/open_path.h"
 #include "src/io/uring_file.h"
 #include "tools/image_lock.h"
 
@@ -146,41 +145,6 @@ int ReportError(absl::string_view message) {
   return 1;
 }
 
-namespace {
-
-absl::StatusOr<std::unique_ptr<engine::Device>> OpenQcow2(io::EventLoop& loop,
-                                                          const std::string& path,
-                                                          std::unique_ptr<io::UringFile> file,
-                                                          const EngineOpenOptions& options) {
-  engine::OpenOptions open;
-  open.format = engine::ImageFormat::kQcow2;
-  open.read_only = options.read_only;
-  open.snapshot = options.snapshot;
-  open.path = path;
-  // O_DIRECT files need aligned offsets, lengths and buffers for metadata I/O
-  // too: the engine bounces through AlignedFile when told the alignment.
-  if (options.direct_io) open.file_alignment_bytes = file->alignment_bytes();
-  io::EventLoop* loop_ptr = &loop;
-  bool direct = options.direct_io;
-  bool force_share = options.force_share;
-  open.opener = [loop_ptr, direct, force_share](
-                    const std::string& name,
-                    bool writable) -> absl::StatusOr<std::unique_ptr<io::BlockFile>> {
-    io::OpenFlags f_flags;
-    f_flags.read_only = !writable;
-    f_flags.direct = direct;
-    auto f = io::UringFile::Open(loop_ptr, name, f_flags);
-    if (!f.ok()) return f.status();
-    // Backing files are read (shared lock); a writable one is the data file.
-    UQ_ASSIGN_OR_RETURN(LockMode mode, LockModeFor(writable, force_share));
-    UQ_RETURN_IF_ERROR(LockImageFile((*f)->fd(), mode));
-    return std::unique_ptr<io::BlockFile>(std::move(*f));
-  };
-  return RunOnLoop(loop, engine::OpenImage(std::move(file), std::move(open)));
-}
-
-}  // namespace
-
 absl::StatusOr<bool> IsQcow2(io::EventLoop& loop, io::BlockFile& file, const std::string& format) {
   if (!format.empty()) {
     UQ_ASSIGN_OR_RETURN(engine::ImageFormat f, ParseFormatName(format));
@@ -194,36 +158,51 @@ absl::StatusOr<bool> IsQcow2(io::EventLoop& loop, io::BlockFile& file, const std
   return file.size_bytes() >= 4 && b[0] == 0x51 && b[1] == 0x46 && b[2] == 0x49 && b[3] == 0xfb;
 }
 
+namespace {
+
+// Opens and locks one file: the image and its data file are locked for
+// writing when opened writable; backing files (never writable) and read-only
+// opens share the lock; -U takes none.
+absl::StatusOr<std::unique_ptr<io::UringFile>> OpenLocked(io::EventLoop* loop,
+                                                          const std::string& path, bool writable,
+                                                          bool direct, bool force_share) {
+  io::OpenFlags flags;
+  flags.read_only = !writable;
+  flags.direct = direct;
+  UQ_ASSIGN_OR_RETURN(LockMode mode, LockModeFor(writable, force_share));
+  UQ_ASSIGN_OR_RETURN(std::unique_ptr<io::UringFile> file, io::UringFile::Open(loop, path, flags));
+  UQ_RETURN_IF_ERROR(LockImageFile(file->fd(), mode));
+  return file;
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<engine::Device>> OpenDevice(io::EventLoop& loop,
                                                            const std::string& path,
                                                            const EngineOpenOptions& options) {
-  io::OpenFlags flags;
-  flags.read_only = options.read_only;
-  flags.direct = options.direct_io;
-  UQ_ASSIGN_OR_RETURN(LockMode lock, LockModeFor(!options.read_only, options.force_share));
-  auto file = io::UringFile::Open(&loop, path, flags);
-  if (!file.ok()) return file.status();
-  UQ_RETURN_IF_ERROR(LockImageFile((*file)->fd(), lock));
-  return OpenDeviceOnFile(loop, path, std::move(*file), options);
-}
-
-absl::StatusOr<std::unique_ptr<engine::Device>> OpenDeviceOnFile(
-    io::EventLoop& loop, const std::string& path, std::unique_ptr<io::UringFile> file,
-    const EngineOpenOptions& options) {
-  engine::ImageFormat format = options.format;
-  if (format == engine::ImageFormat::kAuto) {
-    UQ_ASSIGN_OR_RETURN(bool qcow2, IsQcow2(loop, *file, ""));
-    format = qcow2 ? engine::ImageFormat::kQcow2 : engine::ImageFormat::kRaw;
-  }
-  if (format == engine::ImageFormat::kRaw) {
-    if (!options.snapshot.empty()) {
-      return absl::InvalidArgumentError("a raw image has no snapshots");
-    }
-    uint64_t size_bytes = file->size_bytes();
-    return std::unique_ptr<engine::Device>(
-        std::make_unique<engine::RawDevice>(std::move(file), size_bytes));
-  }
-  return OpenQcow2(loop, path, std::move(file), options);
+  const bool direct = options.direct_io;
+  const bool force_share = options.force_share;
+  UQ_ASSIGN_OR_RETURN(std::unique_ptr<io::UringFile> file,
+                      OpenLocked(&loop, path, !options.read_only, direct, force_share));
+  engine::PathOptions open;
+  open.format = options.format;
+  open.read_only = options.read_only;
+  open.snapshot = options.snapshot;
+  open.data_file = options.data_file;
+  open.allow_devices = options.allow_devices;
+  // O_DIRECT files need aligned offsets, lengths and buffers for metadata I/O
+  // too: the engine bounces through AlignedFile when told the alignment (1
+  // where O_DIRECT fell back to buffered I/O).
+  if (direct) open.file_alignment_bytes = file->alignment_bytes();
+  io::EventLoop* loop_ptr = &loop;
+  open.opener = [loop_ptr, direct, force_share](
+                    const std::string& name,
+                    bool writable) -> absl::StatusOr<std::unique_ptr<io::BlockFile>> {
+    UQ_ASSIGN_OR_RETURN(std::unique_ptr<io::UringFile> f,
+                        OpenLocked(loop_ptr, name, writable, direct, force_share));
+    return std::unique_ptr<io::BlockFile>(std::move(f));
+  };
+  return RunOnLoop(loop, engine::OpenPathOnFile(path, std::move(file), std::move(open)));
 }
 
 AlignedBuffer::AlignedBuffer(size_t size_bytes) : size_(size_bytes) {
@@ -256,17 +235,6 @@ bool IsAllZero(std::span<const std::byte> bytes) {
     if (bytes[i] != std::byte{0}) return false;
   }
   return true;
-}
-
-bool SupportsCompressedWrites(engine::Device& device) {
-  return dynamic_cast<engine::Qcow2Image*>(&device) != nullptr;
-}
-
-Task<int> WriteCompressedCluster(engine::Device& device, uint64_t guest_offset_bytes,
-                                 std::span<const std::byte> data) {
-  auto* image = dynamic_cast<engine::Qcow2Image*>(&device);
-  if (image == nullptr) co_return -ENOTSUP;
-  co_return co_await image->WriteCompressed(guest_offset_bytes, data);
 }
 
 absl::Status CloseDevice(io::EventLoop& loop, engine::Device& device) {

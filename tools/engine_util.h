@@ -58,23 +58,21 @@ struct EngineOpenOptions {
   // data file are locked for writing (shared when read_only) and backing
   // files shared (tools/image_lock.h).
   bool force_share = false;
+  // --data-file PATH and --allow-devices (engine/open_path.h).
+  std::string data_file;
+  bool allow_devices = false;
 };
 
 // Whether `file` is to be read as qcow2: `format` is "qcow2" or "raw", or
 // empty to probe the qcow2 magic.
 absl::StatusOr<bool> IsQcow2(io::EventLoop& loop, io::BlockFile& file, const std::string& format);
 
-// Opens and locks `path` as a Device on `loop` (backing files and the
-// external data file are opened on the same loop, with O_DIRECT too if
-// asked).
+// Opens and locks `path` as a Device on `loop` (engine::OpenPath: backing
+// files and the external data file are opened on the same loop, with O_DIRECT
+// too if asked).
 absl::StatusOr<std::unique_ptr<engine::Device>> OpenDevice(io::EventLoop& loop,
                                                            const std::string& path,
                                                            const EngineOpenOptions& options);
-
-// The same on a file already open (and locked) by the caller.
-absl::StatusOr<std::unique_ptr<engine::Device>> OpenDeviceOnFile(
-    io::EventLoop& loop, const std::string& path, std::unique_ptr<io::UringFile> file,
-    const EngineOpenOptions& options);
 
 // Runs `task` to completion on `loop` and returns its value (io::RunSync).
 template <typename T>
@@ -113,14 +111,6 @@ class AlignedBuffer {
 
 // True if every byte of `bytes` is zero.
 bool IsAllZero(std::span<const std::byte> bytes);
-
-// Compressed cluster writes (convert -c): true if `device` is a qcow2 image
-// that accepts them.
-bool SupportsCompressedWrites(engine::Device& device);
-// Writes one guest cluster (`data` is the cluster, shorter only for the last
-// cluster of the disk) as a compressed cluster. 0 or -errno.
-Task<int> WriteCompressedCluster(engine::Device& device, uint64_t guest_offset_bytes,
-                                 std::span<const std::byte> data);
 
 // Closes `device` (flush + clean dirty bit) and reports a failure.
 absl::Status CloseDevice(io::EventLoop& loop, engine::Device& device);

@@ -233,6 +233,16 @@ int RunServer(const Command& cmd, bool recover, Notifier& notify) {
     }
     spec.image = real;
     std::free(real);
+    // recover serves the same files whatever the working directory then.
+    if (!spec.data_file.empty()) {
+      char* data = ::realpath(spec.data_file.c_str(), nullptr);
+      if (data == nullptr) {
+        return notify.Error(absl::NotFoundError(
+            absl::StrCat("cannot open ", spec.data_file, ": ", std::strerror(errno))));
+      }
+      spec.data_file = data;
+      std::free(data);
+    }
     // The kernel gives at most one queue per possible CPU.
     queues =
         spec.queues != 0

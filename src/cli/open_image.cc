@@ -7,10 +7,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "format/status_macros.h"
-#include "src/engine/image.h"
-#include "src/engine/raw_device.h"
+#include "src/engine/open_path.h"
 #include "src/engine/shared_device.h"
-#include "src/io/aligned_file.h"
 #include "src/io/event_loop.h"
 #include "src/io/file_lock.h"
 #include "src/io/per_loop_file.h"
@@ -70,40 +68,35 @@ absl::StatusOr<std::vector<ublk::QueueBackend>> OpenQueueBackends(const ImageSpe
   // I/O straight through).
   const bool aligned = direct && note->empty();
 
-  std::unique_ptr<engine::Device> device;
-  if (spec.format == Format::kRaw) {
-    uint64_t size = file->size_bytes();
-    if (size < 512) return absl::InvalidArgumentError(absl::StrCat(spec.image, ": image is empty"));
-    if (aligned) {
-      file =
-          std::make_unique<io::AlignedFile>(std::move(file), io::UringFile::kDirectAlignmentBytes);
-    }
-    device = std::make_unique<engine::RawDevice>(std::move(file), size);
-  } else {
-    engine::OpenOptions o;
-    o.format =
-        spec.format == Format::kQcow2 ? engine::ImageFormat::kQcow2 : engine::ImageFormat::kAuto;
-    o.read_only = spec.read_only;
-    o.l2_cache_bytes = spec.cache_size_bytes;
-    o.snapshot = spec.snapshot;
-    o.path = spec.image;
-    // User recovery is always on: a writable image writes each request's
-    // metadata to the file before the request completes, so `recover` after
-    // the server was killed loses no acknowledged write (the page cache, or
-    // with O_DIRECT the file itself, keeps it; power loss still needs FLUSH,
-    // or --writethrough).
-    o.metadata_writethrough = !spec.read_only;
-    o.file_alignment_bytes = aligned ? io::UringFile::kDirectAlignmentBytes : 0;
-    // Only called inside OpenImage (backing chain, data file).
-    o.opener = [loops, aligned, note](
-                   const std::string& path,
-                   bool writable) -> absl::StatusOr<std::unique_ptr<io::BlockFile>> {
-      return OpenOnLoops(loops, path, writable, aligned, note);
-    };
-    auto dev = io::RunSync(loops[0], engine::OpenImage(std::move(file), std::move(o)));
-    if (!dev.ok()) return Annotate(dev.status(), spec.image);
-    device = std::move(*dev);
+  if (spec.format == Format::kRaw && file->size_bytes() < 512) {
+    return absl::InvalidArgumentError(absl::StrCat(spec.image, ": image is empty"));
   }
+  engine::PathOptions o;
+  o.format = spec.format == Format::kQcow2 ? engine::ImageFormat::kQcow2
+             : spec.format == Format::kRaw ? engine::ImageFormat::kRaw
+                                           : engine::ImageFormat::kAuto;
+  o.read_only = spec.read_only;
+  o.l2_cache_bytes = spec.cache_size_bytes;
+  o.snapshot = spec.snapshot;
+  // User recovery is always on: a writable image writes each request's
+  // metadata to the file before the request completes, so `recover` after
+  // the server was killed loses no acknowledged write (the page cache, or
+  // with O_DIRECT the file itself, keeps it; power loss still needs FLUSH,
+  // or --writethrough).
+  o.metadata_writethrough = !spec.read_only;
+  o.file_alignment_bytes = aligned ? io::UringFile::kDirectAlignmentBytes : 0;
+  o.data_file = spec.data_file;
+  o.allow_devices = spec.allow_devices;
+  // Only called inside the open (backing chain, data file).
+  o.opener = [loops, aligned, note](
+                 const std::string& path,
+                 bool writable) -> absl::StatusOr<std::unique_ptr<io::BlockFile>> {
+    return OpenOnLoops(loops, path, writable, aligned, note);
+  };
+  auto dev =
+      io::RunSync(loops[0], engine::OpenPathOnFile(spec.image, std::move(file), std::move(o)));
+  if (!dev.ok()) return Annotate(dev.status(), spec.image);
+  std::unique_ptr<engine::Device> device = std::move(*dev);
   std::vector<std::unique_ptr<engine::Device>> handles =
       engine::ShareDevice(std::move(device), queues);
   for (size_t q = 0; q < queues; ++q) backends[q].device = std::move(handles[q]);

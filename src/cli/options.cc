@@ -16,20 +16,23 @@ const char kUsage[] =
     "  attach [--read-only] [--snapshot NAME] [--queues N] [--depth D]\n"
     "         [--cache none|writeback] [--cache-size SIZE] [--format qcow2|raw|auto]\n"
     "         [--foreground] [--reissue] [--writethrough] [--user-copy | --no-user-copy]\n"
-    "         [--unprivileged] IMAGE\n"
+    "         [--unprivileged] [--data-file PATH] [--allow-devices] IMAGE\n"
     "      serve IMAGE as /dev/ublkbN (printed); runs in the background unless --foreground\n"
     "      N queue threads share the image (default: online CPUs, at most 4), each with\n"
     "      D requests in flight; --cache none (the default) bypasses the host page cache\n"
     "      (O_DIRECT) where the file system allows it\n"
     "      user copy is used where the kernel has it (6.5+), an unprivileged device is\n"
     "      made when run without CAP_SYS_ADMIN (6.3+); the --options insist on them\n"
+    "      a data file the image names is written only if it lies in the image's\n"
+    "      directory: --data-file PATH names it yourself; --allow-devices lets\n"
+    "      the image name block devices as its backing or data file\n"
     "  detach /dev/ublkbN | -n N | --all\n"
     "      flush, close the image cleanly and remove the device\n"
     "  list [--output=json]\n"
     "  recover -n N [--foreground]\n"
     "      start a new server for device N after its server died\n"
     "  mount [--partition M] [--rw] [--format F] [--snapshot NAME] [--queues N]\n"
-    "        [--cache none|writeback] IMAGE DIR\n"
+    "        [--cache none|writeback] [--data-file PATH] [--allow-devices] IMAGE DIR\n"
     "      attach (read-only unless --rw) and mount the disk or its partition M on DIR\n"
     "  unmount DIR\n"
     "      unmount DIR and detach its device\n"
@@ -131,6 +134,8 @@ enum OptionId : int {
   kUserCopy,
   kNoUserCopy,
   kUnprivileged,
+  kDataFile,
+  kAllowDevices,
 };
 
 constexpr common::OptionSpec kHelpOption{'h', 'h', "help", "", "show the usage"};
@@ -152,6 +157,12 @@ constexpr common::OptionSpec kWritethroughOption{kWritethrough, 0, "writethrough
 constexpr common::OptionSpec kForegroundOption{kForeground, 0, "foreground", "",
                                                "serve in the foreground"};
 constexpr common::OptionSpec kIdOption{'n', 'n', "id", "N", "device id"};
+constexpr common::OptionSpec kDataFileOption{
+    kDataFile, 0, "data-file", "PATH",
+    "the image's external data file (instead of the name in the image; may be written)"};
+constexpr common::OptionSpec kAllowDevicesOption{
+    kAllowDevices, 0, "allow-devices", "",
+    "let the image name block devices as backing or data file"};
 
 constexpr common::OptionSpec kAttachOptions[] = {
     kReadOnlyOption,
@@ -167,6 +178,8 @@ constexpr common::OptionSpec kAttachOptions[] = {
     {kUserCopy, 0, "user-copy", "", "insist on ublk user copy (Linux 6.5+)"},
     {kNoUserCopy, 0, "no-user-copy", "", "do not use ublk user copy"},
     {kUnprivileged, 0, "unprivileged", "", "insist on an unprivileged device (Linux 6.3+)"},
+    kDataFileOption,
+    kAllowDevicesOption,
     kHelpOption};
 constexpr common::OptionSpec kMountOptions[] = {
     kReadOnlyOption,     {kRw, 0, "rw", "", "mount read-write"},
@@ -174,6 +187,7 @@ constexpr common::OptionSpec kMountOptions[] = {
     kDepthOption,        kCacheModeOption,
     kCacheOption,        kFormatOption,
     kWritethroughOption, {'p', 'p', "partition", "M", "mount partition M"},
+    kDataFileOption,     kAllowDevicesOption,
     kHelpOption};
 constexpr common::OptionSpec kDetachOptions[] = {
     kIdOption, {'a', 'a', "all", "", "every device"}, kHelpOption};
@@ -261,6 +275,13 @@ absl::Status Apply(const common::ParsedOption& o, Command& cmd) {
       break;
     case kForeground:
       cmd.foreground = true;
+      break;
+    case kDataFile:
+      if (value.empty()) return absl::InvalidArgumentError("--data-file needs a path");
+      cmd.spec.data_file = value;
+      break;
+    case kAllowDevices:
+      cmd.spec.allow_devices = true;
       break;
     case 'n': {
       uint32_t id;
@@ -398,6 +419,9 @@ absl::StatusOr<Command> ParseCommandLine(std::span<const std::string> args) {
   }
   if (!cmd.spec.snapshot.empty() && cmd.spec.format == Format::kRaw) {
     return absl::InvalidArgumentError("--snapshot needs a qcow2 image");
+  }
+  if (!cmd.spec.data_file.empty() && cmd.spec.format == Format::kRaw) {
+    return absl::InvalidArgumentError("--data-file needs a qcow2 image");
   }
   return cmd;
 }

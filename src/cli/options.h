@@ -41,6 +41,12 @@ struct ImageSpec {
   bool reissue = false;
   // Writes complete only once durable, so they survive a server crash.
   bool writethrough = false;
+  // --data-file PATH: the external data file, instead of the image's name for
+  // it (absolute once attached). May be written wherever it lies.
+  std::string data_file;
+  // --allow-devices: block devices named by the image may be opened
+  // (engine/named_file.h).
+  bool allow_devices = false;
 };
 
 enum class Verb { kHelp, kAttach, kDetach, kList, kRecover, kMount, kUnmount, kFeatures };

@@ -78,6 +78,8 @@ std::string EncodeState(const DeviceState& s) {
   j.Set("cache_size", common::Json::Int(static_cast<int64_t>(i.cache_size_bytes)));
   j.Set("reissue", common::Json::Bool(i.reissue));
   j.Set("writethrough", common::Json::Bool(i.writethrough));
+  j.Set("data_file", common::Json::String(i.data_file));
+  j.Set("allow_devices", common::Json::Bool(i.allow_devices));
   return j.Serialize(common::JsonLayout::kLine) + "\n";
 }
 
@@ -134,6 +136,8 @@ absl::StatusOr<DeviceState> DecodeState(absl::string_view text) {
   s.spec.read_only = GetBool(*j, "read_only");
   s.spec.reissue = GetBool(*j, "reissue");
   s.spec.writethrough = GetBool(*j, "writethrough");
+  s.spec.data_file = GetString(*j, "data_file");
+  s.spec.allow_devices = GetBool(*j, "allow_devices");
   // State files from before --cache served through the page cache.
   const std::string cache = GetString(*j, "cache");
   if (cache.empty()) {

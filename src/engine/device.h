@@ -14,6 +14,8 @@
 
 #include <sys/uio.h>
 
+#include <cerrno>
+#include <cstddef>
 #include <cstdint>
 #include <span>
 
@@ -51,6 +53,19 @@ class Device {
   // Flushes and marks the image clean (qcow2: clears the dirty bit). No
   // operation may be in flight or issued afterwards.
   virtual Task<absl::Status> Close() = 0;
+
+  // Compressed cluster writes (qcow2-img convert -c). Only a qcow2 image
+  // stores clusters compressed; every other Device keeps these defaults
+  // (false, -ENOTSUP), so callers ask here instead of naming the engine class.
+  virtual bool supports_compressed_writes() const { return false; }
+  // Writes one whole guest cluster compressed. REQUIRES:
+  // supports_compressed_writes(); guest_offset_bytes aligned to
+  // granularity_bytes(); cluster.size() is that granularity, or less for the
+  // disk's last partial cluster. Returns 0 or -errno.
+  virtual Task<int> WriteCompressed(uint64_t /*guest_offset_bytes*/,
+                                    std::span<const std::byte> /*cluster*/) {
+    co_return -ENOTSUP;
+  }
 };
 
 }  // namespace uq::engine

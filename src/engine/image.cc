@@ -38,11 +38,20 @@ Task<absl::StatusOr<std::unique_ptr<Device>>> OpenImage(std::unique_ptr<io::Bloc
     }
   }
   if (!is_qcow2) {
+    if (!options.snapshot.empty()) {
+      co_return absl::InvalidArgumentError("a raw image has no snapshots");
+    }
+    if (!options.data_file_path.empty()) {
+      co_return absl::InvalidArgumentError(
+          "a raw image has no external data file (--data-file is for qcow2 images)");
+    }
     if (options.read_only && !file->read_only()) {
       file = std::make_unique<io::ReadOnlyFile>(std::move(file));
     }
     const uint64_t size = file->size_bytes();
-    co_return std::unique_ptr<Device>(std::make_unique<RawDevice>(std::move(file), size));
+    const RawDevice::Format how = options.format == ImageFormat::kAuto ? RawDevice::Format::kProbed
+                                                                       : RawDevice::Format::kNamed;
+    co_return std::unique_ptr<Device>(std::make_unique<RawDevice>(std::move(file), size, how));
   }
   auto img = co_await Qcow2Image::Open(std::move(file), options);
   if (!img.ok()) co_return img.status();

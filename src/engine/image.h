@@ -5,6 +5,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -52,10 +53,34 @@ struct OpenOptions {
   // bit: there each request that writes L2 slices keeps the refcount-flush +
   // fsync before them (correct, slower). Flush keeps its full fsync sequence.
   bool metadata_writethrough = false;
+
+  // Host-path policy for the files the image names (named_file.h). OpenPath
+  // turns it on; engine tests over in-memory files, whose names are not host
+  // paths, leave it off.
+  bool check_named_files = false;
+  // Block devices named by the image may be opened.
+  bool allow_devices = false;
+  // The data file the user named (--data-file): used instead of the name in
+  // the header and opened as asked wherever it lies. Only for an image with
+  // an external data file.
+  std::string data_file_path;
+  // Set by the open of an overlay for a backing file whose format the overlay
+  // does not name: the format is probed, and if the file looks like qcow2 its
+  // own backing and data files are not followed (a raw disk whose guest wrote
+  // a qcow2 header there must not make us open host files it names).
+  struct UnnamedFormat {
+    std::string overlay_path;  // the overlay, for the message
+    std::string backing_name;  // the backing file's name as the overlay writes it
+  };
+  std::optional<UnnamedFormat> unnamed_format;
 };
 
 // Opens `file` as a Device. Errors are one line naming the problem (bad
-// magic, unsupported feature, corrupt bit on a writable open, ...).
+// magic, unsupported feature, corrupt bit on a writable open, ...). A file
+// opened as raw because probing (kAuto) found no qcow2 magic refuses writes
+// that would put the qcow2 magic in its first sector (RawDevice::Format::kProbed),
+// so it stays raw on the next probe; a raw image has no snapshot and no data
+// file to override.
 Task<absl::StatusOr<std::unique_ptr<Device>>> OpenImage(std::unique_ptr<io::BlockFile> file,
                                                         OpenOptions options);
 

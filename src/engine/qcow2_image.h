@@ -86,12 +86,14 @@ class Qcow2Image final : public Device {
   Task<int> Flush() override;
   Task<absl::Status> Close() override;
 
+  bool supports_compressed_writes() const override { return true; }
   // Writes one whole guest cluster compressed with the image's compression
   // type. REQUIRES: guest_offset_bytes cluster aligned; cluster.size() is the
   // cluster size, or less for the image's last partial cluster (zero padded).
   // Stores it uncompressed (a normal write) if compression does not shrink
   // it or the image has an external data file. Returns 0 or -errno.
-  Task<int> WriteCompressed(uint64_t guest_offset_bytes, std::span<const std::byte> cluster);
+  Task<int> WriteCompressed(uint64_t guest_offset_bytes,
+                            std::span<const std::byte> cluster) override;
 
   const format::Header& header() const { return p_->meta->header(); }
   uint64_t cluster_bytes() const { return p_->geo.cluster_bytes; }

@@ -11,6 +11,7 @@
 #include "format/snapshot.h"
 #include "format/status_macros.h"
 #include "src/engine/check.h"
+#include "src/engine/named_file.h"
 #include "src/engine/qcow2_image.h"
 #include "src/io/aligned_file.h"
 
@@ -55,19 +56,37 @@ absl::Status CheckOpenable(const format::Header& h, bool read_only) {
   return absl::OkStatus();
 }
 
-// The external data file, or null if the image has none.
+// The external data file, or null if the image has none: the one the user
+// named (options.data_file_path), else the header's name checked against the
+// host-path policy (named_file.h).
 absl::StatusOr<std::unique_ptr<io::BlockFile>> OpenDataFile(const format::Header& h,
                                                             const OpenOptions& options,
                                                             bool writable) {
-  if (!h.has_data_file()) return nullptr;
-  if (!h.data_file || h.data_file->empty()) {
+  const bool user_named = !options.data_file_path.empty();
+  if (!h.has_data_file()) {
+    if (user_named) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--data-file '", options.data_file_path,
+                       "' given, but the image has no external data file"));
+    }
+    return nullptr;
+  }
+  if (!user_named && (!h.data_file || h.data_file->empty())) {
     return absl::InvalidArgumentError(
         "image has the external data file bit but names no data file");
   }
   if (!options.opener) {
     return absl::InvalidArgumentError("image needs an external data file but no opener");
   }
-  std::string path = ResolvePath(options.path, *h.data_file);
+  const std::string path =
+      user_named ? options.data_file_path : ResolvePath(options.path, *h.data_file);
+  if (options.check_named_files && !user_named) {
+    UQ_RETURN_IF_ERROR(CheckNamedFile({.image_path = options.path,
+                                       .path = path,
+                                       .role = NamedRole::kDataFile,
+                                       .writable = writable},
+                                      options.allow_devices));
+  }
   auto df = options.opener(path, writable);
   if (!df.ok()) {
     return absl::Status(df.status().code(),
@@ -78,6 +97,34 @@ absl::StatusOr<std::unique_ptr<io::BlockFile>> OpenDataFile(const format::Header
     file = std::make_unique<io::AlignedFile>(std::move(file), options.file_alignment_bytes);
   }
   return file;
+}
+
+// The format a backing file is opened as: the one the image names (only
+// formats this engine has), else probed (kAuto).
+absl::StatusOr<ImageFormat> BackingFormat(const format::Header& h) {
+  if (!h.backing_format || h.backing_format->empty()) return ImageFormat::kAuto;
+  if (*h.backing_format == "qcow2") return ImageFormat::kQcow2;
+  if (*h.backing_format == "raw") return ImageFormat::kRaw;
+  return absl::UnimplementedError(absl::StrCat("backing file '", h.backing_file, "' has format '",
+                                               *h.backing_format,
+                                               "', which is not supported (qcow2 or raw)"));
+}
+
+// A backing file whose format its overlay does not name was probed; if it
+// turned out qcow2, it may not lead on to files it names itself.
+absl::Status CheckProbedFollows(const format::Header& h, const OpenOptions& options) {
+  if (!options.unnamed_format) return absl::OkStatus();
+  if (h.backing_file.empty() && !h.has_data_file()) return absl::OkStatus();
+  const OpenOptions::UnnamedFormat& u = *options.unnamed_format;
+  const std::string what = h.backing_file.empty()
+                               ? std::string("an external data file")
+                               : absl::StrCat("backing file '", h.backing_file, "'");
+  return absl::FailedPreconditionError(absl::StrCat(
+      "'", u.overlay_path, "' does not name this file's format and it looks like qcow2, so ", what,
+      " it names is not followed; if it is a qcow2 image, name its format: "
+      "qemu-img rebase -u -b '",
+      u.backing_name, "' -F qcow2 '", u.overlay_path,
+      "' (or recreate the overlay with backing_fmt=qcow2)"));
 }
 
 // The backing chain below the image (read-only), or null if it has none.
@@ -91,7 +138,14 @@ Task<absl::StatusOr<std::unique_ptr<Device>>> OpenBacking(const format::Header& 
     co_return absl::InvalidArgumentError(
         absl::StrCat("image has backing file '", h.backing_file, "' but no opener was given"));
   }
+  UQ_CO_ASSIGN_OR_RETURN(const ImageFormat format, BackingFormat(h));
   std::string path = ResolvePath(options.path, h.backing_file);
+  if (options.check_named_files) {
+    UQ_CO_RETURN_IF_ERROR(CheckNamedFile(
+        {.image_path = options.path, .path = path, .role = NamedRole::kBacking, .writable = false},
+        options.allow_devices));
+  }
+  // Always read-only: an overlay never writes to its backing file.
   auto bf = options.opener(path, false);
   if (!bf.ok()) {
     co_return absl::Status(bf.status().code(),
@@ -105,10 +159,11 @@ Task<absl::StatusOr<std::unique_ptr<Device>>> OpenBacking(const format::Header& 
   bo.refcount_cache_bytes = options.refcount_cache_bytes;
   bo.max_backing_depth = options.max_backing_depth - 1;
   bo.file_alignment_bytes = options.file_alignment_bytes;
-  if (h.backing_format == "qcow2") {
-    bo.format = ImageFormat::kQcow2;
-  } else if (h.backing_format == "raw") {
-    bo.format = ImageFormat::kRaw;
+  bo.check_named_files = options.check_named_files;
+  bo.allow_devices = options.allow_devices;
+  bo.format = format;
+  if (format == ImageFormat::kAuto) {
+    bo.unnamed_format = OpenOptions::UnnamedFormat{options.path, h.backing_file};
   }
   auto dev = co_await OpenImage(std::move(*bf), bo);
   if (!dev.ok()) {
@@ -229,6 +284,7 @@ Task<absl::StatusOr<std::unique_ptr<Qcow2Image>>> Qcow2Image::Open(
   UQ_CO_ASSIGN_OR_RETURN(format::Header h, co_await ReadHeader(f));
   const bool read_only = options.read_only || f.read_only() || !options.snapshot.empty();
   UQ_CO_RETURN_IF_ERROR(CheckOpenable(h, read_only));
+  UQ_CO_RETURN_IF_ERROR(CheckProbedFollows(h, options));
   UQ_CO_ASSIGN_OR_RETURN(std::unique_ptr<io::BlockFile> data_file,
                          OpenDataFile(h, options, !read_only));
   UQ_CO_ASSIGN_OR_RETURN(std::unique_ptr<Device> backing, co_await OpenBacking(h, options));

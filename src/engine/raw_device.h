@@ -17,9 +17,19 @@ namespace uq::engine {
 
 class RawDevice final : public Device {
  public:
+  // How the file came to be raw: named so by the user or the image, or
+  // probed (no qcow2 magic found).
+  enum class Format { kNamed, kProbed };
+
   // size_bytes: the virtual size (the file's size for an image of its own;
-  // reads past the file's end return zeros).
-  RawDevice(std::unique_ptr<io::BlockFile> file, uint64_t size_bytes);
+  // reads past the file's end return zeros). A kProbed device refuses, with
+  // -EPERM, a write whose first sector would read as qcow2 to the next probe,
+  // as QEMU's raw driver does for probed images (block/raw-format.c): a guest
+  // must not turn its disk into an image that names host files. The sector
+  // it checks is a private copy, so a buffer changed during the write cannot
+  // slip a header past the check.
+  RawDevice(std::unique_ptr<io::BlockFile> file, uint64_t size_bytes,
+            Format format = Format::kNamed);
 
   uint64_t size_bytes() const override { return size_bytes_; }
   bool read_only() const override { return file_->read_only(); }
@@ -33,9 +43,12 @@ class RawDevice final : public Device {
 
  private:
   Task<int> Sync();
+  // Write() of a request that covers sector 0 of a probed raw image.
+  Task<int> WriteProbedHead(std::span<const iovec> iov);
 
   std::unique_ptr<io::BlockFile> file_;
   uint64_t size_bytes_;
+  Format format_;
   std::atomic<bool> failed_{false};
 };
 

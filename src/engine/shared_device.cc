@@ -31,6 +31,13 @@ class Handle final : public Device {
     return shared_->device->WriteZeroes(offset_bytes, length_bytes, may_unmap);
   }
   Task<int> Flush() override { return shared_->device->Flush(); }
+  bool supports_compressed_writes() const override {
+    return shared_->device->supports_compressed_writes();
+  }
+  Task<int> WriteCompressed(uint64_t guest_offset_bytes,
+                            std::span<const std::byte> cluster) override {
+    return shared_->device->WriteCompressed(guest_offset_bytes, cluster);
+  }
   Task<absl::Status> Close() override {
     if (closed_) co_return absl::OkStatus();
     closed_ = true;
