@@ -11,8 +11,6 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "format/status_macros.h"
-#include "src/engine/qcow2_image.h"
-#include "src/engine/resize.h"
 #include "src/io/uring_file.h"
 #include "tools/commands.h"
 #include "tools/engine_util.h"
@@ -140,12 +138,11 @@ int RunResize(const common::ParsedArgs& parsed) {
       return ReportError(
           absl::StrCat("Could not open '", args->file, "': ", device.status().message()));
     }
-    auto* image = dynamic_cast<engine::Qcow2Image*>(device->get());
-    if (image == nullptr) return Fail(args->file, "not a qcow2 image");
-    absl::StatusOr<uint64_t> total = CheckedNewSize(*args, image->size_bytes(), true);
+    engine::Device& image = **device;
+    absl::StatusOr<uint64_t> total = CheckedNewSize(*args, image.size_bytes(), true);
     absl::Status s = total.status();
-    if (s.ok()) s = RunOnLoop(**loop, engine::ResizeImage(*image, *total));
-    absl::Status closed = CloseDevice(**loop, *image);
+    if (s.ok()) s = RunOnLoop(**loop, image.Resize(*total));
+    absl::Status closed = CloseDevice(**loop, image);
     if (!s.ok()) return ReportError(s);
     if (!closed.ok()) return Fail(args->file, closed);
   }

@@ -180,10 +180,17 @@ absl::StatusOr<std::unique_ptr<io::UringFile>> OpenLocked(io::EventLoop* loop,
 absl::StatusOr<std::unique_ptr<engine::Device>> OpenDevice(io::EventLoop& loop,
                                                            const std::string& path,
                                                            const EngineOpenOptions& options) {
+  UQ_ASSIGN_OR_RETURN(
+      std::unique_ptr<io::UringFile> file,
+      OpenLocked(&loop, path, !options.read_only, options.direct_io, options.force_share));
+  return OpenDeviceOnFile(loop, path, std::move(file), options);
+}
+
+absl::StatusOr<std::unique_ptr<engine::Device>> OpenDeviceOnFile(
+    io::EventLoop& loop, const std::string& path, std::unique_ptr<io::UringFile> file,
+    const EngineOpenOptions& options) {
   const bool direct = options.direct_io;
   const bool force_share = options.force_share;
-  UQ_ASSIGN_OR_RETURN(std::unique_ptr<io::UringFile> file,
-                      OpenLocked(&loop, path, !options.read_only, direct, force_share));
   engine::PathOptions open;
   open.format = options.format;
   open.read_only = options.read_only;

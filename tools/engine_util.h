@@ -73,6 +73,10 @@ absl::StatusOr<bool> IsQcow2(io::EventLoop& loop, io::BlockFile& file, const std
 absl::StatusOr<std::unique_ptr<engine::Device>> OpenDevice(io::EventLoop& loop,
                                                            const std::string& path,
                                                            const EngineOpenOptions& options);
+// The same for `file`, which the caller opened (and locked) from `path`.
+absl::StatusOr<std::unique_ptr<engine::Device>> OpenDeviceOnFile(
+    io::EventLoop& loop, const std::string& path, std::unique_ptr<io::UringFile> file,
+    const EngineOpenOptions& options);
 
 // Runs `task` to completion on `loop` and returns its value (io::RunSync).
 template <typename T>

@@ -66,6 +66,13 @@ class Device {
                                     std::span<const std::byte> /*cluster*/) {
     co_return -ENOTSUP;
   }
+
+  // Changes the virtual size (qcow2-img resize of a qcow2 image; a raw file
+  // is resized as a file). REQUIRES: no request in flight, none issued until
+  // it returns. The default: this Device cannot.
+  virtual Task<absl::Status> Resize(uint64_t /*new_size_bytes*/) {
+    co_return absl::UnimplementedError("this image cannot be resized in place");
+  }
 };
 
 }  // namespace uq::engine

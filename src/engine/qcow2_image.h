@@ -95,6 +95,9 @@ class Qcow2Image final : public Device {
   Task<int> WriteCompressed(uint64_t guest_offset_bytes,
                             std::span<const std::byte> cluster) override;
 
+  // engine/resize.h's ResizeImage.
+  Task<absl::Status> Resize(uint64_t new_size_bytes) override;
+
   const format::Header& header() const { return p_->meta->header(); }
   uint64_t cluster_bytes() const { return p_->geo.cluster_bytes; }
   bool corrupt() const { return p_->meta->corrupt(); }

@@ -243,4 +243,8 @@ Task<absl::Status> ResizeImage(Qcow2Image& image, uint64_t new_size_bytes) {
   co_return absl::OkStatus();
 }
 
+Task<absl::Status> Qcow2Image::Resize(uint64_t new_size_bytes) {
+  co_return co_await ResizeImage(*this, new_size_bytes);
+}
+
 }  // namespace uq::engine
