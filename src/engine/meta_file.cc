@@ -49,12 +49,17 @@ Task<int> MetaFile::Sync() {
   co_return Fail(r, "fdatasync of the image file");
 }
 
-Task<int> MetaFile::WriteWord(uint64_t offset_bytes, uint64_t value) {
+Task<int> MetaFile::WriteField(uint64_t offset_bytes, std::span<const std::byte> bytes,
+                               const char* what) {
   if (failed()) co_return -EIO;
+  int64_t w = co_await file_->Write(offset_bytes, bytes);
+  co_return w < 0 ? Fail(static_cast<int>(w), what) : 0;
+}
+
+Task<int> MetaFile::WriteWord(uint64_t offset_bytes, uint64_t value) {
   std::byte buf[8];
   format::StoreBE64(buf, value);
-  int64_t w = co_await file_->Write(offset_bytes, buf);
-  co_return w < 0 ? Fail(static_cast<int>(w), "header write") : 0;
+  co_return co_await WriteField(offset_bytes, buf, "header write");
 }
 
 Task<int> MetaFile::SetIncompatibleFeature(uint64_t bit, bool on) {
@@ -78,39 +83,34 @@ Task<int> MetaFile::SetAutoclearFeatures(uint64_t bits) {
   co_return co_await WriteWord(format::kHeaderAutoclearFeaturesAt, bits);
 }
 
+// Both table pointers are an adjacent 8-byte offset and 4-byte count: one
+// write, inside one sector (the L1 pointer as QEMU's qcow2_grow_l1_table
+// writes it). Memory follows the write as soon as it is issued: a failed
+// write may still have landed, and the image fails then anyway.
+Task<int> MetaFile::WriteTablePointer(uint64_t at, uint64_t offset_bytes, uint32_t count,
+                                      bool count_first, const char* what) {
+  std::byte buf[12];
+  format::StoreBE64(buf + (count_first ? 4 : 0), offset_bytes);
+  format::StoreBE32(buf + (count_first ? 0 : 8), count);
+  co_return co_await WriteField(at, buf, what);
+}
+
 Task<int> MetaFile::SetRefcountTable(uint64_t offset_bytes, uint32_t clusters) {
-  // refcount_table_offset (8 bytes) and refcount_table_clusters (4 bytes) are
-  // adjacent: one write, inside one sector.
   co_await header_lock_.Lock();
   cache::MutexGuard guard(&header_lock_);
-  if (failed()) co_return -EIO;
-  std::byte buf[12];
-  format::StoreBE64(buf, offset_bytes);
-  format::StoreBE32(buf + 8, clusters);
-  // Memory follows the write as soon as it is issued: a failed write may
-  // still have landed, and the image fails then anyway.
   header_.refcount_table_offset = offset_bytes;
   header_.refcount_table_clusters = clusters;
-  int64_t w = co_await file_->Write(format::kHeaderRefcountTableOffsetAt, buf);
-  if (w < 0) co_return Fail(static_cast<int>(w), "header write (refcount table)");
-  co_return 0;
+  co_return co_await WriteTablePointer(format::kHeaderRefcountTableOffsetAt, offset_bytes, clusters,
+                                       false, "header write (refcount table)");
 }
 
 Task<int> MetaFile::SetL1Table(uint64_t offset_bytes, uint32_t entries) {
-  // l1_size (4 bytes) and l1_table_offset (8 bytes) are adjacent: one write,
-  // inside one sector, as QEMU's qcow2_grow_l1_table does.
   co_await header_lock_.Lock();
   cache::MutexGuard guard(&header_lock_);
-  if (failed()) co_return -EIO;
-  std::byte buf[12];
-  format::StoreBE32(buf, entries);
-  format::StoreBE64(buf + 4, offset_bytes);
-  // Memory follows the write once issued (see SetRefcountTable).
   header_.l1_size = entries;
   header_.l1_table_offset = offset_bytes;
-  int64_t w = co_await file_->Write(format::kHeaderL1SizeAt, buf);
-  if (w < 0) co_return Fail(static_cast<int>(w), "header write (L1 table)");
-  co_return 0;
+  co_return co_await WriteTablePointer(format::kHeaderL1SizeAt, offset_bytes, entries, true,
+                                       "header write (L1 table)");
 }
 
 Task<int> MetaFile::SetDiskSize(uint64_t size_bytes) {

@@ -30,6 +30,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <string>
 
 #include "cache/wait_list.h"
@@ -99,7 +100,14 @@ class MetaFile {
   void NoteChange() { generation_.fetch_add(1, std::memory_order_acq_rel); }
 
  private:
+  // Writes header bytes: -EIO without I/O once failed; a failure fails the
+  // image (the field's state on disk is unknown). REQUIRES: header_lock_.
+  Task<int> WriteField(uint64_t offset_bytes, std::span<const std::byte> bytes, const char* what);
   Task<int> WriteWord(uint64_t offset_bytes, uint64_t value);
+  // A table pointer: 8-byte offset and 4-byte count, the count first when
+  // `count_first` (l1_size, l1_table_offset). REQUIRES: header_lock_.
+  Task<int> WriteTablePointer(uint64_t at, uint64_t offset_bytes, uint32_t count, bool count_first,
+                              const char* what);
 
   std::unique_ptr<io::BlockFile> file_;
   std::unique_ptr<io::BlockFile> data_file_;
