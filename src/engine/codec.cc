@@ -167,28 +167,36 @@ int ZstdDecompress(std::span<const std::byte> in, std::span<std::byte> out) {
   }
 }
 
+// One entry per compression type the format knows.
+struct Codec {
+  int64_t (*compress)(std::span<const std::byte> in, std::span<std::byte> out);
+  int (*decompress)(std::span<const std::byte> in, std::span<std::byte> out);
+};
+
+const Codec* CodecFor(format::CompressionType type) {
+  static constexpr Codec kZlib{ZlibCompress, ZlibDecompress};
+  static constexpr Codec kZstd{ZstdCompress, ZstdDecompress};
+  switch (type) {
+    case format::CompressionType::kZlib:
+      return &kZlib;
+    case format::CompressionType::kZstd:
+      return &kZstd;
+  }
+  return nullptr;
+}
+
 }  // namespace
 
 int64_t CompressCluster(format::CompressionType type, std::span<const std::byte> in,
                         std::span<std::byte> out) {
-  switch (type) {
-    case format::CompressionType::kZlib:
-      return ZlibCompress(in, out);
-    case format::CompressionType::kZstd:
-      return ZstdCompress(in, out);
-  }
-  return -EINVAL;
+  const Codec* codec = CodecFor(type);
+  return codec ? codec->compress(in, out) : -EINVAL;
 }
 
 int DecompressCluster(format::CompressionType type, std::span<const std::byte> in,
                       std::span<std::byte> out) {
-  switch (type) {
-    case format::CompressionType::kZlib:
-      return ZlibDecompress(in, out);
-    case format::CompressionType::kZstd:
-      return ZstdDecompress(in, out);
-  }
-  return -EINVAL;
+  const Codec* codec = CodecFor(type);
+  return codec ? codec->decompress(in, out) : -EINVAL;
 }
 
 CodecThreadStats CodecStatsForThisThread() { return tls_stats; }

@@ -34,10 +34,14 @@ class RawDevice final : public Device {
   uint64_t size_bytes() const override { return size_bytes_; }
   bool read_only() const override { return file_->read_only(); }
   uint32_t granularity_bytes() const override { return 4096; }
+  // -EINVAL past size_bytes(); bytes past the file's end read as zeros.
   Task<int> Read(uint64_t offset_bytes, std::span<const iovec> iov) override;
+  // -EIO once a sync has failed; -EPERM for a probed device's sector 0 (above).
   Task<int> Write(uint64_t offset_bytes, std::span<const iovec> iov, bool fua) override;
+  // Punches a hole; with may_unmap, WriteZeroes does the same.
   Task<int> Discard(uint64_t offset_bytes, uint64_t length_bytes) override;
   Task<int> WriteZeroes(uint64_t offset_bytes, uint64_t length_bytes, bool may_unmap) override;
+  // fdatasync of the file; a failure is sticky (fail-stop, above).
   Task<int> Flush() override;
   Task<absl::Status> Close() override;
 
