@@ -7,8 +7,11 @@
 // -o takes qcow2 create options: cluster_size, compat (0.10/1.1), compression_type
 // (zlib/zstd), refcount_bits, extended_l2, lazy_refcounts. -c writes
 // compressed clusters. All-zero clusters are not written, so the output is
-// sparse. Up to N (-m, default 8) chunks are in flight at once; qcow2 output is
+// sparse; chunks the source's block status reports as zeros are not even
+// read. Up to N (-m, default 8) chunks are in flight at once; qcow2 output is
 // written in guest order (unfragmented) unless -W allows out-of-order writes.
+// The destination is never flushed unless -t asks (writeback, none), as
+// qemu-img convert's default cache mode (unsafe).
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -16,10 +19,8 @@
 #include <bit>
 #include <cerrno>
 #include <cmath>
-#include <coroutine>
 #include <cstdio>
 #include <cstring>
-#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -34,8 +35,10 @@
 #include "src/engine/raw_device.h"
 #include "src/io/uring_file.h"
 #include "tools/commands.h"
+#include "tools/convert_copy.h"
 #include "tools/engine_util.h"
 #include "tools/image_lock.h"
+#include "tools/zero_chunks.h"
 
 namespace uq::tools {
 
@@ -137,171 +140,33 @@ absl::Status PrepareDestination(io::EventLoop& loop, const std::string& path,
   return absl::OkStatus();
 }
 
-// Progress on stderr in qemu-img's style: "    (12.00/100%)\r".
-class Progress {
- public:
-  explicit Progress(bool enabled) : enabled_(enabled) {}
-  void Update(double fraction) {
-    if (!enabled_) return;
-    double percent = std::min(100.0, fraction * 100.0);
-    if (printed_ >= 0 && percent < 100.0 && percent - printed_ < 1.0) return;
-    printed_ = percent;
-    std::fprintf(stderr, "    (%.2f/100%%)\r", percent);
-    std::fflush(stderr);
-  }
-  void Finish() {
-    if (!enabled_) return;
-    Update(1.0);
-    std::fprintf(stderr, "\n");
-  }
-
- private:
-  bool enabled_;
-  double printed_ = -1;
+// qemu-img's cache modes that convert serves: none (O_DIRECT, flushed at the
+// end), writeback (flushed at the end) and unsafe (never flushed: the
+// default for the target, as qemu-img convert's; for the source, which is
+// only read, it is the same as writeback).
+struct CacheMode {
+  bool direct = false;
+  bool no_flush = false;
 };
 
-// Shared state of one copy: workers take chunk indices in order.
-struct CopyJob {
-  io::EventLoop* loop = nullptr;
-  engine::Device* src = nullptr;
-  engine::Device* dst = nullptr;
-  bool compress = false;        // -c
-  uint64_t size_bytes = 0;      // of the source
-  uint64_t dst_size_bytes = 0;  // >= size_bytes (rounded up to a sector for qcow2)
-  uint64_t chunk_bytes = 0;
-  uint64_t unit_bytes = 0;  // zero detection / compression granularity
-  uint64_t next_chunk = 0;
-  uint64_t chunks = 0;
-  uint64_t done_bytes = 0;
-  int error = 0;
-  std::string error_what;
-  Progress* progress = nullptr;
-  // In-order writes (qcow2 output without -W): chunk i's writes start only
-  // after chunk i-1's have finished, so clusters are allocated in guest order
-  // (an unfragmented image, as qemu-img convert makes); reads still overlap.
-  bool in_order = false;
-  uint64_t next_write_chunk = 0;
-  std::map<uint64_t, std::coroutine_handle<>> turn_waiters;
-};
-
-// Suspends until it is chunk `index`'s turn to write (or the copy failed).
-struct WriteTurn {
-  CopyJob& job;
-  uint64_t index;
-  bool await_ready() const noexcept { return job.error != 0 || job.next_write_chunk == index; }
-  void await_suspend(std::coroutine_handle<> h) { job.turn_waiters[index] = h; }
-  void await_resume() const noexcept {}
-};
-
-// Ends chunk `index`'s turn and wakes the next writer (every writer, on error).
-void PassTurn(CopyJob& job, uint64_t index) {
-  if (!job.in_order) return;
-  if (job.error != 0) {
-    auto waiters = std::move(job.turn_waiters);
-    job.turn_waiters.clear();
-    for (auto& [i, h] : waiters) h.resume();
-    return;
-  }
-  job.next_write_chunk = index + 1;
-  auto it = job.turn_waiters.find(index + 1);
-  if (it == job.turn_waiters.end()) return;
-  std::coroutine_handle<> h = it->second;
-  job.turn_waiters.erase(it);
-  h.resume();
+absl::StatusOr<CacheMode> ParseCacheMode(absl::string_view mode) {
+  if (mode == "none") return CacheMode{.direct = true};
+  if (mode == "writeback") return CacheMode{};
+  if (mode == "unsafe") return CacheMode{.no_flush = true};
+  return absl::InvalidArgumentError(
+      absl::StrCat("unsupported cache mode '", mode, "' (supported: none, writeback, unsafe)"));
 }
 
-Task<int> CopyChunk(CopyJob& job, AlignedBuffer& buf, uint64_t index, uint64_t offset,
-                    uint64_t src_length, std::string& what) {
-  iovec v = buf.Iov(0, src_length);
-  int r = co_await job.src->Read(offset, std::span<const iovec>(&v, 1));
-  if (r < 0) {
-    what = absl::StrCat("reading source at offset ", offset);
-    co_return r;
+std::string FormatName(engine::ImageFormat format) {
+  switch (format) {
+    case engine::ImageFormat::kQcow2:
+      return "qcow2";
+    case engine::ImageFormat::kRaw:
+      return "raw";
+    case engine::ImageFormat::kAuto:
+      break;
   }
-  // A raw source need not end on a sector; the qcow2 destination does (its
-  // size is rounded up, as qemu-img does): the tail reads as zeros.
-  uint64_t length = std::min(job.chunk_bytes, job.dst_size_bytes - offset);
-  std::memset(buf.data() + src_length, 0, length - src_length);
-  if (job.in_order) {
-    co_await WriteTurn{job, index};
-    if (job.error != 0) co_return 0;  // another chunk failed; stop quietly
-  }
-  // Walk the chunk in units, writing each maximal run of non-zero units with
-  // one request (or one compressed cluster per unit).
-  uint64_t pos = 0;
-  while (pos < length) {
-    uint64_t unit_len = std::min(job.unit_bytes, length - pos);
-    if (IsAllZero(buf.span().subspan(pos, unit_len))) {
-      pos += unit_len;
-      continue;
-    }
-    if (job.compress) {
-      r = co_await job.dst->WriteCompressed(offset + pos, buf.span().subspan(pos, unit_len));
-      if (r < 0) {
-        what = absl::StrCat("writing compressed cluster at offset ", offset + pos);
-        co_return r;
-      }
-      pos += unit_len;
-      continue;
-    }
-    uint64_t run_end = pos + unit_len;
-    while (run_end < length) {
-      uint64_t next_len = std::min(job.unit_bytes, length - run_end);
-      if (IsAllZero(buf.span().subspan(run_end, next_len))) break;
-      run_end += next_len;
-    }
-    iovec w = buf.Iov(pos, run_end - pos);
-    r = co_await job.dst->Write(offset + pos, std::span<const iovec>(&w, 1), /*fua=*/false);
-    if (r < 0) {
-      what = absl::StrCat("writing destination at offset ", offset + pos);
-      co_return r;
-    }
-    pos = run_end;
-  }
-  co_return 0;
-}
-
-Task<void> CopyWorker(CopyJob& job) {
-  AlignedBuffer buf(job.chunk_bytes);
-  while (job.error == 0 && job.next_chunk < job.chunks) {
-    uint64_t index = job.next_chunk++;
-    uint64_t offset = index * job.chunk_bytes;
-    uint64_t length = std::min(job.chunk_bytes, job.size_bytes - offset);
-    std::string what;
-    int r = co_await CopyChunk(job, buf, index, offset, length, what);
-    if (r < 0 && job.error == 0) {
-      job.error = r;
-      job.error_what = what;
-    }
-    PassTurn(job, index);
-    if (r < 0) break;
-    job.done_bytes += length;
-    job.progress->Update(static_cast<double>(job.done_bytes) / job.size_bytes);
-  }
-}
-
-// Runs `workers` copy workers on the loop until all have finished.
-absl::Status RunCopy(CopyJob& job, int workers) {
-  job.chunks = (job.size_bytes + job.chunk_bytes - 1) / job.chunk_bytes;
-  std::vector<Task<void>> tasks;
-  for (int i = 0; i < workers; ++i) tasks.push_back(CopyWorker(job));
-  RunOnLoop(*job.loop, io::WhenAll(std::move(tasks)));
-  if (job.error < 0) {
-    return absl::InternalError(absl::StrCat(job.error_what, ": ", std::strerror(-job.error)));
-  }
-  return absl::OkStatus();
-}
-
-absl::Status ParseCacheMode(absl::string_view mode, bool* direct) {
-  if (mode == "none") {
-    *direct = true;
-  } else if (mode == "writeback") {
-    *direct = false;
-  } else {
-    return absl::InvalidArgumentError(
-        absl::StrCat("unsupported cache mode '", mode, "' (supported: none, writeback)"));
-  }
-  return absl::OkStatus();
+  return "";
 }
 
 constexpr common::OptionSpec kConvertOptions[] = {
@@ -317,8 +182,10 @@ constexpr common::OptionSpec kConvertOptions[] = {
     {'W', 'W', "out-of-order", "", "allow out-of-order writes (qcow2 output may be fragmented)"},
     {'l', 'l', "snapshot", "SNAPSHOT",
      "convert internal snapshot SNAPSHOT (a name or id, or snapshot.name=NAME)"},
-    {'t', 't', "cache", "CACHE", "destination cache mode: writeback (default) or none (O_DIRECT)"},
-    {'T', 'T', "source-cache", "CACHE", "source cache mode: writeback (default) or none"},
+    {'t', 't', "cache", "CACHE",
+     "destination cache mode: unsafe (default, never flushed), writeback (flushed at the end) "
+     "or none (O_DIRECT, flushed at the end)"},
+    {'T', 'T', "source-cache", "CACHE", "source cache mode: writeback (default), unsafe or none"},
     {'U', 'U', "force-share", "", "open the source without taking the image lock"},
     kHelpOption,
 };
@@ -331,7 +198,7 @@ int RunConvert(const common::ParsedArgs& parsed) {
   bool compress = false;
   bool out_of_order = false;
   bool progress_enabled = false;
-  bool dst_direct = false;
+  CacheMode dst_cache{.no_flush = true};
   int workers = 8;
   std::vector<std::string> create_option_strings;
 
@@ -366,12 +233,18 @@ int RunConvert(const common::ParsedArgs& parsed) {
       case 'l':
         src_options.snapshot = absl::StartsWith(value, "snapshot.name=") ? value.substr(14) : value;
         break;
-      case 't':
-        s = ParseCacheMode(value, &dst_direct);
+      case 't': {
+        auto mode = ParseCacheMode(value);
+        if (!mode.ok()) return ReportError(absl::StrCat("convert: ", mode.status().message()));
+        dst_cache = *mode;
         break;
-      case 'T':
-        s = ParseCacheMode(value, &src_options.direct_io);
+      }
+      case 'T': {
+        auto mode = ParseCacheMode(value);
+        if (!mode.ok()) return ReportError(absl::StrCat("convert: ", mode.status().message()));
+        src_options.direct_io = mode->direct;
         break;
+      }
       case 'c':
         compress = true;
         break;
@@ -430,20 +303,22 @@ int RunConvert(const common::ParsedArgs& parsed) {
   CopyJob job;
   if (out_format == "raw") {
     io::OpenFlags flags;
-    flags.direct = dst_direct;
+    flags.direct = dst_cache.direct;
     auto file = io::UringFile::Open(&loop, dst_path, flags);
     if (!file.ok()) return ReportError(absl::StrCat(dst_path, ": ", file.status().message()));
     absl::Status locked = LockImageFile((*file)->fd(), LockMode::kExclusive);
     if (!locked.ok()) return ReportError(absl::StrCat(dst_path, ": ", locked.message()));
     int r = RunOnLoop(loop, (*file)->Truncate(size_bytes));
     if (r < 0) return ReportError(absl::StrCat(dst_path, ": truncate: ", std::strerror(-r)));
-    dst = std::make_unique<engine::RawDevice>(std::move(*file), size_bytes);
+    dst = std::make_unique<engine::RawDevice>(MaybeNoFlush(std::move(*file), dst_cache.no_flush),
+                                              size_bytes);
     job.chunk_bytes = kRawChunkBytes;
     job.unit_bytes = kRawZeroGranularityBytes;
   } else {
     EngineOpenOptions dst_options;
     dst_options.format = engine::ImageFormat::kQcow2;
-    dst_options.direct_io = dst_direct;
+    dst_options.direct_io = dst_cache.direct;
+    dst_options.no_flush = dst_cache.no_flush;
     auto opened = OpenDevice(loop, dst_path, dst_options);
     if (!opened.ok()) return ReportError(absl::StrCat(dst_path, ": ", opened.status().message()));
     dst = std::move(*opened);
@@ -458,6 +333,13 @@ int RunConvert(const common::ParsedArgs& parsed) {
       }
     }
   }
+
+  // Skip what the source says reads as zeros: the new destination reads as
+  // zeros there already. If the source's metadata cannot be walked that way,
+  // every chunk is read (the zero detection then still keeps DST sparse).
+  auto zero_chunks = ZeroChunks(src_path, FormatName(src_options.format), src_options.snapshot,
+                                size_bytes, job.chunk_bytes);
+  if (zero_chunks.ok()) job.zero_chunks = std::move(*zero_chunks);
 
   Progress progress(progress_enabled);
   progress.Update(0);

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "format/status_macros.h"
 #include "src/engine/open_path.h"
+#include "src/io/no_flush_file.h"
 #include "src/io/uring_file.h"
 #include "tools/image_lock.h"
 
@@ -177,6 +178,11 @@ absl::StatusOr<std::unique_ptr<io::UringFile>> OpenLocked(io::EventLoop* loop,
 
 }  // namespace
 
+std::unique_ptr<io::BlockFile> MaybeNoFlush(std::unique_ptr<io::BlockFile> file, bool no_flush) {
+  if (!no_flush) return file;
+  return std::make_unique<io::NoFlushFile>(std::move(file));
+}
+
 absl::StatusOr<std::unique_ptr<engine::Device>> OpenDevice(io::EventLoop& loop,
                                                            const std::string& path,
                                                            const EngineOpenOptions& options) {
@@ -191,6 +197,7 @@ absl::StatusOr<std::unique_ptr<engine::Device>> OpenDeviceOnFile(
     const EngineOpenOptions& options) {
   const bool direct = options.direct_io;
   const bool force_share = options.force_share;
+  const bool no_flush = options.no_flush;
   engine::PathOptions open;
   open.format = options.format;
   open.read_only = options.read_only;
@@ -202,14 +209,15 @@ absl::StatusOr<std::unique_ptr<engine::Device>> OpenDeviceOnFile(
   // where O_DIRECT fell back to buffered I/O).
   if (direct) open.file_alignment_bytes = file->alignment_bytes();
   io::EventLoop* loop_ptr = &loop;
-  open.opener = [loop_ptr, direct, force_share](
+  open.opener = [loop_ptr, direct, force_share, no_flush](
                     const std::string& name,
                     bool writable) -> absl::StatusOr<std::unique_ptr<io::BlockFile>> {
     UQ_ASSIGN_OR_RETURN(std::unique_ptr<io::UringFile> f,
                         OpenLocked(loop_ptr, name, writable, direct, force_share));
-    return std::unique_ptr<io::BlockFile>(std::move(f));
+    return MaybeNoFlush(std::move(f), no_flush && writable);
   };
-  return RunOnLoop(loop, engine::OpenPathOnFile(path, std::move(file), std::move(open)));
+  std::unique_ptr<io::BlockFile> image = MaybeNoFlush(std::move(file), no_flush);
+  return RunOnLoop(loop, engine::OpenPathOnFile(path, std::move(image), std::move(open)));
 }
 
 AlignedBuffer::AlignedBuffer(size_t size_bytes) : size_(size_bytes) {

@@ -53,6 +53,10 @@ struct EngineOpenOptions {
   engine::ImageFormat format = engine::ImageFormat::kAuto;
   bool read_only = false;
   bool direct_io = false;  // O_DIRECT on the image file (-t none)
+  // -t unsafe: flushes of the image file (and of its data file) make nothing
+  // durable (io::NoFlushFile). Only for a new image that is worthless if the
+  // command does not finish.
+  bool no_flush = false;
   std::string snapshot;
   // -U: take no image lock (only with read_only). Otherwise the image and its
   // data file are locked for writing (shared when read_only) and backing
@@ -77,6 +81,9 @@ absl::StatusOr<std::unique_ptr<engine::Device>> OpenDevice(io::EventLoop& loop,
 absl::StatusOr<std::unique_ptr<engine::Device>> OpenDeviceOnFile(
     io::EventLoop& loop, const std::string& path, std::unique_ptr<io::UringFile> file,
     const EngineOpenOptions& options);
+
+// `file` itself, or wrapped in an io::NoFlushFile when `no_flush` (-t unsafe).
+std::unique_ptr<io::BlockFile> MaybeNoFlush(std::unique_ptr<io::BlockFile> file, bool no_flush);
 
 // Runs `task` to completion on `loop` and returns its value (io::RunSync).
 template <typename T>

@@ -197,11 +197,15 @@ TEST_F(LockTest, OurWriterRefusesQemuImg) {
 }
 
 TEST_F(LockTest, OurConvertDestinationRefusesQemuImg) {
-  // A destination being written by a long convert (a sparse 16 GiB source).
-  ASSERT_EQ(In("qemu-img create -q -f raw big.raw 16G").exit_code, 0);
-  const std::unique_ptr<Background> writer =
-      StartHolder(Quote(Qcow2Img()) + " convert -O qcow2 big.raw dst.qcow2",
-                  "test -e dst.qcow2 && ! qemu-img info dst.qcow2 >/dev/null 2>&1");
+  // A destination being written by a long convert: a 16 GiB source with one
+  // sector of data in every MiB, so that no chunk can be skipped as zeros.
+  ASSERT_EQ(In("qemu-img create -q -f raw big.raw 16G && "
+               "qemu-img bench -q -w -f raw -c 16384 -d 64 -s 512 -S 1M --pattern=1 big.raw")
+                .exit_code,
+            0);
+  const std::unique_ptr<Background> writer = StartHolder(
+      Quote(Qcow2Img()) + " convert -f raw -O qcow2 -o cluster_size=4k big.raw dst.qcow2",
+      "test -e dst.qcow2 && ! qemu-img info dst.qcow2 >/dev/null 2>&1");
   ASSERT_NE(writer, nullptr) << "qcow2-img convert took no lock";
   const RunResult r = In("qemu-img info dst.qcow2");
   EXPECT_NE(r.err.find(kSharedLock), std::string::npos) << r.err;

@@ -1,0 +1,135 @@
+#include "tools/convert_copy.h"
+
+#include <sys/uio.h>
+
+#include <cstring>
+#include <span>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "format/status_macros.h"
+#include "src/io/join.h"
+#include "src/io/task.h"
+#include "tools/engine_util.h"
+
+namespace uq::tools {
+
+namespace {
+
+// Suspends until it is chunk `index`'s turn to write (or the copy failed).
+struct WriteTurn {
+  CopyJob& job;
+  uint64_t index;
+  bool await_ready() const noexcept { return job.error != 0 || job.next_write_chunk == index; }
+  void await_suspend(std::coroutine_handle<> h) { job.turn_waiters[index] = h; }
+  void await_resume() const noexcept {}
+};
+
+// Ends chunk `index`'s turn and wakes the next writer (every writer, on error).
+void PassTurn(CopyJob& job, uint64_t index) {
+  if (!job.in_order) return;
+  if (job.error != 0) {
+    auto waiters = std::move(job.turn_waiters);
+    job.turn_waiters.clear();
+    for (auto& [i, h] : waiters) h.resume();
+    return;
+  }
+  job.next_write_chunk = index + 1;
+  auto it = job.turn_waiters.find(index + 1);
+  if (it == job.turn_waiters.end()) return;
+  std::coroutine_handle<> h = it->second;
+  job.turn_waiters.erase(it);
+  h.resume();
+}
+
+Task<int> CopyChunk(CopyJob& job, AlignedBuffer& buf, uint64_t index, uint64_t offset,
+                    uint64_t src_length, std::string& what) {
+  iovec v = buf.Iov(0, src_length);
+  int r = co_await job.src->Read(offset, std::span<const iovec>(&v, 1));
+  if (r < 0) {
+    what = absl::StrCat("reading source at offset ", offset);
+    co_return r;
+  }
+  // A raw source need not end on a sector; the qcow2 destination does (its
+  // size is rounded up, as qemu-img does): the tail reads as zeros.
+  uint64_t length = std::min(job.chunk_bytes, job.dst_size_bytes - offset);
+  std::memset(buf.data() + src_length, 0, length - src_length);
+  if (job.in_order) {
+    co_await WriteTurn{job, index};
+    if (job.error != 0) co_return 0;  // another chunk failed; stop quietly
+  }
+  // Walk the chunk in units, writing each maximal run of non-zero units with
+  // one request (or one compressed cluster per unit).
+  uint64_t pos = 0;
+  while (pos < length) {
+    uint64_t unit_len = std::min(job.unit_bytes, length - pos);
+    if (IsAllZero(buf.span().subspan(pos, unit_len))) {
+      pos += unit_len;
+      continue;
+    }
+    if (job.compress) {
+      r = co_await job.dst->WriteCompressed(offset + pos, buf.span().subspan(pos, unit_len));
+      if (r < 0) {
+        what = absl::StrCat("writing compressed cluster at offset ", offset + pos);
+        co_return r;
+      }
+      pos += unit_len;
+      continue;
+    }
+    uint64_t run_end = pos + unit_len;
+    while (run_end < length) {
+      uint64_t next_len = std::min(job.unit_bytes, length - run_end);
+      if (IsAllZero(buf.span().subspan(run_end, next_len))) break;
+      run_end += next_len;
+    }
+    iovec w = buf.Iov(pos, run_end - pos);
+    r = co_await job.dst->Write(offset + pos, std::span<const iovec>(&w, 1), /*fua=*/false);
+    if (r < 0) {
+      what = absl::StrCat("writing destination at offset ", offset + pos);
+      co_return r;
+    }
+    pos = run_end;
+  }
+  co_return 0;
+}
+
+Task<void> CopyWorker(CopyJob& job) {
+  AlignedBuffer buf(job.chunk_bytes);
+  while (job.error == 0 && job.next_chunk < job.chunks) {
+    uint64_t index = job.next_chunk++;
+    uint64_t offset = index * job.chunk_bytes;
+    uint64_t length = std::min(job.chunk_bytes, job.size_bytes - offset);
+    std::string what;
+    int r = 0;
+    if (!job.zero_chunks.empty() && job.zero_chunks[index]) {
+      // Nothing to write, but the turn still passes in order.
+      if (job.in_order) co_await WriteTurn{job, index};
+      ++job.skipped_chunks;
+    } else {
+      r = co_await CopyChunk(job, buf, index, offset, length, what);
+    }
+    if (r < 0 && job.error == 0) {
+      job.error = r;
+      job.error_what = what;
+    }
+    PassTurn(job, index);
+    if (r < 0) break;
+    job.done_bytes += length;
+    job.progress->Update(static_cast<double>(job.done_bytes) / job.size_bytes);
+  }
+}
+
+}  // namespace
+
+absl::Status RunCopy(CopyJob& job, int workers) {
+  job.chunks = (job.size_bytes + job.chunk_bytes - 1) / job.chunk_bytes;
+  std::vector<Task<void>> tasks;
+  for (int i = 0; i < workers; ++i) tasks.push_back(CopyWorker(job));
+  RunOnLoop(*job.loop, io::WhenAll(std::move(tasks)));
+  if (job.error < 0) {
+    return absl::InternalError(absl::StrCat(job.error_what, ": ", std::strerror(-job.error)));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace uq::tools

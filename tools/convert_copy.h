@@ -1,0 +1,82 @@
+// The copy loop of qcow2-img convert: chunks read from the source Device and
+// written to the destination Device by a few coroutines on one event loop,
+// skipping chunks the source's block status says read as zeros, and runs of
+// all-zero units inside the chunks it reads.
+//
+// Thread-safety: one CopyJob runs on one event loop thread.
+#ifndef UQ_TOOLS_CONVERT_COPY_H_
+#define UQ_TOOLS_CONVERT_COPY_H_
+
+#include <algorithm>
+#include <coroutine>
+#include <cstdint>
+#include <cstdio>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "src/engine/device.h"
+#include "src/io/event_loop.h"
+
+namespace uq::tools {
+
+// Progress on stderr in qemu-img's style: "    (12.00/100%)\r".
+class Progress {
+ public:
+  explicit Progress(bool enabled) : enabled_(enabled) {}
+  void Update(double fraction) {
+    if (!enabled_) return;
+    double percent = std::min(100.0, fraction * 100.0);
+    if (printed_ >= 0 && percent < 100.0 && percent - printed_ < 1.0) return;
+    printed_ = percent;
+    std::fprintf(stderr, "    (%.2f/100%%)\r", percent);
+    std::fflush(stderr);
+  }
+  void Finish() {
+    if (!enabled_) return;
+    Update(1.0);
+    std::fprintf(stderr, "\n");
+  }
+
+ private:
+  bool enabled_;
+  double printed_ = -1;
+};
+
+// Shared state of one copy: workers take chunk indices in order.
+struct CopyJob {
+  io::EventLoop* loop = nullptr;
+  engine::Device* src = nullptr;
+  engine::Device* dst = nullptr;
+  bool compress = false;        // -c
+  uint64_t size_bytes = 0;      // of the source
+  uint64_t dst_size_bytes = 0;  // >= size_bytes (rounded up to a sector for qcow2)
+  uint64_t chunk_bytes = 0;
+  uint64_t unit_bytes = 0;  // zero detection / compression granularity
+  // Chunks that read as zeros in the source (tools/zero_chunks.h), neither read
+  // nor written: the destination is new and reads as zeros there already.
+  // Empty: read every chunk.
+  std::vector<bool> zero_chunks;
+  uint64_t next_chunk = 0;
+  uint64_t chunks = 0;
+  uint64_t done_bytes = 0;
+  uint64_t skipped_chunks = 0;
+  int error = 0;
+  std::string error_what;
+  Progress* progress = nullptr;
+  // In-order writes (qcow2 output without -W): chunk i's writes start only
+  // after chunk i-1's have finished, so clusters are allocated in guest order
+  // (an unfragmented image, as qemu-img convert makes); reads still overlap.
+  bool in_order = false;
+  uint64_t next_write_chunk = 0;
+  std::map<uint64_t, std::coroutine_handle<>> turn_waiters;
+};
+
+// Runs `workers` copy workers on the loop until all have finished.
+absl::Status RunCopy(CopyJob& job, int workers);
+
+}  // namespace uq::tools
+
+#endif  // UQ_TOOLS_CONVERT_COPY_H_
