@@ -5,6 +5,7 @@
 // Commands (sizes take k/M/G/... suffixes or plain bytes):
 //   read [-q] [-v] [-P PATTERN] OFF LEN
 //   write [-q] [-f] [-P PATTERN] OFF LEN      (default pattern 0xcd, -f = FUA)
+//   write [-q] -c [-P PATTERN] OFF LEN        (compressed; whole clusters)
 //   write [-q] -z [-u] OFF LEN                (write zeroes; -u may unmap)
 //   discard [-q] OFF LEN
 //   flush
@@ -13,7 +14,9 @@
 // statistics line, -v prints a hexdump. The first failing command (I/O error,
 // bad syntax, a `read -P` mismatch) ends the run with exit status 1; the image
 // is closed cleanly (dirty bit cleared) either way.
+#include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <chrono>
 #include <cinttypes>
 #include <cmath>
@@ -167,6 +170,7 @@ class IoSession {
   // with the current contents).
   int WriteBytes(uint64_t offset, std::span<const std::byte> data);
   int ZeroBytes(uint64_t offset, uint64_t length, bool may_unmap);
+  int WriteCompressedClusters(uint64_t offset, uint64_t length, std::byte pattern);
 
   static absl::Status Errno(const ParsedCommand& c, int r, uint64_t offset) {
     return absl::InternalError(
@@ -187,7 +191,7 @@ absl::Status IoSession::Run(absl::string_view text) {
     return Read(c);
   }
   if (name == "write") {
-    UQ_ASSIGN_OR_RETURN(ParsedCommand c, ParseCommand(text, "qfzuP"));
+    UQ_ASSIGN_OR_RETURN(ParsedCommand c, ParseCommand(text, "qfzucP"));
     return Write(c);
   }
   if (name == "discard") {
@@ -258,6 +262,21 @@ int IoSession::WriteBytes(uint64_t offset, std::span<const std::byte> data) {
   return RunOnLoop(loop_, device_.Write(start, std::span<const iovec>(&v, 1), /*fua=*/false));
 }
 
+// As qemu-io's write -c: whole clusters from a cluster boundary (the last
+// one may end at the image's end); anything else is -EINVAL.
+int IoSession::WriteCompressedClusters(uint64_t offset, uint64_t length, std::byte pattern) {
+  const uint64_t cluster = device_.granularity_bytes();
+  if (offset % cluster != 0) return -EINVAL;
+  if (length % cluster != 0 && offset + length != device_.size_bytes()) return -EINVAL;
+  std::vector<std::byte> data(std::min(length, cluster), pattern);
+  for (uint64_t pos = 0; pos < length; pos += cluster) {
+    const uint64_t n = std::min(cluster, length - pos);
+    int r = RunOnLoop(loop_, device_.WriteCompressed(offset + pos, std::span(data).first(n)));
+    if (r < 0) return r;
+  }
+  return 0;
+}
+
 int IoSession::ZeroBytes(uint64_t offset, uint64_t length, bool may_unmap) {
   if (length == 0) return 0;
   uint64_t end = offset + length;
@@ -314,10 +333,19 @@ absl::Status IoSession::Write(const ParsedCommand& c) {
   if (zero && c.pattern.has_value()) {
     return absl::InvalidArgumentError("write: -z and -P cannot be specified at the same time");
   }
+  const bool compressed = HasFlag(c, 'c');
+  if (compressed && (zero || HasFlag(c, 'f'))) {
+    return absl::InvalidArgumentError("write: -c cannot be combined with -z or -f");
+  }
+  if (compressed && !device_.supports_compressed_writes()) {
+    return absl::InvalidArgumentError("write: -c: this image cannot hold compressed clusters");
+  }
   Clock::time_point t0 = Clock::now();
   int r;
   if (zero) {
     r = ZeroBytes(offset, length, HasFlag(c, 'u'));
+  } else if (compressed) {
+    r = WriteCompressedClusters(offset, length, std::byte{c.pattern.value_or(0xcd)});
   } else {
     std::vector<std::byte> data(length, std::byte{c.pattern.value_or(0xcd)});
     r = WriteBytes(offset, data);
@@ -361,7 +389,8 @@ constexpr common::OptionSpec kIoOptions[] = {
     {'t', 't', "cache", "CACHE", "cache mode: writeback (default) or none (O_DIRECT)"},
     {'c', 'c', "cmd", "CMD",
      "run CMD (repeatable, in order): read [-q] [-v] [-P PATTERN] OFF LEN | write [-q] [-f] "
-     "[-P PATTERN] OFF LEN | write [-q] -z [-u] OFF LEN | discard [-q] OFF LEN | flush"},
+     "[-P PATTERN] OFF LEN | write [-q] -c [-P PATTERN] OFF LEN (compressed, whole clusters) | "
+     "write [-q] -z [-u] OFF LEN | discard [-q] OFF LEN | flush"},
     {'U', 'U', "force-share", "", "with -r: open without taking the image lock"},
     {kIoDataFile, 0, "data-file", "PATH",
      "the external data file, instead of the image's name for it (may be written)"},

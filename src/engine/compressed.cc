@@ -31,16 +31,18 @@ Task<int> CompressedPath::Store(uint64_t g, std::span<std::byte> buffer,
     int r = co_await p_->LockEntry(p_->geo.Locate(g), true, &ce);
     if (r < 0) co_return r;
   }
+  // Packed right after the previous compressed cluster, as QEMU packs them.
   int64_t host;
   {
     co_await p_->meta->lock().Lock();
     cache::MutexGuard guard(&p_->meta->lock());
-    host = co_await p_->refs->Allocate(1);
+    host = co_await p_->refs->AllocateBytes(compressed_bytes);
   }
   if (host < 0) co_return static_cast<int>(host);
-  const uint64_t padded = (compressed_bytes + 511) / 512 * 512;
-  std::memset(buffer.data() + compressed_bytes, 0, padded - compressed_bytes);
-  int64_t w = co_await p_->meta->file().Write(static_cast<uint64_t>(host), buffer.first(padded));
+  // Only this cluster's own bytes: the ones after them may already hold the
+  // next compressed cluster.
+  int64_t w =
+      co_await p_->meta->file().Write(static_cast<uint64_t>(host), buffer.first(compressed_bytes));
   // Write-through lets the L2 entry reach the disk before an fsync; stale
   // bytes under a compressed entry would not decompress (corruption, not
   // just old data), so the compressed data is made durable first. The
@@ -49,7 +51,7 @@ Task<int> CompressedPath::Store(uint64_t g, std::span<std::byte> buffer,
   if (w < 0) {
     co_await p_->meta->lock().Lock();
     cache::MutexGuard guard(&p_->meta->lock());
-    co_await p_->refs->Unallocate(static_cast<uint64_t>(host));
+    co_await p_->refs->UnallocateBytes(static_cast<uint64_t>(host), compressed_bytes);
     co_return static_cast<int>(w);
   }
   L2Entry ne;

@@ -31,9 +31,10 @@ class CompressedPath {
 
   // Stores the first `compressed_bytes` of `buffer` (the codec's output for
   // the guest cluster at `guest_offset_bytes`, shorter than a cluster) as that
-  // cluster's data; the rest of `buffer` is room to pad them to whole sectors.
+  // cluster's data, packed right after the previous compressed data
+  // (RefcountStore::AllocateBytes).
   // REQUIRES: guest_offset_bytes cluster aligned; no external data file;
-  // buffer.size() >= compressed_bytes rounded up to 512.
+  // buffer.size() >= compressed_bytes.
   Task<int> Store(uint64_t guest_offset_bytes, std::span<std::byte> buffer,
                   uint64_t compressed_bytes);
 

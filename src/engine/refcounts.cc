@@ -78,6 +78,10 @@ Task<int> RefcountStore::Add(uint64_t cluster_index, int64_t delta, uint64_t* ne
   ref.MarkDirty();
   meta_->NoteChange();
   if (nv == 0 && cluster_index < free_hint_) free_hint_ = cluster_index;
+  // A freed cluster may be handed out whole next: no more appending to it.
+  if (nv == 0 && free_byte_offset_ != 0 && geo_.ClusterIndex(free_byte_offset_) == cluster_index) {
+    free_byte_offset_ = 0;
+  }
   *new_value = nv;
   co_return 0;
 }
@@ -262,6 +266,48 @@ Task<int64_t> RefcountStore::Allocate(uint64_t count) {
 Task<void> RefcountStore::Unallocate(uint64_t host_offset_bytes) {
   uint64_t nv;
   co_await Add(geo_.ClusterIndex(host_offset_bytes), -1, &nv);
+}
+
+Task<int64_t> RefcountStore::AllocateBytes(uint64_t bytes) {
+  if (bytes == 0 || bytes > geo_.cluster_bytes) co_return -EINVAL;
+  uint64_t offset = free_byte_offset_;
+  if (offset != 0) {
+    // The cluster may have reached the refcount width's maximum.
+    uint64_t rc;
+    int r = co_await Get(geo_.ClusterIndex(offset), &rc);
+    if (r < 0) co_return r;
+    if (rc == 0 || rc >= format::MaxRefcount(geo_.refcount_order)) offset = 0;
+  }
+  const uint64_t room = offset == 0 ? 0 : geo_.cluster_bytes - (offset & (geo_.cluster_bytes - 1));
+  uint64_t start = offset;
+  if (offset == 0 || room < bytes) {
+    const int64_t fresh = co_await Allocate(1);  // its refcount: 1
+    if (fresh < 0) co_return fresh;
+    if (offset == 0 || offset + room != static_cast<uint64_t>(fresh)) {
+      start = static_cast<uint64_t>(fresh);
+    }
+  }
+  if (start == offset) {
+    // Appending to the cluster earlier compressed data holds: one more
+    // reference to it (a spill into the fresh cluster is counted by
+    // Allocate).
+    uint64_t nv;
+    int r = co_await Add(geo_.ClusterIndex(offset), 1, &nv);
+    if (r < 0) co_return r;
+  }
+  const uint64_t end = start + bytes;
+  free_byte_offset_ = (end & (geo_.cluster_bytes - 1)) == 0 ? 0 : end;
+  co_return static_cast<int64_t>(start);
+}
+
+Task<void> RefcountStore::UnallocateBytes(uint64_t host_offset_bytes, uint64_t bytes) {
+  free_byte_offset_ = 0;
+  const uint64_t first = geo_.ClusterIndex(host_offset_bytes);
+  const uint64_t last = geo_.ClusterIndex(host_offset_bytes + bytes - 1);
+  for (uint64_t c = first; c <= last; ++c) {
+    uint64_t nv;
+    co_await Add(c, -1, &nv);
+  }
 }
 
 void RefcountStore::QueueFree(uint64_t cluster_index, uint64_t count) {

@@ -64,6 +64,18 @@ class RefcountStore {
   Task<int64_t> Allocate(uint64_t count);
   // Gives back one cluster from Allocate whose first use failed.
   Task<void> Unallocate(uint64_t host_offset_bytes);
+  // Finds room for `bytes` (<= one cluster) of compressed data, as QEMU's
+  // qcow2_alloc_bytes: right after the previous compressed data when it
+  // fits in that host cluster, or spills into the next one when that is the
+  // cluster allocated next; otherwise at the start of a new cluster. Every
+  // host cluster the range touches gains one reference (a new one starts at
+  // one). Byte-granular: under O_DIRECT, io::AlignedFile serialises the
+  // read-modify-writes of neighbours sharing a block. Returns the byte
+  // offset, or -errno.
+  Task<int64_t> AllocateBytes(uint64_t bytes);
+  // Drops the references AllocateBytes took for a range nothing points to
+  // (its write failed); the partly filled cluster is not appended to again.
+  Task<void> UnallocateBytes(uint64_t host_offset_bytes, uint64_t bytes);
 
   // Defers a refcount decrement to the next flush (see the file comment).
   void QueueFree(uint64_t cluster_index, uint64_t count);
@@ -113,6 +125,9 @@ class RefcountStore {
   std::vector<PendingFree> pending_frees_;  // guarded by frees_mu_
   std::atomic<uint64_t> pending_free_clusters_{0};
   uint64_t free_hint_ = 0;  // no free cluster below this index
+  // Where the next compressed data may go, inside a host cluster that
+  // earlier compressed data holds a reference to; 0: none (start a new one).
+  uint64_t free_byte_offset_ = 0;
   uint64_t host_end_clusters_ = 0;
   std::vector<std::byte> block_buf_;  // one cluster, for new refcount blocks
   std::atomic<uint64_t> allocated_{0};
