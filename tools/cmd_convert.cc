@@ -169,6 +169,8 @@ std::string FormatName(engine::ImageFormat format) {
   return "";
 }
 
+enum : int { kTargetIsZero = common::kLongOnlyIdBase };
+
 constexpr common::OptionSpec kConvertOptions[] = {
     {'f', 'f', "format", "FMT", "source format, qcow2 or raw (probed when omitted)"},
     {'O', 'O', "output-format", "FMT", "destination format, raw (default) or qcow2"},
@@ -187,6 +189,10 @@ constexpr common::OptionSpec kConvertOptions[] = {
      "or none (O_DIRECT, flushed at the end)"},
     {'T', 'T', "source-cache", "CACHE", "source cache mode: writeback (default), unsafe or none"},
     {'U', 'U', "force-share", "", "open the source without taking the image lock"},
+    {'n', 'n', "no-create", "",
+     "DST exists: write into it (as large as SRC at least) instead of creating it"},
+    {kTargetIsZero, 0, "target-is-zero", "",
+     "with -n: DST reads as zeros already, so zero ranges are not written"},
     kHelpOption,
 };
 
@@ -200,6 +206,8 @@ int RunConvert(const common::ParsedArgs& parsed) {
   bool progress_enabled = false;
   CacheMode dst_cache{.no_flush = true};
   int workers = 8;
+  bool no_create = false;
+  bool target_is_zero = false;
   std::vector<std::string> create_option_strings;
 
   for (const common::ParsedOption& o : parsed.options) {
@@ -260,6 +268,12 @@ int RunConvert(const common::ParsedArgs& parsed) {
       case 'U':
         src_options.force_share = true;
         break;
+      case 'n':
+        no_create = true;
+        break;
+      case kTargetIsZero:
+        target_is_zero = true;
+        break;
     }
     if (!s.ok()) return ReportError(s);
   }
@@ -274,6 +288,12 @@ int RunConvert(const common::ParsedArgs& parsed) {
     if (!create_option_strings.empty()) {
       return ReportError("convert: -o options are for -O qcow2");
     }
+  }
+  if (target_is_zero && !no_create) {
+    return ReportError("convert: --target-is-zero requires -n");
+  }
+  if (no_create && !create_option_strings.empty()) {
+    return ReportError("convert: -o creates DST; with -n, DST exists already");
   }
   for (const std::string& o : create_option_strings) {
     absl::Status s = ApplyCreateOptions(o, create);
@@ -290,14 +310,16 @@ int RunConvert(const common::ParsedArgs& parsed) {
 
   // Validate the new image's layout before touching DST.
   std::optional<format::ImageLayout> layout;
-  if (out_format == "qcow2") {
+  if (out_format == "qcow2" && !no_create) {
     create.size_bytes = (size_bytes + 511) / 512 * 512;
     auto built = format::BuildImageLayout(create);
     if (!built.ok()) return ReportError(absl::StrCat("convert: ", built.status().message()));
     layout = std::move(*built);
   }
-  absl::Status created = PrepareDestination(loop, dst_path, layout ? &*layout : nullptr);
-  if (!created.ok()) return ReportError(absl::StrCat(dst_path, ": ", created.message()));
+  if (!no_create) {
+    absl::Status created = PrepareDestination(loop, dst_path, layout ? &*layout : nullptr);
+    if (!created.ok()) return ReportError(absl::StrCat(dst_path, ": ", created.message()));
+  }
 
   std::unique_ptr<engine::Device> dst;
   CopyJob job;
@@ -308,10 +330,13 @@ int RunConvert(const common::ParsedArgs& parsed) {
     if (!file.ok()) return ReportError(absl::StrCat(dst_path, ": ", file.status().message()));
     absl::Status locked = LockImageFile((*file)->fd(), LockMode::kExclusive);
     if (!locked.ok()) return ReportError(absl::StrCat(dst_path, ": ", locked.message()));
-    int r = RunOnLoop(loop, (*file)->Truncate(size_bytes));
-    if (r < 0) return ReportError(absl::StrCat(dst_path, ": truncate: ", std::strerror(-r)));
+    if (!no_create) {
+      int r = RunOnLoop(loop, (*file)->Truncate(size_bytes));
+      if (r < 0) return ReportError(absl::StrCat(dst_path, ": truncate: ", std::strerror(-r)));
+    }
+    const uint64_t dst_size = no_create ? (*file)->size_bytes() : size_bytes;
     dst = std::make_unique<engine::RawDevice>(MaybeNoFlush(std::move(*file), dst_cache.no_flush),
-                                              size_bytes);
+                                              dst_size);
     job.chunk_bytes = kRawChunkBytes;
     job.unit_bytes = kRawZeroGranularityBytes;
   } else {
@@ -322,7 +347,7 @@ int RunConvert(const common::ParsedArgs& parsed) {
     auto opened = OpenDevice(loop, dst_path, dst_options);
     if (!opened.ok()) return ReportError(absl::StrCat(dst_path, ": ", opened.status().message()));
     dst = std::move(*opened);
-    uint64_t cluster_bytes = uint64_t{1} << create.cluster_bits;
+    const uint64_t cluster_bytes = dst->granularity_bytes();
     job.unit_bytes = cluster_bytes;
     job.chunk_bytes = std::max(cluster_bytes, kMinQcow2ChunkBytes);
     job.in_order = !out_of_order;
@@ -347,7 +372,18 @@ int RunConvert(const common::ParsedArgs& parsed) {
   job.src = src->get();
   job.dst = dst.get();
   job.size_bytes = size_bytes;
-  job.dst_size_bytes = dst->size_bytes();
+  // Up to the source's end (rounded up to a sector for qcow2): an existing
+  // DST (-n) may be larger, and its bytes past that stay as they are.
+  const uint64_t copy_end = out_format == "raw" ? size_bytes : (size_bytes + 511) / 512 * 512;
+  job.dst_size_bytes = std::min(dst->size_bytes(), copy_end);
+  if (job.dst_size_bytes < size_bytes) {
+    CloseDevice(loop, *dst).IgnoreError();
+    CloseDevice(loop, **src).IgnoreError();
+    return ReportError(absl::StrCat("convert: ", dst_path, " (", dst->size_bytes(),
+                                    " bytes) is smaller than ", src_path, " (", size_bytes,
+                                    " bytes)"));
+  }
+  job.dst_reads_zero = !no_create || target_is_zero;
   job.progress = &progress;
   absl::Status copied = size_bytes == 0 ? absl::OkStatus() : RunCopy(job, workers);
   if (copied.ok()) progress.Finish();
@@ -366,7 +402,7 @@ const Command kConvertCommand = {
     "convert",
     RunConvert,
     "convert [-f FMT] [-O raw|qcow2] [-o OPTIONS] [-c] [-p] [-q] [-m N] [-W] [-l SNAPSHOT] "
-    "[-t CACHE] [-T SRC_CACHE] [-U] SRC DST",
+    "[-t CACHE] [-T SRC_CACHE] [-U] [-n [--target-is-zero]] SRC DST",
     "Copies the guest-visible contents of SRC (through its backing chain) into a new image DST.",
     kConvertOptions,
 };

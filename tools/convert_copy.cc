@@ -64,7 +64,23 @@ Task<int> CopyChunk(CopyJob& job, AlignedBuffer& buf, uint64_t index, uint64_t o
   while (pos < length) {
     uint64_t unit_len = std::min(job.unit_bytes, length - pos);
     if (IsAllZero(buf.span().subspan(pos, unit_len))) {
-      pos += unit_len;
+      if (job.dst_reads_zero) {
+        pos += unit_len;
+        continue;
+      }
+      // An existing target (-n): zero the whole run of zero units.
+      uint64_t zero_end = pos + unit_len;
+      while (zero_end < length) {
+        uint64_t next_len = std::min(job.unit_bytes, length - zero_end);
+        if (!IsAllZero(buf.span().subspan(zero_end, next_len))) break;
+        zero_end += next_len;
+      }
+      r = co_await job.dst->WriteZeroes(offset + pos, zero_end - pos, /*may_unmap=*/true);
+      if (r < 0) {
+        what = absl::StrCat("zeroing destination at offset ", offset + pos);
+        co_return r;
+      }
+      pos = zero_end;
       continue;
     }
     if (job.compress) {
@@ -105,6 +121,11 @@ Task<void> CopyWorker(CopyJob& job) {
       // Nothing to write, but the turn still passes in order.
       if (job.in_order) co_await WriteTurn{job, index};
       ++job.skipped_chunks;
+      if (!job.dst_reads_zero && job.error == 0) {
+        const uint64_t n = std::min(job.chunk_bytes, job.dst_size_bytes - offset);
+        r = co_await job.dst->WriteZeroes(offset, n, /*may_unmap=*/true);
+        if (r < 0) what = absl::StrCat("zeroing destination at offset ", offset);
+      }
     } else {
       r = co_await CopyChunk(job, buf, index, offset, length, what);
     }

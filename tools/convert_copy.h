@@ -54,9 +54,12 @@ struct CopyJob {
   uint64_t size_bytes = 0;      // of the source
   uint64_t dst_size_bytes = 0;  // >= size_bytes (rounded up to a sector for qcow2)
   uint64_t chunk_bytes = 0;
+  // The destination reads as zeros where nothing is written (a new image,
+  // or convert -n --target-is-zero); otherwise zero ranges are zeroed.
+  bool dst_reads_zero = true;
   uint64_t unit_bytes = 0;  // zero detection / compression granularity
-  // Chunks that read as zeros in the source (tools/zero_chunks.h), neither read
-  // nor written: the destination is new and reads as zeros there already.
+  // Chunks that read as zeros in the source (tools/zero_chunks.h): not read,
+  // and written only as zeroes when the destination may hold data there.
   // Empty: read every chunk.
   std::vector<bool> zero_chunks;
   uint64_t next_chunk = 0;

@@ -7,6 +7,9 @@
 //    (`qemu-img compare`), and the qcow2 output is clean;
 //  - the destination cache modes (unsafe, the default; writeback; none)
 //    write the same image; an unknown mode is one line, exit 1;
+//  - -n writes into an existing qcow2 or raw target full of old data with the
+//    same result as qemu-img convert -n (zero ranges zeroed, bytes past the
+//    source's end kept); --target-is-zero skips the zeroing;
 //  - compressed clusters are packed as QEMU packs them: convert -c output
 //    (zlib, zstd; 64 KiB and 4 KiB clusters) of a file system full of small
 //    files is within 2% of qemu-img's size, and seeded streams of compressed
@@ -236,6 +239,56 @@ TEST(IoCompressed, StreamsMatchQemuIo) {
       EXPECT_EQ(In(dir.path(), "qemu-img check a.qcow2").exit_code, 0) << cmds;
     }
   }
+}
+
+TEST(ConvertExisting, MatchesQemuImg) {
+  if (!HaveTool("qemu-img") || !HaveTool("qemu-io")) GTEST_SKIP() << "QEMU tools not installed";
+  TempDir dir;
+  ASSERT_EQ(In(dir.path(),
+               "qemu-img create -q -f qcow2 src.qcow2 8M && "
+               "qemu-io -c 'write -P 7 1M 300k' -c 'write -z 2M 64k' -c 'write -P 9 6M 1M' "
+               "src.qcow2 >/dev/null && "
+               "qemu-img create -q -f qcow2 old.qcow2 10M && "
+               "qemu-io -c 'write -P 3 0 10M' old.qcow2 >/dev/null && "
+               "head -c 10485760 /dev/urandom > old.raw")
+                .exit_code,
+            0);
+  for (const char* out : {"qcow2", "raw"}) {
+    SCOPED_TRACE(out);
+    const std::string o = std::string(out);
+    ASSERT_EQ(
+        In(dir.path(), "cp old." + o + " ours." + o + " && cp old." + o + " theirs." + o).exit_code,
+        0);
+    const RunResult r = In(dir.path(), Ours() + " convert -n -O " + o + " src.qcow2 ours." + o);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    ASSERT_EQ(In(dir.path(), "qemu-img convert -n -O " + o + " src.qcow2 theirs." + o).exit_code,
+              0);
+    EXPECT_EQ(
+        In(dir.path(), "qemu-img compare -f " + o + " -F " + o + " ours." + o + " theirs." + o)
+            .exit_code,
+        0);
+  }
+  EXPECT_EQ(In(dir.path(), "cmp ours.raw theirs.raw").exit_code, 0);
+  EXPECT_EQ(In(dir.path(), "qemu-img check ours.qcow2").exit_code, 0);
+  // --target-is-zero on a target that does read as zeros.
+  ASSERT_EQ(In(dir.path(), "qemu-img create -q -f qcow2 z.qcow2 8M && " + Ours() +
+                               " convert -n --target-is-zero -O qcow2 src.qcow2 z.qcow2")
+                .exit_code,
+            0);
+  EXPECT_EQ(In(dir.path(), "qemu-img compare src.qcow2 z.qcow2").exit_code, 0);
+  // Refused, one line each, the target untouched.
+  ASSERT_EQ(
+      In(dir.path(), "qemu-img create -q -f qcow2 small.qcow2 4M && cp old.raw keep.raw").exit_code,
+      0);
+  for (const char* bad : {"--target-is-zero -O raw src.qcow2 keep.raw",
+                          "-n -o cluster_size=4k -O qcow2 src.qcow2 old.qcow2",
+                          "-n -O qcow2 src.qcow2 small.qcow2"}) {
+    const RunResult r = In(dir.path(), Ours() + " convert " + bad);
+    EXPECT_EQ(r.exit_code, 1) << bad;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  }
+  EXPECT_EQ(In(dir.path(), "cmp old.raw keep.raw").exit_code, 0);
+  EXPECT_EQ(In(dir.path(), "qemu-img check small.qcow2").exit_code, 0);
 }
 
 }  // namespace
