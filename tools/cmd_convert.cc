@@ -21,8 +21,10 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -35,6 +37,7 @@
 #include "src/engine/raw_device.h"
 #include "src/io/uring_file.h"
 #include "tools/commands.h"
+#include "tools/compress_pool.h"
 #include "tools/convert_copy.h"
 #include "tools/engine_util.h"
 #include "tools/image_lock.h"
@@ -365,6 +368,15 @@ int RunConvert(const common::ParsedArgs& parsed) {
   auto zero_chunks = ZeroChunks(src_path, FormatName(src_options.format), src_options.snapshot,
                                 size_bytes, job.chunk_bytes);
   if (zero_chunks.ok()) job.zero_chunks = std::move(*zero_chunks);
+
+  // -c: clusters are compressed on one thread per online CPU while the loop
+  // reads and writes (the output does not depend on how many).
+  std::unique_ptr<CompressPool> pool;
+  if (job.compress) {
+    loop.MakeCurrent();
+    pool = std::make_unique<CompressPool>(std::max(1u, std::thread::hardware_concurrency()));
+    job.pool = pool.get();
+  }
 
   Progress progress(progress_enabled);
   progress.Update(0);

@@ -3,6 +3,7 @@
 #include <sys/uio.h>
 
 #include <cstring>
+#include <memory>
 #include <span>
 #include <utility>
 
@@ -42,8 +43,65 @@ void PassTurn(CopyJob& job, uint64_t index) {
   h.resume();
 }
 
-Task<int> CopyChunk(CopyJob& job, AlignedBuffer& buf, uint64_t index, uint64_t offset,
-                    uint64_t src_length, std::string& what) {
+// Per worker: room for one chunk's compressed clusters and their fate.
+struct CompressScratch {
+  explicit CompressScratch(uint64_t chunk_bytes, uint64_t unit_bytes)
+      : out(chunk_bytes), sizes(chunk_bytes / unit_bytes), zero(chunk_bytes / unit_bytes) {}
+  AlignedBuffer out;           // unit i's compressed bytes at i * unit_bytes
+  std::vector<int64_t> sizes;  // CompressForWrite's result per unit
+  std::vector<char> zero;      // the unit is all zeros
+};
+
+// convert -c with a pool: the chunk's clusters are compressed on a worker
+// thread while other chunks are read and written, then written in the
+// chunk's turn. The bytes written do not depend on the thread count.
+Task<int> WriteCompressedChunk(CopyJob& job, AlignedBuffer& buf, CompressScratch& scratch,
+                               uint64_t index, uint64_t offset, uint64_t length,
+                               std::string& what) {
+  const uint64_t unit = job.unit_bytes;
+  const uint64_t units = (length + unit - 1) / unit;
+  // The last unit is compressed as a whole cluster, zero padded.
+  std::memset(buf.data() + length, 0, units * unit - length);
+  co_await job.pool->Run(job.loop, [&] {
+    for (uint64_t i = 0; i < units; ++i) {
+      std::span<const std::byte> in = buf.span().subspan(i * unit, unit);
+      scratch.zero[i] = IsAllZero(in);
+      if (!scratch.zero[i]) {
+        scratch.sizes[i] =
+            job.dst->CompressForWrite(in, scratch.out.span().subspan(i * unit, unit));
+      }
+    }
+  });
+  if (job.in_order) {
+    co_await WriteTurn{job, index};
+    if (job.error != 0) co_return 0;
+  }
+  for (uint64_t i = 0; i < units; ++i) {
+    const uint64_t pos = i * unit;
+    const uint64_t n = std::min(unit, length - pos);
+    int r = 0;
+    if (scratch.zero[i]) {
+      if (!job.dst_reads_zero) {
+        r = co_await job.dst->WriteZeroes(offset + pos, n, /*may_unmap=*/true);
+      }
+    } else if (scratch.sizes[i] < 0) {
+      r = static_cast<int>(scratch.sizes[i]);
+    } else {
+      std::span<const std::byte> compressed =
+          scratch.out.span().subspan(pos, static_cast<size_t>(scratch.sizes[i]));
+      r = co_await job.dst->WriteCompressedBytes(offset + pos, buf.span().subspan(pos, n),
+                                                 compressed);
+    }
+    if (r < 0) {
+      what = absl::StrCat("writing compressed cluster at offset ", offset + pos);
+      co_return r;
+    }
+  }
+  co_return 0;
+}
+
+Task<int> CopyChunk(CopyJob& job, AlignedBuffer& buf, CompressScratch* scratch, uint64_t index,
+                    uint64_t offset, uint64_t src_length, std::string& what) {
   iovec v = buf.Iov(0, src_length);
   int r = co_await job.src->Read(offset, std::span<const iovec>(&v, 1));
   if (r < 0) {
@@ -54,6 +112,9 @@ Task<int> CopyChunk(CopyJob& job, AlignedBuffer& buf, uint64_t index, uint64_t o
   // size is rounded up, as qemu-img does): the tail reads as zeros.
   uint64_t length = std::min(job.chunk_bytes, job.dst_size_bytes - offset);
   std::memset(buf.data() + src_length, 0, length - src_length);
+  if (scratch != nullptr) {
+    co_return co_await WriteCompressedChunk(job, buf, *scratch, index, offset, length, what);
+  }
   if (job.in_order) {
     co_await WriteTurn{job, index};
     if (job.error != 0) co_return 0;  // another chunk failed; stop quietly
@@ -111,6 +172,10 @@ Task<int> CopyChunk(CopyJob& job, AlignedBuffer& buf, uint64_t index, uint64_t o
 
 Task<void> CopyWorker(CopyJob& job) {
   AlignedBuffer buf(job.chunk_bytes);
+  std::unique_ptr<CompressScratch> scratch;
+  if (job.compress && job.pool != nullptr) {
+    scratch = std::make_unique<CompressScratch>(job.chunk_bytes, job.unit_bytes);
+  }
   while (job.error == 0 && job.next_chunk < job.chunks) {
     uint64_t index = job.next_chunk++;
     uint64_t offset = index * job.chunk_bytes;
@@ -127,7 +192,7 @@ Task<void> CopyWorker(CopyJob& job) {
         if (r < 0) what = absl::StrCat("zeroing destination at offset ", offset);
       }
     } else {
-      r = co_await CopyChunk(job, buf, index, offset, length, what);
+      r = co_await CopyChunk(job, buf, scratch.get(), index, offset, length, what);
     }
     if (r < 0 && job.error == 0) {
       job.error = r;

@@ -19,6 +19,7 @@
 #include "absl/status/statusor.h"
 #include "src/engine/device.h"
 #include "src/io/event_loop.h"
+#include "tools/compress_pool.h"
 
 namespace uq::tools {
 
@@ -50,7 +51,10 @@ struct CopyJob {
   io::EventLoop* loop = nullptr;
   engine::Device* src = nullptr;
   engine::Device* dst = nullptr;
-  bool compress = false;        // -c
+  bool compress = false;  // -c
+  // -c: where clusters are compressed, before the chunk's turn to write
+  // (null: inline, in the write's turn).
+  CompressPool* pool = nullptr;
   uint64_t size_bytes = 0;      // of the source
   uint64_t dst_size_bytes = 0;  // >= size_bytes (rounded up to a sector for qcow2)
   uint64_t chunk_bytes = 0;

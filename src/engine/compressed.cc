@@ -24,7 +24,7 @@ Task<int> CompressedPath::Read(const L2Entry& e, std::span<std::byte> cluster) {
   co_return 0;
 }
 
-Task<int> CompressedPath::Store(uint64_t g, std::span<std::byte> buffer,
+Task<int> CompressedPath::Store(uint64_t g, std::span<const std::byte> buffer,
                                 uint64_t compressed_bytes) {
   ClusterEntry ce;
   {

@@ -35,7 +35,7 @@ class CompressedPath {
   // (RefcountStore::AllocateBytes).
   // REQUIRES: guest_offset_bytes cluster aligned; no external data file;
   // buffer.size() >= compressed_bytes.
-  Task<int> Store(uint64_t guest_offset_bytes, std::span<std::byte> buffer,
+  Task<int> Store(uint64_t guest_offset_bytes, std::span<const std::byte> buffer,
                   uint64_t compressed_bytes);
 
  private:

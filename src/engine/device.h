@@ -66,6 +66,22 @@ class Device {
                                     std::span<const std::byte> /*cluster*/) {
     co_return -ENOTSUP;
   }
+  // WriteCompressed in two steps, so that the codec can run on other threads
+  // (convert -c compresses in parallel). CompressForWrite compresses one
+  // cluster (cluster.size() == granularity_bytes(), zero padded) into `out`
+  // (at least as large): no I/O, thread-safe. Returns the compressed length,
+  // 0 when the cluster is to be stored uncompressed, or -errno.
+  virtual int64_t CompressForWrite(std::span<const std::byte> /*cluster*/,
+                                   std::span<std::byte> /*out*/) const {
+    return -ENOTSUP;
+  }
+  // Stores `cluster` (as for WriteCompressed) from the bytes CompressForWrite
+  // made of it; `compressed` empty: uncompressed.
+  virtual Task<int> WriteCompressedBytes(uint64_t /*guest_offset_bytes*/,
+                                         std::span<const std::byte> /*cluster*/,
+                                         std::span<const std::byte> /*compressed*/) {
+    co_return -ENOTSUP;
+  }
 
   // Changes the virtual size (qcow2-img resize of a qcow2 image; a raw file
   // is resized as a file). REQUIRES: no request in flight, none issued until

@@ -145,29 +145,52 @@ Task<int> Qcow2Image::WriteZeroes(uint64_t offset_bytes, uint64_t length_bytes, 
 
 Task<int> Qcow2Image::WriteCompressed(uint64_t g, std::span<const std::byte> cluster) {
   const uint64_t cluster_bytes = p_->geo.cluster_bytes;
+  if (cluster.empty() || cluster.size() > cluster_bytes) co_return -EINVAL;
+  auto in = p_->cluster_pool.Acquire();
+  std::memcpy(in.data(), cluster.data(), cluster.size());
+  std::memset(in.data() + cluster.size(), 0, cluster_bytes - cluster.size());
+  auto out = p_->compressed_pool.Acquire();
+  const int64_t n = CompressForWrite(in.span(), out.span());
+  if (n < 0) co_return static_cast<int>(n);
+  co_return co_await WriteCompressedBytes(g, cluster, out.span().first(static_cast<size_t>(n)));
+}
+
+int64_t Qcow2Image::CompressForWrite(std::span<const std::byte> cluster,
+                                     std::span<std::byte> out) const {
+  const uint64_t cluster_bytes = p_->geo.cluster_bytes;
+  if (cluster.size() != cluster_bytes || out.size() < cluster_bytes) return -EINVAL;
+  // An external data file holds clusters uncompressed.
+  if (p_->meta->external_data()) return 0;
+  // 0 (no gain) unless it fits in less than a cluster.
+  return CompressCluster(p_->meta->header().compression_type, cluster,
+                         out.first(cluster_bytes - 1));
+}
+
+Task<int> Qcow2Image::WriteCompressedBytes(uint64_t g, std::span<const std::byte> cluster,
+                                           std::span<const std::byte> compressed) {
+  const uint64_t cluster_bytes = p_->geo.cluster_bytes;
   const uint64_t len = cluster.size();
   if (!p_->geo.ClusterAligned(g)) co_return -EINVAL;
   if (len == 0 || len > cluster_bytes) co_return -EINVAL;
   if (len < cluster_bytes && g + len != p_->size_bytes) co_return -EINVAL;
-  if (int r = CheckRequest(g, (len + 511) / 512 * 512, true); r < 0) co_return r;
-  auto in = p_->cluster_pool.Acquire();
-  std::memcpy(in.data(), cluster.data(), len);
-  std::memset(in.data() + len, 0, cluster_bytes - len);
-  iovec v{in.data(), (len + 511) / 512 * 512};
-  if (p_->meta->external_data()) co_return co_await Write(g, std::span<const iovec>(&v, 1), false);
-  auto out = p_->compressed_pool.Acquire();
-  const int64_t compressed_bytes = CompressCluster(p_->meta->header().compression_type, in.span(),
-                                                   out.span().subspan(0, cluster_bytes - 1));
-  if (compressed_bytes < 0) co_return static_cast<int>(compressed_bytes);
-  // No gain: store it as a normal cluster.
-  if (compressed_bytes == 0) co_return co_await Write(g, std::span<const iovec>(&v, 1), false);
+  if (compressed.size() >= cluster_bytes) co_return -EINVAL;
+  const uint64_t sectors_bytes = (len + 511) / 512 * 512;
+  if (int r = CheckRequest(g, sectors_bytes, true); r < 0) co_return r;
+  if (compressed.empty()) {
+    // Stored as a normal cluster, zero padded to whole sectors.
+    auto in = p_->cluster_pool.Acquire();
+    std::memcpy(in.data(), cluster.data(), len);
+    std::memset(in.data() + len, 0, sectors_bytes - len);
+    iovec v{in.data(), sectors_bytes};
+    co_return co_await Write(g, std::span<const iovec>(&v, 1), false);
+  }
   {
     int d = co_await p_->order->MarkDirty();
     if (d < 0) co_return d;
   }
   const uint64_t generation = p_->meta->generation();
   {
-    int r = co_await compressed_.Store(g, out.span(), static_cast<uint64_t>(compressed_bytes));
+    int r = co_await compressed_.Store(g, compressed, compressed.size());
     if (r < 0) co_return r;
   }
   co_return co_await p_->order->WriteThrough(generation);

@@ -94,6 +94,10 @@ class Qcow2Image final : public Device {
   // it or the image has an external data file. Returns 0 or -errno.
   Task<int> WriteCompressed(uint64_t guest_offset_bytes,
                             std::span<const std::byte> cluster) override;
+  int64_t CompressForWrite(std::span<const std::byte> cluster,
+                           std::span<std::byte> out) const override;
+  Task<int> WriteCompressedBytes(uint64_t guest_offset_bytes, std::span<const std::byte> cluster,
+                                 std::span<const std::byte> compressed) override;
 
   // engine/resize.h's ResizeImage.
   Task<absl::Status> Resize(uint64_t new_size_bytes) override;

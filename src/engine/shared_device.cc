@@ -38,6 +38,14 @@ class Handle final : public Device {
                             std::span<const std::byte> cluster) override {
     return shared_->device->WriteCompressed(guest_offset_bytes, cluster);
   }
+  int64_t CompressForWrite(std::span<const std::byte> cluster,
+                           std::span<std::byte> out) const override {
+    return shared_->device->CompressForWrite(cluster, out);
+  }
+  Task<int> WriteCompressedBytes(uint64_t guest_offset_bytes, std::span<const std::byte> cluster,
+                                 std::span<const std::byte> compressed) override {
+    return shared_->device->WriteCompressedBytes(guest_offset_bytes, cluster, compressed);
+  }
   Task<absl::Status> Close() override {
     if (closed_) co_return absl::OkStatus();
     closed_ = true;
