@@ -33,6 +33,7 @@
 #include "src/cli/open_image.h"
 #include "src/cli/state.h"
 #include "src/common/json.h"
+#include "src/common/version.h"
 #include "src/io/event_loop.h"
 #include "src/ublk/control.h"
 #include "src/ublk/features.h"
@@ -609,6 +610,9 @@ int RunCommand(const Command& cmd) {
   switch (cmd.verb) {
     case Verb::kHelp:
       std::fputs(kUsage, stdout);
+      return 0;
+    case Verb::kVersion:
+      std::printf("ublk-qcow2 version %s\n", UQ_VERSION);
       return 0;
     case Verb::kAttach:
     case Verb::kRecover: {

@@ -13,6 +13,7 @@ namespace uq::cli {
 
 const char kUsage[] =
     "usage: ublk-qcow2 COMMAND ...\n"
+    "       ublk-qcow2 --help | --version\n"
     "  attach [--read-only] [--snapshot NAME] [--queues N] [--depth D]\n"
     "         [--cache none|writeback] [--cache-size SIZE] [--format qcow2|raw|auto]\n"
     "         [--foreground] [--reissue] [--writethrough] [--user-copy | --no-user-copy]\n"
@@ -211,6 +212,7 @@ std::span<const common::OptionSpec> OptionsOf(Verb v) {
       return kListOptions;
     case Verb::kUnmount:
     case Verb::kHelp:
+    case Verb::kVersion:
       break;
   }
   return kUnmountOptions;
@@ -328,6 +330,13 @@ absl::StatusOr<Command> ParseCommandLine(std::span<const std::string> args) {
     cmd.verb = Verb::kHelp;
     return cmd;
   }
+  if (verb == "--version" || verb == "-V") {
+    if (args.size() > 1) {
+      return absl::InvalidArgumentError(absl::StrCat("unexpected argument '", args[1], "'"));
+    }
+    cmd.verb = Verb::kVersion;
+    return cmd;
+  }
   if (verb == "attach") {
     cmd.verb = Verb::kAttach;
   } else if (verb == "detach") {
@@ -409,6 +418,7 @@ absl::StatusOr<Command> ParseCommandLine(std::span<const std::string> args) {
       break;
     }
     case Verb::kHelp:
+    case Verb::kVersion:
       break;
   }
   if (!cmd.spec.snapshot.empty()) {

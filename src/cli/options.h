@@ -49,7 +49,17 @@ struct ImageSpec {
   bool allow_devices = false;
 };
 
-enum class Verb { kHelp, kAttach, kDetach, kList, kRecover, kMount, kUnmount, kFeatures };
+enum class Verb {
+  kHelp,
+  kVersion,
+  kAttach,
+  kDetach,
+  kList,
+  kRecover,
+  kMount,
+  kUnmount,
+  kFeatures,
+};
 
 // An optional kernel feature: where available (kAuto), required, or not used.
 enum class Toggle { kAuto, kOn, kOff };

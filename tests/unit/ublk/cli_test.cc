@@ -47,6 +47,15 @@ TEST(CliParseTest, QueueAndCacheDefaults) {
   EXPECT_EQ(bad.status().message(), "unknown --cache mode 'unsafe' (none or writeback)");
 }
 
+TEST(CliParseTest, Version) {
+  for (const char* spelling : {"--version", "-V"}) {
+    auto c = Parse({spelling});
+    ASSERT_TRUE(c.ok()) << c.status();
+    EXPECT_EQ(c->verb, Verb::kVersion);
+  }
+  EXPECT_FALSE(Parse({"--version", "extra"}).ok());
+}
+
 TEST(CliParseTest, SnapshotImpliesReadOnly) {
   auto c = Parse({"attach", "--snapshot", "s", "d.qcow2"});
   ASSERT_TRUE(c.ok());
