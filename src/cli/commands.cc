@@ -31,6 +31,7 @@
 #include "absl/strings/str_split.h"
 #include "format/status_macros.h"
 #include "src/cli/open_image.h"
+#include "src/cli/sd_notify.h"
 #include "src/cli/state.h"
 #include "src/common/json.h"
 #include "src/common/version.h"
@@ -67,6 +68,13 @@ int Fail(const absl::Status& st) {
   return 1;
 }
 
+// A problem that does not stop the command: "ublk-qcow2: warning: <problem>".
+void Warn(const absl::Status& st) {
+  if (st.ok()) return;
+  std::fprintf(stderr, "ublk-qcow2: warning: %.*s\n", static_cast<int>(st.message().size()),
+               st.message().data());
+}
+
 std::string BlockDevPath(uint32_t id) { return absl::StrCat(ublk::kBlockDevPrefix, id); }
 
 // Alive and not a zombie (a reparented daemon may linger unreaped).
@@ -88,16 +96,19 @@ bool ProcessAlive(pid_t pid) {
 // ---------------------------------------------------------------------------
 // Starting a server, in the foreground or as a daemon.
 
-// Tells whoever started the server how startup went: prints (foreground) or
-// writes one line to the parent over a pipe (daemon).
+// Tells whoever started the server how startup went: prints, and tells a
+// service manager (foreground), or writes one line to the parent over a pipe
+// (daemon).
 class Notifier {
  public:
   explicit Notifier(int pipe_fd) : fd_(pipe_fd) {}
-  void Ok(uint32_t dev_id) {
+  void Ok(uint32_t dev_id, const std::string& image) {
     std::string dev = BlockDevPath(dev_id);
     if (fd_ < 0) {
       std::printf("%s\n", dev.c_str());
       std::fflush(stdout);
+      // systemd's Type=notify: the device is live, its partitions scanned.
+      Warn(NotifyServiceManager(absl::StrCat("READY=1\nSTATUS=serving ", image, " as ", dev)));
       return;
     }
     std::string line = absl::StrCat("OK ", dev, "\n");
@@ -119,6 +130,10 @@ class Notifier {
     if (fd_ < 0) return Fail(st);
     WriteAll(absl::StrCat("ERR ", st.message(), "\n"));
     return 1;
+  }
+  // The server is detaching (a foreground server tells its service manager).
+  void Stopping() {
+    if (fd_ < 0) Warn(NotifyServiceManager("STOPPING=1"));
   }
 
  private:
@@ -145,7 +160,7 @@ sigset_t StopSignals() {
 
 // Serves until SIGTERM/SIGINT/SIGHUP or until the device stops by itself,
 // then detaches cleanly.
-int ServeUntilStopped(ublk::Server& server) {
+int ServeUntilStopped(ublk::Server& server, Notifier& notify) {
   sigset_t set = StopSignals();
   int sfd = signalfd(-1, &set, SFD_CLOEXEC);
   pollfd fds[2] = {{sfd, POLLIN, 0}, {server.done_fd(), POLLIN, 0}};
@@ -167,6 +182,7 @@ int ServeUntilStopped(ublk::Server& server) {
     }
   }
   if (sfd >= 0) ::close(sfd);
+  notify.Stopping();
   uint32_t id = server.dev_id();
   absl::Status st = server.Shutdown();
   RemoveState(id);
@@ -267,14 +283,11 @@ int RunServer(const Command& cmd, bool recover, Notifier& notify) {
   spec.queues = (*server)->queues();
   spec.depth = (*server)->info().queue_depth;
   DeviceState state{(*server)->dev_id(), getpid(), spec};
-  if (absl::Status st = WriteState(state); !st.ok()) {
-    std::fprintf(stderr, "ublk-qcow2: warning: %.*s\n", static_cast<int>(st.message().size()),
-                 st.message().data());
-  }
+  Warn(WriteState(state));
   // Only once the device is live, so that a failed attach prints one line.
   if (!note.empty()) std::fprintf(stderr, "ublk-qcow2: %s\n", note.c_str());
-  notify.Ok((*server)->dev_id());
-  return ServeUntilStopped(**server);
+  notify.Ok((*server)->dev_id(), spec.image);
+  return ServeUntilStopped(**server, notify);
 }
 
 // Forks; the child becomes the server (new session, no terminal once the
