@@ -30,6 +30,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "format/status_macros.h"
+#include "src/cli/inspect_image.h"
 #include "src/cli/open_image.h"
 #include "src/cli/sd_notify.h"
 #include "src/cli/state.h"
@@ -515,10 +516,23 @@ int DoMount(const Command& cmd) {
   if (::stat(cmd.dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
     return Fail(absl::InvalidArgumentError(absl::StrCat(cmd.dir, " is not a directory")));
   }
+  int partition = cmd.partition;
+  if (partition < 0) {
+    // Without --partition: what the disk holds decides, read before attaching.
+    auto layout = InspectImage(cmd.spec);
+    if (!layout.ok()) return Fail(layout.status());
+    auto choice = ChooseMountTarget(*layout);
+    if (!choice.ok()) {
+      std::fputs(LayoutText(*layout, cmd.spec.image).c_str(), stderr);
+      return Fail(absl::Status(choice.status().code(),
+                               absl::StrCat(cmd.spec.image, ": ", choice.status().message())));
+    }
+    partition = static_cast<int>(*choice);
+  }
   auto id = StartDaemon(cmd, /*recover=*/false);
   if (!id.ok()) return Fail(id.status());
   std::string source = BlockDevPath(*id);
-  if (cmd.partition > 0) absl::StrAppend(&source, "p", cmd.partition);
+  if (partition > 0) absl::StrAppend(&source, "p", partition);
 
   auto undo = [&](const absl::Status& why) {
     if (auto control = ublk::Control::Open(); control.ok()) {
@@ -530,8 +544,8 @@ int DoMount(const Command& cmd) {
   auto deadline = Clock::now() + kPartitionWait;
   while (::access(source.c_str(), F_OK) != 0) {
     if (Clock::now() > deadline) {
-      return undo(absl::NotFoundError(absl::StrCat(
-          cmd.spec.image, " has no partition ", cmd.partition, " (", source, " did not appear)")));
+      return undo(absl::NotFoundError(absl::StrCat(cmd.spec.image, " has no partition ", partition,
+                                                   " (", source, " did not appear)")));
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
@@ -622,7 +636,7 @@ int DoFeatures(const Command& cmd) {
 int RunCommand(const Command& cmd) {
   switch (cmd.verb) {
     case Verb::kHelp:
-      std::fputs(kUsage, stdout);
+      std::fputs(cmd.help.empty() ? kUsage : cmd.help.c_str(), stdout);
       return 0;
     case Verb::kVersion:
       std::printf("ublk-qcow2 version %s\n", UQ_VERSION);
@@ -649,6 +663,12 @@ int RunCommand(const Command& cmd) {
       return DoUnmount(cmd);
     case Verb::kFeatures:
       return DoFeatures(cmd);
+    case Verb::kPartitions: {
+      absl::StatusOr<std::string> out = PartitionsOutput(cmd);
+      if (!out.ok()) return Fail(out.status());
+      std::fputs(out->c_str(), stdout);
+      return 0;
+    }
   }
   return 1;
 }
