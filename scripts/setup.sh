@@ -14,7 +14,7 @@ pkgs=(build-essential cmake ninja-build pkg-config git
       # `partitions` against sfdisk (interop and VM tiers)
       fdisk e2fsprogs jq)
 vm_pkgs=(qemu-system-x86 linux-source-6.1 linux-source-6.12 busybox-static fio
-         flex bison bc libelf-dev libssl-dev cpio xz-utils kmod)
+         flex bison bc libelf-dev libssl-dev cpio xz-utils kmod python3)
 if [[ "${1:-}" == "--vm" ]]; then pkgs+=("${vm_pkgs[@]}"); fi
 
 missing=()
