@@ -7,9 +7,14 @@ set -euo pipefail
 pkgs=(build-essential cmake ninja-build pkg-config git
       liburing-dev zlib1g-dev libzstd-dev libabsl-dev
       libgtest-dev libgmock-dev libbenchmark-dev
-      qemu-utils clang clang-format)
-vm_pkgs=(qemu-system-x86 linux-source-6.1 linux-source-6.12 busybox-static fio e2fsprogs fdisk
-         flex bison bc libelf-dev libssl-dev cpio xz-utils kmod)
+      qemu-utils clang clang-format
+      # the package test: dpkg-shlibdeps, man -l, systemd-analyze verify, the
+      # completion as bash-completion loads it
+      dpkg-dev man-db groff-base systemd bash-completion
+      # `partitions` against sfdisk (interop and VM tiers)
+      fdisk e2fsprogs jq)
+vm_pkgs=(qemu-system-x86 linux-source-6.1 linux-source-6.12 busybox-static fio
+         flex bison bc libelf-dev libssl-dev cpio xz-utils kmod python3)
 if [[ "${1:-}" == "--vm" ]]; then pkgs+=("${vm_pkgs[@]}"); fi
 
 missing=()

@@ -30,9 +30,12 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "format/status_macros.h"
+#include "src/cli/inspect_image.h"
 #include "src/cli/open_image.h"
+#include "src/cli/sd_notify.h"
 #include "src/cli/state.h"
 #include "src/common/json.h"
+#include "src/common/version.h"
 #include "src/io/event_loop.h"
 #include "src/ublk/control.h"
 #include "src/ublk/features.h"
@@ -66,6 +69,13 @@ int Fail(const absl::Status& st) {
   return 1;
 }
 
+// A problem that does not stop the command: "ublk-qcow2: warning: <problem>".
+void Warn(const absl::Status& st) {
+  if (st.ok()) return;
+  std::fprintf(stderr, "ublk-qcow2: warning: %.*s\n", static_cast<int>(st.message().size()),
+               st.message().data());
+}
+
 std::string BlockDevPath(uint32_t id) { return absl::StrCat(ublk::kBlockDevPrefix, id); }
 
 // Alive and not a zombie (a reparented daemon may linger unreaped).
@@ -87,16 +97,19 @@ bool ProcessAlive(pid_t pid) {
 // ---------------------------------------------------------------------------
 // Starting a server, in the foreground or as a daemon.
 
-// Tells whoever started the server how startup went: prints (foreground) or
-// writes one line to the parent over a pipe (daemon).
+// Tells whoever started the server how startup went: prints, and tells a
+// service manager (foreground), or writes one line to the parent over a pipe
+// (daemon).
 class Notifier {
  public:
   explicit Notifier(int pipe_fd) : fd_(pipe_fd) {}
-  void Ok(uint32_t dev_id) {
+  void Ok(uint32_t dev_id, const std::string& image) {
     std::string dev = BlockDevPath(dev_id);
     if (fd_ < 0) {
       std::printf("%s\n", dev.c_str());
       std::fflush(stdout);
+      // systemd's Type=notify: the device is live, its partitions scanned.
+      Warn(NotifyServiceManager(absl::StrCat("READY=1\nSTATUS=serving ", image, " as ", dev)));
       return;
     }
     std::string line = absl::StrCat("OK ", dev, "\n");
@@ -118,6 +131,10 @@ class Notifier {
     if (fd_ < 0) return Fail(st);
     WriteAll(absl::StrCat("ERR ", st.message(), "\n"));
     return 1;
+  }
+  // The server is detaching (a foreground server tells its service manager).
+  void Stopping() {
+    if (fd_ < 0) Warn(NotifyServiceManager("STOPPING=1"));
   }
 
  private:
@@ -144,7 +161,7 @@ sigset_t StopSignals() {
 
 // Serves until SIGTERM/SIGINT/SIGHUP or until the device stops by itself,
 // then detaches cleanly.
-int ServeUntilStopped(ublk::Server& server) {
+int ServeUntilStopped(ublk::Server& server, Notifier& notify) {
   sigset_t set = StopSignals();
   int sfd = signalfd(-1, &set, SFD_CLOEXEC);
   pollfd fds[2] = {{sfd, POLLIN, 0}, {server.done_fd(), POLLIN, 0}};
@@ -166,6 +183,7 @@ int ServeUntilStopped(ublk::Server& server) {
     }
   }
   if (sfd >= 0) ::close(sfd);
+  notify.Stopping();
   uint32_t id = server.dev_id();
   absl::Status st = server.Shutdown();
   RemoveState(id);
@@ -266,14 +284,11 @@ int RunServer(const Command& cmd, bool recover, Notifier& notify) {
   spec.queues = (*server)->queues();
   spec.depth = (*server)->info().queue_depth;
   DeviceState state{(*server)->dev_id(), getpid(), spec};
-  if (absl::Status st = WriteState(state); !st.ok()) {
-    std::fprintf(stderr, "ublk-qcow2: warning: %.*s\n", static_cast<int>(st.message().size()),
-                 st.message().data());
-  }
+  Warn(WriteState(state));
   // Only once the device is live, so that a failed attach prints one line.
   if (!note.empty()) std::fprintf(stderr, "ublk-qcow2: %s\n", note.c_str());
-  notify.Ok((*server)->dev_id());
-  return ServeUntilStopped(**server);
+  notify.Ok((*server)->dev_id(), spec.image);
+  return ServeUntilStopped(**server, notify);
 }
 
 // Forks; the child becomes the server (new session, no terminal once the
@@ -501,10 +516,23 @@ int DoMount(const Command& cmd) {
   if (::stat(cmd.dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
     return Fail(absl::InvalidArgumentError(absl::StrCat(cmd.dir, " is not a directory")));
   }
+  int partition = cmd.partition;
+  if (partition < 0) {
+    // Without --partition: what the disk holds decides, read before attaching.
+    auto layout = InspectImage(cmd.spec);
+    if (!layout.ok()) return Fail(layout.status());
+    auto choice = ChooseMountTarget(*layout);
+    if (!choice.ok()) {
+      std::fputs(LayoutText(*layout, cmd.spec.image).c_str(), stderr);
+      return Fail(absl::Status(choice.status().code(),
+                               absl::StrCat(cmd.spec.image, ": ", choice.status().message())));
+    }
+    partition = static_cast<int>(*choice);
+  }
   auto id = StartDaemon(cmd, /*recover=*/false);
   if (!id.ok()) return Fail(id.status());
   std::string source = BlockDevPath(*id);
-  if (cmd.partition > 0) absl::StrAppend(&source, "p", cmd.partition);
+  if (partition > 0) absl::StrAppend(&source, "p", partition);
 
   auto undo = [&](const absl::Status& why) {
     if (auto control = ublk::Control::Open(); control.ok()) {
@@ -516,8 +544,8 @@ int DoMount(const Command& cmd) {
   auto deadline = Clock::now() + kPartitionWait;
   while (::access(source.c_str(), F_OK) != 0) {
     if (Clock::now() > deadline) {
-      return undo(absl::NotFoundError(absl::StrCat(
-          cmd.spec.image, " has no partition ", cmd.partition, " (", source, " did not appear)")));
+      return undo(absl::NotFoundError(absl::StrCat(cmd.spec.image, " has no partition ", partition,
+                                                   " (", source, " did not appear)")));
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
@@ -608,7 +636,10 @@ int DoFeatures(const Command& cmd) {
 int RunCommand(const Command& cmd) {
   switch (cmd.verb) {
     case Verb::kHelp:
-      std::fputs(kUsage, stdout);
+      std::fputs(cmd.help.empty() ? kUsage : cmd.help.c_str(), stdout);
+      return 0;
+    case Verb::kVersion:
+      std::printf("ublk-qcow2 version %s\n", UQ_VERSION);
       return 0;
     case Verb::kAttach:
     case Verb::kRecover: {
@@ -632,6 +663,12 @@ int RunCommand(const Command& cmd) {
       return DoUnmount(cmd);
     case Verb::kFeatures:
       return DoFeatures(cmd);
+    case Verb::kPartitions: {
+      absl::StatusOr<std::string> out = PartitionsOutput(cmd);
+      if (!out.ok()) return Fail(out.status());
+      std::fputs(out->c_str(), stdout);
+      return 0;
+    }
   }
   return 1;
 }

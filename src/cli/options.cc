@@ -13,6 +13,7 @@ namespace uq::cli {
 
 const char kUsage[] =
     "usage: ublk-qcow2 COMMAND ...\n"
+    "       ublk-qcow2 --help | --version\n"
     "  attach [--read-only] [--snapshot NAME] [--queues N] [--depth D]\n"
     "         [--cache none|writeback] [--cache-size SIZE] [--format qcow2|raw|auto]\n"
     "         [--foreground] [--reissue] [--writethrough] [--user-copy | --no-user-copy]\n"
@@ -33,11 +34,17 @@ const char kUsage[] =
     "      start a new server for device N after its server died\n"
     "  mount [--partition M] [--rw] [--format F] [--snapshot NAME] [--queues N]\n"
     "        [--cache none|writeback] [--data-file PATH] [--allow-devices] IMAGE DIR\n"
-    "      attach (read-only unless --rw) and mount the disk or its partition M on DIR\n"
+    "      attach (read-only unless --rw) and mount the disk or its partition M on DIR;\n"
+    "      without --partition: the whole disk's file system, or the only partition\n"
+    "      that holds one (else the partitions are listed and the exit status is 1)\n"
+    "  partitions [--output=json] [--format F] [--snapshot NAME] [--data-file PATH]\n"
+    "             [--allow-devices] IMAGE\n"
+    "      the partition table (MBR or GPT) and file systems, read without attaching\n"
     "  unmount DIR\n"
     "      unmount DIR and detach its device\n"
     "  features [--output=json]\n"
-    "      the kernel's ublk features and which ones ublk-qcow2 uses\n";
+    "      the kernel's ublk features and which ones ublk-qcow2 uses\n"
+    "'ublk-qcow2 COMMAND --help' lists every option of COMMAND.\n";
 
 const char* FormatName(Format f) {
   switch (f) {
@@ -163,6 +170,7 @@ constexpr common::OptionSpec kDataFileOption{
 constexpr common::OptionSpec kAllowDevicesOption{
     kAllowDevices, 0, "allow-devices", "",
     "let the image name block devices as backing or data file"};
+constexpr common::OptionSpec kOutputOption{'o', 'o', "output", "human|json", "output format"};
 
 constexpr common::OptionSpec kAttachOptions[] = {
     kReadOnlyOption,
@@ -186,14 +194,16 @@ constexpr common::OptionSpec kMountOptions[] = {
     kSnapshotOption,     kQueuesOption,
     kDepthOption,        kCacheModeOption,
     kCacheOption,        kFormatOption,
-    kWritethroughOption, {'p', 'p', "partition", "M", "mount partition M"},
+    kWritethroughOption, {'p', 'p', "partition", "M", "mount partition M (0: the whole disk)"},
     kDataFileOption,     kAllowDevicesOption,
     kHelpOption};
 constexpr common::OptionSpec kDetachOptions[] = {
     kIdOption, {'a', 'a', "all", "", "every device"}, kHelpOption};
 constexpr common::OptionSpec kRecoverOptions[] = {kIdOption, kForegroundOption, kHelpOption};
-constexpr common::OptionSpec kListOptions[] = {{'o', 'o', "output", "human|json", "output format"},
-                                               kHelpOption};
+constexpr common::OptionSpec kListOptions[] = {kOutputOption, kHelpOption};
+constexpr common::OptionSpec kPartitionsOptions[] = {kOutputOption,       kFormatOption,
+                                                     kSnapshotOption,     kDataFileOption,
+                                                     kAllowDevicesOption, kHelpOption};
 constexpr common::OptionSpec kUnmountOptions[] = {kHelpOption};
 
 std::span<const common::OptionSpec> OptionsOf(Verb v) {
@@ -209,11 +219,37 @@ std::span<const common::OptionSpec> OptionsOf(Verb v) {
     case Verb::kList:
     case Verb::kFeatures:
       return kListOptions;
+    case Verb::kPartitions:
+      return kPartitionsOptions;
     case Verb::kUnmount:
     case Verb::kHelp:
+    case Verb::kVersion:
       break;
   }
   return kUnmountOptions;
+}
+
+// What follows the options on a command's usage line.
+const char* OperandsOf(Verb v) {
+  switch (v) {
+    case Verb::kAttach:
+    case Verb::kPartitions:
+      return " IMAGE";
+    case Verb::kMount:
+      return " IMAGE DIR";
+    case Verb::kDetach:
+      return " /dev/ublkbN | -n N | --all";
+    case Verb::kRecover:
+      return " -n N";
+    case Verb::kUnmount:
+      return " DIR";
+    case Verb::kList:
+    case Verb::kFeatures:
+    case Verb::kHelp:
+    case Verb::kVersion:
+      break;
+  }
+  return "";
 }
 
 absl::StatusOr<uint16_t> ParseCount(absl::string_view opt, const std::string& v, uint32_t max) {
@@ -306,7 +342,7 @@ absl::Status Apply(const common::ParsedOption& o, Command& cmd) {
       break;
     case 'p': {
       uint32_t n;
-      if (!absl::SimpleAtoi(value, &n) || n == 0 || n > 256) {
+      if (!absl::SimpleAtoi(value, &n) || n > 256) {
         return absl::InvalidArgumentError(absl::StrCat("bad partition '", value, "'"));
       }
       cmd.partition = static_cast<int>(n);
@@ -328,6 +364,13 @@ absl::StatusOr<Command> ParseCommandLine(std::span<const std::string> args) {
     cmd.verb = Verb::kHelp;
     return cmd;
   }
+  if (verb == "--version" || verb == "-V") {
+    if (args.size() > 1) {
+      return absl::InvalidArgumentError(absl::StrCat("unexpected argument '", args[1], "'"));
+    }
+    cmd.verb = Verb::kVersion;
+    return cmd;
+  }
   if (verb == "attach") {
     cmd.verb = Verb::kAttach;
   } else if (verb == "detach") {
@@ -343,6 +386,9 @@ absl::StatusOr<Command> ParseCommandLine(std::span<const std::string> args) {
     cmd.verb = Verb::kUnmount;
   } else if (verb == "features") {
     cmd.verb = Verb::kFeatures;
+  } else if (verb == "partitions") {
+    cmd.verb = Verb::kPartitions;
+    cmd.spec.read_only = true;
   } else {
     return absl::InvalidArgumentError(absl::StrCat("unknown command '", verb, "' (try --help)"));
   }
@@ -354,6 +400,9 @@ absl::StatusOr<Command> ParseCommandLine(std::span<const std::string> args) {
         absl::StrCat(verb, ": ", parsed.status().message(), " (try --help)"));
   }
   if (parsed->Has('h')) {
+    cmd.help =
+        common::FormatHelp(absl::StrCat("ublk-qcow2 ", verb, " [OPTIONS]", OperandsOf(cmd.verb)),
+                           "", OptionsOf(cmd.verb));
     cmd.verb = Verb::kHelp;
     return cmd;
   }
@@ -378,6 +427,10 @@ absl::StatusOr<Command> ParseCommandLine(std::span<const std::string> args) {
       if (auto st = want(2, "image and directory"); !st.ok()) return st;
       cmd.spec.image = positional[0];
       cmd.dir = positional[1];
+      break;
+    case Verb::kPartitions:
+      if (auto st = want(1, "image"); !st.ok()) return st;
+      cmd.spec.image = positional[0];
       break;
     case Verb::kUnmount:
       if (auto st = want(1, "directory"); !st.ok()) return st;
@@ -409,6 +462,7 @@ absl::StatusOr<Command> ParseCommandLine(std::span<const std::string> args) {
       break;
     }
     case Verb::kHelp:
+    case Verb::kVersion:
       break;
   }
   if (!cmd.spec.snapshot.empty()) {

@@ -49,25 +49,41 @@ struct ImageSpec {
   bool allow_devices = false;
 };
 
-enum class Verb { kHelp, kAttach, kDetach, kList, kRecover, kMount, kUnmount, kFeatures };
+enum class Verb {
+  kHelp,
+  kVersion,
+  kAttach,
+  kDetach,
+  kList,
+  kRecover,
+  kMount,
+  kUnmount,
+  kFeatures,
+  kPartitions,
+};
 
 // An optional kernel feature: where available (kAuto), required, or not used.
 enum class Toggle { kAuto, kOn, kOff };
 
 struct Command {
   Verb verb = Verb::kHelp;
-  ImageSpec spec;           // attach, mount
+  ImageSpec spec;           // attach, mount, partitions
   bool foreground = false;  // attach, recover
   // detach: one of device path, id, all. recover: id.
   std::string device;
   int64_t dev_id = -1;
   bool all = false;
-  bool json = false;  // list, features --output=json
+  bool json = false;  // list, features, partitions --output=json
   // attach: --user-copy / --no-user-copy, --unprivileged (see ublk::Want).
   Toggle user_copy = Toggle::kAuto;
   Toggle unprivileged = Toggle::kAuto;
-  int partition = 0;  // mount --partition M (0: whole disk)
-  std::string dir;    // mount, unmount
+  // mount --partition M: 0 the whole disk, -1 (no option) the whole disk or
+  // the only partition with a file system (see ChooseMountTarget).
+  int partition = -1;
+  std::string dir;  // mount, unmount
+  // help: `COMMAND --help` sets the command's own help (every option it
+  // takes); empty for plain `--help` (the overview, kUsage).
+  std::string help;
 };
 
 // `args` excludes argv[0]. Errors are one line for "ublk-qcow2: <msg>".

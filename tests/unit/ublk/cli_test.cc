@@ -47,6 +47,56 @@ TEST(CliParseTest, QueueAndCacheDefaults) {
   EXPECT_EQ(bad.status().message(), "unknown --cache mode 'unsafe' (none or writeback)");
 }
 
+TEST(CliParseTest, Version) {
+  for (const char* spelling : {"--version", "-V"}) {
+    auto c = Parse({spelling});
+    ASSERT_TRUE(c.ok()) << c.status();
+    EXPECT_EQ(c->verb, Verb::kVersion);
+  }
+  EXPECT_FALSE(Parse({"--version", "extra"}).ok());
+}
+
+TEST(CliParseTest, MountPartitionChoice) {
+  auto automatic = Parse({"mount", "d.qcow2", "/mnt"});
+  ASSERT_TRUE(automatic.ok()) << automatic.status();
+  EXPECT_EQ(automatic->partition, -1);
+  auto whole = Parse({"mount", "--partition", "0", "d.qcow2", "/mnt"});
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  EXPECT_EQ(whole->partition, 0);
+  auto second = Parse({"mount", "-p", "2", "d.qcow2", "/mnt"});
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(second->partition, 2);
+  EXPECT_FALSE(Parse({"mount", "--partition", "257", "d.qcow2", "/mnt"}).ok());
+  EXPECT_FALSE(Parse({"mount", "--partition", "-1", "d.qcow2", "/mnt"}).ok());
+}
+
+TEST(CliParseTest, Partitions) {
+  auto c = Parse({"partitions", "--output=json", "--format", "raw", "d.img"});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->verb, Verb::kPartitions);
+  EXPECT_TRUE(c->json);
+  EXPECT_TRUE(c->spec.read_only);
+  EXPECT_EQ(c->spec.format, Format::kRaw);
+  EXPECT_EQ(c->spec.image, "d.img");
+  EXPECT_FALSE(Parse({"partitions"}).ok());
+  EXPECT_FALSE(Parse({"partitions", "a", "b"}).ok());
+  EXPECT_FALSE(Parse({"partitions", "--rw", "a"}).ok());
+}
+
+TEST(CliParseTest, CommandHelpListsItsOptions) {
+  auto c = Parse({"mount", "--help"});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->verb, Verb::kHelp);
+  EXPECT_NE(c->help.find("usage: ublk-qcow2 mount [OPTIONS] IMAGE DIR"), std::string::npos)
+      << c->help;
+  for (const char* option : {"--partition=M", "--rw", "--snapshot=NAME", "--format="}) {
+    EXPECT_NE(c->help.find(option), std::string::npos) << option << " in " << c->help;
+  }
+  auto overview = Parse({"--help"});
+  ASSERT_TRUE(overview.ok());
+  EXPECT_TRUE(overview->help.empty());
+}
+
 TEST(CliParseTest, SnapshotImpliesReadOnly) {
   auto c = Parse({"attach", "--snapshot", "s", "d.qcow2"});
   ASSERT_TRUE(c.ok());
