@@ -40,7 +40,11 @@ Task<int> CompressedPath::Store(uint64_t g, std::span<std::byte> buffer,
   if (host < 0) co_return static_cast<int>(host);
   const uint64_t padded = (compressed_bytes + 511) / 512 * 512;
   std::memset(buffer.data() + compressed_bytes, 0, padded - compressed_bytes);
-  int64_t w = co_await p_->meta->file().Write(static_cast<uint64_t>(host), buffer.first(padded));
+  // The cluster is free, unless refcounts lie.
+  int64_t w = co_await p_->meta->CheckWrite(static_cast<uint64_t>(host), padded);
+  if (w >= 0) {
+    w = co_await p_->meta->file().Write(static_cast<uint64_t>(host), buffer.first(padded));
+  }
   // Write-through lets the L2 entry reach the disk before an fsync; stale
   // bytes under a compressed entry would not decompress (corruption, not
   // just old data), so the compressed data is made durable first. The

@@ -297,9 +297,19 @@ Task<absl::StatusOr<std::unique_ptr<Qcow2Image>>> Qcow2Image::Open(
   UQ_CO_ASSIGN_OR_RETURN(std::vector<uint64_t> l1_table, co_await LoadL1(f, l1, geo));
   UQ_CO_ASSIGN_OR_RETURN(std::vector<uint64_t> reftable, co_await LoadRefcountTable(f, h, geo));
 
+  std::vector<format::Snapshot> snapshots;
+  if (!read_only && h.nb_snapshots > 0) {
+    UQ_CO_ASSIGN_OR_RETURN(snapshots, co_await ReadSnapshotTable(f, h));
+  }
+
   auto p = std::make_unique<ImageParts>(geo);
   p->size_bytes = l1.disk_size_bytes;
   p->meta = std::make_unique<MetaFile>(std::move(file), std::move(data_file), h, read_only);
+  // Only writes consult the overlap map (a snapshot opens read-only).
+  if (!read_only) {
+    OverlapMap& overlaps = p->meta->overlaps();
+    overlaps.Reset(MetadataRegions(overlaps, h, l1_table, reftable, snapshots));
+  }
   if (!read_only) UQ_CO_RETURN_IF_ERROR(co_await ClearAutoclear(*p->meta));
   if (backing) {
     p->backing_size_bytes = backing->size_bytes();
