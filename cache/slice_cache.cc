@@ -245,6 +245,13 @@ Task<int> SliceCache::WriteBack(std::vector<Entry*> batch) {
     std::vector<iovec> iov;
     for (size_t k = i; k < j; ++k) iov.push_back({copies[k].bytes.data(), slice_bytes_});
     const uint64_t offset = copies[i].entry->offset_bytes;
+    if (write_check_) {
+      const int checked = co_await write_check_(offset, uint64_t{slice_bytes_} * (j - i));
+      if (checked < 0) {
+        result = checked;
+        break;
+      }
+    }
     int64_t r = co_await file_->WriteV(offset, iov);
     if (r < 0) {
       std::fprintf(stderr, "%s cache: write-back at offset %llu failed: %s\n", name_.c_str(),

@@ -138,6 +138,16 @@ class SliceCache {
   // REQUIRES: set before the cache is shared.
   void set_write_error_hook(std::function<void(int)> hook) { error_hook_ = std::move(hook); }
 
+  // Called (and awaited) before each write of the slices in [offset,
+  // + length): a negative result fails the write-back with it, and that run
+  // and the ones after it are not written (they stay dirty; the error hook is
+  // not called, since nothing's outcome on disk is unknown). The engine's
+  // metadata overlap check. REQUIRES: set before the cache is shared.
+  void set_write_check(
+      std::function<Task<int>(uint64_t offset_bytes, uint64_t length_bytes)> check) {
+    write_check_ = std::move(check);
+  }
+
   bool has_dirty() const;
   uint32_t slice_bytes() const { return slice_bytes_; }
   uint64_t capacity_slices() const { return capacity_slices_; }
@@ -193,6 +203,7 @@ class SliceCache {
   std::string name_;
   std::function<Task<int>()> hook_;
   std::function<void(int)> error_hook_;
+  std::function<Task<int>(uint64_t, uint64_t)> write_check_;
   std::vector<Shard> shards_;  // a power of two
   std::atomic<uint64_t> hits_{0};
   std::atomic<uint64_t> misses_{0};

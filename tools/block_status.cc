@@ -6,18 +6,21 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <optional>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "format/endian.h"
 #include "format/snapshot.h"
 #include "format/status_macros.h"
+#include "src/engine/named_file.h"
 #include "tools/block_status_internal.h"
 
 namespace uq::tools {
 namespace {
 
 constexpr uint64_t kSectorBytes = 512;
-constexpr size_t kMaxChainDepth = 64;  // as the engine: guards backing loops
+constexpr size_t kMaxChainDepth = 64;  // as the engine (loops are found by identity)
 
 uint64_t RoundUpToSector(uint64_t v) {
   return (v + kSectorBytes - 1) / kSectorBytes * kSectorBytes;
@@ -124,13 +127,28 @@ absl::StatusOr<std::vector<uint64_t>> ReadL1(const PosixFile& file, const format
 }  // namespace
 
 absl::StatusOr<Chain> Chain::Open(const std::string& path, const std::string& format, LockMode lock,
-                                  const std::string& snapshot) {
+                                  const std::string& snapshot, bool allow_devices) {
   Chain chain;
   std::string current = path;
   std::string current_format = format;
+  // The engine's rules for files an image names (engine/named_file.h), as
+  // OpenPath applies them: backing files read-only and not special files,
+  // no loops (by file identity), a probed backing file's own backing and
+  // data files not followed.
+  std::vector<engine::ChainImage> above;  // the images opened so far, top first
+  std::string overlay;                    // the image naming `current`; "" for the top
+  std::string backing_name;               // `current` as `overlay` writes it
   for (;;) {
     if (chain.layers_.size() >= kMaxChainDepth) {
-      return absl::InvalidArgumentError("the backing chain is too deep (or loops)");
+      return absl::InvalidArgumentError("the backing chain is too deep");
+    }
+    if (!overlay.empty()) {
+      const engine::NamedFile named{.image_path = overlay,
+                                    .path = current,
+                                    .role = engine::NamedRole::kBacking,
+                                    .writable = false};
+      UQ_RETURN_IF_ERROR(engine::CheckNamedFile(named, allow_devices));
+      UQ_RETURN_IF_ERROR(engine::CheckNotInChain(named, above));
     }
     absl::StatusOr<PosixFile> file = PosixFile::Open(current, O_RDONLY);
     if (!file.ok()) {
@@ -139,6 +157,7 @@ absl::StatusOr<Chain> Chain::Open(const std::string& path, const std::string& fo
     }
     UQ_RETURN_IF_ERROR(LockImageFile(file->fd(), lock));
     bool qcow2 = current_format == "qcow2";
+    const bool probed_backing = !overlay.empty() && current_format.empty();
     if (current_format.empty()) {
       UQ_ASSIGN_OR_RETURN(qcow2, HasQcow2Magic(*file));
     } else if (current_format != "raw" && current_format != "qcow2") {
@@ -153,14 +172,23 @@ absl::StatusOr<Chain> Chain::Open(const std::string& path, const std::string& fo
       break;
     }
     UQ_ASSIGN_OR_RETURN(format::Header h, ReadQcow2Header(*file));
+    if (probed_backing) UQ_RETURN_IF_ERROR(engine::CheckProbedFollows(h, overlay, backing_name));
+    if (const std::optional<engine::FileId> id = engine::IdentifyFile(current)) {
+      above.push_back({*id, current});
+    }
     const bool top = chain.layers_.empty();
     UQ_ASSIGN_OR_RETURN(std::vector<uint64_t> l1, ReadL1(*file, h, top ? snapshot : ""));
     if (top) chain.top_qcow2_v3_ = h.version >= 3;
     auto layer = std::make_unique<Qcow2Layer>(*std::move(file), current, h, std::move(l1));
     if (h.has_data_file()) {
       if (!h.data_file) return absl::InvalidArgumentError("'data-file' is required for this image");
-      absl::StatusOr<PosixFile> data =
-          PosixFile::Open(ResolveRelative(current, *h.data_file), O_RDONLY);
+      const engine::NamedFile named{.image_path = current,
+                                    .path = ResolveRelative(current, *h.data_file),
+                                    .role = engine::NamedRole::kDataFile,
+                                    .writable = false};
+      UQ_RETURN_IF_ERROR(engine::CheckNamedFile(named, allow_devices));
+      UQ_RETURN_IF_ERROR(engine::CheckNotInChain(named, above));
+      absl::StatusOr<PosixFile> data = PosixFile::Open(named.path, O_RDONLY);
       if (!data.ok()) {
         return absl::Status(data.status().code(), absl::StrCat("Could not open '", *h.data_file,
                                                                "': ", data.status().message()));
@@ -170,6 +198,8 @@ absl::StatusOr<Chain> Chain::Open(const std::string& path, const std::string& fo
     }
     chain.layers_.push_back(std::move(layer));
     if (h.backing_file.empty()) break;
+    overlay = current;
+    backing_name = h.backing_file;
     current = ResolveRelative(current, h.backing_file);
     current_format = h.backing_format.value_or("");
   }

@@ -70,8 +70,14 @@ class Chain {
   // resolves those against the working directory; map prints them as
   // written either way). With `snapshot` (a name or id), the top image is
   // read through that internal snapshot's L1 table (measure -l).
+  // The files an image names are opened under the engine's rules
+  // (engine/named_file.h, as engine::OpenPath): read-only, regular files (or
+  // block devices with `allow_devices`), no loops by file identity, and a
+  // backing file whose format is not named is probed but, if qcow2, its own
+  // backing and data files are not followed.
   static absl::StatusOr<Chain> Open(const std::string& path, const std::string& format,
-                                    LockMode lock, const std::string& snapshot = "");
+                                    LockMode lock, const std::string& snapshot = "",
+                                    bool allow_devices = false);
 
   size_t depth() const { return layers_.size(); }
   Layer& layer(size_t i) { return *layers_[i]; }

@@ -40,9 +40,12 @@ Task<int> CompressedPath::Store(uint64_t g, std::span<const std::byte> buffer,
   }
   if (host < 0) co_return static_cast<int>(host);
   // Only this cluster's own bytes: the ones after them may already hold the
-  // next compressed cluster.
-  int64_t w =
-      co_await p_->meta->file().Write(static_cast<uint64_t>(host), buffer.first(compressed_bytes));
+  // next compressed cluster. The range is free, unless refcounts lie.
+  int64_t w = co_await p_->meta->CheckWrite(static_cast<uint64_t>(host), compressed_bytes);
+  if (w >= 0) {
+    w = co_await p_->meta->file().Write(static_cast<uint64_t>(host),
+                                        buffer.first(compressed_bytes));
+  }
   // Write-through lets the L2 entry reach the disk before an fsync; stale
   // bytes under a compressed entry would not decompress (corruption, not
   // just old data), so the compressed data is made durable first. The

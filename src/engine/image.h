@@ -7,9 +7,11 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "src/engine/device.h"
+#include "src/engine/named_file.h"
 #include "src/io/block_file.h"
 #include "src/io/task.h"
 
@@ -73,6 +75,10 @@ struct OpenOptions {
     std::string backing_name;  // the backing file's name as the overlay writes it
   };
   std::optional<UnnamedFormat> unnamed_format;
+  // With check_named_files: the images above this one in its backing chain,
+  // top first, by identity, so that a backing or data file that is one of
+  // them (or this image), under any name, is refused (named_file.h).
+  std::vector<ChainImage> images_above;
 };
 
 // Opens `file` as a Device. Errors are one line naming the problem (bad

@@ -26,15 +26,30 @@ L2Map::L2Map(MetaFile* meta, RefcountStore* refs, const Geometry& geo, std::vect
       l1_buf_(l1.size() * 8) {
   for (size_t i = 0; i < l1.size(); ++i) l1_[i].store(l1[i], std::memory_order_relaxed);
   cache_->set_write_error_hook([meta](int error) { meta->Fail(error, "L2 table write"); });
+  // An L2 slice lands in its own table (an active L2 table), never on other
+  // metadata (an L1 entry aimed at the refcount table, say).
+  cache_->set_write_check([meta](uint64_t offset_bytes, uint64_t length_bytes) {
+    return meta->CheckWrite(offset_bytes, length_bytes, Ignore(Metadata::kActiveL2));
+  });
 }
 
 void L2Map::SetL1(uint64_t index, uint64_t raw) {
+  const uint64_t old_table = L1(index) & format::kOffsetMask;
+  const uint64_t new_table = raw & format::kOffsetMask;
+  if (old_table != new_table) {
+    OverlapMap& m = meta_->overlaps();
+    m.Replace(m.RegionOf(Metadata::kActiveL2, old_table, old_table ? geo_.cluster_bytes : 0),
+              m.RegionOf(Metadata::kActiveL2, new_table, new_table ? geo_.cluster_bytes : 0));
+  }
   l1_[index].store(raw, std::memory_order_release);
   l1_dirty_.store(true, std::memory_order_release);
   meta_->NoteChange();
 }
 
 void L2Map::ReplaceL1(const std::vector<uint64_t>& entries, uint64_t offset_bytes) {
+  OverlapMap& m = meta_->overlaps();
+  m.Replace(m.RegionOf(Metadata::kActiveL1, l1_offset_bytes_, l1_entries_ * 8),
+            m.RegionOf(Metadata::kActiveL1, offset_bytes, entries.size() * 8));
   l1_ = std::make_unique<std::atomic<uint64_t>[]>(entries.size());
   for (size_t i = 0; i < entries.size(); ++i) l1_[i].store(entries[i], std::memory_order_relaxed);
   l1_entries_ = entries.size();
@@ -134,6 +149,9 @@ Task<int> L2Map::CopyTable(uint64_t from_offset, uint64_t to_offset) {
   } else {
     std::fill(table_buf_.begin(), table_buf_.end(), std::byte{0});
   }
+  // A cluster the allocator hands out is free, unless refcounts lie.
+  int c = co_await meta_->CheckWrite(to_offset, geo_.cluster_bytes);
+  if (c < 0) co_return c;
   co_await cache_->Drop(to_offset, geo_.cluster_bytes);
   int64_t w = co_await meta_->file().Write(to_offset, table_buf_);
   co_return w < 0 ? static_cast<int>(w) : 0;
@@ -227,6 +245,12 @@ Task<int> L2Map::WriteL1() {
   // Cleared before the copy: a change made after it sets it again.
   l1_dirty_.store(false, std::memory_order_release);
   for (size_t i = 0; i < l1_entries_; ++i) format::StoreBE64(&l1_buf_[i * 8], L1(i));
+  // The L1 table may not overlap other metadata (the header, a table).
+  int c = co_await meta_->CheckWrite(l1_offset_bytes_, l1_buf_.size(), Ignore(Metadata::kActiveL1));
+  if (c < 0) {
+    l1_dirty_ = true;
+    co_return c;
+  }
   ++l1_writes_in_flight_;
   int64_t w = co_await meta_->file().Write(l1_offset_bytes_, l1_buf_);
   --l1_writes_in_flight_;

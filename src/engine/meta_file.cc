@@ -18,7 +18,8 @@ MetaFile::MetaFile(std::unique_ptr<io::BlockFile> file, std::unique_ptr<io::Bloc
       read_only_(read_only),
       data_file_raw_(data_file_ != nullptr &&
                      (header.autoclear_features & format::kAutoclearDataFileRaw) != 0),
-      corrupt_((header.incompatible_features & format::kIncompatCorrupt) != 0) {}
+      corrupt_((header.incompatible_features & format::kIncompatCorrupt) != 0),
+      overlaps_(header.cluster_bits) {}
 
 std::string MetaFile::failure() const {
   std::lock_guard<std::mutex> g(failure_mu_);
@@ -120,6 +121,18 @@ Task<int> MetaFile::SetDiskSize(uint64_t size_bytes) {
   if (r < 0) co_return r;
   header_.size_bytes = size_bytes;
   co_return 0;
+}
+
+Task<int> MetaFile::RefuseOverlap(Metadata kind, uint64_t offset_bytes, uint64_t length_bytes) {
+  co_return co_await MarkCorrupt(absl::StrCat("preventing a write of ", length_bytes,
+                                              " bytes at host offset ", offset_bytes,
+                                              ": it overlaps the ", MetadataName(kind)));
+}
+
+Task<int> MetaFile::CheckWrite(uint64_t offset_bytes, uint64_t length_bytes, uint32_t ignore) {
+  const std::optional<Metadata> hit = Overlap(offset_bytes, length_bytes, ignore);
+  if (!hit) co_return 0;
+  co_return co_await RefuseOverlap(*hit, offset_bytes, length_bytes);
 }
 
 Task<int> MetaFile::MarkCorrupt(std::string what) {

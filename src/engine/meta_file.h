@@ -16,7 +16,11 @@
 // entries, refcounts, L1 entries) so that metadata write-through can tell
 // whether a request changed (or relied on) anything not yet written.
 //
-// Ownership: owns both files and the in-memory header.
+// Overlap checks: every write the engine issues to the image file is first
+// looked up in overlaps() (OverlapMap, QEMU's overlap-check=cached); one that
+// would land on metadata is refused with RefuseOverlap instead.
+//
+// Ownership: owns both files, the in-memory header and the overlap map.
 // Thread-safety: thread-safe; the queue threads of one image share it. The
 // files dispatch each operation to the calling thread's own descriptor
 // (io::PerLoopFile when several queues serve the image). Header field
@@ -30,11 +34,13 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <string>
 
 #include "cache/wait_list.h"
 #include "format/header.h"
+#include "src/engine/overlap_map.h"
 #include "src/io/block_file.h"
 #include "src/io/task.h"
 
@@ -95,6 +101,29 @@ class MetaFile {
   // path can `co_return co_await meta.MarkCorrupt(...)`.
   Task<int> MarkCorrupt(std::string what);
 
+  // Where metadata lives in the image file (built by Open for writable
+  // images; a read-only image writes nothing and leaves it empty).
+  OverlapMap& overlaps() { return overlaps_; }
+  // The metadata (other than the kinds in `ignore`) a write of [offset,
+  // + length) to the image file would land on, or nullopt. No I/O, no
+  // allocation: the request paths call it before every write.
+  std::optional<Metadata> Overlap(uint64_t offset_bytes, uint64_t length_bytes,
+                                  uint32_t ignore = 0) const {
+    return overlaps_.Find(offset_bytes, length_bytes, ignore);
+  }
+  // The same for guest data at a host offset: an external data file holds
+  // no metadata (QEMU's qcow2_pre_write_overlap_check with data_file).
+  std::optional<Metadata> DataOverlap(uint64_t offset_bytes, uint64_t length_bytes) const {
+    if (external_data()) return std::nullopt;
+    return overlaps_.Find(offset_bytes, length_bytes);
+  }
+  // Refuses a write that would land on `kind`: marks the image corrupt (a
+  // table entry points at metadata) and returns -EIO; nothing is written.
+  Task<int> RefuseOverlap(Metadata kind, uint64_t offset_bytes, uint64_t length_bytes);
+  // Overlap and RefuseOverlap in one: 0 if the image-file write may go ahead,
+  // else -EIO. For the metadata write sites (a coroutine per call).
+  Task<int> CheckWrite(uint64_t offset_bytes, uint64_t length_bytes, uint32_t ignore = 0);
+
   cache::AsyncMutex& lock() { return lock_; }
   uint64_t generation() const { return generation_.load(std::memory_order_acquire); }
   void NoteChange() { generation_.fetch_add(1, std::memory_order_acq_rel); }
@@ -121,6 +150,7 @@ class MetaFile {
   cache::AsyncMutex lock_;
   cache::AsyncMutex header_lock_;  // header field updates
   std::atomic<uint64_t> generation_{0};
+  OverlapMap overlaps_;
 };
 
 }  // namespace uq::engine

@@ -6,6 +6,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <optional>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 
@@ -78,6 +80,47 @@ absl::Status CheckNamedFile(const NamedFile& file, bool allow_devices) {
   }
   if (file.role == NamedRole::kDataFile && file.writable) return CheckInImageDirectory(file);
   return absl::OkStatus();
+}
+
+std::optional<FileId> IdentifyFile(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return std::nullopt;
+  return FileId{static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino)};
+}
+
+absl::Status CheckNotInChain(const NamedFile& file, const std::vector<ChainImage>& chain) {
+  const std::optional<FileId> id = IdentifyFile(file.path);
+  if (!id) return absl::OkStatus();
+  for (size_t i = 0; i < chain.size(); ++i) {
+    const ChainImage& above = chain[i];
+    if (above.id != *id) continue;
+    const char* who = i + 1 == chain.size() ? "the image that names it"
+                                            : "an image above it in the backing chain";
+    const std::string same = above.path == file.path
+                                 ? std::string(who)
+                                 : absl::StrCat("the same file as '", above.path, "', ", who);
+    const char* why = file.role == NamedRole::kBacking
+                          ? "the backing chain loops"
+                          : "guest data would overwrite the image's metadata";
+    return absl::InvalidArgumentError(absl::StrCat(RoleName(file.role), " '", file.path,
+                                                   "' named by '", file.image_path, "' is ", same,
+                                                   ": ", why));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckProbedFollows(const format::Header& h, const std::string& overlay_path,
+                                const std::string& backing_name) {
+  if (h.backing_file.empty() && !h.has_data_file()) return absl::OkStatus();
+  const std::string what = h.backing_file.empty()
+                               ? std::string("an external data file")
+                               : absl::StrCat("backing file '", h.backing_file, "'");
+  return absl::FailedPreconditionError(absl::StrCat(
+      "'", overlay_path, "' does not name this file's format and it looks like qcow2, so ", what,
+      " it names is not followed; if it is a qcow2 image, name its format: "
+      "qemu-img rebase -u -b '",
+      backing_name, "' -F qcow2 '", overlay_path,
+      "' (or recreate the overlay with backing_fmt=qcow2)"));
 }
 
 }  // namespace uq::engine

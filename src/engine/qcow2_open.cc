@@ -61,7 +61,8 @@ absl::Status CheckOpenable(const format::Header& h, bool read_only) {
 // host-path policy (named_file.h).
 absl::StatusOr<std::unique_ptr<io::BlockFile>> OpenDataFile(const format::Header& h,
                                                             const OpenOptions& options,
-                                                            bool writable) {
+                                                            bool writable,
+                                                            const std::vector<ChainImage>& chain) {
   const bool user_named = !options.data_file_path.empty();
   if (!h.has_data_file()) {
     if (user_named) {
@@ -80,12 +81,13 @@ absl::StatusOr<std::unique_ptr<io::BlockFile>> OpenDataFile(const format::Header
   }
   const std::string path =
       user_named ? options.data_file_path : ResolvePath(options.path, *h.data_file);
+  const NamedFile named{
+      .image_path = options.path, .path = path, .role = NamedRole::kDataFile, .writable = writable};
   if (options.check_named_files && !user_named) {
-    UQ_RETURN_IF_ERROR(CheckNamedFile({.image_path = options.path,
-                                       .path = path,
-                                       .role = NamedRole::kDataFile,
-                                       .writable = writable},
-                                      options.allow_devices));
+    UQ_RETURN_IF_ERROR(CheckNamedFile(named, options.allow_devices));
+  }
+  if (options.check_named_files) {
+    UQ_RETURN_IF_ERROR(CheckNotInChain(named, chain));
   }
   auto df = options.opener(path, writable);
   if (!df.ok()) {
@@ -114,22 +116,25 @@ absl::StatusOr<ImageFormat> BackingFormat(const format::Header& h) {
 // turned out qcow2, it may not lead on to files it names itself.
 absl::Status CheckProbedFollows(const format::Header& h, const OpenOptions& options) {
   if (!options.unnamed_format) return absl::OkStatus();
-  if (h.backing_file.empty() && !h.has_data_file()) return absl::OkStatus();
-  const OpenOptions::UnnamedFormat& u = *options.unnamed_format;
-  const std::string what = h.backing_file.empty()
-                               ? std::string("an external data file")
-                               : absl::StrCat("backing file '", h.backing_file, "'");
-  return absl::FailedPreconditionError(absl::StrCat(
-      "'", u.overlay_path, "' does not name this file's format and it looks like qcow2, so ", what,
-      " it names is not followed; if it is a qcow2 image, name its format: "
-      "qemu-img rebase -u -b '",
-      u.backing_name, "' -F qcow2 '", u.overlay_path,
-      "' (or recreate the overlay with backing_fmt=qcow2)"));
+  return engine::CheckProbedFollows(h, options.unnamed_format->overlay_path,
+                                    options.unnamed_format->backing_name);
+}
+
+// With the host-path policy on: the images from the top of the chain down to
+// this one, by identity (a file that cannot be stat'ed is left out; its own
+// open failed or will fail).
+std::vector<ChainImage> ChainThrough(const OpenOptions& options) {
+  std::vector<ChainImage> chain = options.images_above;
+  if (!options.check_named_files) return chain;
+  const std::optional<FileId> self = IdentifyFile(options.path);
+  if (self) chain.push_back({*self, options.path});
+  return chain;
 }
 
 // The backing chain below the image (read-only), or null if it has none.
 Task<absl::StatusOr<std::unique_ptr<Device>>> OpenBacking(const format::Header& h,
-                                                          const OpenOptions& options) {
+                                                          const OpenOptions& options,
+                                                          const std::vector<ChainImage>& chain) {
   if (h.backing_file.empty()) co_return nullptr;
   if (options.max_backing_depth == 0) {
     co_return absl::InvalidArgumentError("backing chain too deep (a loop?)");
@@ -141,9 +146,10 @@ Task<absl::StatusOr<std::unique_ptr<Device>>> OpenBacking(const format::Header& 
   UQ_CO_ASSIGN_OR_RETURN(const ImageFormat format, BackingFormat(h));
   std::string path = ResolvePath(options.path, h.backing_file);
   if (options.check_named_files) {
-    UQ_CO_RETURN_IF_ERROR(CheckNamedFile(
-        {.image_path = options.path, .path = path, .role = NamedRole::kBacking, .writable = false},
-        options.allow_devices));
+    const NamedFile named{
+        .image_path = options.path, .path = path, .role = NamedRole::kBacking, .writable = false};
+    UQ_CO_RETURN_IF_ERROR(CheckNamedFile(named, options.allow_devices));
+    UQ_CO_RETURN_IF_ERROR(CheckNotInChain(named, chain));
   }
   // Always read-only: an overlay never writes to its backing file.
   auto bf = options.opener(path, false);
@@ -162,6 +168,7 @@ Task<absl::StatusOr<std::unique_ptr<Device>>> OpenBacking(const format::Header& 
   bo.check_named_files = options.check_named_files;
   bo.allow_devices = options.allow_devices;
   bo.format = format;
+  bo.images_above = chain;
   if (format == ImageFormat::kAuto) {
     bo.unnamed_format = OpenOptions::UnnamedFormat{options.path, h.backing_file};
   }
@@ -285,9 +292,10 @@ Task<absl::StatusOr<std::unique_ptr<Qcow2Image>>> Qcow2Image::Open(
   const bool read_only = options.read_only || f.read_only() || !options.snapshot.empty();
   UQ_CO_RETURN_IF_ERROR(CheckOpenable(h, read_only));
   UQ_CO_RETURN_IF_ERROR(CheckProbedFollows(h, options));
+  const std::vector<ChainImage> chain = ChainThrough(options);
   UQ_CO_ASSIGN_OR_RETURN(std::unique_ptr<io::BlockFile> data_file,
-                         OpenDataFile(h, options, !read_only));
-  UQ_CO_ASSIGN_OR_RETURN(std::unique_ptr<Device> backing, co_await OpenBacking(h, options));
+                         OpenDataFile(h, options, !read_only, chain));
+  UQ_CO_ASSIGN_OR_RETURN(std::unique_ptr<Device> backing, co_await OpenBacking(h, options, chain));
   // A dirty image has unreliable refcounts: rebuild them before any write.
   if ((h.incompatible_features & format::kIncompatDirty) && !read_only) {
     UQ_CO_RETURN_IF_ERROR(co_await RebuildRefcounts(f, h));
@@ -297,9 +305,19 @@ Task<absl::StatusOr<std::unique_ptr<Qcow2Image>>> Qcow2Image::Open(
   UQ_CO_ASSIGN_OR_RETURN(std::vector<uint64_t> l1_table, co_await LoadL1(f, l1, geo));
   UQ_CO_ASSIGN_OR_RETURN(std::vector<uint64_t> reftable, co_await LoadRefcountTable(f, h, geo));
 
+  std::vector<format::Snapshot> snapshots;
+  if (!read_only && h.nb_snapshots > 0) {
+    UQ_CO_ASSIGN_OR_RETURN(snapshots, co_await ReadSnapshotTable(f, h));
+  }
+
   auto p = std::make_unique<ImageParts>(geo);
   p->size_bytes = l1.disk_size_bytes;
   p->meta = std::make_unique<MetaFile>(std::move(file), std::move(data_file), h, read_only);
+  // Only writes consult the overlap map (a snapshot opens read-only).
+  if (!read_only) {
+    OverlapMap& overlaps = p->meta->overlaps();
+    overlaps.Reset(MetadataRegions(overlaps, h, l1_table, reftable, snapshots));
+  }
   if (!read_only) UQ_CO_RETURN_IF_ERROR(co_await ClearAutoclear(*p->meta));
   if (backing) {
     p->backing_size_bytes = backing->size_bytes();

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -25,6 +26,9 @@ RefcountStore::RefcountStore(MetaFile* meta, const Geometry& geo, std::vector<ui
       host_end_clusters_((meta->file().size_bytes() + geo.cluster_bytes - 1) >> geo.cluster_bits),
       block_buf_(geo.cluster_bytes) {
   cache_->set_write_error_hook([meta](int error) { meta->Fail(error, "refcount block write"); });
+  cache_->set_write_check([meta](uint64_t offset_bytes, uint64_t length_bytes) {
+    return meta->CheckWrite(offset_bytes, length_bytes, Ignore(Metadata::kRefcountBlock));
+  });
 }
 
 bool RefcountStore::Locate(uint64_t cluster_index, uint64_t* slice_offset,
@@ -102,17 +106,25 @@ Task<int> RefcountStore::EnsureBlock(uint64_t cluster_index, bool* placed) {
   const uint64_t block_offset = geo_.ClusterOffset(block_cluster);
   std::fill(block_buf_.begin(), block_buf_.end(), std::byte{0});
   format::SetRefcount(block_buf_, geo_.refcount_order, 0, 1);
+  // Those clusters are in use after all if refcounts lie (no block for the
+  // header's clusters, say): then this would overwrite metadata.
+  const uint64_t entry_offset = meta_->header().refcount_table_offset + block * 8;
+  int r = co_await meta_->CheckWrite(block_offset, geo_.cluster_bytes);
+  if (r >= 0) r = co_await meta_->CheckWrite(entry_offset, 8, Ignore(Metadata::kRefcountTable));
+  if (r < 0) co_return r;
   co_await cache_->Drop(block_offset, geo_.cluster_bytes);
   int64_t w = co_await meta_->file().Write(block_offset, block_buf_);
   if (w < 0) co_return static_cast<int>(w);
   // The block must be durable before the table entry points at it.
-  int r = co_await meta_->Sync();
+  r = co_await meta_->Sync();
   if (r < 0) co_return r;
   std::byte entry[8];
   format::StoreBE64(entry, block_offset);
-  w = co_await meta_->file().Write(meta_->header().refcount_table_offset + block * 8, entry);
+  w = co_await meta_->file().Write(entry_offset, entry);
   if (w < 0) co_return meta_->Fail(static_cast<int>(w), "refcount table write");
   table_[block] = block_offset;
+  OverlapMap& m = meta_->overlaps();
+  m.Add(m.RegionOf(Metadata::kRefcountBlock, block_offset, geo_.cluster_bytes));
   host_end_clusters_ = std::max(host_end_clusters_, block_cluster + 1);
   co_return 0;
 }
@@ -145,6 +157,10 @@ Task<int> RefcountStore::GrowTable(uint64_t min_entries) {
   const uint64_t area_start = area_block * per_block;
   const uint64_t area_end = area_start + table_clusters + area_blocks;
 
+  // The area is past every cluster in use, unless refcounts lie.
+  int c = co_await meta_->CheckWrite(geo_.ClusterOffset(area_start), (area_end - area_start)
+                                                                         << geo_.cluster_bits);
+  if (c < 0) co_return c;
   std::vector<std::byte> block(geo_.cluster_bytes);
   for (uint64_t j = 0; j < area_blocks; ++j) {
     std::fill(block.begin(), block.end(), std::byte{0});
@@ -178,6 +194,14 @@ Task<int> RefcountStore::GrowTable(uint64_t min_entries) {
   // into the table the file names; a failure has failed the image anyway).
   table_ = std::move(table);
   host_end_clusters_ = std::max(host_end_clusters_, area_end);
+  OverlapMap& m = meta_->overlaps();
+  m.Replace(m.RegionOf(Metadata::kRefcountTable, old_offset, old_clusters << geo_.cluster_bits),
+            m.RegionOf(Metadata::kRefcountTable, geo_.ClusterOffset(area_start),
+                       table_clusters << geo_.cluster_bits));
+  for (uint64_t j = 0; j < area_blocks; ++j) {
+    m.Add(m.RegionOf(Metadata::kRefcountBlock, geo_.ClusterOffset(area_start + table_clusters + j),
+                     geo_.cluster_bytes));
+  }
   if (r < 0) co_return r;
   r = co_await meta_->Sync();
   // Until that header is durable the old table may still be the one on disk:
@@ -335,6 +359,14 @@ Task<int> RefcountStore::ApplyFrees(std::vector<PendingFree> frees) {
       int r = co_await Add(c, -1, &nv);
       if (r < 0) co_return r;
       if (nv == 0) {
+        // Metadata in use is never freed; a data entry aimed at it was
+        // (the overlap map drops a table before its free is queued).
+        const std::optional<Metadata> hit =
+            meta_->Overlap(geo_.ClusterOffset(c), geo_.cluster_bytes);
+        if (hit) {
+          co_return co_await meta_->MarkCorrupt(absl::StrCat(
+              "cluster ", c, " was freed but holds the ", MetadataName(*hit), "; not discarded"));
+        }
         freed_.fetch_add(1, std::memory_order_relaxed);
         // Best effort: the cluster is free whether or not the punch works.
         co_await meta_->file().Discard(geo_.ClusterOffset(c), geo_.cluster_bytes);

@@ -49,6 +49,7 @@ Task<absl::Status> GrowL1(ImageParts& p, uint64_t entries) {
     l1[i] = l2.L1Raw(i);
     format::StoreBE64(&buf[i * 8], l1[i]);
   }
+  if (r >= 0) r = co_await p.meta->CheckWrite(static_cast<uint64_t>(offset), buf.size());
   if (r >= 0) {
     const int64_t w = co_await p.meta->file().Write(static_cast<uint64_t>(offset), buf);
     r = w < 0 ? static_cast<int>(w) : 0;

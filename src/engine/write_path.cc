@@ -1,5 +1,7 @@
 #include "src/engine/write_path.h"
 
+#include <optional>
+
 #include "absl/strings/str_cat.h"
 #include "src/io/iovec.h"
 #include "src/io/join.h"
@@ -64,10 +66,16 @@ Task<int> WritePath::TryOverwrite(const GuestAddress& a, std::span<const iovec> 
     ce->Release();
     co_return 0;
   }
+  *done = true;
+  const uint64_t host = e.host_offset + a.in_cluster_bytes;
+  const std::optional<Metadata> hit = p_->meta->DataOverlap(host, io::IovLength(iov));
+  if (hit) {
+    ce->Release();
+    co_return co_await p_->meta->RefuseOverlap(*hit, host, io::IovLength(iov));
+  }
   p_->order->NoteDependency(ce->slot);
   ce->slot.ref.Reset();
-  *done = true;
-  int64_t w = co_await p_->meta->data_file().WriteV(e.host_offset + a.in_cluster_bytes, iov);
+  int64_t w = co_await p_->meta->data_file().WriteV(host, iov);
   ce->lock.Release();
   co_return w < 0 ? static_cast<int>(w) : 0;
 }
@@ -92,6 +100,17 @@ Task<int> WritePath::TryOverwriteRange(uint64_t offset_bytes, std::span<const io
     }
   }
   *done = true;
+  // Every piece checked before any is written: a refused request writes
+  // nothing.
+  for (size_t i = 0; i < range.clusters.size(); ++i) {
+    const uint64_t host = range.clusters[i].entry.host_offset + (range.PieceOffset(i) & mask);
+    const std::optional<Metadata> hit = p_->meta->DataOverlap(host, range.PieceLength(i));
+    if (hit) {
+      const uint64_t length = range.PieceLength(i);
+      range.clusters.clear();  // unlocks
+      co_return co_await p_->meta->RefuseOverlap(*hit, host, length);
+    }
+  }
   for (const ClusterEntry& c : range.clusters) p_->order->NoteDependency(c.slot);
   io::Join join;
   auto run = [&](size_t first, size_t count) {
@@ -242,6 +261,10 @@ bool WritePath::ReadsZeroAround(const GuestAddress& a, const L2Entry& old) const
 Task<int> WritePath::WriteCluster(const GuestAddress& a, uint64_t n, std::span<const iovec> iov,
                                   const Target& t, const Cow& cow, std::span<std::byte> cluster) {
   const uint64_t in_off = a.in_cluster_bytes;
+  // The whole target cluster (the check's granularity): COW and the zeroing
+  // land there too.
+  const std::optional<Metadata> hit = p_->meta->DataOverlap(t.host, p_->geo.cluster_bytes);
+  if (hit) co_return co_await p_->meta->RefuseOverlap(*hit, t.host, p_->geo.cluster_bytes);
   if (cow.zero_first) {
     int z = co_await p_->meta->data_file().WriteZeroes(t.host, p_->geo.cluster_bytes);
     if (z < 0) co_return z;
