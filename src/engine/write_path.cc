@@ -288,9 +288,18 @@ Task<int> WritePath::SyncBeforeEntry(const GuestAddress& a, uint64_t n, const L2
   // they were zero and the cluster is fresh (a hole made durable by the
   // allocator); otherwise make the data durable first (COW, reused
   // clusters, external data files: the rarer allocating writes).
+  // With extended L2 the request's subclusters must have held data: the host
+  // bytes under a zero or unallocated subcluster are older than the zeros or
+  // backing data the guest last saw there (and may have flushed).
   const uint64_t in_off = a.in_cluster_bytes;
+  const Geometry& geo = p_->geo;
+  const uint32_t touched =
+      geo.extended_l2 ? SubclusterMask(geo.Subcluster(in_off),
+                                       geo.Subcluster(in_off + n + geo.subcluster_bytes - 1))
+                      : 0;
   const bool only_request_bytes = t.in_place && old.type == ClusterType::kNormal &&
-                                  cow.begin == in_off && cow.end == in_off + n;
+                                  (old.alloc_bitmap & touched) == touched && cow.begin == in_off &&
+                                  cow.end == in_off + n;
   const bool zero_before =
       !p_->backing &&
       (old.type == ClusterType::kUnallocated || old.type == ClusterType::kZeroPlain) &&
