@@ -8,6 +8,9 @@ pkgs=(build-essential cmake ninja-build pkg-config git
       liburing-dev zlib1g-dev libzstd-dev libabsl-dev
       libgtest-dev libgmock-dev libbenchmark-dev
       qemu-utils clang clang-format
+      # libFuzzer and clang's sanitizer runtimes (scripts/fuzz.sh); clang only
+      # recommends it, and recommends are not installed here
+      libclang-rt-14-dev
       # the package test: dpkg-shlibdeps, man -l, systemd-analyze verify, the
       # completion as bash-completion loads it
       dpkg-dev man-db groff-base systemd bash-completion
