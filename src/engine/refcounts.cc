@@ -103,6 +103,15 @@ Task<int> RefcountStore::EnsureBlock(uint64_t cluster_index, bool* placed) {
   // of them: none of them is in use (no block counts them), and the block
   // covers itself.
   const uint64_t block_cluster = block << geo_.refblock_bits;
+  // Except block 0: cluster 0 is the header, always in use, so an image
+  // without that block is corrupt. (Placed there, the block would overwrite
+  // the header, and its offset 0 would read back as "no block": the
+  // allocator would retry forever.)
+  if (block_cluster == 0) {
+    co_return co_await meta_->MarkCorrupt(
+        "refcount table entry 0 is empty: no refcount block "
+        "counts the header cluster");
+  }
   const uint64_t block_offset = geo_.ClusterOffset(block_cluster);
   std::fill(block_buf_.begin(), block_buf_.end(), std::byte{0});
   format::SetRefcount(block_buf_, geo_.refcount_order, 0, 1);
