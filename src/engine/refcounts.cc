@@ -254,6 +254,11 @@ Task<int64_t> RefcountStore::Allocate(uint64_t count) {
       uint64_t rc;
       int r = co_await cursor.At(this, c, &rc);
       if (r < 0) co_return r;
+      if (rc == 0 && c == 0) {
+        // Cluster 0 is the header: handed out, guest data or an L2 table
+        // would overwrite it (and host offset 0 reads as "unallocated").
+        co_return co_await meta_->MarkCorrupt("the header cluster has refcount 0");
+      }
       if (rc == 0) {
         if (run == 0) start = c;
         if (first_free == kNone) first_free = c;
