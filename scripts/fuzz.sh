@@ -10,7 +10,7 @@
 # Builds with clang (clang++-14 or clang++), libFuzzer, AddressSanitizer and
 # UBSan in its own build directory (UQ_FUZZ_BUILD_DIR, default build-fuzz) and
 # fuzzes a copy of fuzz/corpus/TARGET. A crash, leak, sanitizer report or
-# timeout is saved under $UQ_FUZZ_BUILD_DIR/findings/TARGET/ and fuzzing
+# timeout (60 s) is saved under $UQ_FUZZ_BUILD_DIR/findings/TARGET/ and fuzzing
 # resumes for the time left (at most 10 findings per run); to keep a finding,
 # fix it and copy the file into fuzz/corpus/TARGET (the replay test then runs
 # it on every ctest run). At the end it prints executions, CPU-minutes and
@@ -62,14 +62,16 @@ cpu=$({ time {
     left=$((deadline - $(date +%s)))
     rc=0
     # shellcheck disable=SC2086
-    "$fuzzer" "$work/corpus" -max_total_time="$left" -max_len="$max_len" -timeout=20 \
+    "$fuzzer" "$work/corpus" -max_total_time="$left" -max_len="$max_len" -timeout=60 \
       -rss_limit_mb=2048 -print_final_stats=1 \
       -artifact_prefix="$build/findings/$target/" ${UQ_FUZZ_FLAGS:-} >>"$log" 2>&1 || rc=$?
     if ((rc != 0)); then findings=$((findings + 1)); fi
   done
 } >/dev/null; } 2>&1)
 execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | awk '{s += $1} END {print s + 0}')
-findings=$(grep -c '^artifact_prefix=\|Test unit written to' "$log" || true)
+# Crashes, leaks, timeouts and out-of-memory inputs (slow units are saved too
+# but are not findings).
+findings=$(grep -c 'Test unit written to .*/\(crash\|leak\|timeout\|oom\)-' "$log" || true)
 cpu_minutes=$(echo "$cpu" | awk '{printf "%.1f", ($1 + $2) / 60}')
 
 if [[ "$add" == --add ]]; then
