@@ -272,6 +272,43 @@ INSTANTIATE_TEST_SUITE_P(
                       ChainKind{"extended_l2", "-o extended_l2=on", 65536, false}),
     [](const ::testing::TestParamInfo<ChainKind>& info) { return info.param.name; });
 
+// A raw base shorter than its overlay: commit grows it to the overlay's size
+// (as qemu-img does) and writes the overlay's data into it; rebase onto it
+// reads zeros past its end.
+TEST(RebaseCommitRawTest, ShorterRawBase) {
+  if (!HaveTool("qemu-img") || !HaveTool("qemu-io")) GTEST_SKIP() << "qemu-img not found";
+  TempDir dir;
+  const std::string setup = KindSetup("backing_raw_shorter") +
+                            " && qemu-io -c 'write -P 0x78 23M 2M' -c 'write -z 30M 1M' "
+                            "img.qcow2 >/dev/null && qemu-img create -q -f qcow2 lone.qcow2 32M "
+                            "&& qemu-io -c 'write -P 0x79 0 25M' lone.qcow2 >/dev/null";
+  ASSERT_EQ(In(dir.path(), setup).exit_code, 0);
+  for (const std::string& op : {std::string("commit img.qcow2"), std::string("commit -d img.qcow2"),
+                                std::string("rebase -b base.raw -F raw lone.qcow2"),
+                                std::string("rebase -b '' img.qcow2")}) {
+    SCOPED_TRACE(op);
+    const std::string q = dir.File("q");
+    const std::string o = dir.File("o");
+    const std::string copy =
+        "rm -rf q o && mkdir q o && cp base.raw img.qcow2 lone.qcow2 q && "
+        "cp base.raw img.qcow2 lone.qcow2 o";
+    ASSERT_EQ(In(dir.path(), copy).exit_code, 0);
+    const RunResult theirs = In(q, "qemu-img " + op);
+    ASSERT_EQ(theirs.exit_code, 0) << theirs.err;
+    const RunResult ours = In(o, Ours() + " " + op);
+    ASSERT_EQ(ours.exit_code, 0) << ours.err;
+    EXPECT_EQ(ReadFile(q + "/base.raw"), ReadFile(o + "/base.raw"));  // raw: byte for byte
+    for (const char* f : {"img.qcow2", "lone.qcow2"}) {
+      SCOPED_TRACE(f);
+      const RunResult compare =
+          RunCommand("qemu-img compare " + Quote(q + "/" + f) + " " + Quote(o + "/" + f));
+      EXPECT_EQ(compare.exit_code, 0) << compare.out << compare.err;
+      const RunResult check = RunCommand("qemu-img check " + Quote(o + "/" + f));
+      EXPECT_EQ(check.exit_code, 0) << check.out << check.err;
+    }
+  }
+}
+
 // Bad input: one line on stderr, nothing on stdout, exit 1, and no file of
 // the chain changed.
 TEST(RebaseCommitBadInputTest, OneLineExitOneNothingChanged) {
