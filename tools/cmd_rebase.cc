@@ -156,7 +156,8 @@ absl::Status RebaseUnsafe(const RebaseArgs& a, const PosixFile& header) {
   return WriteBackingHeader(header, a.backing, a.backing_format);
 }
 
-absl::Status RebaseSafe(io::EventLoop& loop, const RebaseArgs& a, LockedImage& locked) {
+absl::Status RebaseSafe(io::EventLoop& loop, const RebaseArgs& a, LockedImage& locked,
+                        Progress& progress) {
   std::unique_ptr<engine::Device> new_backing;
   if (!a.backing.empty()) {
     EngineOpenOptions open;
@@ -181,8 +182,6 @@ absl::Status RebaseSafe(io::EventLoop& loop, const RebaseArgs& a, LockedImage& l
   absl::StatusOr<Chain> chain = Chain::Open(a.file, "qcow2", LockMode::kNone);
   absl::StatusOr<std::vector<LayerRun>> runs =
       chain.ok() ? RunsAbove(*chain, 1) : absl::StatusOr<std::vector<LayerRun>>(chain.status());
-  Progress progress(a.progress);
-  progress.Update(0);
   absl::Status s = runs.status();
   if (s.ok()) s = CopyDifferences(loop, *runs, **image, new_backing.get(), progress);
   if (new_backing != nullptr) (void)RunOnLoop(loop, new_backing->Close());
@@ -191,9 +190,7 @@ absl::Status RebaseSafe(io::EventLoop& loop, const RebaseArgs& a, LockedImage& l
   absl::Status closed = CloseDevice(loop, **image);
   UQ_RETURN_IF_ERROR(s);
   UQ_RETURN_IF_ERROR(closed);
-  UQ_RETURN_IF_ERROR(WriteBackingHeader(locked.header, a.backing, a.backing_format));
-  progress.Finish();
-  return absl::OkStatus();
+  return WriteBackingHeader(locked.header, a.backing, a.backing_format);
 }
 
 int RunRebase(const common::ParsedArgs& parsed) {
@@ -214,9 +211,12 @@ int RunRebase(const common::ParsedArgs& parsed) {
       !s.ok()) {
     return Fail(args->file, s);
   }
-  absl::Status s =
-      args->unsafe ? RebaseUnsafe(*args, locked->header) : RebaseSafe(**loop, *args, *locked);
+  Progress progress(args->progress);
+  progress.Update(0);
+  absl::Status s = args->unsafe ? RebaseUnsafe(*args, locked->header)
+                                : RebaseSafe(**loop, *args, *locked, progress);
   if (!s.ok()) return Fail(args->file, s);
+  progress.Finish();
   return 0;
 }
 
