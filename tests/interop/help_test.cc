@@ -55,7 +55,7 @@ TEST(HelpTest, EveryCommandDocumentsEveryOptionItAccepts) {
   const std::vector<std::string> commands = Commands();
   // Issue 9's verbs, the earlier ones and issue 10's resize and dd.
   for (const char* expected : {"create", "info", "check", "map", "compare", "measure", "convert",
-                               "io", "bench", "resize", "dd"}) {
+                               "io", "bench", "resize", "dd", "rebase", "commit"}) {
     EXPECT_NE(std::find(commands.begin(), commands.end(), expected), commands.end()) << expected;
   }
   const std::regex option_line(R"(^  (?:-(\w))?(?:, )?(?:\s*--([\w-]+))?(?:[= ](\S+))?(?:\s|$))");
