@@ -16,7 +16,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <bit>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
@@ -30,7 +29,6 @@
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "format/create.h"
 #include "format/status_macros.h"
@@ -39,6 +37,7 @@
 #include "tools/commands.h"
 #include "tools/compress_pool.h"
 #include "tools/convert_copy.h"
+#include "tools/convert_options.h"
 #include "tools/engine_util.h"
 #include "tools/image_lock.h"
 #include "tools/zero_chunks.h"
@@ -50,69 +49,6 @@ namespace {
 constexpr uint64_t kRawZeroGranularityBytes = 4096;
 constexpr uint64_t kRawChunkBytes = 1 << 20;
 constexpr uint64_t kMinQcow2ChunkBytes = 256 << 10;
-
-// Parses "on"/"off" (and QEMU's other boolean spellings).
-absl::StatusOr<bool> ParseOnOff(absl::string_view key, absl::string_view value) {
-  if (value == "on" || value == "true" || value == "yes") return true;
-  if (value == "off" || value == "false" || value == "no") return false;
-  return absl::InvalidArgumentError(
-      absl::StrCat("invalid value '", value, "' for option ", key, " (expected on or off)"));
-}
-
-// Applies one "-o" string ("key=value,key=value") to `options`.
-absl::Status ApplyCreateOptions(absl::string_view text, format::CreateOptions& options) {
-  for (absl::string_view item : absl::StrSplit(text, ',', absl::SkipEmpty())) {
-    size_t eq = item.find('=');
-    if (eq == absl::string_view::npos) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("invalid option '", item, "' (expected key=value)"));
-    }
-    absl::string_view key = item.substr(0, eq);
-    absl::string_view value = item.substr(eq + 1);
-    if (key == "cluster_size") {
-      UQ_ASSIGN_OR_RETURN(uint64_t bytes, ParseByteCount(value, "cluster_size"));
-      if (bytes == 0 || (bytes & (bytes - 1)) != 0 || bytes < 512 || bytes > (2u << 20)) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("cluster_size ", value, " is not a power of two between 512 and 2M"));
-      }
-      options.cluster_bits = static_cast<uint32_t>(std::countr_zero(bytes));
-    } else if (key == "compat") {
-      if (value == "0.10" || value == "v2") {
-        options.version = 2;
-      } else if (value == "1.1" || value == "v3") {
-        options.version = 3;
-      } else {
-        return absl::InvalidArgumentError(absl::StrCat("invalid compat value '", value, "'"));
-      }
-    } else if (key == "compression_type") {
-      if (value == "zlib") {
-        options.compression_type = format::CompressionType::kZlib;
-      } else if (value == "zstd") {
-        options.compression_type = format::CompressionType::kZstd;
-      } else {
-        return absl::InvalidArgumentError(
-            absl::StrCat("invalid compression_type '", value, "' (expected zlib or zstd)"));
-      }
-    } else if (key == "refcount_bits") {
-      UQ_ASSIGN_OR_RETURN(uint64_t bits, ParseCount(value, "refcount_bits"));
-      if (bits == 0 || bits > 64 || (bits & (bits - 1)) != 0) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("refcount_bits ", value, " is not a power of two between 1 and 64"));
-      }
-      options.refcount_order = static_cast<uint32_t>(std::countr_zero(bits));
-    } else if (key == "extended_l2") {
-      UQ_ASSIGN_OR_RETURN(options.extended_l2, ParseOnOff(key, value));
-    } else if (key == "lazy_refcounts") {
-      UQ_ASSIGN_OR_RETURN(options.lazy_refcounts, ParseOnOff(key, value));
-    } else {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "unsupported create option '", key,
-          "' (supported: cluster_size, compat, compression_type, refcount_bits, extended_l2, "
-          "lazy_refcounts)"));
-    }
-  }
-  return absl::OkStatus();
-}
 
 // Creates `path` (or empties it) under the writer's lock, taken before the
 // truncation so an image in use is left alone, and writes a fresh qcow2
@@ -141,35 +77,6 @@ absl::Status PrepareDestination(io::EventLoop& loop, const std::string& path,
   r = RunOnLoop(loop, f.Flush());
   if (r < 0) return absl::InternalError(absl::StrCat(path, ": flush: ", std::strerror(-r)));
   return absl::OkStatus();
-}
-
-// qemu-img's cache modes that convert serves: none (O_DIRECT, flushed at the
-// end), writeback (flushed at the end) and unsafe (never flushed: the
-// default for the target, as qemu-img convert's; for the source, which is
-// only read, it is the same as writeback).
-struct CacheMode {
-  bool direct = false;
-  bool no_flush = false;
-};
-
-absl::StatusOr<CacheMode> ParseCacheMode(absl::string_view mode) {
-  if (mode == "none") return CacheMode{.direct = true};
-  if (mode == "writeback") return CacheMode{};
-  if (mode == "unsafe") return CacheMode{.no_flush = true};
-  return absl::InvalidArgumentError(
-      absl::StrCat("unsupported cache mode '", mode, "' (supported: none, writeback, unsafe)"));
-}
-
-std::string FormatName(engine::ImageFormat format) {
-  switch (format) {
-    case engine::ImageFormat::kQcow2:
-      return "qcow2";
-    case engine::ImageFormat::kRaw:
-      return "raw";
-    case engine::ImageFormat::kAuto:
-      break;
-  }
-  return "";
 }
 
 enum : int { kTargetIsZero = common::kLongOnlyIdBase };
