@@ -2,16 +2,17 @@
 // backing chain, read through the engine) into a new raw or qcow2 image.
 //
 //   qcow2-img convert [-f FMT] [-O raw|qcow2] [-o OPTS] [-c] [-p] [-q] [-m N] [-W]
-//                     [-l SNAPSHOT] [-t CACHE] [-T SRC_CACHE] SRC DST
+//                     [-l SNAPSHOT] [-t CACHE] [-T SRC_CACHE] [-S SIZE] SRC DST
 //
 // -o takes qcow2 create options: cluster_size, compat (0.10/1.1), compression_type
 // (zlib/zstd), refcount_bits, extended_l2, lazy_refcounts. -c writes
-// compressed clusters. All-zero clusters are not written, so the output is
-// sparse; chunks the source's block status reports as zeros are not even
-// read. Up to N (-m, default 8) chunks are in flight at once; qcow2 output is
-// written in guest order (unfragmented) unless -W allows out-of-order writes.
-// The destination is never flushed unless -t asks (writeback, none), as
-// qemu-img convert's default cache mode (unsafe).
+// compressed clusters. Zero runs of at least -S bytes (default 4 KiB) are not
+// written, so the output is sparse; chunks the source's block status reports
+// as zeros are not even read. Up to N (-m, default 8) chunks are in flight at
+// once; qcow2 output is written in guest order (unfragmented) unless -W
+// allows out-of-order writes. The destination is never flushed unless -t
+// asks (writeback, none), as qemu-img convert's default cache mode (unsafe).
+// A convert that fails removes the target it created.
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -40,14 +41,15 @@
 #include "tools/convert_options.h"
 #include "tools/engine_util.h"
 #include "tools/image_lock.h"
+#include "tools/sparse_runs.h"
 #include "tools/zero_chunks.h"
 
 namespace uq::tools {
 
 namespace {
 
-constexpr uint64_t kRawZeroGranularityBytes = 4096;
 constexpr uint64_t kRawChunkBytes = 1 << 20;
+constexpr uint64_t kQemuBufferBytes = 2 << 20;  // qemu-img convert's IO_BUF_SIZE
 constexpr uint64_t kMinQcow2ChunkBytes = 256 << 10;
 
 // Creates `path` (or empties it) under the writer's lock, taken before the
@@ -79,6 +81,24 @@ absl::Status PrepareDestination(io::EventLoop& loop, const std::string& path,
   return absl::OkStatus();
 }
 
+// Removes the target this convert created (or emptied) unless Keep() is
+// called: a half-written image is worse than none. Only armed once the
+// target is ours (created, or locked and truncated), never for -n.
+class CreatedTarget {
+ public:
+  CreatedTarget() = default;
+  CreatedTarget(const CreatedTarget&) = delete;
+  CreatedTarget& operator=(const CreatedTarget&) = delete;
+  ~CreatedTarget() {
+    if (!path_.empty()) unlink(path_.c_str());
+  }
+  void Arm(const std::string& path) { path_ = path; }
+  void Keep() { path_.clear(); }
+
+ private:
+  std::string path_;
+};
+
 enum : int { kTargetIsZero = common::kLongOnlyIdBase };
 
 constexpr common::OptionSpec kConvertOptions[] = {
@@ -101,6 +121,9 @@ constexpr common::OptionSpec kConvertOptions[] = {
     {'U', 'U', "force-share", "", "open the source without taking the image lock"},
     {'n', 'n', "no-create", "",
      "DST exists: write into it (as large as SRC at least) instead of creating it"},
+    {'S', 'S', "sparse-size", "SIZE",
+     "zero runs of at least SIZE bytes (a multiple of 512, default 4k) are left unallocated; "
+     "0 writes every byte (fully allocates DST)"},
     {kTargetIsZero, 0, "target-is-zero", "",
      "with -n: DST reads as zeros already, so zero ranges are not written"},
     kHelpOption,
@@ -118,6 +141,7 @@ int RunConvert(const common::ParsedArgs& parsed) {
   int workers = 8;
   bool no_create = false;
   bool target_is_zero = false;
+  uint32_t min_sparse_sectors = 8;  // qemu-img's default, 4 KiB
   std::vector<std::string> create_option_strings;
 
   for (const common::ParsedOption& o : parsed.options) {
@@ -181,6 +205,13 @@ int RunConvert(const common::ParsedArgs& parsed) {
       case 'n':
         no_create = true;
         break;
+      case 'S': {
+        auto sectors = ParseSparseSectors(value);
+        if (!sectors.ok())
+          return ReportError(absl::StrCat("convert: ", sectors.status().message()));
+        min_sparse_sectors = *sectors;
+        break;
+      }
       case kTargetIsZero:
         target_is_zero = true;
         break;
@@ -226,8 +257,12 @@ int RunConvert(const common::ParsedArgs& parsed) {
     if (!built.ok()) return ReportError(absl::StrCat("convert: ", built.status().message()));
     layout = std::move(*built);
   }
+  CreatedTarget created_target;  // declared before the devices: unlinked after they close
   if (!no_create) {
+    const bool existed = access(dst_path.c_str(), F_OK) == 0;
     absl::Status created = PrepareDestination(loop, dst_path, layout ? &*layout : nullptr);
+    // A file that was there and that we could not lock is someone else's.
+    if (created.ok() || !existed) created_target.Arm(dst_path);
     if (!created.ok()) return ReportError(absl::StrCat(dst_path, ": ", created.message()));
   }
 
@@ -248,7 +283,8 @@ int RunConvert(const common::ParsedArgs& parsed) {
     dst = std::make_unique<engine::RawDevice>(MaybeNoFlush(std::move(*file), dst_cache.no_flush),
                                               dst_size);
     job.chunk_bytes = kRawChunkBytes;
-    job.unit_bytes = kRawZeroGranularityBytes;
+    // O_DIRECT writes must stay 4 KiB aligned.
+    job.alignment_sectors = dst_cache.direct ? 8 : 1;
   } else {
     EngineOpenOptions dst_options;
     dst_options.format = engine::ImageFormat::kQcow2;
@@ -259,6 +295,7 @@ int RunConvert(const common::ParsedArgs& parsed) {
     dst = std::move(*opened);
     const uint64_t cluster_bytes = dst->granularity_bytes();
     job.unit_bytes = cluster_bytes;
+    job.widen_bytes = cluster_bytes;
     job.chunk_bytes = std::max(cluster_bytes, kMinQcow2ChunkBytes);
     job.in_order = !out_of_order;
     if (compress) {
@@ -272,9 +309,19 @@ int RunConvert(const common::ParsedArgs& parsed) {
   // Skip what the source says reads as zeros: the new destination reads as
   // zeros there already. If the source's metadata cannot be walked that way,
   // every chunk is read (the zero detection then still keeps DST sparse).
-  auto zero_chunks = ZeroChunks(src_path, FormatName(src_options.format), src_options.snapshot,
-                                size_bytes, job.chunk_bytes);
-  if (zero_chunks.ok()) job.zero_chunks = std::move(*zero_chunks);
+  // -S 0 writes the zeros too (qemu-img: "fully allocates output").
+  job.min_sparse_sectors = min_sparse_sectors;
+  if (min_sparse_sectors != 0) {
+    job.alignment_sectors = std::max(job.alignment_sectors, PowerOfTwoFloor(min_sparse_sectors));
+    // Zero runs shorter than -S are written only inside one chunk; past the
+    // default, chunks are qemu-img's 2 MiB buffers so the same runs are.
+    if (min_sparse_sectors > 8 && !job.compress) {
+      job.chunk_bytes = std::max(job.chunk_bytes, kQemuBufferBytes);
+    }
+    auto zero_chunks = ZeroChunks(src_path, FormatName(src_options.format), src_options.snapshot,
+                                  size_bytes, job.chunk_bytes);
+    if (zero_chunks.ok()) job.zero_chunks = std::move(*zero_chunks);
+  }
 
   // -c: clusters are compressed on one thread per online CPU while the loop
   // reads and writes (the output does not depend on how many).
@@ -312,6 +359,7 @@ int RunConvert(const common::ParsedArgs& parsed) {
   if (!copied.ok()) return ReportError(absl::StrCat("convert: ", copied.message()));
   if (!dst_closed.ok()) return ReportError(absl::StrCat(dst_path, ": ", dst_closed.message()));
   if (!src_closed.ok()) return ReportError(absl::StrCat(src_path, ": ", src_closed.message()));
+  created_target.Keep();
   return 0;
 }
 
@@ -321,7 +369,7 @@ const Command kConvertCommand = {
     "convert",
     RunConvert,
     "convert [-f FMT] [-O raw|qcow2] [-o OPTIONS] [-c] [-p] [-q] [-m N] [-W] [-l SNAPSHOT] "
-    "[-t CACHE] [-T SRC_CACHE] [-U] [-n [--target-is-zero]] SRC DST",
+    "[-t CACHE] [-T SRC_CACHE] [-U] [-S SIZE] [-n [--target-is-zero]] SRC DST",
     "Copies the guest-visible contents of SRC (through its backing chain) into a new image DST.",
     kConvertOptions,
 };

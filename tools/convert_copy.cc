@@ -12,6 +12,7 @@
 #include "src/io/join.h"
 #include "src/io/task.h"
 #include "tools/engine_util.h"
+#include "tools/sparse_runs.h"
 
 namespace uq::tools {
 
@@ -52,9 +53,9 @@ struct CompressScratch {
   std::vector<char> zero;      // the unit is all zeros
 };
 
-// convert -c with a pool: the chunk's clusters are compressed on a worker
-// thread while other chunks are read and written, then written in the
-// chunk's turn. The bytes written do not depend on the thread count.
+// convert -c: the chunk's clusters are compressed (on a worker thread of the
+// pool, if any, while other chunks are read and written), then written in
+// the chunk's turn. The bytes written do not depend on the thread count.
 Task<int> WriteCompressedChunk(CopyJob& job, AlignedBuffer& buf, CompressScratch& scratch,
                                uint64_t index, uint64_t offset, uint64_t length,
                                std::string& what) {
@@ -62,16 +63,22 @@ Task<int> WriteCompressedChunk(CopyJob& job, AlignedBuffer& buf, CompressScratch
   const uint64_t units = (length + unit - 1) / unit;
   // The last unit is compressed as a whole cluster, zero padded.
   std::memset(buf.data() + length, 0, units * unit - length);
-  co_await job.pool->Run(job.loop, [&] {
+  auto compress = [&] {
     for (uint64_t i = 0; i < units; ++i) {
       std::span<const std::byte> in = buf.span().subspan(i * unit, unit);
-      scratch.zero[i] = IsAllZero(in);
+      // -S 0 writes zero clusters too (compressed), as qemu-img does.
+      scratch.zero[i] = job.min_sparse_sectors != 0 && IsAllZero(in);
       if (!scratch.zero[i]) {
         scratch.sizes[i] =
             job.dst->CompressForWrite(in, scratch.out.span().subspan(i * unit, unit));
       }
     }
-  });
+  };
+  if (job.pool != nullptr) {
+    co_await job.pool->Run(job.loop, compress);
+  } else {
+    compress();
+  }
   if (job.in_order) {
     co_await WriteTurn{job, index};
     if (job.error != 0) co_return 0;
@@ -112,60 +119,43 @@ Task<int> CopyChunk(CopyJob& job, AlignedBuffer& buf, CompressScratch* scratch, 
   // size is rounded up, as qemu-img does): the tail reads as zeros.
   uint64_t length = std::min(job.chunk_bytes, job.dst_size_bytes - offset);
   std::memset(buf.data() + src_length, 0, length - src_length);
-  if (scratch != nullptr) {
+  if (job.compress) {
     co_return co_await WriteCompressedChunk(job, buf, *scratch, index, offset, length, what);
   }
   if (job.in_order) {
     co_await WriteTurn{job, index};
     if (job.error != 0) co_return 0;  // another chunk failed; stop quietly
   }
-  // Walk the chunk in units, writing each maximal run of non-zero units with
-  // one request (or one compressed cluster per unit).
+  // qemu-img's sparse detection (-S) decides what is written; zero runs are
+  // left out when the target reads as zeros, else zeroed.
   uint64_t pos = 0;
+  uint64_t written_end = 0;  // [0, written_end) of the chunk is done
   while (pos < length) {
-    uint64_t unit_len = std::min(job.unit_bytes, length - pos);
-    if (IsAllZero(buf.span().subspan(pos, unit_len))) {
-      if (job.dst_reads_zero) {
-        pos += unit_len;
-        continue;
-      }
-      // An existing target (-n): zero the whole run of zero units.
-      uint64_t zero_end = pos + unit_len;
-      while (zero_end < length) {
-        uint64_t next_len = std::min(job.unit_bytes, length - zero_end);
-        if (!IsAllZero(buf.span().subspan(zero_end, next_len))) break;
-        zero_end += next_len;
-      }
-      r = co_await job.dst->WriteZeroes(offset + pos, zero_end - pos, /*may_unmap=*/true);
-      if (r < 0) {
-        what = absl::StrCat("zeroing destination at offset ", offset + pos);
-        co_return r;
-      }
-      pos = zero_end;
-      continue;
+    const std::span<const std::byte> rest = buf.span().subspan(pos, length - pos);
+    SparseRun run{length - pos, true};  // -S 0: every byte is written
+    if (job.min_sparse_sectors != 0) {
+      run = NextSparseRun(rest, offset + pos, job.min_sparse_sectors, job.alignment_sectors);
     }
-    if (job.compress) {
-      r = co_await job.dst->WriteCompressed(offset + pos, buf.span().subspan(pos, unit_len));
-      if (r < 0) {
-        what = absl::StrCat("writing compressed cluster at offset ", offset + pos);
-        co_return r;
-      }
-      pos += unit_len;
-      continue;
+    uint64_t begin = std::max(pos, written_end);
+    uint64_t end = pos + run.length_bytes;
+    if (run.data && job.widen_bytes != 0) {
+      // The target allocates whole clusters anyway: write them whole.
+      begin = std::max(written_end, pos / job.widen_bytes * job.widen_bytes);
+      end = std::min(length, (end + job.widen_bytes - 1) / job.widen_bytes * job.widen_bytes);
     }
-    uint64_t run_end = pos + unit_len;
-    while (run_end < length) {
-      uint64_t next_len = std::min(job.unit_bytes, length - run_end);
-      if (IsAllZero(buf.span().subspan(run_end, next_len))) break;
-      run_end += next_len;
+    pos += run.length_bytes;
+    if (end <= begin || (!run.data && job.dst_reads_zero)) continue;
+    written_end = end;
+    if (run.data) {
+      iovec w = buf.Iov(begin, end - begin);
+      r = co_await job.dst->Write(offset + begin, std::span<const iovec>(&w, 1), /*fua=*/false);
+      if (r < 0) what = absl::StrCat("writing destination at offset ", offset + begin);
+    } else {
+      // An existing target (-n): zero the run.
+      r = co_await job.dst->WriteZeroes(offset + begin, end - begin, /*may_unmap=*/true);
+      if (r < 0) what = absl::StrCat("zeroing destination at offset ", offset + begin);
     }
-    iovec w = buf.Iov(pos, run_end - pos);
-    r = co_await job.dst->Write(offset + pos, std::span<const iovec>(&w, 1), /*fua=*/false);
-    if (r < 0) {
-      what = absl::StrCat("writing destination at offset ", offset + pos);
-      co_return r;
-    }
-    pos = run_end;
+    if (r < 0) co_return r;
   }
   co_return 0;
 }
@@ -173,7 +163,7 @@ Task<int> CopyChunk(CopyJob& job, AlignedBuffer& buf, CompressScratch* scratch, 
 Task<void> CopyWorker(CopyJob& job) {
   AlignedBuffer buf(job.chunk_bytes);
   std::unique_ptr<CompressScratch> scratch;
-  if (job.compress && job.pool != nullptr) {
+  if (job.compress) {
     scratch = std::make_unique<CompressScratch>(job.chunk_bytes, job.unit_bytes);
   }
   while (job.error == 0 && job.next_chunk < job.chunks) {

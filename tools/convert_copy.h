@@ -1,7 +1,7 @@
 // The copy loop of qcow2-img convert: chunks read from the source Device and
 // written to the destination Device by a few coroutines on one event loop,
-// skipping chunks the source's block status says read as zeros, and runs of
-// all-zero units inside the chunks it reads.
+// skipping chunks the source's block status says read as zeros, and zero
+// runs inside the chunks it reads as qemu-img's -S does.
 //
 // Thread-safety: one CopyJob runs on one event loop thread.
 #ifndef UQ_TOOLS_CONVERT_COPY_H_
@@ -61,7 +61,16 @@ struct CopyJob {
   // The destination reads as zeros where nothing is written (a new image,
   // or convert -n --target-is-zero); otherwise zero ranges are zeroed.
   bool dst_reads_zero = true;
-  uint64_t unit_bytes = 0;  // zero detection / compression granularity
+  uint64_t unit_bytes = 0;  // compression granularity (a cluster)
+  // -S: zero stretches of at least this many 512-byte sectors are not
+  // written (qemu-img's min_sparse; default 8, 4 KiB); 0 writes every byte,
+  // zeros included. Runs end on multiples of alignment_sectors
+  // (tools/sparse_runs.h).
+  uint32_t min_sparse_sectors = 8;
+  uint32_t alignment_sectors = 8;
+  // qcow2 targets: data writes are widened to whole clusters of this size
+  // (the target allocates whole clusters anyway). 0: as detected (raw).
+  uint64_t widen_bytes = 0;
   // Chunks that read as zeros in the source (tools/zero_chunks.h): not read,
   // and written only as zeroes when the destination may hold data there.
   // Empty: read every chunk.
