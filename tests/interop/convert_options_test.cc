@@ -1,0 +1,218 @@
+// qcow2-img convert's options against qemu-img 7.2 convert on the same input
+// (the basic copy, -n, -c and the cache modes are in convert_test.cc):
+//  - a convert that fails reading its source exits 1 with one line of its
+//    own and leaves no target behind; with -n the existing target stays an
+//    image qemu-img check accepts;
+//  - -S SIZE: the same contents and the same allocation (qemu-img map of the
+//    target, raw and qcow2, and the raw file's block count) as qemu-img's -S
+//    for sizes from 0 (fully allocated) to 16M; sizes qemu-img refuses are
+//    refused.
+// Seeded inputs print their seed; UQ_CONVERT_SEED=<n> reruns one.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "tests/interop/interop_util.h"
+
+namespace uq::interop {
+namespace {
+
+std::string Ours() {
+  const char* env = std::getenv("UQ_QCOW2_IMG");
+  return Quote(env && *env ? env : QCOW2_IMG_PATH);
+}
+
+RunResult In(const std::string& dir, const std::string& command) {
+  return RunCommand("cd " + Quote(dir) + " && " + command);
+}
+
+uint64_t Seed() {
+  if (const char* s = std::getenv("UQ_CONVERT_SEED")) return std::strtoull(s, nullptr, 0);
+  return std::random_device{}();
+}
+
+int Lines(const std::string& text) {
+  return static_cast<int>(std::count(text.begin(), text.end(), '\n'));
+}
+
+// Lines of `text` that start with `prefix`.
+int LinesStartingWith(const std::string& text, const std::string& prefix) {
+  int n = 0;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    if (text.compare(pos, prefix.size(), prefix) == 0) ++n;
+    const size_t nl = text.find('\n', pos);
+    if (nl == std::string::npos) break;
+    pos = nl + 1;
+  }
+  return n;
+}
+
+// `qemu-img map --output=json` of `file` as guest ranges of one status
+// ("start+length:data/zero"), adjacent ranges of the same status merged:
+// where the host put the clusters (which splits QEMU's entries) is left out.
+std::string Allocation(const std::string& dir, const std::string& fmt, const std::string& file) {
+  const RunResult map = In(dir, "qemu-img map --output=json -f " + fmt + " " + file);
+  EXPECT_EQ(map.exit_code, 0) << map.err;
+  std::vector<std::tuple<int64_t, int64_t, bool, bool>> ranges;
+  const common::Json entries = ParseOrDie(map.out);
+  for (const common::Json& e : entries.items()) {
+    const int64_t start = e.Find("start")->AsInt();
+    const int64_t length = e.Find("length")->AsInt();
+    const bool data = e.Find("data")->AsBool();
+    const bool zero = e.Find("zero")->AsBool();
+    if (!ranges.empty()) {
+      auto& [s, l, d, z] = ranges.back();
+      if (d == data && z == zero && s + l == start) {
+        l += length;
+        continue;
+      }
+    }
+    ranges.emplace_back(start, length, data, zero);
+  }
+  std::string out;
+  for (const auto& [s, l, d, z] : ranges) {
+    absl::StrAppend(&out, s, "+", l, ":", d ? "data" : "-", z ? "/zero" : "", " ");
+  }
+  return out;
+}
+
+// A qcow2 image of compressed clusters whose last ones do not decompress
+// (their bytes at the end of the file overwritten): reading them fails.
+constexpr char kBadCompressedSource[] =
+    "qemu-img create -q -f qcow2 plain.qcow2 8M && "
+    "qemu-io -c 'write -P 7 0 8M' plain.qcow2 >/dev/null && "
+    "qemu-img convert -c -O qcow2 plain.qcow2 bad.qcow2 && "
+    "head -c 300 /dev/zero | tr '\\000' '\\377' | "
+    "dd of=bad.qcow2 bs=1 seek=$(( $(stat -c %s bad.qcow2) - 400 )) conv=notrunc 2>/dev/null";
+
+TEST(ConvertFailure, RemovesTheTargetItCreated) {
+  if (!HaveTool("qemu-img") || !HaveTool("qemu-io")) GTEST_SKIP() << "QEMU tools not installed";
+  TempDir dir;
+  ASSERT_EQ(In(dir.path(), kBadCompressedSource).exit_code, 0);
+  // The oracle agrees that the source cannot be read.
+  EXPECT_EQ(In(dir.path(), "qemu-img convert -O raw bad.qcow2 theirs.raw").exit_code, 1);
+  for (const char* out : {"raw", "qcow2", "qcow2 -c"}) {
+    SCOPED_TRACE(out);
+    const RunResult r = In(dir.path(), Ours() + " convert -O " + out + " bad.qcow2 ours.img");
+    EXPECT_EQ(r.exit_code, 1) << r.err;
+    // One line of ours (the engine may add its own "qcow2: corrupt image"
+    // diagnostic, as QEMU's driver does).
+    EXPECT_EQ(LinesStartingWith(r.err, "qcow2-img: "), 1) << r.err;
+    EXPECT_NE(r.err.find("qcow2-img: convert: reading source at offset"), std::string::npos)
+        << r.err;
+    EXPECT_NE(In(dir.path(), "test -e ours.img").exit_code, 0) << "the target is left behind";
+  }
+  // A target that existed before (convert without -n empties it) is ours too
+  // once locked: removed as well.
+  ASSERT_EQ(In(dir.path(), "cp plain.qcow2 old.qcow2").exit_code, 0);
+  EXPECT_EQ(In(dir.path(), Ours() + " convert -O qcow2 bad.qcow2 old.qcow2").exit_code, 1);
+  EXPECT_NE(In(dir.path(), "test -e old.qcow2").exit_code, 0);
+}
+
+TEST(ConvertFailure, LeavesAnExistingTargetClean) {
+  if (!HaveTool("qemu-img") || !HaveTool("qemu-io")) GTEST_SKIP() << "QEMU tools not installed";
+  TempDir dir;
+  ASSERT_EQ(In(dir.path(), std::string(kBadCompressedSource) +
+                               " && qemu-img create -q -f qcow2 old.qcow2 8M && "
+                               "qemu-io -c 'write -P 3 0 8M' old.qcow2 >/dev/null && "
+                               "head -c 8388608 /dev/urandom > old.raw && cp old.raw keep.raw")
+                .exit_code,
+            0);
+  for (const char* out : {"qcow2", "raw"}) {
+    SCOPED_TRACE(out);
+    const std::string o = out;
+    const RunResult r = In(dir.path(), Ours() + " convert -n -O " + o + " bad.qcow2 old." + o);
+    EXPECT_EQ(r.exit_code, 1) << r.err;
+    EXPECT_EQ(LinesStartingWith(r.err, "qcow2-img: "), 1) << r.err;
+    EXPECT_EQ(In(dir.path(), "test -s old." + o).exit_code, 0) << "-n target removed";
+  }
+  const RunResult check = In(dir.path(), "qemu-img check old.qcow2");
+  EXPECT_EQ(check.exit_code, 0) << check.out << check.err;
+  // What was copied before the failure is the source's; the rest is as it was.
+  EXPECT_EQ(
+      In(dir.path(), "qemu-io -c 'read -P 7 0 1M' old.qcow2 | grep -q 'read 1048576'").exit_code,
+      0);
+  // A refused convert (bad option) leaves no new file either.
+  const RunResult bad = In(dir.path(), Ours() + " convert -S 100 -O raw bad.qcow2 new.raw");
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_NE(In(dir.path(), "test -e new.raw").exit_code, 0);
+}
+
+// A raw disk of zeros with seeded islands of data and holes of every size
+// around -S's values, kept inside 2 MiB windows (qemu-img decides per
+// buffer of 2 MiB; so do we past the default -S). Data at offset 0: QEMU
+// always allocates a raw target's first block.
+std::string SparseIslands(uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  const uint64_t lengths[] = {100, 512, 1000, 3000, 4096, 9000, 70000};
+  const uint64_t gaps[] = {512, 1024, 2048, 4096, 6000, 8192, 20000, 40000, 70000, 150000};
+  std::string cmds = " -c 'write -P 5 0 700'";
+  for (uint64_t window = 0; window < 4; ++window) {
+    uint64_t pos = window * (2 << 20) + 64 * 1024 + rng() % 4096;
+    const uint64_t end = (window + 1) * (2 << 20) - 200000;
+    while (pos < end) {
+      const uint64_t len = lengths[rng() % std::size(lengths)];
+      absl::StrAppend(&cmds, " -c 'write -P ", rng() % 255 + 1, " ", pos, " ", len, "'");
+      pos += len + gaps[rng() % std::size(gaps)];
+    }
+  }
+  return "head -c 8M /dev/zero > src.raw && qemu-io -f raw" + cmds + " src.raw >/dev/null";
+}
+
+TEST(ConvertSparse, AllocatesWhatQemuImgAllocates) {
+  if (!HaveTool("qemu-img") || !HaveTool("qemu-io")) GTEST_SKIP() << "QEMU tools not installed";
+  const uint64_t seed = Seed();
+  std::printf("[ seed ] %lu (rerun: UQ_CONVERT_SEED=%lu)\n", seed, seed);
+  TempDir dir;
+  ASSERT_EQ(In(dir.path(), SparseIslands(seed)).exit_code, 0);
+  for (const char* sparse : {"", "-S 0", "-S 512", "-S 4k", "-S 8k", "-S 64k", "-S 1M", "-S 16M"}) {
+    for (const char* out : {"raw", "qcow2", "qcow2 -o cluster_size=4k"}) {
+      SCOPED_TRACE(absl::StrCat(sparse, " -O ", out, " seed ", seed));
+      const std::string fmt = std::string(out).substr(0, std::string(out).find(' '));
+      const std::string args = std::string(" -f raw ") + sparse + " -O " + out + " src.raw ";
+      ASSERT_EQ(In(dir.path(), "rm -f ours theirs").exit_code, 0);
+      const RunResult r = In(dir.path(), Ours() + " convert" + args + "ours");
+      ASSERT_EQ(r.exit_code, 0) << r.err;
+      ASSERT_EQ(In(dir.path(), "qemu-img convert" + args + "theirs").exit_code, 0);
+      EXPECT_EQ(In(dir.path(), "qemu-img compare -f raw -F " + fmt + " src.raw ours").exit_code, 0);
+      const std::string ours = Allocation(dir.path(), fmt, "ours");
+      EXPECT_EQ(ours, Allocation(dir.path(), fmt, "theirs"));
+      if (fmt == "raw") {
+        const RunResult blocks = In(dir.path(), "stat -c %b ours theirs");
+        ASSERT_EQ(blocks.exit_code, 0);
+        uint64_t a = 0, b = 0;
+        ASSERT_EQ(std::sscanf(blocks.out.c_str(), "%lu %lu", &a, &b), 2) << blocks.out;
+        EXPECT_EQ(a, b) << "512-byte blocks allocated, ours vs qemu-img's";
+        if (std::string(sparse) == "-S 0") {
+          EXPECT_GE(a * 512, uint64_t{8} << 20);  // fully allocated
+        } else if (std::string(sparse).empty()) {
+          EXPECT_LT(a * 512, uint64_t{4} << 20);  // sparse
+        }
+      } else {
+        EXPECT_EQ(In(dir.path(), "qemu-img check -q ours").exit_code, 0);
+      }
+    }
+  }
+  // Sizes qemu-img refuses: one line, exit 1, as qemu-img exits 1.
+  for (const char* bad : {"-S 100", "-S 17M", "-S -1", "-S 4x"}) {
+    SCOPED_TRACE(bad);
+    const RunResult r = In(dir.path(), Ours() + " convert " + bad + " -O raw src.raw x.raw");
+    EXPECT_EQ(r.exit_code, 1);
+    EXPECT_EQ(Lines(r.err), 1) << r.err;
+    EXPECT_NE(
+        In(dir.path(), "qemu-img convert " + std::string(bad) + " -O raw src.raw y.raw").exit_code,
+        0);
+  }
+}
+
+}  // namespace
+}  // namespace uq::interop
