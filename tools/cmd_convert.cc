@@ -2,7 +2,7 @@
 // backing chain, read through the engine) into a new raw or qcow2 image.
 //
 //   qcow2-img convert [-f FMT] [-O raw|qcow2] [-o OPTS] [-c] [-p] [-q] [-m N] [-W]
-//                     [-l SNAPSHOT] [-t CACHE] [-T SRC_CACHE] [-S SIZE] SRC DST
+//                     [-l SNAPSHOT] [-t CACHE] [-T SRC_CACHE] [-S SIZE] [-r RATE] SRC DST
 //
 // -o takes qcow2 create options: cluster_size, compat (0.10/1.1), compression_type
 // (zlib/zstd), refcount_bits, extended_l2, lazy_refcounts. -c writes
@@ -12,7 +12,8 @@
 // once; qcow2 output is written in guest order (unfragmented) unless -W
 // allows out-of-order writes. The destination is never flushed unless -t
 // asks (writeback, none), as qemu-img convert's default cache mode (unsafe).
-// A convert that fails removes the target it created.
+// -r limits the bytes written per second. A convert that fails removes the
+// target it created.
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -124,6 +125,8 @@ constexpr common::OptionSpec kConvertOptions[] = {
     {'S', 'S', "sparse-size", "SIZE",
      "zero runs of at least SIZE bytes (a multiple of 512, default 4k) are left unallocated; "
      "0 writes every byte (fully allocates DST)"},
+    {'r', 'r', "rate-limit", "RATE",
+     "write at most RATE bytes per second to DST (k, M, G suffixes; 0: no limit)"},
     {kTargetIsZero, 0, "target-is-zero", "",
      "with -n: DST reads as zeros already, so zero ranges are not written"},
     kHelpOption,
@@ -142,6 +145,7 @@ int RunConvert(const common::ParsedArgs& parsed) {
   bool no_create = false;
   bool target_is_zero = false;
   uint32_t min_sparse_sectors = 8;  // qemu-img's default, 4 KiB
+  uint64_t rate_limit = 0;
   std::vector<std::string> create_option_strings;
 
   for (const common::ParsedOption& o : parsed.options) {
@@ -210,6 +214,12 @@ int RunConvert(const common::ParsedArgs& parsed) {
         if (!sectors.ok())
           return ReportError(absl::StrCat("convert: ", sectors.status().message()));
         min_sparse_sectors = *sectors;
+        break;
+      }
+      case 'r': {
+        auto rate = ParseRateLimit(value);
+        if (!rate.ok()) return ReportError(absl::StrCat("convert: ", rate.status().message()));
+        rate_limit = *rate;
         break;
       }
       case kTargetIsZero:
@@ -311,6 +321,7 @@ int RunConvert(const common::ParsedArgs& parsed) {
   // every chunk is read (the zero detection then still keeps DST sparse).
   // -S 0 writes the zeros too (qemu-img: "fully allocates output").
   job.min_sparse_sectors = min_sparse_sectors;
+  job.rate_bytes_per_second = rate_limit;
   if (min_sparse_sectors != 0) {
     job.alignment_sectors = std::max(job.alignment_sectors, PowerOfTwoFloor(min_sparse_sectors));
     // Zero runs shorter than -S are written only inside one chunk; past the
@@ -369,7 +380,7 @@ const Command kConvertCommand = {
     "convert",
     RunConvert,
     "convert [-f FMT] [-O raw|qcow2] [-o OPTIONS] [-c] [-p] [-q] [-m N] [-W] [-l SNAPSHOT] "
-    "[-t CACHE] [-T SRC_CACHE] [-U] [-S SIZE] [-n [--target-is-zero]] SRC DST",
+    "[-t CACHE] [-T SRC_CACHE] [-U] [-S SIZE] [-r RATE] [-n [--target-is-zero]] SRC DST",
     "Copies the guest-visible contents of SRC (through its backing chain) into a new image DST.",
     kConvertOptions,
 };

@@ -1,7 +1,9 @@
 #include "tools/convert_copy.h"
 
+#include <liburing.h>
 #include <sys/uio.h>
 
+#include <chrono>
 #include <cstring>
 #include <memory>
 #include <span>
@@ -42,6 +44,22 @@ void PassTurn(CopyJob& job, uint64_t index) {
   std::coroutine_handle<> h = it->second;
   job.turn_waiters.erase(it);
   h.resume();
+}
+
+// -r: waits until a write of `bytes` more fits under the rate limit: the
+// copy writes at most rate_bytes_per_second from its start, zeroes included
+// (qemu-img throttles every write request to the target the same way).
+Task<void> Throttle(CopyJob& job, uint64_t bytes) {
+  if (job.rate_bytes_per_second == 0) co_return;
+  job.throttled_bytes += bytes;
+  const auto due = job.start + std::chrono::nanoseconds(static_cast<int64_t>(
+                                   static_cast<double>(job.throttled_bytes) * 1e9 /
+                                   static_cast<double>(job.rate_bytes_per_second)));
+  const auto wait = due - std::chrono::steady_clock::now();
+  if (wait <= std::chrono::nanoseconds(0)) co_return;
+  const int64_t ns = std::chrono::duration_cast<std::chrono::nanoseconds>(wait).count();
+  __kernel_timespec ts{.tv_sec = ns / 1000000000, .tv_nsec = ns % 1000000000};
+  co_await job.loop->Op([&](io_uring_sqe* sqe) { io_uring_prep_timeout(sqe, &ts, 0, 0); });
 }
 
 // Per worker: room for one chunk's compressed clusters and their fate.
@@ -89,11 +107,13 @@ Task<int> WriteCompressedChunk(CopyJob& job, AlignedBuffer& buf, CompressScratch
     int r = 0;
     if (scratch.zero[i]) {
       if (!job.dst_reads_zero) {
+        co_await Throttle(job, n);
         r = co_await job.dst->WriteZeroes(offset + pos, n, /*may_unmap=*/true);
       }
     } else if (scratch.sizes[i] < 0) {
       r = static_cast<int>(scratch.sizes[i]);
     } else {
+      co_await Throttle(job, n);
       std::span<const std::byte> compressed =
           scratch.out.span().subspan(pos, static_cast<size_t>(scratch.sizes[i]));
       r = co_await job.dst->WriteCompressedBytes(offset + pos, buf.span().subspan(pos, n),
@@ -146,6 +166,7 @@ Task<int> CopyChunk(CopyJob& job, AlignedBuffer& buf, CompressScratch* scratch, 
     pos += run.length_bytes;
     if (end <= begin || (!run.data && job.dst_reads_zero)) continue;
     written_end = end;
+    co_await Throttle(job, end - begin);
     if (run.data) {
       iovec w = buf.Iov(begin, end - begin);
       r = co_await job.dst->Write(offset + begin, std::span<const iovec>(&w, 1), /*fua=*/false);
@@ -178,6 +199,7 @@ Task<void> CopyWorker(CopyJob& job) {
       ++job.skipped_chunks;
       if (!job.dst_reads_zero && job.error == 0) {
         const uint64_t n = std::min(job.chunk_bytes, job.dst_size_bytes - offset);
+        co_await Throttle(job, n);
         r = co_await job.dst->WriteZeroes(offset, n, /*may_unmap=*/true);
         if (r < 0) what = absl::StrCat("zeroing destination at offset ", offset);
       }
@@ -198,6 +220,7 @@ Task<void> CopyWorker(CopyJob& job) {
 }  // namespace
 
 absl::Status RunCopy(CopyJob& job, int workers) {
+  job.start = std::chrono::steady_clock::now();
   job.chunks = (job.size_bytes + job.chunk_bytes - 1) / job.chunk_bytes;
   std::vector<Task<void>> tasks;
   for (int i = 0; i < workers; ++i) tasks.push_back(CopyWorker(job));

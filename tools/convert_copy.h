@@ -8,6 +8,7 @@
 #define UQ_TOOLS_CONVERT_COPY_H_
 
 #include <algorithm>
+#include <chrono>
 #include <coroutine>
 #include <cstdint>
 #include <cstdio>
@@ -71,6 +72,10 @@ struct CopyJob {
   // qcow2 targets: data writes are widened to whole clusters of this size
   // (the target allocates whole clusters anyway). 0: as detected (raw).
   uint64_t widen_bytes = 0;
+  // -r: bytes per second written to the destination at most (0: no limit).
+  uint64_t rate_bytes_per_second = 0;
+  uint64_t throttled_bytes = 0;  // written or waiting to be, since `start`
+  std::chrono::steady_clock::time_point start;
   // Chunks that read as zeros in the source (tools/zero_chunks.h): not read,
   // and written only as zeroes when the destination may hold data there.
   // Empty: read every chunk.

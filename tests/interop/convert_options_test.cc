@@ -6,11 +6,15 @@
 //  - -S SIZE: the same contents and the same allocation (qemu-img map of the
 //    target, raw and qcow2, and the raw file's block count) as qemu-img's -S
 //    for sizes from 0 (fully allocated) to 16M; sizes qemu-img refuses are
-//    refused.
+//    refused;
+//  - -r RATE: a convert of 8 MiB at 4 MiB/s takes 2 s at least (a lower
+//    bound only) and writes what qemu-img convert -r writes; -r 0 is no
+//    limit; a bad rate is refused as qemu-img refuses it.
 // Seeded inputs print their seed; UQ_CONVERT_SEED=<n> reruns one.
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -210,6 +214,42 @@ TEST(ConvertSparse, AllocatesWhatQemuImgAllocates) {
     EXPECT_EQ(Lines(r.err), 1) << r.err;
     EXPECT_NE(
         In(dir.path(), "qemu-img convert " + std::string(bad) + " -O raw src.raw y.raw").exit_code,
+        0);
+  }
+}
+
+TEST(ConvertRate, TakesAtLeastSizeOverRate) {
+  if (!HaveTool("qemu-img")) GTEST_SKIP() << "qemu-img not installed";
+  TempDir dir;
+  ASSERT_EQ(In(dir.path(), "head -c 8388608 /dev/urandom > src.raw").exit_code, 0);
+  for (const char* out : {"raw", "qcow2", "qcow2 -c"}) {
+    SCOPED_TRACE(out);
+    const std::string fmt = std::string(out).substr(0, std::string(out).find(' '));
+    const std::string args = std::string(" -f raw -O ") + out + " src.raw ";
+    ASSERT_EQ(In(dir.path(), "rm -f ours theirs").exit_code, 0);
+    const auto start = std::chrono::steady_clock::now();
+    const RunResult r = In(dir.path(), Ours() + " convert -r 4M" + args + "ours");
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    std::printf("-O %s -r 4M of 8 MiB: %.2f s\n", out, seconds);
+    EXPECT_GE(seconds, 2.0);
+    ASSERT_EQ(In(dir.path(), "qemu-img convert -r 4M" + args + "theirs").exit_code, 0);
+    EXPECT_EQ(
+        In(dir.path(), "qemu-img compare -f " + fmt + " -F " + fmt + " ours theirs").exit_code, 0);
+  }
+  ASSERT_EQ(In(dir.path(), "rm -f ours && " + Ours() +
+                               " convert -r 0 -f raw src.raw ours && "
+                               "cmp src.raw ours")
+                .exit_code,
+            0);
+  for (const char* bad : {"-r -1", "-r 4Q"}) {
+    SCOPED_TRACE(bad);
+    const RunResult r = In(dir.path(), Ours() + " convert " + bad + " -f raw src.raw x.raw");
+    EXPECT_EQ(r.exit_code, 1);
+    EXPECT_EQ(Lines(r.err), 1) << r.err;
+    EXPECT_NE(
+        In(dir.path(), "qemu-img convert " + std::string(bad) + " -f raw src.raw y.raw").exit_code,
         0);
   }
 }
