@@ -36,6 +36,7 @@
 #include "format/status_macros.h"
 #include "src/engine/raw_device.h"
 #include "src/io/uring_file.h"
+#include "tools/block_status.h"
 #include "tools/commands.h"
 #include "tools/compress_pool.h"
 #include "tools/convert_copy.h"
@@ -100,6 +101,25 @@ class CreatedTarget {
   std::string path_;
 };
 
+// -B: the source's extents as the copy treats them over the new backing
+// file, whose size (read from the target's chain) bounds the zero ranges
+// worth writing; with -n there is no such bound, as in qemu-img.
+absl::Status SetUpBackingCopy(const std::string& src_path, const EngineOpenOptions& src_options,
+                              const std::string& dst_path, bool no_create, uint64_t size_bytes,
+                              CopyJob& job) {
+  uint64_t backing_end = UINT64_MAX;
+  if (!no_create) {
+    UQ_ASSIGN_OR_RETURN(Chain chain, Chain::Open(dst_path, "qcow2", LockMode::kNone));
+    backing_end = chain.depth() > 1 ? chain.layer(1).size_bytes() : 0;
+  }
+  UQ_ASSIGN_OR_RETURN(job.extents, BackingExtents(src_path, FormatName(src_options.format),
+                                                  src_options.snapshot, size_bytes, backing_end,
+                                                  /*zeros_as_data=*/job.min_sparse_sectors == 0));
+  job.zero_chunks.clear();
+  job.dst_reads_zero = false;
+  return absl::OkStatus();
+}
+
 enum : int { kTargetIsZero = common::kLongOnlyIdBase };
 
 constexpr common::OptionSpec kConvertOptions[] = {
@@ -108,6 +128,10 @@ constexpr common::OptionSpec kConvertOptions[] = {
     {'o', 'o', "options", "OPTS",
      "qcow2 creation options (repeatable): cluster_size, compat, compression_type, "
      "refcount_bits, extended_l2, lazy_refcounts"},
+    {'B', 'B', "backing", "BACKING",
+     "DST (qcow2) gets BACKING as its backing file; only what SRC's top image holds is "
+     "written (needs -F)"},
+    {'F', 'F', "backing-format", "FMT", "the format of BACKING, qcow2 or raw"},
     {'c', 'c', "compress", "", "write compressed clusters (-O qcow2)"},
     {'p', 'p', "progress", "", "show progress on stderr"},
     {'q', 'q', "quiet", "", "no progress"},
@@ -147,6 +171,8 @@ int RunConvert(const common::ParsedArgs& parsed) {
   uint32_t min_sparse_sectors = 8;  // qemu-img's default, 4 KiB
   uint64_t rate_limit = 0;
   std::vector<std::string> create_option_strings;
+  std::string backing;
+  std::string backing_format;
 
   for (const common::ParsedOption& o : parsed.options) {
     const std::string& value = o.value;
@@ -189,6 +215,15 @@ int RunConvert(const common::ParsedArgs& parsed) {
         auto mode = ParseCacheMode(value);
         if (!mode.ok()) return ReportError(absl::StrCat("convert: ", mode.status().message()));
         src_options.direct_io = mode->direct;
+        break;
+      }
+      case 'B':
+        backing = value;
+        break;
+      case 'F': {
+        auto f = ParseFormatName(value);
+        if (!f.ok()) return ReportError(absl::StrCat("convert: ", f.status().message()));
+        backing_format = value;
         break;
       }
       case 'c':
@@ -240,6 +275,18 @@ int RunConvert(const common::ParsedArgs& parsed) {
       return ReportError("convert: -o options are for -O qcow2");
     }
   }
+  if (!backing.empty() && backing_format.empty()) {
+    return ReportError("convert: -B needs -F (the backing file's format)");
+  }
+  if (backing.empty() && !backing_format.empty()) {
+    return ReportError("convert: -F names the format of a backing file, and there is no -B");
+  }
+  if (!backing.empty() && out_format != "qcow2") {
+    return ReportError("convert: -B needs -O qcow2 (raw has no backing file)");
+  }
+  if (!backing.empty() && target_is_zero) {
+    return ReportError("convert: --target-is-zero cannot be used with a backing file (-B)");
+  }
   if (target_is_zero && !no_create) {
     return ReportError("convert: --target-is-zero requires -n");
   }
@@ -263,6 +310,8 @@ int RunConvert(const common::ParsedArgs& parsed) {
   std::optional<format::ImageLayout> layout;
   if (out_format == "qcow2" && !no_create) {
     create.size_bytes = (size_bytes + 511) / 512 * 512;
+    create.backing_file = backing;
+    if (!backing.empty()) create.backing_format = backing_format;
     auto built = format::BuildImageLayout(create);
     if (!built.ok()) return ReportError(absl::StrCat("convert: ", built.status().message()));
     layout = std::move(*built);
@@ -361,6 +410,14 @@ int RunConvert(const common::ParsedArgs& parsed) {
                                     " bytes)"));
   }
   job.dst_reads_zero = !no_create || target_is_zero;
+  if (!backing.empty()) {
+    absl::Status s = SetUpBackingCopy(src_path, src_options, dst_path, no_create, size_bytes, job);
+    if (!s.ok()) {
+      CloseDevice(loop, *dst).IgnoreError();
+      CloseDevice(loop, **src).IgnoreError();
+      return ReportError(absl::StrCat("convert: -B: ", s.message()));
+    }
+  }
   job.progress = &progress;
   absl::Status copied = size_bytes == 0 ? absl::OkStatus() : RunCopy(job, workers);
   if (copied.ok()) progress.Finish();
@@ -380,7 +437,8 @@ const Command kConvertCommand = {
     "convert",
     RunConvert,
     "convert [-f FMT] [-O raw|qcow2] [-o OPTIONS] [-c] [-p] [-q] [-m N] [-W] [-l SNAPSHOT] "
-    "[-t CACHE] [-T SRC_CACHE] [-U] [-S SIZE] [-r RATE] [-n [--target-is-zero]] SRC DST",
+    "[-t CACHE] [-T SRC_CACHE] [-U] [-S SIZE] [-r RATE] [-B BACKING -F FMT] [-n "
+    "[--target-is-zero]] SRC DST",
     "Copies the guest-visible contents of SRC (through its backing chain) into a new image DST.",
     kConvertOptions,
 };

@@ -62,6 +62,31 @@ Task<void> Throttle(CopyJob& job, uint64_t bytes) {
   co_await job.loop->Op([&](io_uring_sqe* sqe) { io_uring_prep_timeout(sqe, &ts, 0, 0); });
 }
 
+// -B: the source extent holding `offset` (the last one past the source's
+// end: a qcow2 target's size is rounded up to a sector).
+const SourceExtent& ExtentAt(const CopyJob& job, uint64_t offset) {
+  auto it = std::upper_bound(job.extents.begin(), job.extents.end(), offset,
+                             [](uint64_t o, const SourceExtent& e) { return o < e.offset_bytes; });
+  return *std::prev(it);
+}
+
+// Where extent `e`, which holds byte `pos` of the chunk at `offset`, ends in
+// the chunk of `length` bytes.
+uint64_t ExtentEnd(const SourceExtent& e, uint64_t offset, uint64_t pos, uint64_t length) {
+  const uint64_t end = e.offset_bytes + e.length_bytes;
+  return end > offset + pos ? std::min(length, end - offset) : length;
+}
+
+// -B with -c: what a whole cluster of the target is (qemu-img: a cluster
+// that is not all one kind is data).
+ExtentKind UnitKind(const CopyJob& job, uint64_t offset, uint64_t length) {
+  const SourceExtent& e = ExtentAt(job, offset);
+  if (e.kind != ExtentKind::kData && e.offset_bytes + e.length_bytes >= offset + length) {
+    return e.kind;
+  }
+  return ExtentKind::kData;
+}
+
 // Per worker: room for one chunk's compressed clusters and their fate.
 struct CompressScratch {
   explicit CompressScratch(uint64_t chunk_bytes, uint64_t unit_bytes)
@@ -105,7 +130,10 @@ Task<int> WriteCompressedChunk(CopyJob& job, AlignedBuffer& buf, CompressScratch
     const uint64_t pos = i * unit;
     const uint64_t n = std::min(unit, length - pos);
     int r = 0;
-    if (scratch.zero[i]) {
+    const ExtentKind kind =
+        job.extents.empty() ? ExtentKind::kData : UnitKind(job, offset + pos, n);
+    if (kind == ExtentKind::kBacking) continue;
+    if (kind == ExtentKind::kZero || scratch.zero[i]) {
       if (!job.dst_reads_zero) {
         co_await Throttle(job, n);
         r = co_await job.dst->WriteZeroes(offset + pos, n, /*may_unmap=*/true);
@@ -127,13 +155,89 @@ Task<int> WriteCompressedChunk(CopyJob& job, AlignedBuffer& buf, CompressScratch
   co_return 0;
 }
 
+// Writes [from, to) of the chunk at `offset`, as qemu-img's sparse detection
+// (-S) decides: data runs are written (widened to whole target clusters),
+// zero runs left out when `skip_zeros`, else zeroed. [0, written_end) of the
+// chunk is done already; advances it.
+Task<int> WriteRuns(CopyJob& job, AlignedBuffer& buf, uint64_t offset, uint64_t from, uint64_t to,
+                    uint64_t length, bool skip_zeros, uint64_t& written_end, std::string& what) {
+  uint64_t pos = from;
+  while (pos < to) {
+    const std::span<const std::byte> rest = buf.span().subspan(pos, to - pos);
+    SparseRun run{to - pos, true};  // -S 0: every byte is written
+    if (job.min_sparse_sectors != 0) {
+      run = NextSparseRun(rest, offset + pos, job.min_sparse_sectors, job.alignment_sectors);
+    }
+    uint64_t begin = std::max(pos, written_end);
+    uint64_t end = pos + run.length_bytes;
+    if (run.data && job.widen_bytes != 0) {
+      // The target allocates whole clusters anyway: write them whole.
+      begin = std::max(written_end, pos / job.widen_bytes * job.widen_bytes);
+      end = std::min(length, (end + job.widen_bytes - 1) / job.widen_bytes * job.widen_bytes);
+    }
+    pos += run.length_bytes;
+    if (end <= begin || (!run.data && skip_zeros)) continue;
+    written_end = end;
+    int r = 0;
+    co_await Throttle(job, end - begin);
+    if (run.data) {
+      iovec w = buf.Iov(begin, end - begin);
+      r = co_await job.dst->Write(offset + begin, std::span<const iovec>(&w, 1), /*fua=*/false);
+      if (r < 0) what = absl::StrCat("writing destination at offset ", offset + begin);
+    } else {
+      r = co_await job.dst->WriteZeroes(offset + begin, end - begin, /*may_unmap=*/true);
+      if (r < 0) what = absl::StrCat("zeroing destination at offset ", offset + begin);
+    }
+    if (r < 0) co_return r;
+  }
+  co_return 0;
+}
+
+// -B: writes the chunk extent by extent: data as WriteRuns (zero runs
+// zeroed: the backing file may hold data there), zero extents zeroed,
+// extents left to the backing file not written.
+Task<int> WriteOverBacking(CopyJob& job, AlignedBuffer& buf, uint64_t offset, uint64_t length,
+                           std::string& what) {
+  uint64_t written_end = 0;
+  for (uint64_t pos = 0; pos < length;) {
+    const SourceExtent& e = ExtentAt(job, offset + pos);
+    const uint64_t end = ExtentEnd(e, offset, pos, length);
+    int r = 0;
+    if (e.kind == ExtentKind::kData) {
+      r = co_await WriteRuns(job, buf, offset, pos, end, length, /*skip_zeros=*/false, written_end,
+                             what);
+    } else if (e.kind == ExtentKind::kZero && end > std::max(pos, written_end)) {
+      const uint64_t begin = std::max(pos, written_end);
+      written_end = end;
+      co_await Throttle(job, end - begin);
+      r = co_await job.dst->WriteZeroes(offset + begin, end - begin, /*may_unmap=*/true);
+      if (r < 0) what = absl::StrCat("zeroing destination at offset ", offset + begin);
+    }
+    if (r < 0) co_return r;
+    pos = end;
+  }
+  co_return 0;
+}
+
+// -B: whether any of the chunk is data (else it need not be read).
+bool ChunkHasData(const CopyJob& job, uint64_t offset, uint64_t length) {
+  for (uint64_t pos = 0; pos < length;) {
+    const SourceExtent& e = ExtentAt(job, offset + pos);
+    if (e.kind == ExtentKind::kData) return true;
+    pos = ExtentEnd(e, offset, pos, length);
+  }
+  return false;
+}
+
 Task<int> CopyChunk(CopyJob& job, AlignedBuffer& buf, CompressScratch* scratch, uint64_t index,
                     uint64_t offset, uint64_t src_length, std::string& what) {
-  iovec v = buf.Iov(0, src_length);
-  int r = co_await job.src->Read(offset, std::span<const iovec>(&v, 1));
-  if (r < 0) {
-    what = absl::StrCat("reading source at offset ", offset);
-    co_return r;
+  if (job.extents.empty() || ChunkHasData(job, offset, src_length)) {
+    iovec v = buf.Iov(0, src_length);
+    int r = co_await job.src->Read(offset, std::span<const iovec>(&v, 1));
+    if (r < 0) {
+      what = absl::StrCat("reading source at offset ", offset);
+      co_return r;
+    }
   }
   // A raw source need not end on a sector; the qcow2 destination does (its
   // size is rounded up, as qemu-img does): the tail reads as zeros.
@@ -146,39 +250,10 @@ Task<int> CopyChunk(CopyJob& job, AlignedBuffer& buf, CompressScratch* scratch, 
     co_await WriteTurn{job, index};
     if (job.error != 0) co_return 0;  // another chunk failed; stop quietly
   }
-  // qemu-img's sparse detection (-S) decides what is written; zero runs are
-  // left out when the target reads as zeros, else zeroed.
-  uint64_t pos = 0;
-  uint64_t written_end = 0;  // [0, written_end) of the chunk is done
-  while (pos < length) {
-    const std::span<const std::byte> rest = buf.span().subspan(pos, length - pos);
-    SparseRun run{length - pos, true};  // -S 0: every byte is written
-    if (job.min_sparse_sectors != 0) {
-      run = NextSparseRun(rest, offset + pos, job.min_sparse_sectors, job.alignment_sectors);
-    }
-    uint64_t begin = std::max(pos, written_end);
-    uint64_t end = pos + run.length_bytes;
-    if (run.data && job.widen_bytes != 0) {
-      // The target allocates whole clusters anyway: write them whole.
-      begin = std::max(written_end, pos / job.widen_bytes * job.widen_bytes);
-      end = std::min(length, (end + job.widen_bytes - 1) / job.widen_bytes * job.widen_bytes);
-    }
-    pos += run.length_bytes;
-    if (end <= begin || (!run.data && job.dst_reads_zero)) continue;
-    written_end = end;
-    co_await Throttle(job, end - begin);
-    if (run.data) {
-      iovec w = buf.Iov(begin, end - begin);
-      r = co_await job.dst->Write(offset + begin, std::span<const iovec>(&w, 1), /*fua=*/false);
-      if (r < 0) what = absl::StrCat("writing destination at offset ", offset + begin);
-    } else {
-      // An existing target (-n): zero the run.
-      r = co_await job.dst->WriteZeroes(offset + begin, end - begin, /*may_unmap=*/true);
-      if (r < 0) what = absl::StrCat("zeroing destination at offset ", offset + begin);
-    }
-    if (r < 0) co_return r;
-  }
-  co_return 0;
+  if (!job.extents.empty()) co_return co_await WriteOverBacking(job, buf, offset, length, what);
+  uint64_t written_end = 0;
+  co_return co_await WriteRuns(job, buf, offset, 0, length, length, job.dst_reads_zero, written_end,
+                               what);
 }
 
 Task<void> CopyWorker(CopyJob& job) {

@@ -21,6 +21,7 @@
 #include "src/engine/device.h"
 #include "src/io/event_loop.h"
 #include "tools/compress_pool.h"
+#include "tools/zero_chunks.h"
 
 namespace uq::tools {
 
@@ -72,6 +73,10 @@ struct CopyJob {
   // qcow2 targets: data writes are widened to whole clusters of this size
   // (the target allocates whole clusters anyway). 0: as detected (raw).
   uint64_t widen_bytes = 0;
+  // -B: the source's extents as tools/zero_chunks.h BackingExtents gives
+  // them (what is left to the new backing file is not written; zero ranges
+  // and zero runs in data are zeroed). Empty: not -B.
+  std::vector<SourceExtent> extents;
   // -r: bytes per second written to the destination at most (0: no limit).
   uint64_t rate_bytes_per_second = 0;
   uint64_t throttled_bytes = 0;  // written or waiting to be, since `start`

@@ -9,7 +9,13 @@
 //    refused;
 //  - -r RATE: a convert of 8 MiB at 4 MiB/s takes 2 s at least (a lower
 //    bound only) and writes what qemu-img convert -r writes; -r 0 is no
-//    limit; a bad rate is refused as qemu-img refuses it.
+//    limit; a bad rate is refused as qemu-img refuses it;
+//  - -B BACKING -F FMT: for qcow2 and raw sources with and without backing
+//    files, new backing files shorter than the source, -c, -S 0 and 4k
+//    clusters, the target has the same contents and the same allocation
+//    (qemu-img map: data, zero clusters, what is left to the backing file)
+//    as qemu-img convert -B's, names BACKING and FMT, and checks clean;
+//    qemu-img's refusals are ours.
 // Seeded inputs print their seed; UQ_CONVERT_SEED=<n> reruns one.
 #include <gtest/gtest.h>
 
@@ -252,6 +258,82 @@ TEST(ConvertRate, TakesAtLeastSizeOverRate) {
         In(dir.path(), "qemu-img convert " + std::string(bad) + " -f raw src.raw y.raw").exit_code,
         0);
   }
+}
+
+// Sources over and beside backing files, and new backing files for them.
+constexpr char kBackingSetup[] =
+    "qemu-img create -q -f qcow2 base.qcow2 8M && "
+    "qemu-io -c 'write -P 1 0 8M' base.qcow2 >/dev/null && "
+    "head -c 8M /dev/zero | tr '\\000' '\\001' > base.raw && "
+    "qemu-img create -q -f qcow2 small.qcow2 3M && "
+    "qemu-io -c 'write -P 4 0 3M' small.qcow2 >/dev/null && "
+    "qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2 && "
+    "qemu-io -c 'write -P 2 1M 300k' -c 'write -z 3M 64k' -c 'write -z 4M 10k' "
+    "-c 'write -P 0 5M 128k' top.qcow2 >/dev/null && "
+    "qemu-img create -q -f qcow2 alone.qcow2 8M && "
+    "qemu-io -c 'write -P 2 1M 300k' -c 'write -z 2M 64k' -c 'write -P 0 5M 128k' "
+    "-c 'write -P 6 7M 64k' alone.qcow2 >/dev/null && "
+    "truncate -s 8M holes.raw && "
+    "qemu-io -f raw -c 'write -P 3 1M 100k' -c 'write -P 0 2M 64k' holes.raw >/dev/null";
+
+TEST(ConvertBacking, WritesWhatQemuImgWrites) {
+  if (!HaveTool("qemu-img") || !HaveTool("qemu-io")) GTEST_SKIP() << "QEMU tools not installed";
+  TempDir dir;
+  ASSERT_EQ(In(dir.path(), kBackingSetup).exit_code, 0);
+  struct Case {
+    const char* src;
+    const char* backing;
+    const char* fmt;
+    const char* extra;
+  };
+  for (const Case& c :
+       {Case{"top.qcow2", "base.qcow2", "qcow2", ""},
+        Case{"top.qcow2", "base.qcow2", "qcow2", "-c"},
+        Case{"top.qcow2", "base.qcow2", "qcow2", "-S 0"},
+        Case{"top.qcow2", "base.qcow2", "qcow2", "-o cluster_size=4k"},
+        Case{"top.qcow2", "base.raw", "raw", ""}, Case{"top.qcow2", "small.qcow2", "qcow2", "-S 0"},
+        Case{"alone.qcow2", "base.qcow2", "qcow2", ""},
+        Case{"alone.qcow2", "small.qcow2", "qcow2", ""},
+        Case{"holes.raw", "small.qcow2", "qcow2", ""},
+        Case{"holes.raw", "base.qcow2", "qcow2", "-c"}}) {
+    const std::string args =
+        absl::StrCat(" -B ", c.backing, " -F ", c.fmt, " ", c.extra, " -O qcow2 ", c.src, " ");
+    SCOPED_TRACE(args);
+    ASSERT_EQ(In(dir.path(), "rm -f ours theirs").exit_code, 0);
+    const RunResult r = In(dir.path(), Ours() + " convert" + args + "ours");
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    ASSERT_EQ(In(dir.path(), "qemu-img convert" + args + "theirs").exit_code, 0);
+    EXPECT_EQ(In(dir.path(), "qemu-img compare theirs ours").exit_code, 0);
+    if (std::string(c.src) == "top.qcow2" && std::string(c.backing) == "base.qcow2") {
+      EXPECT_EQ(In(dir.path(), "qemu-img compare top.qcow2 ours").exit_code, 0);
+    }
+    EXPECT_EQ(Allocation(dir.path(), "qcow2", "ours"), Allocation(dir.path(), "qcow2", "theirs"));
+    const RunResult check = In(dir.path(), "qemu-img check ours");
+    EXPECT_EQ(check.exit_code, 0) << check.out;
+    const RunResult info = In(dir.path(), "qemu-img info --output=json ours");
+    ASSERT_EQ(info.exit_code, 0);
+    const common::Json json = ParseOrDie(info.out);
+    EXPECT_EQ(json.Find("backing-filename")->AsString(), c.backing);
+    EXPECT_EQ(json.Find("backing-filename-format")->AsString(), c.fmt);
+  }
+  // Refused as qemu-img refuses them, one line each, no target left.
+  for (const char* bad : {"-B base.qcow2 -O qcow2", "-F qcow2 -O qcow2",
+                          "-B base.qcow2 -F qcow2 -O raw", "-B missing.qcow2 -F qcow2 -O qcow2"}) {
+    SCOPED_TRACE(bad);
+    const RunResult r = In(dir.path(), Ours() + " convert " + bad + " top.qcow2 x.img");
+    EXPECT_EQ(r.exit_code, 1);
+    EXPECT_EQ(Lines(r.err), 1) << r.err;
+    EXPECT_NE(In(dir.path(), "test -e x.img").exit_code, 0);
+    EXPECT_NE(In(dir.path(), "qemu-img convert " + std::string(bad) + " top.qcow2 y.img").exit_code,
+              0);
+  }
+  // qemu-img reports this one but exits 0 (7.2); ours exits 1.
+  ASSERT_EQ(In(dir.path(), "qemu-img create -q -f qcow2 z.qcow2 8M").exit_code, 0);
+  const RunResult z = In(dir.path(), Ours() +
+                                         " convert -n --target-is-zero -B base.qcow2 -F qcow2 "
+                                         "-O qcow2 top.qcow2 z.qcow2");
+  EXPECT_EQ(z.exit_code, 1);
+  EXPECT_EQ(Lines(z.err), 1) << z.err;
 }
 
 }  // namespace
