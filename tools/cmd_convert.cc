@@ -41,6 +41,7 @@
 #include "tools/compress_pool.h"
 #include "tools/convert_copy.h"
 #include "tools/convert_options.h"
+#include "tools/convert_target.h"
 #include "tools/engine_util.h"
 #include "tools/image_lock.h"
 #include "tools/sparse_runs.h"
@@ -53,53 +54,6 @@ namespace {
 constexpr uint64_t kRawChunkBytes = 1 << 20;
 constexpr uint64_t kQemuBufferBytes = 2 << 20;  // qemu-img convert's IO_BUF_SIZE
 constexpr uint64_t kMinQcow2ChunkBytes = 256 << 10;
-
-// Creates `path` (or empties it) under the writer's lock, taken before the
-// truncation so an image in use is left alone, and writes a fresh qcow2
-// layout into it when `layout` is given. The engine then reopens (and
-// relocks) the file, with O_DIRECT if asked.
-absl::Status PrepareDestination(io::EventLoop& loop, const std::string& path,
-                                const format::ImageLayout* layout) {
-  io::OpenFlags flags;
-  flags.create = true;
-  auto file = io::UringFile::Open(&loop, path, flags);
-  if (!file.ok()) return file.status();
-  io::BlockFile& f = **file;
-  UQ_RETURN_IF_ERROR(LockImageFile((*file)->fd(), LockMode::kExclusive));
-  int r = RunOnLoop(loop, f.Truncate(0));
-  if (r < 0) return absl::InternalError(absl::StrCat(path, ": truncate: ", std::strerror(-r)));
-  if (layout == nullptr) return absl::OkStatus();
-  for (const format::WriteRange& w : layout->writes) {
-    int64_t n = RunOnLoop(loop, f.Write(w.offset_bytes, w.data));
-    if (n < 0) {
-      return absl::InternalError(absl::StrCat(path, ": writing image metadata at ", w.offset_bytes,
-                                              ": ", std::strerror(static_cast<int>(-n))));
-    }
-  }
-  r = RunOnLoop(loop, f.Truncate(layout->file_size_bytes));
-  if (r < 0) return absl::InternalError(absl::StrCat(path, ": truncate: ", std::strerror(-r)));
-  r = RunOnLoop(loop, f.Flush());
-  if (r < 0) return absl::InternalError(absl::StrCat(path, ": flush: ", std::strerror(-r)));
-  return absl::OkStatus();
-}
-
-// Removes the target this convert created (or emptied) unless Keep() is
-// called: a half-written image is worse than none. Only armed once the
-// target is ours (created, or locked and truncated), never for -n.
-class CreatedTarget {
- public:
-  CreatedTarget() = default;
-  CreatedTarget(const CreatedTarget&) = delete;
-  CreatedTarget& operator=(const CreatedTarget&) = delete;
-  ~CreatedTarget() {
-    if (!path_.empty()) unlink(path_.c_str());
-  }
-  void Arm(const std::string& path) { path_ = path; }
-  void Keep() { path_.clear(); }
-
- private:
-  std::string path_;
-};
 
 // -B: the source's extents as the copy treats them over the new backing
 // file, whose size (read from the target's chain) bounds the zero ranges
@@ -126,8 +80,9 @@ constexpr common::OptionSpec kConvertOptions[] = {
     {'f', 'f', "format", "FMT", "source format, qcow2 or raw (probed when omitted)"},
     {'O', 'O', "output-format", "FMT", "destination format, raw (default) or qcow2"},
     {'o', 'o', "options", "OPTS",
-     "qcow2 creation options (repeatable): cluster_size, compat, compression_type, "
-     "refcount_bits, extended_l2, lazy_refcounts"},
+     "creation options (repeatable): cluster_size, compat, compression_type, refcount_bits, "
+     "extended_l2, lazy_refcounts, preallocation (off, metadata, falloc, full); raw: "
+     "preallocation (off, falloc, full)"},
     {'B', 'B', "backing", "BACKING",
      "DST (qcow2) gets BACKING as its backing file; only what SRC's top image holds is "
      "written (needs -F)"},
@@ -271,9 +226,6 @@ int RunConvert(const common::ParsedArgs& parsed) {
   const std::string& dst_path = positional[1];
   if (out_format == "raw") {
     if (compress) return ReportError("convert: -c needs -O qcow2");
-    if (!create_option_strings.empty()) {
-      return ReportError("convert: -o options are for -O qcow2");
-    }
   }
   if (!backing.empty() && backing_format.empty()) {
     return ReportError("convert: -B needs -F (the backing file's format)");
@@ -293,9 +245,13 @@ int RunConvert(const common::ParsedArgs& parsed) {
   if (no_create && !create_option_strings.empty()) {
     return ReportError("convert: -o creates DST; with -n, DST exists already");
   }
+  TargetPreallocation prealloc = TargetPreallocation::kOff;
   for (const std::string& o : create_option_strings) {
-    absl::Status s = ApplyCreateOptions(o, create);
+    absl::Status s = ApplyCreateOptions(o, out_format == "raw", create, prealloc);
     if (!s.ok()) return ReportError(absl::StrCat("convert: ", s.message()));
+  }
+  if (compress && prealloc != TargetPreallocation::kOff) {
+    return ReportError("convert: -c and preallocation cannot be used together");
   }
 
   auto loop_or = io::EventLoop::Create(128);
@@ -319,7 +275,8 @@ int RunConvert(const common::ParsedArgs& parsed) {
   CreatedTarget created_target;  // declared before the devices: unlinked after they close
   if (!no_create) {
     const bool existed = access(dst_path.c_str(), F_OK) == 0;
-    absl::Status created = PrepareDestination(loop, dst_path, layout ? &*layout : nullptr);
+    absl::Status created =
+        PrepareDestination(loop, dst_path, layout ? &*layout : nullptr, size_bytes, prealloc);
     // A file that was there and that we could not lock is someone else's.
     if (created.ok() || !existed) created_target.Arm(dst_path);
     if (!created.ok()) return ReportError(absl::StrCat(dst_path, ": ", created.message()));
@@ -354,7 +311,10 @@ int RunConvert(const common::ParsedArgs& parsed) {
     dst = std::move(*opened);
     const uint64_t cluster_bytes = dst->granularity_bytes();
     job.unit_bytes = cluster_bytes;
-    job.widen_bytes = cluster_bytes;
+    // Widen writes to whole clusters only where the target allocates whole
+    // clusters: a preallocated cluster keeps the holes a partial write
+    // leaves in the file, as under qemu-img.
+    if (prealloc == TargetPreallocation::kOff) job.widen_bytes = cluster_bytes;
     job.chunk_bytes = std::max(cluster_bytes, kMinQcow2ChunkBytes);
     job.in_order = !out_of_order;
     if (compress) {

@@ -22,10 +22,21 @@ absl::StatusOr<bool> ParseOnOff(absl::string_view key, absl::string_view value) 
       absl::StrCat("invalid value '", value, "' for option ", key, " (expected on or off)"));
 }
 
+absl::StatusOr<TargetPreallocation> ParsePreallocation(absl::string_view value, bool raw) {
+  if (value == "off") return TargetPreallocation::kOff;
+  if (value == "metadata" && !raw) return TargetPreallocation::kMetadata;
+  if (value == "falloc") return TargetPreallocation::kFalloc;
+  if (value == "full") return TargetPreallocation::kFull;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unsupported preallocation mode '", value, "'",
+                   raw ? " for -O raw (off, falloc or full)" : " (off, metadata, falloc or full)"));
+}
+
 }  // namespace
 
 // Applies one "-o" string ("key=value,key=value") to `options`.
-absl::Status ApplyCreateOptions(absl::string_view text, format::CreateOptions& options) {
+absl::Status ApplyCreateOptions(absl::string_view text, bool raw, format::CreateOptions& options,
+                                TargetPreallocation& prealloc) {
   for (absl::string_view item : absl::StrSplit(text, ',', absl::SkipEmpty())) {
     size_t eq = item.find('=');
     if (eq == absl::string_view::npos) {
@@ -34,7 +45,15 @@ absl::Status ApplyCreateOptions(absl::string_view text, format::CreateOptions& o
     }
     absl::string_view key = item.substr(0, eq);
     absl::string_view value = item.substr(eq + 1);
-    if (key == "cluster_size") {
+    if (key == "preallocation") {
+      UQ_ASSIGN_OR_RETURN(prealloc, ParsePreallocation(value, raw));
+      options.preallocation = prealloc == TargetPreallocation::kOff
+                                  ? format::Preallocation::kOff
+                                  : format::Preallocation::kMetadata;
+    } else if (raw) {
+      return absl::InvalidArgumentError(absl::StrCat("unsupported create option '", key,
+                                                     "' for -O raw (supported: preallocation)"));
+    } else if (key == "cluster_size") {
       UQ_ASSIGN_OR_RETURN(uint64_t bytes, ParseByteCount(value, "cluster_size"));
       if (bytes == 0 || (bytes & (bytes - 1)) != 0 || bytes < 512 || bytes > (2u << 20)) {
         return absl::InvalidArgumentError(
@@ -73,7 +92,7 @@ absl::Status ApplyCreateOptions(absl::string_view text, format::CreateOptions& o
       return absl::InvalidArgumentError(absl::StrCat(
           "unsupported create option '", key,
           "' (supported: cluster_size, compat, compression_type, refcount_bits, extended_l2, "
-          "lazy_refcounts)"));
+          "lazy_refcounts, preallocation)"));
     }
   }
   return absl::OkStatus();

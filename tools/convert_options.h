@@ -17,8 +17,16 @@
 
 namespace uq::tools {
 
-// Applies one "-o" string ("key=value,key=value") to `options`.
-absl::Status ApplyCreateOptions(absl::string_view text, format::CreateOptions& options);
+// -o preallocation=: metadata (qcow2 only) allocates the L2 tables and
+// clusters; falloc also reserves the data on the host (fallocate), full
+// writes zeros over it.
+enum class TargetPreallocation { kOff, kMetadata, kFalloc, kFull };
+
+// Applies one "-o" string ("key=value,key=value") to `options` and
+// `prealloc`. A raw target (`raw`) takes only preallocation (off, falloc,
+// full), as qemu-img's raw driver.
+absl::Status ApplyCreateOptions(absl::string_view text, bool raw, format::CreateOptions& options,
+                                TargetPreallocation& prealloc);
 
 // qemu-img's cache modes that convert serves: none (O_DIRECT, flushed at the
 // end), writeback (flushed at the end) and unsafe (never flushed: the

@@ -15,7 +15,10 @@
 //    clusters, the target has the same contents and the same allocation
 //    (qemu-img map: data, zero clusters, what is left to the backing file)
 //    as qemu-img convert -B's, names BACKING and FMT, and checks clean;
-//    qemu-img's refusals are ours.
+//    qemu-img's refusals are ours;
+//  - -o preallocation=off|metadata|falloc|full (qcow2) and off|falloc|full
+//    (raw): the same contents and guest allocation as qemu-img's, for raw
+//    the same block count; the combinations qemu-img refuses are refused.
 // Seeded inputs print their seed; UQ_CONVERT_SEED=<n> reruns one.
 #include <gtest/gtest.h>
 
@@ -334,6 +337,49 @@ TEST(ConvertBacking, WritesWhatQemuImgWrites) {
                                          "-O qcow2 top.qcow2 z.qcow2");
   EXPECT_EQ(z.exit_code, 1);
   EXPECT_EQ(Lines(z.err), 1) << z.err;
+}
+
+TEST(ConvertPreallocation, AllocatesWhatQemuImgAllocates) {
+  if (!HaveTool("qemu-img") || !HaveTool("qemu-io")) GTEST_SKIP() << "QEMU tools not installed";
+  const uint64_t seed = Seed();
+  std::printf("[ seed ] %lu (rerun: UQ_CONVERT_SEED=%lu)\n", seed, seed);
+  TempDir dir;
+  ASSERT_EQ(In(dir.path(), std::string(kBackingSetup) + " && " + SparseIslands(seed)).exit_code, 0);
+  for (const char* src : {"-f qcow2 top.qcow2", "-f raw src.raw"}) {
+    for (const char* out :
+         {"raw -o preallocation=off", "raw -o preallocation=falloc", "raw -o preallocation=full",
+          "qcow2 -o preallocation=metadata", "qcow2 -o preallocation=falloc",
+          "qcow2 -o preallocation=full", "qcow2 -o preallocation=metadata,cluster_size=4k",
+          "qcow2 -o preallocation=full -S 0"}) {
+      const std::string args = std::string(" ") + src + " -O " + out + " ";
+      SCOPED_TRACE(args + " seed " + std::to_string(seed));
+      const std::string fmt = std::string(out).substr(0, std::string(out).find(' '));
+      ASSERT_EQ(In(dir.path(), "rm -f ours theirs").exit_code, 0);
+      const RunResult r = In(dir.path(), Ours() + " convert" + args + "ours");
+      ASSERT_EQ(r.exit_code, 0) << r.err;
+      ASSERT_EQ(In(dir.path(), "qemu-img convert" + args + "theirs").exit_code, 0);
+      EXPECT_EQ(
+          In(dir.path(), "qemu-img compare -f " + fmt + " -F " + fmt + " theirs ours").exit_code,
+          0);
+      EXPECT_EQ(Allocation(dir.path(), fmt, "ours"), Allocation(dir.path(), fmt, "theirs"));
+      if (fmt == "raw") {
+        EXPECT_EQ(In(dir.path(), "test $(stat -c %b ours) = $(stat -c %b theirs)").exit_code, 0);
+      } else {
+        EXPECT_EQ(In(dir.path(), "qemu-img check -q ours").exit_code, 0);
+      }
+    }
+  }
+  for (const char* bad : {"-O raw -o preallocation=metadata", "-O qcow2 -c -o preallocation=full",
+                          "-O raw -o cluster_size=4k", "-O qcow2 -o preallocation=bogus",
+                          "-O qcow2 -B base.qcow2 -F qcow2 -o preallocation=metadata"}) {
+    SCOPED_TRACE(bad);
+    const RunResult r = In(dir.path(), Ours() + " convert " + bad + " top.qcow2 x.img");
+    EXPECT_EQ(r.exit_code, 1);
+    EXPECT_EQ(Lines(r.err), 1) << r.err;
+    EXPECT_NE(In(dir.path(), "test -e x.img").exit_code, 0);
+    EXPECT_NE(In(dir.path(), "qemu-img convert " + std::string(bad) + " top.qcow2 y.img").exit_code,
+              0);
+  }
 }
 
 }  // namespace
