@@ -55,23 +55,45 @@ constexpr uint64_t kRawChunkBytes = 1 << 20;
 constexpr uint64_t kQemuBufferBytes = 2 << 20;  // qemu-img convert's IO_BUF_SIZE
 constexpr uint64_t kMinQcow2ChunkBytes = 256 << 10;
 
-// -B: the source's extents as the copy treats them over the new backing
-// file, whose size (read from the target's chain) bounds the zero ranges
-// worth writing; with -n there is no such bound, as in qemu-img.
-absl::Status SetUpBackingCopy(const std::string& src_path, const EngineOpenOptions& src_options,
-                              const std::string& dst_path, bool no_create, uint64_t size_bytes,
-                              CopyJob& job) {
+// -B / -C: the source's extents as the copy treats them. -B: the top
+// image's own, over the new backing file, whose size (read from the target's
+// chain) bounds the zero ranges worth writing (with -n there is no such
+// bound, as in qemu-img); zero runs in data are zeroed. -C: the whole chain's.
+absl::Status SetUpExtentCopy(const std::string& src_path, const EngineOpenOptions& src_options,
+                             const std::string& dst_path, bool no_create, bool backing,
+                             uint64_t size_bytes, CopyJob& job) {
   uint64_t backing_end = UINT64_MAX;
-  if (!no_create) {
+  if (backing && !no_create) {
     UQ_ASSIGN_OR_RETURN(Chain chain, Chain::Open(dst_path, "qcow2", LockMode::kNone));
     backing_end = chain.depth() > 1 ? chain.layer(1).size_bytes() : 0;
   }
-  UQ_ASSIGN_OR_RETURN(job.extents, BackingExtents(src_path, FormatName(src_options.format),
-                                                  src_options.snapshot, size_bytes, backing_end,
-                                                  /*zeros_as_data=*/job.min_sparse_sectors == 0));
+  UQ_ASSIGN_OR_RETURN(job.extents,
+                      SourceExtents(src_path, FormatName(src_options.format), src_options.snapshot,
+                                    size_bytes, /*top_only=*/backing, backing_end,
+                                    /*zeros_as_data=*/backing && job.min_sparse_sectors == 0));
   job.zero_chunks.clear();
-  job.dst_reads_zero = false;
+  if (backing) job.dst_reads_zero = false;
   return absl::OkStatus();
+}
+
+// A descriptor closed on destruction (-C's plain view of the source).
+struct OwnedFd {
+  int fd = -1;
+  ~OwnedFd() {
+    if (fd >= 0) close(fd);
+  }
+};
+
+// Whether convert -C can hand raw-to-raw copies to copy_file_range: plain
+// (not O_DIRECT) files, a raw source. Opens the source's view into `fd`.
+void SetUpOffload(const std::string& src_path, const EngineOpenOptions& src_options, int dst_fd,
+                  OwnedFd& fd, CopyJob& job) {
+  if (src_options.format == engine::ImageFormat::kQcow2 || src_options.direct_io) return;
+  fd.fd = open(src_path.c_str(), O_RDONLY | O_CLOEXEC);
+  char magic[4] = {};
+  if (fd.fd < 0 || pread(fd.fd, magic, 4, 0) < 0 || std::memcmp(magic, "QFI\xfb", 4) == 0) return;
+  job.offload_src_fd = fd.fd;
+  job.offload_dst_fd = dst_fd;
 }
 
 enum : int { kTargetIsZero = common::kLongOnlyIdBase };
@@ -87,6 +109,9 @@ constexpr common::OptionSpec kConvertOptions[] = {
      "DST (qcow2) gets BACKING as its backing file; only what SRC's top image holds is "
      "written (needs -F)"},
     {'F', 'F', "backing-format", "FMT", "the format of BACKING, qcow2 or raw"},
+    {'C', 'C', "copy-offloading", "",
+     "copy data with copy_file_range where the kernel can (raw to raw), as it is, zeros "
+     "included; not with -c or -S"},
     {'c', 'c', "compress", "", "write compressed clusters (-O qcow2)"},
     {'p', 'p', "progress", "", "show progress on stderr"},
     {'q', 'q', "quiet", "", "no progress"},
@@ -123,6 +148,8 @@ int RunConvert(const common::ParsedArgs& parsed) {
   int workers = 8;
   bool no_create = false;
   bool target_is_zero = false;
+  bool copy_offload = false;
+  bool explicit_sparse = false;
   uint32_t min_sparse_sectors = 8;  // qemu-img's default, 4 KiB
   uint64_t rate_limit = 0;
   std::vector<std::string> create_option_strings;
@@ -181,6 +208,9 @@ int RunConvert(const common::ParsedArgs& parsed) {
         backing_format = value;
         break;
       }
+      case 'C':
+        copy_offload = true;
+        break;
       case 'c':
         compress = true;
         break;
@@ -204,6 +234,7 @@ int RunConvert(const common::ParsedArgs& parsed) {
         if (!sectors.ok())
           return ReportError(absl::StrCat("convert: ", sectors.status().message()));
         min_sparse_sectors = *sectors;
+        explicit_sparse = true;
         break;
       }
       case 'r': {
@@ -250,6 +281,10 @@ int RunConvert(const common::ParsedArgs& parsed) {
     absl::Status s = ApplyCreateOptions(o, out_format == "raw", create, prealloc);
     if (!s.ok()) return ReportError(absl::StrCat("convert: ", s.message()));
   }
+  if (copy_offload && (compress || explicit_sparse)) {
+    return ReportError(
+        absl::StrCat("convert: -C (copy offloading) cannot be used with -", compress ? "c" : "S"));
+  }
   if (compress && prealloc != TargetPreallocation::kOff) {
     return ReportError("convert: -c and preallocation cannot be used together");
   }
@@ -283,11 +318,13 @@ int RunConvert(const common::ParsedArgs& parsed) {
   }
 
   std::unique_ptr<engine::Device> dst;
+  int raw_dst_fd = -1;  // -C: the raw target's descriptor, owned by dst
   CopyJob job;
   if (out_format == "raw") {
     io::OpenFlags flags;
     flags.direct = dst_cache.direct;
     auto file = io::UringFile::Open(&loop, dst_path, flags);
+    if (file.ok() && !dst_cache.direct) raw_dst_fd = (*file)->fd();
     if (!file.ok()) return ReportError(absl::StrCat(dst_path, ": ", file.status().message()));
     absl::Status locked = LockImageFile((*file)->fd(), LockMode::kExclusive);
     if (!locked.ok()) return ReportError(absl::StrCat(dst_path, ": ", locked.message()));
@@ -370,13 +407,21 @@ int RunConvert(const common::ParsedArgs& parsed) {
                                     " bytes)"));
   }
   job.dst_reads_zero = !no_create || target_is_zero;
-  if (!backing.empty()) {
-    absl::Status s = SetUpBackingCopy(src_path, src_options, dst_path, no_create, size_bytes, job);
+  OwnedFd offload_src;
+  if (!backing.empty() || copy_offload) {
+    absl::Status s = SetUpExtentCopy(src_path, src_options, dst_path, no_create, !backing.empty(),
+                                     size_bytes, job);
     if (!s.ok()) {
       CloseDevice(loop, *dst).IgnoreError();
       CloseDevice(loop, **src).IgnoreError();
-      return ReportError(absl::StrCat("convert: -B: ", s.message()));
+      return ReportError(absl::StrCat("convert: ", backing.empty() ? "-C: " : "-B: ", s.message()));
     }
+  }
+  if (copy_offload) {
+    // Data is copied as it is, zeros too (qemu-img's copy_range does not
+    // look at the bytes).
+    job.min_sparse_sectors = 0;
+    if (raw_dst_fd >= 0) SetUpOffload(src_path, src_options, raw_dst_fd, offload_src, job);
   }
   job.progress = &progress;
   absl::Status copied = size_bytes == 0 ? absl::OkStatus() : RunCopy(job, workers);
@@ -397,8 +442,8 @@ const Command kConvertCommand = {
     "convert",
     RunConvert,
     "convert [-f FMT] [-O raw|qcow2] [-o OPTIONS] [-c] [-p] [-q] [-m N] [-W] [-l SNAPSHOT] "
-    "[-t CACHE] [-T SRC_CACHE] [-U] [-S SIZE] [-r RATE] [-B BACKING -F FMT] [-n "
-    "[--target-is-zero]] SRC DST",
+    "[-t CACHE] [-T SRC_CACHE] [-U] [-S SIZE] [-r RATE] [-B BACKING -F FMT] [-C] "
+    "[-n [--target-is-zero]] SRC DST",
     "Copies the guest-visible contents of SRC (through its backing chain) into a new image DST.",
     kConvertOptions,
 };

@@ -2,7 +2,9 @@
 
 #include <liburing.h>
 #include <sys/uio.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <memory>
@@ -193,20 +195,22 @@ Task<int> WriteRuns(CopyJob& job, AlignedBuffer& buf, uint64_t offset, uint64_t 
   co_return 0;
 }
 
-// -B: writes the chunk extent by extent: data as WriteRuns (zero runs
-// zeroed: the backing file may hold data there), zero extents zeroed,
-// extents left to the backing file not written.
-Task<int> WriteOverBacking(CopyJob& job, AlignedBuffer& buf, uint64_t offset, uint64_t length,
-                           std::string& what) {
+// -B / -C: writes the chunk extent by extent: data as WriteRuns (with -B
+// zero runs zeroed: the backing file may hold data there), zero extents
+// zeroed unless the target reads as zeros, extents left to the backing file
+// not written.
+Task<int> WriteByExtent(CopyJob& job, AlignedBuffer& buf, uint64_t offset, uint64_t length,
+                        std::string& what) {
   uint64_t written_end = 0;
   for (uint64_t pos = 0; pos < length;) {
     const SourceExtent& e = ExtentAt(job, offset + pos);
     const uint64_t end = ExtentEnd(e, offset, pos, length);
     int r = 0;
     if (e.kind == ExtentKind::kData) {
-      r = co_await WriteRuns(job, buf, offset, pos, end, length, /*skip_zeros=*/false, written_end,
+      r = co_await WriteRuns(job, buf, offset, pos, end, length, job.dst_reads_zero, written_end,
                              what);
-    } else if (e.kind == ExtentKind::kZero && end > std::max(pos, written_end)) {
+    } else if (e.kind == ExtentKind::kZero && !job.dst_reads_zero &&
+               end > std::max(pos, written_end)) {
       const uint64_t begin = std::max(pos, written_end);
       written_end = end;
       co_await Throttle(job, end - begin);
@@ -219,7 +223,7 @@ Task<int> WriteOverBacking(CopyJob& job, AlignedBuffer& buf, uint64_t offset, ui
   co_return 0;
 }
 
-// -B: whether any of the chunk is data (else it need not be read).
+// -B / -C: whether any of the chunk is data (else it need not be read).
 bool ChunkHasData(const CopyJob& job, uint64_t offset, uint64_t length) {
   for (uint64_t pos = 0; pos < length;) {
     const SourceExtent& e = ExtentAt(job, offset + pos);
@@ -229,8 +233,45 @@ bool ChunkHasData(const CopyJob& job, uint64_t offset, uint64_t length) {
   return false;
 }
 
+// -C, raw to raw: copies the chunk's data extents with copy_file_range
+// (the kernel copies, or shares the blocks, without a round trip through
+// this process). Returns 0 when done, 1 when the kernel cannot copy between
+// these files (the chunk, and every later one, is then read and written), or
+// -errno.
+Task<int> OffloadChunk(CopyJob& job, uint64_t offset, uint64_t length, std::string& what) {
+  for (uint64_t pos = 0; pos < length;) {
+    const SourceExtent& e = ExtentAt(job, offset + pos);
+    const uint64_t end = ExtentEnd(e, offset, pos, length);
+    if (e.kind == ExtentKind::kData) {
+      co_await Throttle(job, end - pos);
+      loff_t in = static_cast<loff_t>(offset + pos);
+      loff_t out = in;
+      while (in < static_cast<loff_t>(offset + end)) {
+        const ssize_t n = copy_file_range(job.offload_src_fd, &in, job.offload_dst_fd, &out,
+                                          offset + end - static_cast<uint64_t>(in), 0);
+        if (n < 0 && (errno == EXDEV || errno == EOPNOTSUPP || errno == ENOSYS || errno == EINVAL ||
+                      errno == EBADF)) {
+          job.offload_src_fd = -1;
+          co_return 1;
+        }
+        if (n < 0) {
+          what = absl::StrCat("copying to destination at offset ", in);
+          co_return -errno;
+        }
+        if (n == 0) break;  // the source ended early: the rest reads as zeros
+      }
+    }
+    pos = end;
+  }
+  co_return 0;
+}
+
 Task<int> CopyChunk(CopyJob& job, AlignedBuffer& buf, CompressScratch* scratch, uint64_t index,
                     uint64_t offset, uint64_t src_length, std::string& what) {
+  if (job.offload_src_fd >= 0) {
+    const int r = co_await OffloadChunk(job, offset, src_length, what);
+    if (r <= 0) co_return r;
+  }
   if (job.extents.empty() || ChunkHasData(job, offset, src_length)) {
     iovec v = buf.Iov(0, src_length);
     int r = co_await job.src->Read(offset, std::span<const iovec>(&v, 1));
@@ -250,7 +291,7 @@ Task<int> CopyChunk(CopyJob& job, AlignedBuffer& buf, CompressScratch* scratch, 
     co_await WriteTurn{job, index};
     if (job.error != 0) co_return 0;  // another chunk failed; stop quietly
   }
-  if (!job.extents.empty()) co_return co_await WriteOverBacking(job, buf, offset, length, what);
+  if (!job.extents.empty()) co_return co_await WriteByExtent(job, buf, offset, length, what);
   uint64_t written_end = 0;
   co_return co_await WriteRuns(job, buf, offset, 0, length, length, job.dst_reads_zero, written_end,
                                what);

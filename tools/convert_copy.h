@@ -73,10 +73,15 @@ struct CopyJob {
   // qcow2 targets: data writes are widened to whole clusters of this size
   // (the target allocates whole clusters anyway). 0: as detected (raw).
   uint64_t widen_bytes = 0;
-  // -B: the source's extents as tools/zero_chunks.h BackingExtents gives
-  // them (what is left to the new backing file is not written; zero ranges
-  // and zero runs in data are zeroed). Empty: not -B.
+  // -B / -C: the source's extents as tools/zero_chunks.h SourceExtents
+  // gives them: data is copied, zero extents zeroed unless the target reads
+  // as zeros, what is left to a new backing file (-B) is not written.
+  // Empty: chunks and zero_chunks alone decide.
   std::vector<SourceExtent> extents;
+  // -C, raw to raw: data extents are copied with copy_file_range between
+  // these descriptors (owned by the caller); -1: read and write.
+  int offload_src_fd = -1;
+  int offload_dst_fd = -1;
   // -r: bytes per second written to the destination at most (0: no limit).
   uint64_t rate_bytes_per_second = 0;
   uint64_t throttled_bytes = 0;  // written or waiting to be, since `start`

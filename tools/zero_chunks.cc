@@ -27,9 +27,9 @@ absl::StatusOr<std::vector<bool>> ZeroChunks(const std::string& path, const std:
   return zero;
 }
 
-absl::StatusOr<std::vector<SourceExtent>> BackingExtents(
+absl::StatusOr<std::vector<SourceExtent>> SourceExtents(
     const std::string& path, const std::string& format, const std::string& snapshot,
-    uint64_t size_bytes, uint64_t backing_end_bytes, bool zeros_as_data) {
+    uint64_t size_bytes, bool top_only, uint64_t backing_end_bytes, bool zeros_as_data) {
   UQ_ASSIGN_OR_RETURN(Chain chain, Chain::Open(path, format, LockMode::kNone, snapshot));
   std::vector<SourceExtent> extents;
   auto add = [&](uint64_t offset, uint64_t end, ExtentKind kind) {
@@ -42,7 +42,9 @@ absl::StatusOr<std::vector<SourceExtent>> BackingExtents(
   };
   uint64_t offset = 0;
   while (offset < size_bytes) {
-    UQ_ASSIGN_OR_RETURN(BlockStatus st, chain.layer(0).Status(offset, size_bytes - offset));
+    UQ_ASSIGN_OR_RETURN(BlockStatus st, top_only
+                                            ? chain.layer(0).Status(offset, size_bytes - offset)
+                                            : chain.StatusAbove(offset, size_bytes - offset));
     if (st.bytes == 0) return absl::InternalError("block status made no progress");
     const uint64_t end = std::min(size_bytes, offset + st.bytes);
     if (st.zero) {

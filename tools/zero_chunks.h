@@ -34,16 +34,17 @@ struct SourceExtent {
   ExtentKind kind = ExtentKind::kData;
 };
 
-// The source's ranges as convert -B copies them, ascending and covering
-// [0, size_bytes): the top image's own block status (not its backing
-// chain's, which the new backing file is taken to hold): data is copied,
-// zero ranges are zeroed, ranges it leaves to its backing file are not
-// written. Zero ranges at or past `backing_end_bytes` (the new backing
-// file's size) read as zeros anyway and are not written either; with
-// `zeros_as_data` (-S 0) the others are written as data.
-absl::StatusOr<std::vector<SourceExtent>> BackingExtents(
+// The source's ranges as convert -B (`top_only`) or -C copies them,
+// ascending and covering [0, size_bytes). -B: the top image's own block
+// status (not its backing chain's, which the new backing file is taken to
+// hold): data is copied, zero ranges are zeroed, ranges it leaves to its
+// backing file are not written. Zero ranges at or past `backing_end_bytes`
+// (the new backing file's size) read as zeros anyway and are not written
+// either; with `zeros_as_data` (-S 0) the others are written as data. -C:
+// the block status through the whole chain, data or zero.
+absl::StatusOr<std::vector<SourceExtent>> SourceExtents(
     const std::string& path, const std::string& format, const std::string& snapshot,
-    uint64_t size_bytes, uint64_t backing_end_bytes, bool zeros_as_data);
+    uint64_t size_bytes, bool top_only, uint64_t backing_end_bytes, bool zeros_as_data);
 
 }  // namespace uq::tools
 

@@ -18,7 +18,11 @@
 //    qemu-img's refusals are ours;
 //  - -o preallocation=off|metadata|falloc|full (qcow2) and off|falloc|full
 //    (raw): the same contents and guest allocation as qemu-img's, for raw
-//    the same block count; the combinations qemu-img refuses are refused.
+//    the same block count; the combinations qemu-img refuses are refused;
+//  - -C: raw and qcow2 sources to raw and qcow2 targets give qemu-img -C's
+//    contents and allocation (data copied as it is, zeros included; holes
+//    left out); raw to raw goes through copy_file_range (seen with strace
+//    where it is installed); -C with -c or -S is refused as qemu-img does.
 // Seeded inputs print their seed; UQ_CONVERT_SEED=<n> reruns one.
 #include <gtest/gtest.h>
 
@@ -378,6 +382,48 @@ TEST(ConvertPreallocation, AllocatesWhatQemuImgAllocates) {
     EXPECT_EQ(Lines(r.err), 1) << r.err;
     EXPECT_NE(In(dir.path(), "test -e x.img").exit_code, 0);
     EXPECT_NE(In(dir.path(), "qemu-img convert " + std::string(bad) + " top.qcow2 y.img").exit_code,
+              0);
+  }
+}
+
+TEST(ConvertCopyOffload, CopiesWhatQemuImgCopies) {
+  if (!HaveTool("qemu-img") || !HaveTool("qemu-io")) GTEST_SKIP() << "QEMU tools not installed";
+  TempDir dir;
+  ASSERT_EQ(In(dir.path(), std::string(kBackingSetup) +
+                               " && qemu-io -f raw -c 'write -P 9 0 4k' -c 'write -P 5 3M 4k' "
+                               "holes.raw >/dev/null")
+                .exit_code,
+            0);
+  for (const char* src : {"-f raw holes.raw", "-f qcow2 top.qcow2"}) {
+    for (const char* fmt : {"raw", "qcow2"}) {
+      const std::string args = std::string(" -C ") + src + " -O " + fmt + " ";
+      SCOPED_TRACE(args);
+      ASSERT_EQ(In(dir.path(), "rm -f ours theirs").exit_code, 0);
+      const RunResult r = In(dir.path(), Ours() + " convert" + args + "ours");
+      ASSERT_EQ(r.exit_code, 0) << r.err;
+      ASSERT_EQ(In(dir.path(), "qemu-img convert" + args + "theirs").exit_code, 0);
+      EXPECT_EQ(
+          In(dir.path(), absl::StrCat("qemu-img compare -f ", fmt, " -F ", fmt, " theirs ours"))
+              .exit_code,
+          0);
+      EXPECT_EQ(Allocation(dir.path(), fmt, "ours"), Allocation(dir.path(), fmt, "theirs"));
+    }
+  }
+  if (HaveTool("strace")) {
+    const RunResult traced =
+        In(dir.path(), "rm -f ours && strace -f -e trace=copy_file_range -o trace " + Ours() +
+                           " convert -C -f raw -O raw holes.raw ours && grep -c "
+                           "'copy_file_range(.*= [1-9]' trace");
+    EXPECT_EQ(traced.exit_code, 0) << "no copy_file_range copied anything";
+  }
+  for (const char* bad : {"-C -c -O qcow2", "-C -S 4k", "-C -S 0"}) {
+    SCOPED_TRACE(bad);
+    const RunResult r =
+        In(dir.path(), Ours() + " convert " + std::string(bad) + " holes.raw x.img");
+    EXPECT_EQ(r.exit_code, 1);
+    EXPECT_EQ(Lines(r.err), 1) << r.err;
+    EXPECT_NE(In(dir.path(), "test -e x.img").exit_code, 0);
+    EXPECT_NE(In(dir.path(), "qemu-img convert " + std::string(bad) + " holes.raw y.img").exit_code,
               0);
   }
 }
