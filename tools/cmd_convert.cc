@@ -96,7 +96,7 @@ void SetUpOffload(const std::string& src_path, const EngineOpenOptions& src_opti
   job.offload_dst_fd = dst_fd;
 }
 
-enum : int { kTargetIsZero = common::kLongOnlyIdBase };
+enum : int { kTargetIsZero = common::kLongOnlyIdBase, kSalvage };
 
 constexpr common::OptionSpec kConvertOptions[] = {
     {'f', 'f', "format", "FMT", "source format, qcow2 or raw (probed when omitted)"},
@@ -131,6 +131,9 @@ constexpr common::OptionSpec kConvertOptions[] = {
      "0 writes every byte (fully allocates DST)"},
     {'r', 'r', "rate-limit", "RATE",
      "write at most RATE bytes per second to DST (k, M, G suffixes; 0: no limit)"},
+    {kSalvage, 0, "salvage", "",
+     "go on past read errors: each unreadable 512-byte sector is reported on stderr and "
+     "copied as zeros (not with -C)"},
     {kTargetIsZero, 0, "target-is-zero", "",
      "with -n: DST reads as zeros already, so zero ranges are not written"},
     kHelpOption,
@@ -149,6 +152,8 @@ int RunConvert(const common::ParsedArgs& parsed) {
   bool no_create = false;
   bool target_is_zero = false;
   bool copy_offload = false;
+  bool salvage = false;
+  bool quiet = false;
   bool explicit_sparse = false;
   uint32_t min_sparse_sectors = 8;  // qemu-img's default, 4 KiB
   uint64_t rate_limit = 0;
@@ -222,6 +227,7 @@ int RunConvert(const common::ParsedArgs& parsed) {
         break;
       case 'q':
         progress_enabled = false;
+        quiet = true;
         break;
       case 'U':
         src_options.force_share = true;
@@ -243,6 +249,9 @@ int RunConvert(const common::ParsedArgs& parsed) {
         rate_limit = *rate;
         break;
       }
+      case kSalvage:
+        salvage = true;
+        break;
       case kTargetIsZero:
         target_is_zero = true;
         break;
@@ -280,6 +289,9 @@ int RunConvert(const common::ParsedArgs& parsed) {
   for (const std::string& o : create_option_strings) {
     absl::Status s = ApplyCreateOptions(o, out_format == "raw", create, prealloc);
     if (!s.ok()) return ReportError(absl::StrCat("convert: ", s.message()));
+  }
+  if (copy_offload && salvage) {
+    return ReportError("convert: -C (copy offloading) cannot be used with --salvage");
   }
   if (copy_offload && (compress || explicit_sparse)) {
     return ReportError(
@@ -368,6 +380,8 @@ int RunConvert(const common::ParsedArgs& parsed) {
   // -S 0 writes the zeros too (qemu-img: "fully allocates output").
   job.min_sparse_sectors = min_sparse_sectors;
   job.rate_bytes_per_second = rate_limit;
+  job.salvage = salvage;
+  job.quiet = quiet;
   if (min_sparse_sectors != 0) {
     job.alignment_sectors = std::max(job.alignment_sectors, PowerOfTwoFloor(min_sparse_sectors));
     // Zero runs shorter than -S are written only inside one chunk; past the
@@ -443,7 +457,7 @@ const Command kConvertCommand = {
     RunConvert,
     "convert [-f FMT] [-O raw|qcow2] [-o OPTIONS] [-c] [-p] [-q] [-m N] [-W] [-l SNAPSHOT] "
     "[-t CACHE] [-T SRC_CACHE] [-U] [-S SIZE] [-r RATE] [-B BACKING -F FMT] [-C] "
-    "[-n [--target-is-zero]] SRC DST",
+    "[--salvage] [-n [--target-is-zero]] SRC DST",
     "Copies the guest-visible contents of SRC (through its backing chain) into a new image DST.",
     kConvertOptions,
 };

@@ -233,6 +233,23 @@ bool ChunkHasData(const CopyJob& job, uint64_t offset, uint64_t length) {
   return false;
 }
 
+// --salvage: reads the chunk sector by sector after a failed read; a sector
+// that cannot be read is reported and reads as zeros (qemu-img's salvage).
+Task<int> SalvageRead(CopyJob& job, AlignedBuffer& buf, uint64_t offset, uint64_t length) {
+  constexpr uint64_t kSector = 512;
+  for (uint64_t pos = 0; pos < length; pos += kSector) {
+    iovec v = buf.Iov(pos, std::min(kSector, length - pos));
+    const int r = co_await job.src->Read(offset + pos, std::span<const iovec>(&v, 1));
+    if (r >= 0) continue;
+    if (!job.quiet) {
+      std::fprintf(stderr, "qcow2-img: warning: error while reading offset %llu: %s\n",
+                   static_cast<unsigned long long>(offset + pos), std::strerror(-r));
+    }
+    std::memset(v.iov_base, 0, v.iov_len);
+  }
+  co_return 0;
+}
+
 // -C, raw to raw: copies the chunk's data extents with copy_file_range
 // (the kernel copies, or shares the blocks, without a round trip through
 // this process). Returns 0 when done, 1 when the kernel cannot copy between
@@ -275,6 +292,7 @@ Task<int> CopyChunk(CopyJob& job, AlignedBuffer& buf, CompressScratch* scratch, 
   if (job.extents.empty() || ChunkHasData(job, offset, src_length)) {
     iovec v = buf.Iov(0, src_length);
     int r = co_await job.src->Read(offset, std::span<const iovec>(&v, 1));
+    if (r < 0 && job.salvage) r = co_await SalvageRead(job, buf, offset, src_length);
     if (r < 0) {
       what = absl::StrCat("reading source at offset ", offset);
       co_return r;

@@ -82,6 +82,11 @@ struct CopyJob {
   // these descriptors (owned by the caller); -1: read and write.
   int offload_src_fd = -1;
   int offload_dst_fd = -1;
+  // --salvage: a source range that cannot be read is read again sector by
+  // sector; the sectors that fail are reported (unless quiet) and copied as
+  // zeros.
+  bool salvage = false;
+  bool quiet = false;
   // -r: bytes per second written to the destination at most (0: no limit).
   uint64_t rate_bytes_per_second = 0;
   uint64_t throttled_bytes = 0;  // written or waiting to be, since `start`

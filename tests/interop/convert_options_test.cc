@@ -22,7 +22,10 @@
 //  - -C: raw and qcow2 sources to raw and qcow2 targets give qemu-img -C's
 //    contents and allocation (data copied as it is, zeros included; holes
 //    left out); raw to raw goes through copy_file_range (seen with strace
-//    where it is installed); -C with -c or -S is refused as qemu-img does.
+//    where it is installed); -C with -c or -S is refused as qemu-img does;
+//  - --salvage: over unreadable compressed clusters both tools exit 0,
+//    report the same unreadable sectors and write the same image; -q keeps
+//    the reports quiet; -C --salvage is refused as qemu-img refuses it.
 // Seeded inputs print their seed; UQ_CONVERT_SEED=<n> reruns one.
 #include <gtest/gtest.h>
 
@@ -426,6 +429,49 @@ TEST(ConvertCopyOffload, CopiesWhatQemuImgCopies) {
     EXPECT_NE(In(dir.path(), "qemu-img convert " + std::string(bad) + " holes.raw y.img").exit_code,
               0);
   }
+}
+
+// The offsets of "error while reading offset N" reports in `err`, sorted.
+std::vector<uint64_t> ReportedOffsets(const std::string& err) {
+  std::vector<uint64_t> offsets;
+  const std::string key = "error while reading offset ";
+  for (size_t at = err.find(key); at != std::string::npos; at = err.find(key, at + 1)) {
+    offsets.push_back(std::strtoull(err.c_str() + at + key.size(), nullptr, 10));
+  }
+  std::sort(offsets.begin(), offsets.end());
+  return offsets;
+}
+
+TEST(ConvertSalvage, GoesOnAsQemuImgDoes) {
+  if (!HaveTool("qemu-img") || !HaveTool("qemu-io")) GTEST_SKIP() << "QEMU tools not installed";
+  TempDir dir;
+  ASSERT_EQ(In(dir.path(), kBadCompressedSource).exit_code, 0);
+  for (const char* fmt : {"raw", "qcow2"}) {
+    SCOPED_TRACE(fmt);
+    const std::string args = std::string(" --salvage -O ") + fmt + " bad.qcow2 ";
+    ASSERT_EQ(In(dir.path(), "rm -f ours theirs").exit_code, 0);
+    const RunResult ours = In(dir.path(), Ours() + " convert" + args + "ours");
+    const RunResult theirs = In(dir.path(), "qemu-img convert" + args + "theirs");
+    EXPECT_EQ(ours.exit_code, 0) << ours.err.substr(0, 2000);
+    EXPECT_EQ(theirs.exit_code, 0);
+    const std::vector<uint64_t> reported = ReportedOffsets(ours.err);
+    EXPECT_FALSE(reported.empty());
+    EXPECT_EQ(reported, ReportedOffsets(theirs.err));
+    EXPECT_EQ(In(dir.path(), absl::StrCat("qemu-img compare -f ", fmt, " -F ", fmt, " theirs ours"))
+                  .exit_code,
+              0);
+    if (std::string(fmt) == "qcow2") {
+      EXPECT_EQ(In(dir.path(), "qemu-img check -q ours").exit_code, 0);
+    }
+  }
+  const RunResult quiet =
+      In(dir.path(), "rm -f ours && " + Ours() + " convert -q --salvage bad.qcow2 ours");
+  EXPECT_EQ(quiet.exit_code, 0);
+  EXPECT_EQ(quiet.err.find("qcow2-img"), std::string::npos) << quiet.err.substr(0, 2000);
+  const RunResult c = In(dir.path(), Ours() + " convert -C --salvage bad.qcow2 x.img");
+  EXPECT_EQ(c.exit_code, 1);
+  EXPECT_EQ(Lines(c.err), 1) << c.err;
+  EXPECT_NE(In(dir.path(), "qemu-img convert -C --salvage bad.qcow2 y.img").exit_code, 0);
 }
 
 }  // namespace
