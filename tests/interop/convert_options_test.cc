@@ -5,8 +5,8 @@
 //    image qemu-img check accepts;
 //  - -S SIZE: the same contents and the same allocation (qemu-img map of the
 //    target, raw and qcow2, and the raw file's block count) as qemu-img's -S
-//    for sizes from 0 (fully allocated) to 16M; sizes qemu-img refuses are
-//    refused;
+//    for sizes from 0 (fully allocated) to 16M, -c included; sizes qemu-img
+//    refuses are refused;
 //  - -r RATE: a convert of 8 MiB at 4 MiB/s takes 2 s at least (a lower
 //    bound only) and writes what qemu-img convert -r writes; -r 0 is no
 //    limit; a bad rate is refused as qemu-img refuses it;
@@ -74,6 +74,18 @@ int LinesStartingWith(const std::string& text, const std::string& prefix) {
     pos = nl + 1;
   }
   return n;
+}
+
+// `convert ARGS SRC x.img` is refused: exit 1, one line, no x.img left;
+// and qemu-img refuses `convert ARGS SRC y.img` too.
+void ExpectRefusedLikeQemuImg(const std::string& dir, const std::string& args,
+                              const std::string& src) {
+  SCOPED_TRACE(args);
+  const RunResult r = In(dir, Ours() + " convert " + args + " " + src + " x.img");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(Lines(r.err), 1) << r.err;
+  EXPECT_NE(In(dir, "test -e x.img").exit_code, 0) << "the refused target is left behind";
+  EXPECT_NE(In(dir, "qemu-img convert " + args + " " + src + " y.img").exit_code, 0);
 }
 
 // `qemu-img map --output=json` of `file` as guest ranges of one status
@@ -195,7 +207,7 @@ TEST(ConvertSparse, AllocatesWhatQemuImgAllocates) {
   TempDir dir;
   ASSERT_EQ(In(dir.path(), SparseIslands(seed)).exit_code, 0);
   for (const char* sparse : {"", "-S 0", "-S 512", "-S 4k", "-S 8k", "-S 64k", "-S 1M", "-S 16M"}) {
-    for (const char* out : {"raw", "qcow2", "qcow2 -o cluster_size=4k"}) {
+    for (const char* out : {"raw", "qcow2", "qcow2 -o cluster_size=4k", "qcow2 -c"}) {
       SCOPED_TRACE(absl::StrCat(sparse, " -O ", out, " seed ", seed));
       const std::string fmt = std::string(out).substr(0, std::string(out).find(' '));
       const std::string args = std::string(" -f raw ") + sparse + " -O " + out + " src.raw ";
@@ -224,13 +236,7 @@ TEST(ConvertSparse, AllocatesWhatQemuImgAllocates) {
   }
   // Sizes qemu-img refuses: one line, exit 1, as qemu-img exits 1.
   for (const char* bad : {"-S 100", "-S 17M", "-S -1", "-S 4x"}) {
-    SCOPED_TRACE(bad);
-    const RunResult r = In(dir.path(), Ours() + " convert " + bad + " -O raw src.raw x.raw");
-    EXPECT_EQ(r.exit_code, 1);
-    EXPECT_EQ(Lines(r.err), 1) << r.err;
-    EXPECT_NE(
-        In(dir.path(), "qemu-img convert " + std::string(bad) + " -O raw src.raw y.raw").exit_code,
-        0);
+    ExpectRefusedLikeQemuImg(dir.path(), bad, "-O raw src.raw");
   }
 }
 
@@ -260,13 +266,7 @@ TEST(ConvertRate, TakesAtLeastSizeOverRate) {
                 .exit_code,
             0);
   for (const char* bad : {"-r -1", "-r 4Q"}) {
-    SCOPED_TRACE(bad);
-    const RunResult r = In(dir.path(), Ours() + " convert " + bad + " -f raw src.raw x.raw");
-    EXPECT_EQ(r.exit_code, 1);
-    EXPECT_EQ(Lines(r.err), 1) << r.err;
-    EXPECT_NE(
-        In(dir.path(), "qemu-img convert " + std::string(bad) + " -f raw src.raw y.raw").exit_code,
-        0);
+    ExpectRefusedLikeQemuImg(dir.path(), bad, "-f raw src.raw");
   }
 }
 
@@ -329,13 +329,7 @@ TEST(ConvertBacking, WritesWhatQemuImgWrites) {
   // Refused as qemu-img refuses them, one line each, no target left.
   for (const char* bad : {"-B base.qcow2 -O qcow2", "-F qcow2 -O qcow2",
                           "-B base.qcow2 -F qcow2 -O raw", "-B missing.qcow2 -F qcow2 -O qcow2"}) {
-    SCOPED_TRACE(bad);
-    const RunResult r = In(dir.path(), Ours() + " convert " + bad + " top.qcow2 x.img");
-    EXPECT_EQ(r.exit_code, 1);
-    EXPECT_EQ(Lines(r.err), 1) << r.err;
-    EXPECT_NE(In(dir.path(), "test -e x.img").exit_code, 0);
-    EXPECT_NE(In(dir.path(), "qemu-img convert " + std::string(bad) + " top.qcow2 y.img").exit_code,
-              0);
+    ExpectRefusedLikeQemuImg(dir.path(), bad, "top.qcow2");
   }
   // qemu-img reports this one but exits 0 (7.2); ours exits 1.
   ASSERT_EQ(In(dir.path(), "qemu-img create -q -f qcow2 z.qcow2 8M").exit_code, 0);
@@ -379,13 +373,7 @@ TEST(ConvertPreallocation, AllocatesWhatQemuImgAllocates) {
   for (const char* bad : {"-O raw -o preallocation=metadata", "-O qcow2 -c -o preallocation=full",
                           "-O raw -o cluster_size=4k", "-O qcow2 -o preallocation=bogus",
                           "-O qcow2 -B base.qcow2 -F qcow2 -o preallocation=metadata"}) {
-    SCOPED_TRACE(bad);
-    const RunResult r = In(dir.path(), Ours() + " convert " + bad + " top.qcow2 x.img");
-    EXPECT_EQ(r.exit_code, 1);
-    EXPECT_EQ(Lines(r.err), 1) << r.err;
-    EXPECT_NE(In(dir.path(), "test -e x.img").exit_code, 0);
-    EXPECT_NE(In(dir.path(), "qemu-img convert " + std::string(bad) + " top.qcow2 y.img").exit_code,
-              0);
+    ExpectRefusedLikeQemuImg(dir.path(), bad, "top.qcow2");
   }
 }
 
@@ -420,14 +408,7 @@ TEST(ConvertCopyOffload, CopiesWhatQemuImgCopies) {
     EXPECT_EQ(traced.exit_code, 0) << "no copy_file_range copied anything";
   }
   for (const char* bad : {"-C -c -O qcow2", "-C -S 4k", "-C -S 0"}) {
-    SCOPED_TRACE(bad);
-    const RunResult r =
-        In(dir.path(), Ours() + " convert " + std::string(bad) + " holes.raw x.img");
-    EXPECT_EQ(r.exit_code, 1);
-    EXPECT_EQ(Lines(r.err), 1) << r.err;
-    EXPECT_NE(In(dir.path(), "test -e x.img").exit_code, 0);
-    EXPECT_NE(In(dir.path(), "qemu-img convert " + std::string(bad) + " holes.raw y.img").exit_code,
-              0);
+    ExpectRefusedLikeQemuImg(dir.path(), bad, "holes.raw");
   }
 }
 
