@@ -64,6 +64,14 @@ Task<void> Throttle(CopyJob& job, uint64_t bytes) {
   co_await job.loop->Op([&](io_uring_sqe* sqe) { io_uring_prep_timeout(sqe, &ts, 0, 0); });
 }
 
+// Zeroes [offset, offset + length) of the destination, within the rate limit.
+Task<int> ZeroRange(CopyJob& job, uint64_t offset, uint64_t length, std::string& what) {
+  co_await Throttle(job, length);
+  const int r = co_await job.dst->WriteZeroes(offset, length, /*may_unmap=*/true);
+  if (r < 0) what = absl::StrCat("zeroing destination at offset ", offset);
+  co_return r;
+}
+
 // -B: the source extent holding `offset` (the last one past the source's
 // end: a qcow2 target's size is rounded up to a sector).
 const SourceExtent& ExtentAt(const CopyJob& job, uint64_t offset) {
@@ -181,14 +189,13 @@ Task<int> WriteRuns(CopyJob& job, AlignedBuffer& buf, uint64_t offset, uint64_t 
     if (end <= begin || (!run.data && skip_zeros)) continue;
     written_end = end;
     int r = 0;
-    co_await Throttle(job, end - begin);
     if (run.data) {
+      co_await Throttle(job, end - begin);
       iovec w = buf.Iov(begin, end - begin);
       r = co_await job.dst->Write(offset + begin, std::span<const iovec>(&w, 1), /*fua=*/false);
       if (r < 0) what = absl::StrCat("writing destination at offset ", offset + begin);
     } else {
-      r = co_await job.dst->WriteZeroes(offset + begin, end - begin, /*may_unmap=*/true);
-      if (r < 0) what = absl::StrCat("zeroing destination at offset ", offset + begin);
+      r = co_await ZeroRange(job, offset + begin, end - begin, what);
     }
     if (r < 0) co_return r;
   }
@@ -213,9 +220,7 @@ Task<int> WriteByExtent(CopyJob& job, AlignedBuffer& buf, uint64_t offset, uint6
                end > std::max(pos, written_end)) {
       const uint64_t begin = std::max(pos, written_end);
       written_end = end;
-      co_await Throttle(job, end - begin);
-      r = co_await job.dst->WriteZeroes(offset + begin, end - begin, /*may_unmap=*/true);
-      if (r < 0) what = absl::StrCat("zeroing destination at offset ", offset + begin);
+      r = co_await ZeroRange(job, offset + begin, end - begin, what);
     }
     if (r < 0) co_return r;
     pos = end;
@@ -277,6 +282,9 @@ Task<int> OffloadChunk(CopyJob& job, uint64_t offset, uint64_t length, std::stri
         }
         if (n == 0) break;  // the source ended early: the rest reads as zeros
       }
+    } else if (e.kind == ExtentKind::kZero && !job.dst_reads_zero) {
+      const int r = co_await ZeroRange(job, offset + pos, end - pos, what);
+      if (r < 0) co_return r;
     }
     pos = end;
   }
@@ -332,10 +340,8 @@ Task<void> CopyWorker(CopyJob& job) {
       if (job.in_order) co_await WriteTurn{job, index};
       ++job.skipped_chunks;
       if (!job.dst_reads_zero && job.error == 0) {
-        const uint64_t n = std::min(job.chunk_bytes, job.dst_size_bytes - offset);
-        co_await Throttle(job, n);
-        r = co_await job.dst->WriteZeroes(offset, n, /*may_unmap=*/true);
-        if (r < 0) what = absl::StrCat("zeroing destination at offset ", offset);
+        r = co_await ZeroRange(job, offset, std::min(job.chunk_bytes, job.dst_size_bytes - offset),
+                               what);
       }
     } else {
       r = co_await CopyChunk(job, buf, scratch.get(), index, offset, length, what);

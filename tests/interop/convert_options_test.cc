@@ -21,8 +21,9 @@
 //    the same block count; the combinations qemu-img refuses are refused;
 //  - -C: raw and qcow2 sources to raw and qcow2 targets give qemu-img -C's
 //    contents and allocation (data copied as it is, zeros included; holes
-//    left out); raw to raw goes through copy_file_range (seen with strace
-//    where it is installed); -C with -c or -S is refused as qemu-img does;
+//    left out, or zeroed with -n); raw to raw goes through copy_file_range
+//    (seen with strace where it is installed); -C with -c or -S is refused
+//    as qemu-img does;
 //  - --salvage: over unreadable compressed clusters both tools exit 0,
 //    report the same unreadable sectors and write the same image; -q keeps
 //    the reports quiet; -C --salvage is refused as qemu-img refuses it.
@@ -400,6 +401,12 @@ TEST(ConvertCopyOffload, CopiesWhatQemuImgCopies) {
       EXPECT_EQ(Allocation(dir.path(), fmt, "ours"), Allocation(dir.path(), fmt, "theirs"));
     }
   }
+  // -n: the source's zero ranges are zeroed in the existing target.
+  ASSERT_EQ(In(dir.path(), "head -c 8388608 /dev/urandom > ours && cp ours theirs").exit_code, 0);
+  const RunResult n = In(dir.path(), Ours() + " convert -C -n -f raw -O raw holes.raw ours");
+  EXPECT_EQ(n.exit_code, 0) << n.err;
+  ASSERT_EQ(In(dir.path(), "qemu-img convert -C -n -f raw -O raw holes.raw theirs").exit_code, 0);
+  EXPECT_EQ(In(dir.path(), "cmp ours theirs && cmp holes.raw ours").exit_code, 0);
   if (HaveTool("strace")) {
     const RunResult traced =
         In(dir.path(), "rm -f ours && strace -f -e trace=copy_file_range -o trace " + Ours() +
