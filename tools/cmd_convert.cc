@@ -360,10 +360,14 @@ int RunConvert(const common::ParsedArgs& parsed) {
     dst = std::move(*opened);
     const uint64_t cluster_bytes = dst->granularity_bytes();
     job.unit_bytes = cluster_bytes;
+    job.alignment_sectors = 1;  // the engine aligns its own I/O
     // Widen writes to whole clusters only where the target allocates whole
     // clusters: a preallocated cluster keeps the holes a partial write
-    // leaves in the file, as under qemu-img.
-    if (prealloc == TargetPreallocation::kOff) job.widen_bytes = cluster_bytes;
+    // leaves in the file, as under qemu-img, and a new image with extended
+    // L2 entries allocates subclusters (a 32nd of a cluster).
+    if (prealloc == TargetPreallocation::kOff) {
+      job.widen_bytes = !no_create && create.extended_l2 ? cluster_bytes / 32 : cluster_bytes;
+    }
     job.chunk_bytes = std::max(cluster_bytes, kMinQcow2ChunkBytes);
     job.in_order = !out_of_order;
     if (compress) {

@@ -5,8 +5,8 @@
 //    image qemu-img check accepts;
 //  - -S SIZE: the same contents and the same allocation (qemu-img map of the
 //    target, raw and qcow2, and the raw file's block count) as qemu-img's -S
-//    for sizes from 0 (fully allocated) to 16M, -c included; sizes qemu-img
-//    refuses are refused;
+//    for sizes from 0 (fully allocated) to 16M, -c and extended L2 included;
+//    sizes qemu-img refuses are refused;
 //  - -r RATE: a convert of 8 MiB at 4 MiB/s takes 2 s at least (a lower
 //    bound only) and writes what qemu-img convert -r writes; -r 0 is no
 //    limit; a bad rate is refused as qemu-img refuses it;
@@ -208,7 +208,8 @@ TEST(ConvertSparse, AllocatesWhatQemuImgAllocates) {
   TempDir dir;
   ASSERT_EQ(In(dir.path(), SparseIslands(seed)).exit_code, 0);
   for (const char* sparse : {"", "-S 0", "-S 512", "-S 4k", "-S 8k", "-S 64k", "-S 1M", "-S 16M"}) {
-    for (const char* out : {"raw", "qcow2", "qcow2 -o cluster_size=4k", "qcow2 -c"}) {
+    for (const char* out :
+         {"raw", "qcow2", "qcow2 -o cluster_size=4k", "qcow2 -o extended_l2=on", "qcow2 -c"}) {
       SCOPED_TRACE(absl::StrCat(sparse, " -O ", out, " seed ", seed));
       const std::string fmt = std::string(out).substr(0, std::string(out).find(' '));
       const std::string args = std::string(" -f raw ") + sparse + " -O " + out + " src.raw ";
