@@ -2,18 +2,21 @@
 // backing chain, read through the engine) into a new raw or qcow2 image.
 //
 //   qcow2-img convert [-f FMT] [-O raw|qcow2] [-o OPTS] [-c] [-p] [-q] [-m N] [-W]
-//                     [-l SNAPSHOT] [-t CACHE] [-T SRC_CACHE] [-S SIZE] [-r RATE] SRC DST
+//                     [-l SNAPSHOT] [-t CACHE] [-T SRC_CACHE] [-S SIZE] [-r RATE]
+//                     [-B BACKING -F FMT] [-C] [--salvage] [-n [--target-is-zero]] SRC DST
 //
 // -o takes qcow2 create options: cluster_size, compat (0.10/1.1), compression_type
-// (zlib/zstd), refcount_bits, extended_l2, lazy_refcounts. -c writes
-// compressed clusters. Zero runs of at least -S bytes (default 4 KiB) are not
-// written, so the output is sparse; chunks the source's block status reports
-// as zeros are not even read. Up to N (-m, default 8) chunks are in flight at
-// once; qcow2 output is written in guest order (unfragmented) unless -W
-// allows out-of-order writes. The destination is never flushed unless -t
-// asks (writeback, none), as qemu-img convert's default cache mode (unsafe).
-// -r limits the bytes written per second. A convert that fails removes the
-// target it created.
+// (zlib/zstd), refcount_bits, extended_l2, lazy_refcounts, preallocation (raw
+// targets: preallocation only). -c writes compressed clusters. Zero runs of
+// at least -S bytes (default 4 KiB) are not written, so the output is sparse;
+// chunks the source's block status reports as zeros are not even read. Up to
+// N (-m, default 8) chunks are in flight at once; qcow2 output is written in
+// guest order (unfragmented) unless -W allows out-of-order writes. The
+// destination is never flushed unless -t asks (writeback, none), as qemu-img
+// convert's default cache mode (unsafe). -r limits the bytes written per
+// second; -B writes over a backing file only what the source's top image
+// holds; -C copies data as it is (copy_file_range raw to raw); --salvage goes
+// on past read errors. A convert that fails removes the target it created.
 #include <fcntl.h>
 #include <unistd.h>
 
