@@ -2,21 +2,25 @@
 // backing chain, read through the engine) into a new raw or qcow2 image.
 //
 //   qcow2-img convert [-f FMT] [-O raw|qcow2] [-o OPTS] [-c] [-p] [-q] [-m N] [-W]
-//                     [-l SNAPSHOT] [-t CACHE] [-T SRC_CACHE] SRC DST
+//                     [-l SNAPSHOT] [-t CACHE] [-T SRC_CACHE] [-S SIZE] [-r RATE]
+//                     [-B BACKING -F FMT] [-C] [--salvage] [-n [--target-is-zero]] SRC DST
 //
 // -o takes qcow2 create options: cluster_size, compat (0.10/1.1), compression_type
-// (zlib/zstd), refcount_bits, extended_l2, lazy_refcounts. -c writes
-// compressed clusters. All-zero clusters are not written, so the output is
-// sparse; chunks the source's block status reports as zeros are not even
-// read. Up to N (-m, default 8) chunks are in flight at once; qcow2 output is
-// written in guest order (unfragmented) unless -W allows out-of-order writes.
-// The destination is never flushed unless -t asks (writeback, none), as
-// qemu-img convert's default cache mode (unsafe).
+// (zlib/zstd), refcount_bits, extended_l2, lazy_refcounts, preallocation (raw
+// targets: preallocation only). -c writes compressed clusters. Zero runs of
+// at least -S bytes (default 4 KiB) are not written, so the output is sparse;
+// chunks the source's block status reports as zeros are not even read. Up to
+// N (-m, default 8) chunks are in flight at once; qcow2 output is written in
+// guest order (unfragmented) unless -W allows out-of-order writes. The
+// destination is never flushed unless -t asks (writeback, none), as qemu-img
+// convert's default cache mode (unsafe). -r limits the bytes written per
+// second; -B writes over a backing file only what the source's top image
+// holds; -C copies data as it is (copy_file_range raw to raw); --salvage goes
+// on past read errors. A convert that fails removes the target it created.
 #include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <bit>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
@@ -30,156 +34,87 @@
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "format/create.h"
 #include "format/status_macros.h"
 #include "src/engine/raw_device.h"
 #include "src/io/uring_file.h"
+#include "tools/block_status.h"
 #include "tools/commands.h"
 #include "tools/compress_pool.h"
 #include "tools/convert_copy.h"
+#include "tools/convert_options.h"
+#include "tools/convert_target.h"
 #include "tools/engine_util.h"
 #include "tools/image_lock.h"
+#include "tools/sparse_runs.h"
 #include "tools/zero_chunks.h"
 
 namespace uq::tools {
 
 namespace {
 
-constexpr uint64_t kRawZeroGranularityBytes = 4096;
 constexpr uint64_t kRawChunkBytes = 1 << 20;
+constexpr uint64_t kQemuBufferBytes = 2 << 20;  // qemu-img convert's IO_BUF_SIZE
 constexpr uint64_t kMinQcow2ChunkBytes = 256 << 10;
 
-// Parses "on"/"off" (and QEMU's other boolean spellings).
-absl::StatusOr<bool> ParseOnOff(absl::string_view key, absl::string_view value) {
-  if (value == "on" || value == "true" || value == "yes") return true;
-  if (value == "off" || value == "false" || value == "no") return false;
-  return absl::InvalidArgumentError(
-      absl::StrCat("invalid value '", value, "' for option ", key, " (expected on or off)"));
-}
-
-// Applies one "-o" string ("key=value,key=value") to `options`.
-absl::Status ApplyCreateOptions(absl::string_view text, format::CreateOptions& options) {
-  for (absl::string_view item : absl::StrSplit(text, ',', absl::SkipEmpty())) {
-    size_t eq = item.find('=');
-    if (eq == absl::string_view::npos) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("invalid option '", item, "' (expected key=value)"));
-    }
-    absl::string_view key = item.substr(0, eq);
-    absl::string_view value = item.substr(eq + 1);
-    if (key == "cluster_size") {
-      UQ_ASSIGN_OR_RETURN(uint64_t bytes, ParseByteCount(value, "cluster_size"));
-      if (bytes == 0 || (bytes & (bytes - 1)) != 0 || bytes < 512 || bytes > (2u << 20)) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("cluster_size ", value, " is not a power of two between 512 and 2M"));
-      }
-      options.cluster_bits = static_cast<uint32_t>(std::countr_zero(bytes));
-    } else if (key == "compat") {
-      if (value == "0.10" || value == "v2") {
-        options.version = 2;
-      } else if (value == "1.1" || value == "v3") {
-        options.version = 3;
-      } else {
-        return absl::InvalidArgumentError(absl::StrCat("invalid compat value '", value, "'"));
-      }
-    } else if (key == "compression_type") {
-      if (value == "zlib") {
-        options.compression_type = format::CompressionType::kZlib;
-      } else if (value == "zstd") {
-        options.compression_type = format::CompressionType::kZstd;
-      } else {
-        return absl::InvalidArgumentError(
-            absl::StrCat("invalid compression_type '", value, "' (expected zlib or zstd)"));
-      }
-    } else if (key == "refcount_bits") {
-      UQ_ASSIGN_OR_RETURN(uint64_t bits, ParseCount(value, "refcount_bits"));
-      if (bits == 0 || bits > 64 || (bits & (bits - 1)) != 0) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("refcount_bits ", value, " is not a power of two between 1 and 64"));
-      }
-      options.refcount_order = static_cast<uint32_t>(std::countr_zero(bits));
-    } else if (key == "extended_l2") {
-      UQ_ASSIGN_OR_RETURN(options.extended_l2, ParseOnOff(key, value));
-    } else if (key == "lazy_refcounts") {
-      UQ_ASSIGN_OR_RETURN(options.lazy_refcounts, ParseOnOff(key, value));
-    } else {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "unsupported create option '", key,
-          "' (supported: cluster_size, compat, compression_type, refcount_bits, extended_l2, "
-          "lazy_refcounts)"));
-    }
+// -B / -C: the source's extents as the copy treats them. -B: the top
+// image's own, over the new backing file, whose size (read from the target's
+// chain) bounds the zero ranges worth writing (with -n there is no such
+// bound, as in qemu-img); zero runs in data are zeroed. -C: the whole chain's.
+absl::Status SetUpExtentCopy(const std::string& src_path, const EngineOpenOptions& src_options,
+                             const std::string& dst_path, bool no_create, bool backing,
+                             uint64_t size_bytes, CopyJob& job) {
+  uint64_t backing_end = UINT64_MAX;
+  if (backing && !no_create) {
+    UQ_ASSIGN_OR_RETURN(Chain chain, Chain::Open(dst_path, "qcow2", LockMode::kNone));
+    backing_end = chain.depth() > 1 ? chain.layer(1).size_bytes() : 0;
   }
+  UQ_ASSIGN_OR_RETURN(job.extents,
+                      SourceExtents(src_path, FormatName(src_options.format), src_options.snapshot,
+                                    size_bytes, /*top_only=*/backing, backing_end,
+                                    /*zeros_as_data=*/backing && job.min_sparse_sectors == 0));
+  job.zero_chunks.clear();
+  if (backing) job.dst_reads_zero = false;
   return absl::OkStatus();
 }
 
-// Creates `path` (or empties it) under the writer's lock, taken before the
-// truncation so an image in use is left alone, and writes a fresh qcow2
-// layout into it when `layout` is given. The engine then reopens (and
-// relocks) the file, with O_DIRECT if asked.
-absl::Status PrepareDestination(io::EventLoop& loop, const std::string& path,
-                                const format::ImageLayout* layout) {
-  io::OpenFlags flags;
-  flags.create = true;
-  auto file = io::UringFile::Open(&loop, path, flags);
-  if (!file.ok()) return file.status();
-  io::BlockFile& f = **file;
-  UQ_RETURN_IF_ERROR(LockImageFile((*file)->fd(), LockMode::kExclusive));
-  int r = RunOnLoop(loop, f.Truncate(0));
-  if (r < 0) return absl::InternalError(absl::StrCat(path, ": truncate: ", std::strerror(-r)));
-  if (layout == nullptr) return absl::OkStatus();
-  for (const format::WriteRange& w : layout->writes) {
-    int64_t n = RunOnLoop(loop, f.Write(w.offset_bytes, w.data));
-    if (n < 0) {
-      return absl::InternalError(absl::StrCat(path, ": writing image metadata at ", w.offset_bytes,
-                                              ": ", std::strerror(static_cast<int>(-n))));
-    }
+// A descriptor closed on destruction (-C's plain view of the source).
+struct OwnedFd {
+  int fd = -1;
+  ~OwnedFd() {
+    if (fd >= 0) close(fd);
   }
-  r = RunOnLoop(loop, f.Truncate(layout->file_size_bytes));
-  if (r < 0) return absl::InternalError(absl::StrCat(path, ": truncate: ", std::strerror(-r)));
-  r = RunOnLoop(loop, f.Flush());
-  if (r < 0) return absl::InternalError(absl::StrCat(path, ": flush: ", std::strerror(-r)));
-  return absl::OkStatus();
-}
-
-// qemu-img's cache modes that convert serves: none (O_DIRECT, flushed at the
-// end), writeback (flushed at the end) and unsafe (never flushed: the
-// default for the target, as qemu-img convert's; for the source, which is
-// only read, it is the same as writeback).
-struct CacheMode {
-  bool direct = false;
-  bool no_flush = false;
 };
 
-absl::StatusOr<CacheMode> ParseCacheMode(absl::string_view mode) {
-  if (mode == "none") return CacheMode{.direct = true};
-  if (mode == "writeback") return CacheMode{};
-  if (mode == "unsafe") return CacheMode{.no_flush = true};
-  return absl::InvalidArgumentError(
-      absl::StrCat("unsupported cache mode '", mode, "' (supported: none, writeback, unsafe)"));
+// Whether convert -C can hand raw-to-raw copies to copy_file_range: plain
+// (not O_DIRECT) files, a raw source. Opens the source's view into `fd`.
+void SetUpOffload(const std::string& src_path, const EngineOpenOptions& src_options, int dst_fd,
+                  OwnedFd& fd, CopyJob& job) {
+  if (src_options.format == engine::ImageFormat::kQcow2 || src_options.direct_io) return;
+  fd.fd = open(src_path.c_str(), O_RDONLY | O_CLOEXEC);
+  char magic[4] = {};
+  if (fd.fd < 0 || pread(fd.fd, magic, 4, 0) < 0 || std::memcmp(magic, "QFI\xfb", 4) == 0) return;
+  job.offload_src_fd = fd.fd;
+  job.offload_dst_fd = dst_fd;
 }
 
-std::string FormatName(engine::ImageFormat format) {
-  switch (format) {
-    case engine::ImageFormat::kQcow2:
-      return "qcow2";
-    case engine::ImageFormat::kRaw:
-      return "raw";
-    case engine::ImageFormat::kAuto:
-      break;
-  }
-  return "";
-}
-
-enum : int { kTargetIsZero = common::kLongOnlyIdBase };
+enum : int { kTargetIsZero = common::kLongOnlyIdBase, kSalvage };
 
 constexpr common::OptionSpec kConvertOptions[] = {
     {'f', 'f', "format", "FMT", "source format, qcow2 or raw (probed when omitted)"},
     {'O', 'O', "output-format", "FMT", "destination format, raw (default) or qcow2"},
     {'o', 'o', "options", "OPTS",
-     "qcow2 creation options (repeatable): cluster_size, compat, compression_type, "
-     "refcount_bits, extended_l2, lazy_refcounts"},
+     "creation options (repeatable): cluster_size, compat, compression_type, refcount_bits, "
+     "extended_l2, lazy_refcounts, preallocation (off, metadata, falloc, full); raw: "
+     "preallocation (off, falloc, full)"},
+    {'B', 'B', "backing", "BACKING",
+     "DST (qcow2) gets BACKING as its backing file; only what SRC's top image holds is "
+     "written (needs -F)"},
+    {'F', 'F', "backing-format", "FMT", "the format of BACKING, qcow2 or raw"},
+    {'C', 'C', "copy-offloading", "",
+     "copy data with copy_file_range where the kernel can (raw to raw), as it is, zeros "
+     "included; not with -c or -S"},
     {'c', 'c', "compress", "", "write compressed clusters (-O qcow2)"},
     {'p', 'p', "progress", "", "show progress on stderr"},
     {'q', 'q', "quiet", "", "no progress"},
@@ -194,6 +129,14 @@ constexpr common::OptionSpec kConvertOptions[] = {
     {'U', 'U', "force-share", "", "open the source without taking the image lock"},
     {'n', 'n', "no-create", "",
      "DST exists: write into it (as large as SRC at least) instead of creating it"},
+    {'S', 'S', "sparse-size", "SIZE",
+     "zero runs of at least SIZE bytes (a multiple of 512, default 4k) are left unallocated; "
+     "0 writes every byte (fully allocates DST)"},
+    {'r', 'r', "rate-limit", "RATE",
+     "write at most RATE bytes per second to DST (k, M, G suffixes; 0: no limit)"},
+    {kSalvage, 0, "salvage", "",
+     "go on past read errors: each unreadable 512-byte sector is reported on stderr and "
+     "copied as zeros (not with -C)"},
     {kTargetIsZero, 0, "target-is-zero", "",
      "with -n: DST reads as zeros already, so zero ranges are not written"},
     kHelpOption,
@@ -211,7 +154,15 @@ int RunConvert(const common::ParsedArgs& parsed) {
   int workers = 8;
   bool no_create = false;
   bool target_is_zero = false;
+  bool copy_offload = false;
+  bool salvage = false;
+  bool quiet = false;
+  bool explicit_sparse = false;
+  uint32_t min_sparse_sectors = 8;  // qemu-img's default, 4 KiB
+  uint64_t rate_limit = 0;
   std::vector<std::string> create_option_strings;
+  std::string backing;
+  std::string backing_format;
 
   for (const common::ParsedOption& o : parsed.options) {
     const std::string& value = o.value;
@@ -256,6 +207,18 @@ int RunConvert(const common::ParsedArgs& parsed) {
         src_options.direct_io = mode->direct;
         break;
       }
+      case 'B':
+        backing = value;
+        break;
+      case 'F': {
+        auto f = ParseFormatName(value);
+        if (!f.ok()) return ReportError(absl::StrCat("convert: ", f.status().message()));
+        backing_format = value;
+        break;
+      }
+      case 'C':
+        copy_offload = true;
+        break;
       case 'c':
         compress = true;
         break;
@@ -267,12 +230,30 @@ int RunConvert(const common::ParsedArgs& parsed) {
         break;
       case 'q':
         progress_enabled = false;
+        quiet = true;
         break;
       case 'U':
         src_options.force_share = true;
         break;
       case 'n':
         no_create = true;
+        break;
+      case 'S': {
+        auto sectors = ParseSparseSectors(value);
+        if (!sectors.ok())
+          return ReportError(absl::StrCat("convert: ", sectors.status().message()));
+        min_sparse_sectors = *sectors;
+        explicit_sparse = true;
+        break;
+      }
+      case 'r': {
+        auto rate = ParseRateLimit(value);
+        if (!rate.ok()) return ReportError(absl::StrCat("convert: ", rate.status().message()));
+        rate_limit = *rate;
+        break;
+      }
+      case kSalvage:
+        salvage = true;
         break;
       case kTargetIsZero:
         target_is_zero = true;
@@ -288,9 +269,18 @@ int RunConvert(const common::ParsedArgs& parsed) {
   const std::string& dst_path = positional[1];
   if (out_format == "raw") {
     if (compress) return ReportError("convert: -c needs -O qcow2");
-    if (!create_option_strings.empty()) {
-      return ReportError("convert: -o options are for -O qcow2");
-    }
+  }
+  if (!backing.empty() && backing_format.empty()) {
+    return ReportError("convert: -B needs -F (the backing file's format)");
+  }
+  if (backing.empty() && !backing_format.empty()) {
+    return ReportError("convert: -F names the format of a backing file, and there is no -B");
+  }
+  if (!backing.empty() && out_format != "qcow2") {
+    return ReportError("convert: -B needs -O qcow2 (raw has no backing file)");
+  }
+  if (!backing.empty() && target_is_zero) {
+    return ReportError("convert: --target-is-zero cannot be used with a backing file (-B)");
   }
   if (target_is_zero && !no_create) {
     return ReportError("convert: --target-is-zero requires -n");
@@ -298,9 +288,20 @@ int RunConvert(const common::ParsedArgs& parsed) {
   if (no_create && !create_option_strings.empty()) {
     return ReportError("convert: -o creates DST; with -n, DST exists already");
   }
+  TargetPreallocation prealloc = TargetPreallocation::kOff;
   for (const std::string& o : create_option_strings) {
-    absl::Status s = ApplyCreateOptions(o, create);
+    absl::Status s = ApplyCreateOptions(o, out_format == "raw", create, prealloc);
     if (!s.ok()) return ReportError(absl::StrCat("convert: ", s.message()));
+  }
+  if (copy_offload && salvage) {
+    return ReportError("convert: -C (copy offloading) cannot be used with --salvage");
+  }
+  if (copy_offload && (compress || explicit_sparse)) {
+    return ReportError(
+        absl::StrCat("convert: -C (copy offloading) cannot be used with -", compress ? "c" : "S"));
+  }
+  if (compress && prealloc != TargetPreallocation::kOff) {
+    return ReportError("convert: -c and preallocation cannot be used together");
   }
 
   auto loop_or = io::EventLoop::Create(128);
@@ -315,21 +316,30 @@ int RunConvert(const common::ParsedArgs& parsed) {
   std::optional<format::ImageLayout> layout;
   if (out_format == "qcow2" && !no_create) {
     create.size_bytes = (size_bytes + 511) / 512 * 512;
+    create.backing_file = backing;
+    if (!backing.empty()) create.backing_format = backing_format;
     auto built = format::BuildImageLayout(create);
     if (!built.ok()) return ReportError(absl::StrCat("convert: ", built.status().message()));
     layout = std::move(*built);
   }
+  CreatedTarget created_target;  // declared before the devices: unlinked after they close
   if (!no_create) {
-    absl::Status created = PrepareDestination(loop, dst_path, layout ? &*layout : nullptr);
+    const bool existed = access(dst_path.c_str(), F_OK) == 0;
+    absl::Status created =
+        PrepareDestination(loop, dst_path, layout ? &*layout : nullptr, size_bytes, prealloc);
+    // A file that was there and that we could not lock is someone else's.
+    if (created.ok() || !existed) created_target.Arm(dst_path);
     if (!created.ok()) return ReportError(absl::StrCat(dst_path, ": ", created.message()));
   }
 
   std::unique_ptr<engine::Device> dst;
+  int raw_dst_fd = -1;  // -C: the raw target's descriptor, owned by dst
   CopyJob job;
   if (out_format == "raw") {
     io::OpenFlags flags;
     flags.direct = dst_cache.direct;
     auto file = io::UringFile::Open(&loop, dst_path, flags);
+    if (file.ok() && !dst_cache.direct) raw_dst_fd = (*file)->fd();
     if (!file.ok()) return ReportError(absl::StrCat(dst_path, ": ", file.status().message()));
     absl::Status locked = LockImageFile((*file)->fd(), LockMode::kExclusive);
     if (!locked.ok()) return ReportError(absl::StrCat(dst_path, ": ", locked.message()));
@@ -341,7 +351,8 @@ int RunConvert(const common::ParsedArgs& parsed) {
     dst = std::make_unique<engine::RawDevice>(MaybeNoFlush(std::move(*file), dst_cache.no_flush),
                                               dst_size);
     job.chunk_bytes = kRawChunkBytes;
-    job.unit_bytes = kRawZeroGranularityBytes;
+    // O_DIRECT writes must stay 4 KiB aligned.
+    job.alignment_sectors = dst_cache.direct ? 8 : 1;
   } else {
     EngineOpenOptions dst_options;
     dst_options.format = engine::ImageFormat::kQcow2;
@@ -352,6 +363,14 @@ int RunConvert(const common::ParsedArgs& parsed) {
     dst = std::move(*opened);
     const uint64_t cluster_bytes = dst->granularity_bytes();
     job.unit_bytes = cluster_bytes;
+    job.alignment_sectors = 1;  // the engine aligns its own I/O
+    // Widen writes to whole clusters only where the target allocates whole
+    // clusters: a preallocated cluster keeps the holes a partial write
+    // leaves in the file, as under qemu-img, and a new image with extended
+    // L2 entries allocates subclusters (a 32nd of a cluster).
+    if (prealloc == TargetPreallocation::kOff) {
+      job.widen_bytes = !no_create && create.extended_l2 ? cluster_bytes / 32 : cluster_bytes;
+    }
     job.chunk_bytes = std::max(cluster_bytes, kMinQcow2ChunkBytes);
     job.in_order = !out_of_order;
     if (compress) {
@@ -365,9 +384,22 @@ int RunConvert(const common::ParsedArgs& parsed) {
   // Skip what the source says reads as zeros: the new destination reads as
   // zeros there already. If the source's metadata cannot be walked that way,
   // every chunk is read (the zero detection then still keeps DST sparse).
-  auto zero_chunks = ZeroChunks(src_path, FormatName(src_options.format), src_options.snapshot,
-                                size_bytes, job.chunk_bytes);
-  if (zero_chunks.ok()) job.zero_chunks = std::move(*zero_chunks);
+  // -S 0 writes the zeros too (qemu-img: "fully allocates output").
+  job.min_sparse_sectors = min_sparse_sectors;
+  job.rate_bytes_per_second = rate_limit;
+  job.salvage = salvage;
+  job.quiet = quiet;
+  if (min_sparse_sectors != 0) {
+    job.alignment_sectors = std::max(job.alignment_sectors, PowerOfTwoFloor(min_sparse_sectors));
+    // Zero runs shorter than -S are written only inside one chunk; past the
+    // default, chunks are qemu-img's 2 MiB buffers so the same runs are.
+    if (min_sparse_sectors > 8 && !job.compress) {
+      job.chunk_bytes = std::max(job.chunk_bytes, kQemuBufferBytes);
+    }
+    auto zero_chunks = ZeroChunks(src_path, FormatName(src_options.format), src_options.snapshot,
+                                  size_bytes, job.chunk_bytes);
+    if (zero_chunks.ok()) job.zero_chunks = std::move(*zero_chunks);
+  }
 
   // -c: clusters are compressed on one thread per online CPU while the loop
   // reads and writes (the output does not depend on how many).
@@ -396,6 +428,22 @@ int RunConvert(const common::ParsedArgs& parsed) {
                                     " bytes)"));
   }
   job.dst_reads_zero = !no_create || target_is_zero;
+  OwnedFd offload_src;
+  if (!backing.empty() || copy_offload) {
+    absl::Status s = SetUpExtentCopy(src_path, src_options, dst_path, no_create, !backing.empty(),
+                                     size_bytes, job);
+    if (!s.ok()) {
+      CloseDevice(loop, *dst).IgnoreError();
+      CloseDevice(loop, **src).IgnoreError();
+      return ReportError(absl::StrCat("convert: ", backing.empty() ? "-C: " : "-B: ", s.message()));
+    }
+  }
+  if (copy_offload) {
+    // Data is copied as it is, zeros too (qemu-img's copy_range does not
+    // look at the bytes).
+    job.min_sparse_sectors = 0;
+    if (raw_dst_fd >= 0) SetUpOffload(src_path, src_options, raw_dst_fd, offload_src, job);
+  }
   job.progress = &progress;
   absl::Status copied = size_bytes == 0 ? absl::OkStatus() : RunCopy(job, workers);
   if (copied.ok()) progress.Finish();
@@ -405,6 +453,7 @@ int RunConvert(const common::ParsedArgs& parsed) {
   if (!copied.ok()) return ReportError(absl::StrCat("convert: ", copied.message()));
   if (!dst_closed.ok()) return ReportError(absl::StrCat(dst_path, ": ", dst_closed.message()));
   if (!src_closed.ok()) return ReportError(absl::StrCat(src_path, ": ", src_closed.message()));
+  created_target.Keep();
   return 0;
 }
 
@@ -414,7 +463,8 @@ const Command kConvertCommand = {
     "convert",
     RunConvert,
     "convert [-f FMT] [-O raw|qcow2] [-o OPTIONS] [-c] [-p] [-q] [-m N] [-W] [-l SNAPSHOT] "
-    "[-t CACHE] [-T SRC_CACHE] [-U] [-n [--target-is-zero]] SRC DST",
+    "[-t CACHE] [-T SRC_CACHE] [-U] [-S SIZE] [-r RATE] [-B BACKING -F FMT] [-C] "
+    "[--salvage] [-n [--target-is-zero]] SRC DST",
     "Copies the guest-visible contents of SRC (through its backing chain) into a new image DST.",
     kConvertOptions,
 };

@@ -1,7 +1,11 @@
 #include "tools/convert_copy.h"
 
+#include <liburing.h>
 #include <sys/uio.h>
+#include <unistd.h>
 
+#include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <memory>
 #include <span>
@@ -12,6 +16,7 @@
 #include "src/io/join.h"
 #include "src/io/task.h"
 #include "tools/engine_util.h"
+#include "tools/sparse_runs.h"
 
 namespace uq::tools {
 
@@ -43,6 +48,55 @@ void PassTurn(CopyJob& job, uint64_t index) {
   h.resume();
 }
 
+// -r: waits until a write of `bytes` more fits under the rate limit: the
+// copy writes at most rate_bytes_per_second from its start, zeroes included
+// (qemu-img throttles every write request to the target the same way).
+Task<void> Throttle(CopyJob& job, uint64_t bytes) {
+  if (job.rate_bytes_per_second == 0) co_return;
+  job.throttled_bytes += bytes;
+  const auto due = job.start + std::chrono::nanoseconds(static_cast<int64_t>(
+                                   static_cast<double>(job.throttled_bytes) * 1e9 /
+                                   static_cast<double>(job.rate_bytes_per_second)));
+  const auto wait = due - std::chrono::steady_clock::now();
+  if (wait <= std::chrono::nanoseconds(0)) co_return;
+  const int64_t ns = std::chrono::duration_cast<std::chrono::nanoseconds>(wait).count();
+  __kernel_timespec ts{.tv_sec = ns / 1000000000, .tv_nsec = ns % 1000000000};
+  co_await job.loop->Op([&](io_uring_sqe* sqe) { io_uring_prep_timeout(sqe, &ts, 0, 0); });
+}
+
+// Zeroes [offset, offset + length) of the destination, within the rate limit.
+Task<int> ZeroRange(CopyJob& job, uint64_t offset, uint64_t length, std::string& what) {
+  co_await Throttle(job, length);
+  const int r = co_await job.dst->WriteZeroes(offset, length, /*may_unmap=*/true);
+  if (r < 0) what = absl::StrCat("zeroing destination at offset ", offset);
+  co_return r;
+}
+
+// -B: the source extent holding `offset` (the last one past the source's
+// end: a qcow2 target's size is rounded up to a sector).
+const SourceExtent& ExtentAt(const CopyJob& job, uint64_t offset) {
+  auto it = std::upper_bound(job.extents.begin(), job.extents.end(), offset,
+                             [](uint64_t o, const SourceExtent& e) { return o < e.offset_bytes; });
+  return *std::prev(it);
+}
+
+// Where extent `e`, which holds byte `pos` of the chunk at `offset`, ends in
+// the chunk of `length` bytes.
+uint64_t ExtentEnd(const SourceExtent& e, uint64_t offset, uint64_t pos, uint64_t length) {
+  const uint64_t end = e.offset_bytes + e.length_bytes;
+  return end > offset + pos ? std::min(length, end - offset) : length;
+}
+
+// -B with -c: what a whole cluster of the target is (qemu-img: a cluster
+// that is not all one kind is data).
+ExtentKind UnitKind(const CopyJob& job, uint64_t offset, uint64_t length) {
+  const SourceExtent& e = ExtentAt(job, offset);
+  if (e.kind != ExtentKind::kData && e.offset_bytes + e.length_bytes >= offset + length) {
+    return e.kind;
+  }
+  return ExtentKind::kData;
+}
+
 // Per worker: room for one chunk's compressed clusters and their fate.
 struct CompressScratch {
   explicit CompressScratch(uint64_t chunk_bytes, uint64_t unit_bytes)
@@ -52,9 +106,9 @@ struct CompressScratch {
   std::vector<char> zero;      // the unit is all zeros
 };
 
-// convert -c with a pool: the chunk's clusters are compressed on a worker
-// thread while other chunks are read and written, then written in the
-// chunk's turn. The bytes written do not depend on the thread count.
+// convert -c: the chunk's clusters are compressed (on a worker thread of the
+// pool, if any, while other chunks are read and written), then written in
+// the chunk's turn. The bytes written do not depend on the thread count.
 Task<int> WriteCompressedChunk(CopyJob& job, AlignedBuffer& buf, CompressScratch& scratch,
                                uint64_t index, uint64_t offset, uint64_t length,
                                std::string& what) {
@@ -62,16 +116,22 @@ Task<int> WriteCompressedChunk(CopyJob& job, AlignedBuffer& buf, CompressScratch
   const uint64_t units = (length + unit - 1) / unit;
   // The last unit is compressed as a whole cluster, zero padded.
   std::memset(buf.data() + length, 0, units * unit - length);
-  co_await job.pool->Run(job.loop, [&] {
+  auto compress = [&] {
     for (uint64_t i = 0; i < units; ++i) {
       std::span<const std::byte> in = buf.span().subspan(i * unit, unit);
-      scratch.zero[i] = IsAllZero(in);
+      // -S 0 writes zero clusters too (compressed), as qemu-img does.
+      scratch.zero[i] = job.min_sparse_sectors != 0 && IsAllZero(in);
       if (!scratch.zero[i]) {
         scratch.sizes[i] =
             job.dst->CompressForWrite(in, scratch.out.span().subspan(i * unit, unit));
       }
     }
-  });
+  };
+  if (job.pool != nullptr) {
+    co_await job.pool->Run(job.loop, compress);
+  } else {
+    compress();
+  }
   if (job.in_order) {
     co_await WriteTurn{job, index};
     if (job.error != 0) co_return 0;
@@ -80,13 +140,18 @@ Task<int> WriteCompressedChunk(CopyJob& job, AlignedBuffer& buf, CompressScratch
     const uint64_t pos = i * unit;
     const uint64_t n = std::min(unit, length - pos);
     int r = 0;
-    if (scratch.zero[i]) {
+    const ExtentKind kind =
+        job.extents.empty() ? ExtentKind::kData : UnitKind(job, offset + pos, n);
+    if (kind == ExtentKind::kBacking) continue;
+    if (kind == ExtentKind::kZero || scratch.zero[i]) {
       if (!job.dst_reads_zero) {
+        co_await Throttle(job, n);
         r = co_await job.dst->WriteZeroes(offset + pos, n, /*may_unmap=*/true);
       }
     } else if (scratch.sizes[i] < 0) {
       r = static_cast<int>(scratch.sizes[i]);
     } else {
+      co_await Throttle(job, n);
       std::span<const std::byte> compressed =
           scratch.out.span().subspan(pos, static_cast<size_t>(scratch.sizes[i]));
       r = co_await job.dst->WriteCompressedBytes(offset + pos, buf.span().subspan(pos, n),
@@ -100,80 +165,168 @@ Task<int> WriteCompressedChunk(CopyJob& job, AlignedBuffer& buf, CompressScratch
   co_return 0;
 }
 
+// Writes [from, to) of the chunk at `offset`, as qemu-img's sparse detection
+// (-S) decides: data runs are written (widened to whole target clusters),
+// zero runs left out when `skip_zeros`, else zeroed. [0, written_end) of the
+// chunk is done already; advances it.
+Task<int> WriteRuns(CopyJob& job, AlignedBuffer& buf, uint64_t offset, uint64_t from, uint64_t to,
+                    uint64_t length, bool skip_zeros, uint64_t& written_end, std::string& what) {
+  uint64_t pos = from;
+  while (pos < to) {
+    const std::span<const std::byte> rest = buf.span().subspan(pos, to - pos);
+    SparseRun run{to - pos, true};  // -S 0: every byte is written
+    if (job.min_sparse_sectors != 0) {
+      run = NextSparseRun(rest, offset + pos, job.min_sparse_sectors, job.alignment_sectors);
+    }
+    uint64_t begin = std::max(pos, written_end);
+    uint64_t end = pos + run.length_bytes;
+    if (run.data && job.widen_bytes != 0) {
+      // The target allocates whole clusters anyway: write them whole.
+      begin = std::max(written_end, pos / job.widen_bytes * job.widen_bytes);
+      end = std::min(length, (end + job.widen_bytes - 1) / job.widen_bytes * job.widen_bytes);
+    }
+    pos += run.length_bytes;
+    if (end <= begin || (!run.data && skip_zeros)) continue;
+    written_end = end;
+    int r = 0;
+    if (run.data) {
+      co_await Throttle(job, end - begin);
+      iovec w = buf.Iov(begin, end - begin);
+      r = co_await job.dst->Write(offset + begin, std::span<const iovec>(&w, 1), /*fua=*/false);
+      if (r < 0) what = absl::StrCat("writing destination at offset ", offset + begin);
+    } else {
+      r = co_await ZeroRange(job, offset + begin, end - begin, what);
+    }
+    if (r < 0) co_return r;
+  }
+  co_return 0;
+}
+
+// -B / -C: writes the chunk extent by extent: data as WriteRuns (with -B
+// zero runs zeroed: the backing file may hold data there), zero extents
+// zeroed unless the target reads as zeros, extents left to the backing file
+// not written.
+Task<int> WriteByExtent(CopyJob& job, AlignedBuffer& buf, uint64_t offset, uint64_t length,
+                        std::string& what) {
+  uint64_t written_end = 0;
+  for (uint64_t pos = 0; pos < length;) {
+    const SourceExtent& e = ExtentAt(job, offset + pos);
+    const uint64_t end = ExtentEnd(e, offset, pos, length);
+    int r = 0;
+    if (e.kind == ExtentKind::kData) {
+      r = co_await WriteRuns(job, buf, offset, pos, end, length, job.dst_reads_zero, written_end,
+                             what);
+    } else if (e.kind == ExtentKind::kZero && !job.dst_reads_zero &&
+               end > std::max(pos, written_end)) {
+      const uint64_t begin = std::max(pos, written_end);
+      written_end = end;
+      r = co_await ZeroRange(job, offset + begin, end - begin, what);
+    }
+    if (r < 0) co_return r;
+    pos = end;
+  }
+  co_return 0;
+}
+
+// -B / -C: whether any of the chunk is data (else it need not be read).
+bool ChunkHasData(const CopyJob& job, uint64_t offset, uint64_t length) {
+  for (uint64_t pos = 0; pos < length;) {
+    const SourceExtent& e = ExtentAt(job, offset + pos);
+    if (e.kind == ExtentKind::kData) return true;
+    pos = ExtentEnd(e, offset, pos, length);
+  }
+  return false;
+}
+
+// --salvage: reads the chunk sector by sector after a failed read; a sector
+// that cannot be read is reported and reads as zeros (qemu-img's salvage).
+Task<int> SalvageRead(CopyJob& job, AlignedBuffer& buf, uint64_t offset, uint64_t length) {
+  constexpr uint64_t kSector = 512;
+  for (uint64_t pos = 0; pos < length; pos += kSector) {
+    iovec v = buf.Iov(pos, std::min(kSector, length - pos));
+    const int r = co_await job.src->Read(offset + pos, std::span<const iovec>(&v, 1));
+    if (r >= 0) continue;
+    if (!job.quiet) {
+      std::fprintf(stderr, "qcow2-img: warning: error while reading offset %llu: %s\n",
+                   static_cast<unsigned long long>(offset + pos), std::strerror(-r));
+    }
+    std::memset(v.iov_base, 0, v.iov_len);
+  }
+  co_return 0;
+}
+
+// -C, raw to raw: copies the chunk's data extents with copy_file_range
+// (the kernel copies, or shares the blocks, without a round trip through
+// this process). Returns 0 when done, 1 when the kernel cannot copy between
+// these files (the chunk, and every later one, is then read and written), or
+// -errno.
+Task<int> OffloadChunk(CopyJob& job, uint64_t offset, uint64_t length, std::string& what) {
+  for (uint64_t pos = 0; pos < length;) {
+    const SourceExtent& e = ExtentAt(job, offset + pos);
+    const uint64_t end = ExtentEnd(e, offset, pos, length);
+    if (e.kind == ExtentKind::kData) {
+      co_await Throttle(job, end - pos);
+      loff_t in = static_cast<loff_t>(offset + pos);
+      loff_t out = in;
+      while (in < static_cast<loff_t>(offset + end)) {
+        const ssize_t n = copy_file_range(job.offload_src_fd, &in, job.offload_dst_fd, &out,
+                                          offset + end - static_cast<uint64_t>(in), 0);
+        if (n < 0 && (errno == EXDEV || errno == EOPNOTSUPP || errno == ENOSYS || errno == EINVAL ||
+                      errno == EBADF)) {
+          job.offload_src_fd = -1;
+          co_return 1;
+        }
+        if (n < 0) {
+          what = absl::StrCat("copying to destination at offset ", in);
+          co_return -errno;
+        }
+        if (n == 0) break;  // the source ended early: the rest reads as zeros
+      }
+    } else if (e.kind == ExtentKind::kZero && !job.dst_reads_zero) {
+      const int r = co_await ZeroRange(job, offset + pos, end - pos, what);
+      if (r < 0) co_return r;
+    }
+    pos = end;
+  }
+  co_return 0;
+}
+
 Task<int> CopyChunk(CopyJob& job, AlignedBuffer& buf, CompressScratch* scratch, uint64_t index,
                     uint64_t offset, uint64_t src_length, std::string& what) {
-  iovec v = buf.Iov(0, src_length);
-  int r = co_await job.src->Read(offset, std::span<const iovec>(&v, 1));
-  if (r < 0) {
-    what = absl::StrCat("reading source at offset ", offset);
-    co_return r;
+  if (job.offload_src_fd >= 0) {
+    const int r = co_await OffloadChunk(job, offset, src_length, what);
+    if (r <= 0) co_return r;
+  }
+  if (job.extents.empty() || ChunkHasData(job, offset, src_length)) {
+    iovec v = buf.Iov(0, src_length);
+    int r = co_await job.src->Read(offset, std::span<const iovec>(&v, 1));
+    if (r < 0 && job.salvage) r = co_await SalvageRead(job, buf, offset, src_length);
+    if (r < 0) {
+      what = absl::StrCat("reading source at offset ", offset);
+      co_return r;
+    }
   }
   // A raw source need not end on a sector; the qcow2 destination does (its
   // size is rounded up, as qemu-img does): the tail reads as zeros.
   uint64_t length = std::min(job.chunk_bytes, job.dst_size_bytes - offset);
   std::memset(buf.data() + src_length, 0, length - src_length);
-  if (scratch != nullptr) {
+  if (job.compress) {
     co_return co_await WriteCompressedChunk(job, buf, *scratch, index, offset, length, what);
   }
   if (job.in_order) {
     co_await WriteTurn{job, index};
     if (job.error != 0) co_return 0;  // another chunk failed; stop quietly
   }
-  // Walk the chunk in units, writing each maximal run of non-zero units with
-  // one request (or one compressed cluster per unit).
-  uint64_t pos = 0;
-  while (pos < length) {
-    uint64_t unit_len = std::min(job.unit_bytes, length - pos);
-    if (IsAllZero(buf.span().subspan(pos, unit_len))) {
-      if (job.dst_reads_zero) {
-        pos += unit_len;
-        continue;
-      }
-      // An existing target (-n): zero the whole run of zero units.
-      uint64_t zero_end = pos + unit_len;
-      while (zero_end < length) {
-        uint64_t next_len = std::min(job.unit_bytes, length - zero_end);
-        if (!IsAllZero(buf.span().subspan(zero_end, next_len))) break;
-        zero_end += next_len;
-      }
-      r = co_await job.dst->WriteZeroes(offset + pos, zero_end - pos, /*may_unmap=*/true);
-      if (r < 0) {
-        what = absl::StrCat("zeroing destination at offset ", offset + pos);
-        co_return r;
-      }
-      pos = zero_end;
-      continue;
-    }
-    if (job.compress) {
-      r = co_await job.dst->WriteCompressed(offset + pos, buf.span().subspan(pos, unit_len));
-      if (r < 0) {
-        what = absl::StrCat("writing compressed cluster at offset ", offset + pos);
-        co_return r;
-      }
-      pos += unit_len;
-      continue;
-    }
-    uint64_t run_end = pos + unit_len;
-    while (run_end < length) {
-      uint64_t next_len = std::min(job.unit_bytes, length - run_end);
-      if (IsAllZero(buf.span().subspan(run_end, next_len))) break;
-      run_end += next_len;
-    }
-    iovec w = buf.Iov(pos, run_end - pos);
-    r = co_await job.dst->Write(offset + pos, std::span<const iovec>(&w, 1), /*fua=*/false);
-    if (r < 0) {
-      what = absl::StrCat("writing destination at offset ", offset + pos);
-      co_return r;
-    }
-    pos = run_end;
-  }
-  co_return 0;
+  if (!job.extents.empty()) co_return co_await WriteByExtent(job, buf, offset, length, what);
+  uint64_t written_end = 0;
+  co_return co_await WriteRuns(job, buf, offset, 0, length, length, job.dst_reads_zero, written_end,
+                               what);
 }
 
 Task<void> CopyWorker(CopyJob& job) {
   AlignedBuffer buf(job.chunk_bytes);
   std::unique_ptr<CompressScratch> scratch;
-  if (job.compress && job.pool != nullptr) {
+  if (job.compress) {
     scratch = std::make_unique<CompressScratch>(job.chunk_bytes, job.unit_bytes);
   }
   while (job.error == 0 && job.next_chunk < job.chunks) {
@@ -187,9 +340,8 @@ Task<void> CopyWorker(CopyJob& job) {
       if (job.in_order) co_await WriteTurn{job, index};
       ++job.skipped_chunks;
       if (!job.dst_reads_zero && job.error == 0) {
-        const uint64_t n = std::min(job.chunk_bytes, job.dst_size_bytes - offset);
-        r = co_await job.dst->WriteZeroes(offset, n, /*may_unmap=*/true);
-        if (r < 0) what = absl::StrCat("zeroing destination at offset ", offset);
+        r = co_await ZeroRange(job, offset, std::min(job.chunk_bytes, job.dst_size_bytes - offset),
+                               what);
       }
     } else {
       r = co_await CopyChunk(job, buf, scratch.get(), index, offset, length, what);
@@ -208,6 +360,7 @@ Task<void> CopyWorker(CopyJob& job) {
 }  // namespace
 
 absl::Status RunCopy(CopyJob& job, int workers) {
+  job.start = std::chrono::steady_clock::now();
   job.chunks = (job.size_bytes + job.chunk_bytes - 1) / job.chunk_bytes;
   std::vector<Task<void>> tasks;
   for (int i = 0; i < workers; ++i) tasks.push_back(CopyWorker(job));

@@ -1,13 +1,14 @@
 // The copy loop of qcow2-img convert: chunks read from the source Device and
 // written to the destination Device by a few coroutines on one event loop,
-// skipping chunks the source's block status says read as zeros, and runs of
-// all-zero units inside the chunks it reads.
+// skipping chunks the source's block status says read as zeros, and zero
+// runs inside the chunks it reads as qemu-img's -S does.
 //
 // Thread-safety: one CopyJob runs on one event loop thread.
 #ifndef UQ_TOOLS_CONVERT_COPY_H_
 #define UQ_TOOLS_CONVERT_COPY_H_
 
 #include <algorithm>
+#include <chrono>
 #include <coroutine>
 #include <cstdint>
 #include <cstdio>
@@ -20,6 +21,7 @@
 #include "src/engine/device.h"
 #include "src/io/event_loop.h"
 #include "tools/compress_pool.h"
+#include "tools/zero_chunks.h"
 
 namespace uq::tools {
 
@@ -61,7 +63,34 @@ struct CopyJob {
   // The destination reads as zeros where nothing is written (a new image,
   // or convert -n --target-is-zero); otherwise zero ranges are zeroed.
   bool dst_reads_zero = true;
-  uint64_t unit_bytes = 0;  // zero detection / compression granularity
+  uint64_t unit_bytes = 0;  // compression granularity (a cluster)
+  // -S: zero stretches of at least this many 512-byte sectors are not
+  // written (qemu-img's min_sparse; default 8, 4 KiB); 0 writes every byte,
+  // zeros included. Runs end on multiples of alignment_sectors
+  // (tools/sparse_runs.h).
+  uint32_t min_sparse_sectors = 8;
+  uint32_t alignment_sectors = 8;
+  // qcow2 targets: data writes are widened to whole clusters of this size
+  // (the target allocates whole clusters anyway). 0: as detected (raw).
+  uint64_t widen_bytes = 0;
+  // -B / -C: the source's extents as tools/zero_chunks.h SourceExtents
+  // gives them: data is copied, zero extents zeroed unless the target reads
+  // as zeros, what is left to a new backing file (-B) is not written.
+  // Empty: chunks and zero_chunks alone decide.
+  std::vector<SourceExtent> extents;
+  // -C, raw to raw: data extents are copied with copy_file_range between
+  // these descriptors (owned by the caller); -1: read and write.
+  int offload_src_fd = -1;
+  int offload_dst_fd = -1;
+  // --salvage: a source range that cannot be read is read again sector by
+  // sector; the sectors that fail are reported (unless quiet) and copied as
+  // zeros.
+  bool salvage = false;
+  bool quiet = false;
+  // -r: bytes per second written to the destination at most (0: no limit).
+  uint64_t rate_bytes_per_second = 0;
+  uint64_t throttled_bytes = 0;  // written or waiting to be, since `start`
+  std::chrono::steady_clock::time_point start;
   // Chunks that read as zeros in the source (tools/zero_chunks.h): not read,
   // and written only as zeroes when the destination may hold data there.
   // Empty: read every chunk.
