@@ -53,6 +53,7 @@ extern const Command kConvertCommand;
 extern const Command kBenchCommand;
 extern const Command kResizeCommand;
 extern const Command kDdCommand;
+extern const Command kSnapshotCommand;
 
 }  // namespace uq::tools
 
