@@ -2,7 +2,9 @@
 // (-c), apply (-a) and delete (-d) internal snapshots (src/engine/snapshot.h),
 // with qemu-img's messages. The changing actions take the image's write lock
 // and open it through the engine (dirty bit, ordering, overlap checks).
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <ctime>
 #include <memory>
 #include <string>
@@ -84,15 +86,33 @@ int List(const SnapshotArgs& a) {
   return 0;
 }
 
-// qemu-img's words for a failed action.
+// qemu-img's words for a failed action. A create reports the errno as
+// "-95 (Operation not supported)".
 std::string Failure(const SnapshotArgs& a, const absl::Status& s) {
   switch (a.action) {
-    case Action::kCreate:
-      return absl::StrCat("Could not create snapshot '", a.name, "': ", s.message());
+    case Action::kCreate: {
+      const bool enotsup =
+          s.code() == absl::StatusCode::kUnimplemented && s.message() == std::strerror(ENOTSUP);
+      return absl::StrCat(
+          "Could not create snapshot '", a.name, "': ",
+          enotsup ? absl::StrCat(-ENOTSUP, " (", s.message(), ")") : std::string(s.message()));
+    }
     case Action::kApply:
       return absl::StrCat("Could not apply snapshot '", a.name, "': ", s.message());
     default:
       return absl::StrCat("Could not delete snapshot '", a.name, "': ", s.message());
+  }
+}
+
+// What qemu-img says of each action on a raw image.
+absl::Status RawImageRefusal(Action action) {
+  switch (action) {
+    case Action::kCreate:
+      return absl::UnimplementedError(std::strerror(ENOTSUP));
+    case Action::kApply:
+      return absl::UnimplementedError("Block driver does not support snapshots");
+    default:
+      return absl::NotFoundError("snapshot not found");
   }
 }
 
@@ -139,9 +159,7 @@ int RunSnapshot(const common::ParsedArgs& parsed) {
   if (!*qcow2) {
     // A raw image has no snapshot table.
     if (a.action == Action::kNone) return 0;
-    return ReportError(a.action == Action::kCreate
-                           ? Failure(a, absl::UnimplementedError("-95 (Operation not supported)"))
-                           : Failure(a, absl::UnimplementedError("Operation not supported")));
+    return ReportError(Failure(a, RawImageRefusal(a.action)));
   }
   EngineOpenOptions open;
   open.format = engine::ImageFormat::kQcow2;

@@ -40,7 +40,7 @@ absl::Status CheckWritable(ImageParts& p) {
   if (p.meta->read_only()) return absl::FailedPreconditionError("the image is read-only");
   // QEMU refuses snapshots of an image with an external data file (ENOTSUP):
   // the data clusters are not refcounted, so a snapshot could not keep them.
-  if (p.meta->external_data()) return Errno("snapshots", -ENOTSUP);
+  if (p.meta->external_data()) return absl::UnimplementedError(std::strerror(ENOTSUP));
   return absl::OkStatus();
 }
 
