@@ -86,16 +86,16 @@ int List(const SnapshotArgs& a) {
   return 0;
 }
 
-// qemu-img's words for a failed action. A create reports the errno as
+// qemu-img's words for a failed action. A create reports an errno as
 // "-95 (Operation not supported)".
 std::string Failure(const SnapshotArgs& a, const absl::Status& s) {
   switch (a.action) {
     case Action::kCreate: {
-      const bool enotsup =
-          s.code() == absl::StatusCode::kUnimplemented && s.message() == std::strerror(ENOTSUP);
-      return absl::StrCat(
-          "Could not create snapshot '", a.name, "': ",
-          enotsup ? absl::StrCat(-ENOTSUP, " (", s.message(), ")") : std::string(s.message()));
+      std::string problem(s.message());
+      for (int e : {ENOTSUP, EINVAL, EFBIG}) {
+        if (problem == std::strerror(e)) problem = absl::StrCat(-e, " (", problem, ")");
+      }
+      return absl::StrCat("Could not create snapshot '", a.name, "': ", problem);
     }
     case Action::kApply:
       return absl::StrCat("Could not apply snapshot '", a.name, "': ", s.message());

@@ -329,7 +329,10 @@ Task<absl::Status> CreateSnapshot(Qcow2Image& image, const NewSnapshot& request)
   ImageParts& p = SnapshotParts(image);
   UQ_CO_RETURN_IF_ERROR(CheckWritable(p));
   UQ_CO_ASSIGN_OR_RETURN(std::vector<format::Snapshot> snaps, co_await Snapshots(p));
-  if (snaps.size() >= kMaxSnapshots) co_return Errno("snapshots", -EFBIG);
+  if (snaps.size() >= kMaxSnapshots) co_return absl::OutOfRangeError(std::strerror(EFBIG));
+  // One-bit refcounts cannot count a second reference (QEMU fails with
+  // EINVAL half-way, leaking a cluster; this refuses up front).
+  if (p.geo.refcount_order == 0) co_return absl::InvalidArgumentError(std::strerror(EINVAL));
   UQ_CO_RETURN_IF_ERROR(co_await Begin(image));
 
   format::Snapshot s;

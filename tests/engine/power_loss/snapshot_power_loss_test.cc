@@ -8,7 +8,9 @@
 // the new one: the active disk's bytes and the snapshot table, with every
 // snapshot reading back the bytes it was taken with.
 //
-// The images are version 3 (version 2 has no dirty bit, see snapshot.h).
+// A version 2 image has no dirty bit (see snapshot.h): there, COPIED flags
+// may disagree with the refcounts after a crash, nothing else may be wrong,
+// and `check -r all` must leave zero corruptions.
 // Environment: UQ_POWER_BASE_SEED (default random, printed) seeds the random
 // subsets.
 #include <gtest/gtest.h>
@@ -183,10 +185,27 @@ void CheckCrashed(const State& before, const State& after, Bytes crashed, const 
   SCOPED_TRACE(what);
   // Incompatible feature bit 0 (dirty): bit 0 of the header's byte 79.
   const bool dirty = crashed.size() > 79 && (static_cast<uint8_t>(crashed[79]) & 1) != 0;
+  const bool v2 = crashed.size() > 7 && static_cast<uint8_t>(crashed[7]) == 2;
   io::MemFile file(io::MemFile::Mode::kImmediate, std::move(crashed));
-  auto check = io::RunSync(nullptr, CheckImage(file));
+  uint64_t copied_errors = 0;
+  CheckOptions count_copied;
+  count_copied.on_message = [&](const std::string& line) {
+    copied_errors += line.find("OFLAG_COPIED") != std::string::npos;
+  };
+  auto check = io::RunSync(nullptr, CheckImage(file, count_copied));
   ASSERT_TRUE(check.ok()) << check.status();
-  if (!dirty) {
+  if (v2) {
+    // No dirty bit: COPIED flags may disagree with the refcounts (harmless:
+    // the write path trusts a clear flag only after a refcount look-up, and
+    // a flag set where a snapshot shares the cluster never reaches the disk
+    // before the snapshot table naming it); nothing else may be wrong, and
+    // `check -r all` repairs them.
+    EXPECT_EQ(check->corruptions, copied_errors)
+        << (check->messages.empty() ? "" : check->messages[0]);
+    CheckOptions repair;
+    repair.repair = RepairMode::kAll;
+    ASSERT_TRUE(io::RunSync(nullptr, CheckImage(file, repair)).ok());
+  } else if (!dirty) {
     EXPECT_EQ(check->corruptions, 0u) << (check->messages.empty() ? "" : check->messages[0]);
   }
   const State st = ReadState(file);
@@ -221,6 +240,12 @@ std::vector<Scenario> Scenarios() {
   c.extended_l2 = true;
   v.push_back({"revert_extended_l2", c, Op::kRevert});
   v.push_back({"delete_extended_l2", c, Op::kDelete});
+  c.extended_l2 = false;
+  c.cluster_bits = 16;
+  c.version = 2;
+  v.push_back({"create_v2", c, Op::kCreate});
+  v.push_back({"delete_v2", c, Op::kDelete});
+  v.push_back({"revert_v2", c, Op::kRevert});
   return v;
 }
 
