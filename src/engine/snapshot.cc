@@ -100,14 +100,31 @@ Task<int64_t> TableOf(ImageParts& p, uint64_t l1_raw) {
   co_return static_cast<int64_t>(table);
 }
 
-// QEMU's qcow2_update_snapshot_refcount for addend 1 or 0 over the tree `l1`
-// names (through the L2 cache): with addend 1 every referenced cluster and
-// L2 table gains a reference; then COPIED is set in each L2 entry and in each
-// entry of `l1` exactly where the refcount is 1. Stores the L2 entries it
-// changes (the L1 entries are the caller's to store). REQUIRES:
-// MetaFile::lock().
-Task<int> UpdateTree(ImageParts& p, std::vector<uint64_t>& l1, int addend) {
-  if (addend != 0 && addend != 1) co_return -EINVAL;
+// What a walk of a tree does (QEMU's qcow2_update_snapshot_refcount with
+// addend 1, 0 and -1).
+enum class TreeOp {
+  // Every referenced cluster and L2 table gains a reference; COPIED flags
+  // are then set where the refcount is 1 (so cleared everywhere).
+  kAddReference,
+  // COPIED flags set exactly where the refcount is 1.
+  kRecomputeCopied,
+  // One reference to everything is queued for the next flush, which applies
+  // it once the change that unnamed the tree is durable. Cached slices of
+  // tables about to be freed are dropped, so a later write-back cannot land
+  // on a reused cluster.
+  kDropReference,
+};
+
+// Refcount of `cluster` after `op` (kAddReference: incremented).
+Task<int> Count(ImageParts& p, TreeOp op, uint64_t cluster, uint64_t* refcount) {
+  if (op == TreeOp::kAddReference) co_return co_await p.refs->Add(cluster, 1, refcount);
+  co_return co_await p.refs->Get(cluster, refcount);
+}
+
+// Walks the tree `l1` names through the L2 cache and applies `op`. COPIED
+// flags change in the L2 entries (stored) and in `l1` (the caller's to
+// store). REQUIRES: MetaFile::lock().
+Task<int> WalkTree(ImageParts& p, std::vector<uint64_t>& l1, TreeOp op) {
   const Geometry& geo = p.geo;
   const uint32_t per_slice = geo.slice_bytes / geo.l2_entry_bytes;
   for (uint64_t& l1e : l1) {
@@ -124,21 +141,19 @@ Task<int> UpdateTree(ImageParts& p, std::vector<uint64_t>& l1, int addend) {
       for (uint32_t j = 0; j < per_slice; ++j) {
         std::byte* at = ref.data().data() + j * geo.l2_entry_bytes;
         const uint64_t raw = format::LoadBE64(at);
-        const uint64_t bitmap = geo.extended_l2 ? format::LoadBE64(at + 8) : 0;
-        Referenced ref_clusters;
-        r = co_await EntryClusters(p, raw, bitmap, &ref_clusters);
+        Referenced c;
+        r = co_await EntryClusters(p, raw, geo.extended_l2 ? format::LoadBE64(at + 8) : 0, &c);
         if (r < 0) co_return r;
-        uint64_t refcount = 0;
-        for (uint64_t c = 0; c < ref_clusters.count; ++c) {
-          const uint64_t cluster = ref_clusters.first + c;
-          if (addend != 0) {
-            r = co_await p.refs->Add(cluster, addend, &refcount);
-          } else {
-            r = co_await p.refs->Get(cluster, &refcount);
-          }
-          if (r < 0) co_return r;
+        if (op == TreeOp::kDropReference) {
+          if (c.count > 0) p.refs->QueueFree(c.first, c.count);
+          continue;
         }
-        if (!ref_clusters.copied_applies) continue;
+        uint64_t refcount = 0;
+        for (uint64_t k = 0; k < c.count && r >= 0; ++k) {
+          r = co_await Count(p, op, c.first + k, &refcount);
+        }
+        if (r < 0) co_return r;
+        if (!c.copied_applies) continue;
         const uint64_t want =
             refcount == 1 ? raw | format::kOflagCopied : raw & ~format::kOflagCopied;
         if (want == raw) continue;
@@ -153,53 +168,18 @@ Task<int> UpdateTree(ImageParts& p, std::vector<uint64_t>& l1, int addend) {
         p.meta->NoteChange();
       }
     }
-    uint64_t refcount = 0;
-    const uint64_t index = p.geo.ClusterIndex(static_cast<uint64_t>(table));
-    int r = 0;
-    if (addend != 0) {
-      r = co_await p.refs->Add(index, addend, &refcount);
-    } else {
-      r = co_await p.refs->Get(index, &refcount);
-    }
-    if (r < 0) co_return r;
-    l1e = refcount == 1 ? l1e | format::kOflagCopied : l1e & ~format::kOflagCopied;
-  }
-  co_return 0;
-}
-
-// Queues the drop of one reference to everything the tree `l1` names (each
-// L2 table and what it references), applied by the next flush. Call after
-// the change that unnamed the tree (the flush makes it durable first).
-// Cached slices of tables about to be freed are dropped, so a later write-
-// back cannot land on a reused cluster. REQUIRES: MetaFile::lock().
-Task<int> QueueTreeFrees(ImageParts& p, const std::vector<uint64_t>& l1) {
-  const Geometry& geo = p.geo;
-  const uint32_t per_slice = geo.slice_bytes / geo.l2_entry_bytes;
-  for (uint64_t l1e : l1) {
-    const int64_t table = co_await TableOf(p, l1e);
-    if (table <= 0) {
-      if (table < 0) co_return static_cast<int>(table);
-      continue;
-    }
-    for (uint64_t s = 0; s < geo.cluster_bytes; s += geo.slice_bytes) {
-      cache::SliceCache::Ref ref;
-      int r = co_await p.l2->cache().Get(static_cast<uint64_t>(table) + s, &ref);
-      if (r < 0) co_return r;
-      for (uint32_t j = 0; j < per_slice; ++j) {
-        const std::byte* at = ref.data().data() + j * geo.l2_entry_bytes;
-        Referenced c;
-        r = co_await EntryClusters(p, format::LoadBE64(at),
-                                   geo.extended_l2 ? format::LoadBE64(at + 8) : 0, &c);
-        if (r < 0) co_return r;
-        if (c.count > 0) p.refs->QueueFree(c.first, c.count);
-      }
-    }
     const uint64_t index = geo.ClusterIndex(static_cast<uint64_t>(table));
     uint64_t refcount = 0;
-    int r = co_await p.refs->Get(index, &refcount);
+    int r = co_await Count(p, op, index, &refcount);
     if (r < 0) co_return r;
-    if (refcount <= 1) co_await p.l2->cache().Drop(static_cast<uint64_t>(table), geo.cluster_bytes);
-    p.refs->QueueFree(index, 1);
+    if (op == TreeOp::kDropReference) {
+      if (refcount <= 1) {
+        co_await p.l2->cache().Drop(static_cast<uint64_t>(table), geo.cluster_bytes);
+      }
+      p.refs->QueueFree(index, 1);
+      continue;
+    }
+    l1e = refcount == 1 ? l1e | format::kOflagCopied : l1e & ~format::kOflagCopied;
   }
   co_return 0;
 }
@@ -262,7 +242,7 @@ Task<int> RecomputeCopied(ImageParts& p) {
   co_await p.meta->lock().Lock();
   cache::MutexGuard guard(&p.meta->lock());
   std::vector<uint64_t> l1 = ActiveL1(p);
-  int r = co_await UpdateTree(p, l1, 0);
+  int r = co_await WalkTree(p, l1, TreeOp::kRecomputeCopied);
   if (r >= 0) StoreActiveL1(p, l1);
   co_return r;
 }
@@ -355,7 +335,7 @@ Task<absl::Status> CreateSnapshot(Qcow2Image& image, const NewSnapshot& request)
     co_await p.meta->lock().Lock();
     cache::MutexGuard guard(&p.meta->lock());
     std::vector<uint64_t> l1 = active;
-    int r = co_await UpdateTree(p, l1, 1);
+    int r = co_await WalkTree(p, l1, TreeOp::kAddReference);
     StoreActiveL1(p, l1);
     if (r < 0) co_return Errno("Failed to update the refcounts", r);
   }
@@ -385,7 +365,7 @@ Task<absl::Status> DeleteSnapshot(Qcow2Image& image, const std::string& name) {
   {
     co_await p.meta->lock().Lock();
     cache::MutexGuard guard(&p.meta->lock());
-    int r = co_await QueueTreeFrees(p, l1);
+    int r = co_await WalkTree(p, l1, TreeOp::kDropReference);
     if (r < 0) co_return Errno("Failed to drop the snapshot's references", r);
     if (l1_bytes > 0) {
       p.refs->QueueFree(p.geo.ClusterIndex(gone.l1_table_offset), Clusters(p.geo, l1_bytes));
@@ -428,7 +408,7 @@ Task<absl::Status> RevertSnapshot(Qcow2Image& image, const std::string& id_or_na
   {
     co_await p.meta->lock().Lock();
     cache::MutexGuard guard(&p.meta->lock());
-    int r = co_await UpdateTree(p, l1, 1);
+    int r = co_await WalkTree(p, l1, TreeOp::kAddReference);
     if (r < 0) co_return Errno("Failed to update the refcounts", r);
   }
   // The snapshot's tree holds its new references durably before the active
@@ -438,10 +418,10 @@ Task<absl::Status> RevertSnapshot(Qcow2Image& image, const std::string& id_or_na
   {
     co_await p.meta->lock().Lock();
     cache::MutexGuard guard(&p.meta->lock());
-    const std::vector<uint64_t> old = ActiveL1(p);
+    std::vector<uint64_t> old = ActiveL1(p);
     StoreActiveL1(p, l1);
     // Queued after the L1 change: applied once the new table is durable.
-    r = co_await QueueTreeFrees(p, old);
+    r = co_await WalkTree(p, old, TreeOp::kDropReference);
   }
   if (r >= 0) r = co_await image.Flush();
   if (r >= 0) r = co_await RecomputeCopied(p);

@@ -31,8 +31,9 @@
 //
 // Refused (before any change): read-only images and images with an external
 // data file (QEMU: Operation not supported), a missing snapshot, more than
-// QEMU's 65536 snapshots, a snapshot whose L1 table is longer than the
-// active one after the resize (not supported here).
+// QEMU's 65536 snapshots, 1-bit refcounts (no second reference; QEMU fails
+// half-way with EINVAL), a snapshot whose L1 table is longer than the active
+// one after the resize (not supported here).
 //
 // REQUIRES for every function: no request in flight on the image and none
 // issued until it returns. The image stays open and usable.
