@@ -385,7 +385,9 @@ absl::Status EncodeHeader(const Header& h, std::span<std::byte> out) {
   };
   if (h.backing_format) add_ext(kExtBackingFormat, as_bytes(*h.backing_format));
   if (h.data_file) add_ext(kExtDataFile, as_bytes(*h.data_file));
-  if (h.version == 3) {
+  // QEMU 7.2 (qcow2_update_header) leaves the feature table out at 4 KiB
+  // clusters and below, where it would crowd out the backing file name.
+  if (h.version == 3 && h.cluster_size() > 4096) {
     std::vector<std::byte> table(std::size(kKnownFeatures) * kFeatureEntryBytes, std::byte{0});
     size_t i = 0;
     for (const KnownFeature& f : kKnownFeatures) {

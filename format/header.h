@@ -134,8 +134,8 @@ absl::StatusOr<Header> DecodeHeader(std::span<const std::byte> buf, const Decode
 absl::StatusOr<uint64_t> HeaderReadSize(std::span<const std::byte> first_bytes);
 
 // Encodes header, extensions (backing format, feature table for the known
-// bits, data file, opaque ones) and the backing file name into `out`, which
-// must be one cluster. Sets header_length (72 for v2, 112 for v3 like QEMU,
+// bits when clusters are larger than 4 KiB, as QEMU, data file, opaque ones) and the backing file
+// name into `out`, which must be one cluster. Sets header_length (72 for v2, 112 for v3 like QEMU,
 // with compression_type at byte 104) / backing_file_offset / size
 // consistently; h.header_length and h.feature_names are ignored (the feature
 // table written names the known bits). Fails if it does not fit in one

@@ -53,6 +53,8 @@ extern const Command kConvertCommand;
 extern const Command kBenchCommand;
 extern const Command kResizeCommand;
 extern const Command kDdCommand;
+extern const Command kRebaseCommand;
+extern const Command kCommitCommand;
 extern const Command kSnapshotCommand;
 
 }  // namespace uq::tools

@@ -1,6 +1,7 @@
 #include "tools/engine_util.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 
 #include <cmath>
 #include <cstdio>
@@ -178,6 +179,13 @@ absl::StatusOr<std::unique_ptr<io::UringFile>> OpenLocked(io::EventLoop* loop,
 
 }  // namespace
 
+bool SameFile(const std::string& a, const std::string& b) {
+  struct stat sa {};
+  struct stat sb {};
+  return stat(a.c_str(), &sa) == 0 && stat(b.c_str(), &sb) == 0 && sa.st_dev == sb.st_dev &&
+         sa.st_ino == sb.st_ino;
+}
+
 std::unique_ptr<io::BlockFile> MaybeNoFlush(std::unique_ptr<io::BlockFile> file, bool no_flush) {
   if (!no_flush) return file;
   return std::make_unique<io::NoFlushFile>(std::move(file));
@@ -209,11 +217,13 @@ absl::StatusOr<std::unique_ptr<engine::Device>> OpenDeviceOnFile(
   // where O_DIRECT fell back to buffered I/O).
   if (direct) open.file_alignment_bytes = file->alignment_bytes();
   io::EventLoop* loop_ptr = &loop;
-  open.opener = [loop_ptr, direct, force_share, no_flush](
+  const std::string unlocked = options.unlocked_path;
+  open.opener = [loop_ptr, direct, force_share, no_flush, unlocked](
                     const std::string& name,
                     bool writable) -> absl::StatusOr<std::unique_ptr<io::BlockFile>> {
+    const bool share = force_share || (!unlocked.empty() && SameFile(name, unlocked));
     UQ_ASSIGN_OR_RETURN(std::unique_ptr<io::UringFile> f,
-                        OpenLocked(loop_ptr, name, writable, direct, force_share));
+                        OpenLocked(loop_ptr, name, writable, direct, share));
     return MaybeNoFlush(std::move(f), no_flush && writable);
   };
   std::unique_ptr<io::BlockFile> image = MaybeNoFlush(std::move(file), no_flush);

@@ -65,6 +65,10 @@ struct EngineOpenOptions {
   // --data-file PATH and --allow-devices (engine/open_path.h).
   std::string data_file;
   bool allow_devices = false;
+  // commit: a file of the backing chain that the command holds open writable
+  // (and locked) itself; the chain opens it without a lock of its own, which
+  // would conflict with the command's writer lock. Compared by identity.
+  std::string unlocked_path;
 };
 
 // Whether `file` is to be read as qcow2: `format` is "qcow2" or "raw", or
@@ -81,6 +85,9 @@ absl::StatusOr<std::unique_ptr<engine::Device>> OpenDevice(io::EventLoop& loop,
 absl::StatusOr<std::unique_ptr<engine::Device>> OpenDeviceOnFile(
     io::EventLoop& loop, const std::string& path, std::unique_ptr<io::UringFile> file,
     const EngineOpenOptions& options);
+
+// Whether `a` and `b` name the same file (both exist).
+bool SameFile(const std::string& a, const std::string& b);
 
 // `file` itself, or wrapped in an io::NoFlushFile when `no_flush` (-t unsafe).
 std::unique_ptr<io::BlockFile> MaybeNoFlush(std::unique_ptr<io::BlockFile> file, bool no_flush);

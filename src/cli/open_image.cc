@@ -32,8 +32,8 @@ absl::StatusOr<std::unique_ptr<io::BlockFile>> OpenOnLoops(const std::vector<io:
   flags.direct = direct;
   auto file = io::UringFile::Open(loops[0], path, flags);
   if (!file.ok()) {
-    return absl::Status(file.status().code(),
-                        absl::StrCat("cannot open ", path, ": ", file.status().message()));
+    // The message already names the call and the path ("open PATH: ...").
+    return absl::Status(file.status().code(), absl::StrCat("cannot ", file.status().message()));
   }
   if (absl::Status st = io::LockImage((*file)->fd(), writable); !st.ok()) {
     return Annotate(st, path);

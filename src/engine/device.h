@@ -83,6 +83,12 @@ class Device {
     co_return -ENOTSUP;
   }
 
+  // Makes the whole disk unallocated, so that the backing file shows through
+  // everywhere again (qemu-img commit empties the committed image; QEMU's
+  // bdrv_make_empty). The default, and a raw image: -ENOTSUP (qemu-img
+  // commit then leaves the image as it is). Returns 0 or -errno.
+  virtual Task<int> MakeEmpty() { co_return -ENOTSUP; }
+
   // Changes the virtual size (qcow2-img resize of a qcow2 image; a raw file
   // is resized as a file). REQUIRES: no request in flight, none issued until
   // it returns. The default: this Device cannot.

@@ -139,6 +139,21 @@ Task<int> Qcow2Image::Discard(uint64_t offset_bytes, uint64_t length_bytes) {
   co_return co_await ZeroRequest(offset_bytes, length_bytes, true, true);
 }
 
+Task<int> Qcow2Image::MakeEmpty() {
+  const uint64_t size = p_->size_bytes;
+  if (int r = CheckRequest(0, size, true); r < 0) co_return r;
+  {
+    int d = co_await p_->order->MarkDirty();
+    if (d < 0) co_return d;
+  }
+  const uint64_t generation = p_->meta->generation();
+  {
+    int r = co_await zero_.Unallocate(0, size);
+    if (r < 0) co_return r;
+  }
+  co_return co_await FinishWrite(generation);
+}
+
 Task<int> Qcow2Image::WriteZeroes(uint64_t offset_bytes, uint64_t length_bytes, bool may_unmap) {
   co_return co_await ZeroRequest(offset_bytes, length_bytes, may_unmap, false);
 }

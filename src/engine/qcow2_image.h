@@ -99,6 +99,10 @@ class Qcow2Image final : public Device {
   Task<int> WriteCompressedBytes(uint64_t guest_offset_bytes, std::span<const std::byte> cluster,
                                  std::span<const std::byte> compressed) override;
 
+  // Every cluster unallocated and its host cluster freed (QEMU's full
+  // discard), whatever the version and backing file.
+  Task<int> MakeEmpty() override;
+
   // engine/resize.h's ResizeImage.
   Task<absl::Status> Resize(uint64_t new_size_bytes) override;
 

@@ -83,6 +83,15 @@ Task<int> RawDevice::WriteZeroes(uint64_t offset_bytes, uint64_t length_bytes, b
 
 Task<int> RawDevice::Flush() { co_return co_await Sync(); }
 
+Task<absl::Status> RawDevice::Resize(uint64_t new_size_bytes) {
+  if (read_only()) co_return absl::FailedPreconditionError("the image is read-only");
+  if (failed_.load(std::memory_order_acquire)) co_return absl::DataLossError("the image failed");
+  const int r = co_await file_->Truncate(new_size_bytes);
+  if (r < 0) co_return absl::InternalError(absl::StrCat("truncate: ", std::strerror(-r)));
+  size_bytes_ = new_size_bytes;
+  co_return absl::OkStatus();
+}
+
 Task<absl::Status> RawDevice::Close() {
   if (read_only()) co_return absl::OkStatus();
   int r = co_await Sync();

@@ -44,6 +44,9 @@ class RawDevice final : public Device {
   // fdatasync of the file; a failure is sticky (fail-stop, above).
   Task<int> Flush() override;
   Task<absl::Status> Close() override;
+  // Truncates or extends the file (qcow2-img commit grows a raw base to its
+  // overlay's size, as qemu-img does). REQUIRES: as Device::Resize.
+  Task<absl::Status> Resize(uint64_t new_size_bytes) override;
 
  private:
   Task<int> Sync();

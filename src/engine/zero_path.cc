@@ -37,6 +37,29 @@ Task<int> ZeroPath::Zero(uint64_t offset_bytes, uint64_t length_bytes, bool may_
   co_return 0;
 }
 
+Task<int> ZeroPath::Unallocate(uint64_t offset_bytes, uint64_t length_bytes) {
+  const Geometry& geo = p_->geo;
+  const uint64_t span = geo.table_span_bytes();
+  uint64_t pos = 0;
+  while (pos < length_bytes) {
+    const uint64_t g = offset_bytes + pos;
+    // Nothing to drop under an unallocated L2 table.
+    if (!p_->l2->HasTable(geo.Locate(g))) {
+      pos += std::min(length_bytes - pos, span - g % span);
+      continue;
+    }
+    const uint64_t n =
+        std::min(length_bytes - pos, geo.cluster_bytes - (g & (geo.cluster_bytes - 1)));
+    const bool whole = geo.ClusterAligned(g) && (n == geo.cluster_bytes || g + n == p_->size_bytes);
+    if (whole) {
+      int r = co_await ZeroInEntry(geo.Locate(g), 0, geo.cluster_bytes, true, true);
+      if (r < 0) co_return r;
+    }
+    pos += n;
+  }
+  co_return 0;
+}
+
 Task<int> ZeroPath::WriteZerosIfNeeded(uint64_t g, uint64_t n) {
   bool zero = false;
   int r = co_await read_->ReadsZero(g, n, &zero);
@@ -76,14 +99,14 @@ Task<int> ZeroPath::ZeroPiece(uint64_t g, uint64_t n, bool may_unmap) {
   co_return co_await ZeroInEntry(a, begin, end, may_unmap);
 }
 
-Task<int> ZeroPath::ZeroInEntry(const GuestAddress& a, uint64_t begin, uint64_t end,
-                                bool may_unmap) {
+Task<int> ZeroPath::ZeroInEntry(const GuestAddress& a, uint64_t begin, uint64_t end, bool may_unmap,
+                                bool unallocate) {
   ClusterEntry ce;
   co_await p_->cluster_locks.Lock(a.cluster, true);
   ce.lock.Adopt(&p_->cluster_locks, a.cluster, true);
   // No table and nothing below: already reads as zero (checked under the
   // lock: a write of this cluster in flight may be creating the table).
-  if (!p_->l2->HasTable(a) && !p_->backing) co_return 0;
+  if (!p_->l2->HasTable(a) && (!p_->backing || unallocate)) co_return 0;
   {
     int r = co_await p_->l2->FindForWrite(a, &ce.slot);
     if (r >= 0) r = co_await p_->l2->Decode(ce.slot, a, &ce.entry);
@@ -92,7 +115,12 @@ Task<int> ZeroPath::ZeroInEntry(const GuestAddress& a, uint64_t begin, uint64_t 
   const L2Entry& old = ce.entry;
   bool free_old = false;
   bool rewrite = false;
-  const L2Entry ne = ZeroedEntry(old, begin, end, may_unmap, &free_old, &rewrite);
+  L2Entry ne;
+  if (unallocate) {
+    free_old = true;  // ne stays unallocated, with no zero bits
+  } else {
+    ne = ZeroedEntry(old, begin, end, may_unmap, &free_old, &rewrite);
+  }
   if (rewrite) {
     // Subcluster bits cannot describe part of a compressed cluster:
     // decompress into a normal cluster with real zeros instead.

@@ -13,6 +13,10 @@
 // read as zero; partly covered clusters keep their data; a version 2 image
 // with a backing file ignores discards.
 //
+// Unallocate is QEMU's full discard (qcow2_make_empty, what qemu-img commit
+// does to the committed image): whole clusters become unallocated, so the
+// backing file shows through again, in any version.
+//
 // Thread-safety: thread-safe (the queue threads of one image call it at once);
 // see ImageParts for the locks a request takes and their order.
 #ifndef UQ_SRC_ENGINE_ZERO_PATH_H_
@@ -36,6 +40,10 @@ class ZeroPath {
   // Zeroes (or, with `discard`, discards) [offset, offset + length).
   // REQUIRES: the request was checked (aligned, in range, writable).
   Task<int> Zero(uint64_t offset_bytes, uint64_t length_bytes, bool may_unmap, bool discard);
+  // Makes the whole clusters of [offset, offset + length) unallocated and
+  // frees their host clusters (the disk's last cluster counts as whole when
+  // the range reaches the end). REQUIRES: as Zero.
+  Task<int> Unallocate(uint64_t offset_bytes, uint64_t length_bytes);
 
  private:
   // [g, g + n) inside one cluster.
@@ -43,7 +51,9 @@ class ZeroPath {
   // Real zeros over [g, g + n) unless it already reads as zero.
   Task<int> WriteZerosIfNeeded(uint64_t g, uint64_t n);
   // Marks the whole (sub)clusters [begin, end) of the cluster at `a` zero.
-  Task<int> ZeroInEntry(const GuestAddress& a, uint64_t begin, uint64_t end, bool may_unmap);
+  // `unallocate`: the whole cluster becomes unallocated instead (Unallocate).
+  Task<int> ZeroInEntry(const GuestAddress& a, uint64_t begin, uint64_t end, bool may_unmap,
+                        bool unallocate = false);
   // The entry that makes [begin, end) of `old` read zero; *free_old if the
   // old host cluster is dropped. *rewrite if it cannot be said in the entry
   // (part of a compressed cluster): the caller writes real zeros instead.

@@ -235,6 +235,42 @@ TEST(Qcow2ImageTest, WriteZeroesIntoPartlyCoveredAllocatedSubcluster) {
   }
 }
 
+// MakeEmpty (qemu-img commit's emptying): every cluster, data, zero
+// (allocated or not), compressed or partly written, becomes unallocated and
+// its host cluster is freed, in v2, v3 and extended L2 images alike.
+TEST(Qcow2ImageTest, MakeEmptyUnallocatesEveryCluster) {
+  struct Case {
+    uint32_t version;
+    bool extended_l2;
+  };
+  for (const Case& c : {Case{3, false}, Case{2, false}, Case{3, true}}) {
+    SCOPED_TRACE(::testing::Message() << "v" << c.version << " extended_l2 " << c.extended_l2);
+    constexpr uint64_t kCluster = 64 << 10;
+    format::CreateOptions o = Opts(4 << 20);
+    o.version = c.version;
+    o.extended_l2 = c.extended_l2;
+    auto file = MakeImage(o);
+    auto img = OpenQcow2(file.get());
+    ASSERT_NE(img, nullptr);
+    std::vector<std::byte> data(3 * kCluster + 4096, std::byte{0x6b});
+    ASSERT_EQ(WriteSync(*img, kCluster, data), 0);
+    ASSERT_EQ(WriteSync(*img, 50 * kCluster - 4096, std::span(data).first(4096)), 0);
+    ASSERT_EQ(io::RunSync(nullptr, img->WriteZeroes(2 * kCluster, kCluster, false)), 0);
+    std::vector<std::byte> cluster(kCluster, std::byte{0x11});
+    ASSERT_EQ(io::RunSync(nullptr, img->WriteCompressed(10 * kCluster, cluster)), 0);
+    ASSERT_EQ(io::RunSync(nullptr, img->MakeEmpty()), 0);
+    std::vector<std::byte> back(4 << 20, std::byte{1});
+    ASSERT_EQ(ReadSync(*img, 0, back), 0);
+    for (uint64_t i = 0; i < back.size(); ++i) ASSERT_EQ(back[i], std::byte{0}) << "byte " << i;
+    ASSERT_TRUE(io::RunSync(nullptr, img->Close()).ok());
+    auto check = io::RunSync(nullptr, CheckImage(*file));
+    ASSERT_TRUE(check.ok()) << check.status();
+    EXPECT_EQ(check->corruptions, 0u);
+    EXPECT_EQ(check->leaks, 0u);
+    EXPECT_EQ(check->allocated_clusters, 0u);
+  }
+}
+
 // An allocating 4 KiB write writes its 4 KiB, not a cluster of zeros around
 // it: a fresh cluster (past the end of the file) already reads as zero, and a
 // reused one is zeroed with one write-zeroes (fallocate) first.

@@ -16,7 +16,8 @@
 // third of the seeds QEMU-made ones (internal snapshots, zstd-compressed
 // clusters, a dirty lazy-refcount image left by `qemu-io -c abort`).
 //
-// Environment: UQ_POWER_SEEDS (default 1000), UQ_POWER_BASE_SEED (default
+// Environment: UQ_POWER_SEEDS (default 1000; 10,000 with UQ_LONG=1, the long
+// mode), UQ_POWER_BASE_SEED (default
 // random, printed), UQ_POWER_SEED=<n> runs only seed n, UQ_POWER_TRACE=1
 // logs guest and file operations, UQ_POWER_DUMP=<path> writes the crashed
 // image, UQ_POWER_MUTANT=drop-flush checks that the harness catches a flush
@@ -679,7 +680,8 @@ void PowerLossRun::CheckCrashedImage(std::vector<std::byte> crashed, bool qemu_c
 }
 
 TEST(PowerLoss, RandomStreamsSurviveCrash) {
-  const uint64_t seeds = testing::EnvU64("UQ_POWER_SEEDS", 1000);
+  const uint64_t seeds =
+      testing::EnvU64("UQ_POWER_SEEDS", testing::EnvU64("UQ_LONG", 0) != 0 ? 10000 : 1000);
   uint64_t base = testing::EnvU64("UQ_POWER_BASE_SEED", std::random_device{}());
   std::optional<uint64_t> only;
   if (std::getenv("UQ_POWER_SEED") != nullptr) only = testing::EnvU64("UQ_POWER_SEED", 0);

@@ -107,6 +107,14 @@ TEST(HeaderTest, V3RoundTripWithEveryExtension) {
   EXPECT_EQ(FeatureBitName(*r, 1, 0), "lazy refcounts");
   EXPECT_EQ(FeatureBitName(*r, 2, 1), "raw external data");
   EXPECT_EQ(r->l2_entry_bytes(), 16u);
+  // As QEMU, no feature table at 4 KiB clusters and below.
+  h.cluster_bits = 12;
+  h.incompatible_features &= ~kIncompatExtendedL2;  // needs 16 KiB clusters
+  h.size_bytes = 8 << 20;                           // 4 L1 entries cover it
+  h.opaque_extensions.clear();
+  absl::StatusOr<Header> small = Decode(Encode(h));
+  ASSERT_TRUE(small.ok()) << small.status();
+  EXPECT_TRUE(small->feature_names.empty());
 
   // Re-encoding the decoded header is byte-identical: nothing is lost.
   EXPECT_EQ(Encode(*r), buf);

@@ -1,0 +1,236 @@
+// qcow2-img commit: qemu-img commit for qcow2 images. Every range allocated
+// in FILE (or, with -b BASE, in any image above BASE) is written into the
+// backing file (or BASE): data as FILE reads it, zero clusters as zeros.
+// BASE grows to FILE's size if it is shorter. Then, unless -d (which -b
+// implies, as in qemu-img), FILE is emptied: every cluster unallocated, so
+// it reads as its backing file again.
+//
+// The base is opened writable as a top image of its own (backing files are
+// otherwise never written); FILE's chain reads it without a lock of its own
+// and only where nothing above it is allocated, which commit never reads.
+// Crash safety: the base is closed (flushed) before FILE is emptied.
+#include <sys/uio.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "format/header.h"
+#include "format/status_macros.h"
+#include "tools/chain_edit.h"
+#include "tools/commands.h"
+#include "tools/convert_copy.h"
+#include "tools/engine_util.h"
+#include "tools/util.h"
+
+namespace uq::tools {
+namespace {
+
+constexpr common::OptionSpec kCommitOptions[] = {
+    kFormatOption,
+    {'b', 'b', "", "BASE",
+     "commit into BASE, an image further down FILE's backing chain, everything above it "
+     "(implies -d)"},
+    {'d', 'd', "", "", "do not empty FILE after the commit"},
+    {'p', 'p', "", "", "show progress"},
+    kQuietOption,
+    kHelpOption,
+};
+
+constexpr uint64_t kChunkBytes = 1 << 20;
+constexpr size_t kMaxChainDepth = 64;
+
+struct CommitArgs {
+  std::string file;
+  std::string format;  // "" = probe
+  std::optional<std::string> base;
+  bool drop = false;
+  bool progress = false;
+  bool quiet = false;
+};
+
+absl::StatusOr<CommitArgs> ParseArgs(const common::ParsedArgs& parsed) {
+  CommitArgs a;
+  if (parsed.operands.size() != 1) {
+    return absl::InvalidArgumentError("Expecting one image file name");
+  }
+  a.file = parsed.operands[0];
+  if (const std::string* f = parsed.Last('f')) a.format = *f;
+  if (const std::string* b = parsed.Last('b')) a.base = *b;
+  a.drop = parsed.Has('d') || a.base.has_value();
+  a.quiet = parsed.Has('q');
+  a.progress = parsed.Has('p') && !a.quiet;
+  if (!a.format.empty()) UQ_RETURN_IF_ERROR(ParseFormatName(a.format).status());
+  return a;
+}
+
+// One image of FILE's backing chain, from the headers.
+struct ChainFile {
+  std::string path;                   // resolved
+  std::string name;                   // as its overlay writes it
+  std::optional<std::string> format;  // as its overlay names it
+};
+
+// FILE's backing chain, top first, as far as the engine follows it (a
+// backing file of unnamed format is not followed further).
+absl::StatusOr<std::vector<ChainFile>> ChainFiles(const std::string& path) {
+  std::vector<ChainFile> files{{path, path, "qcow2"}};
+  while (files.size() < kMaxChainDepth) {
+    const ChainFile& last = files.back();
+    if (last.format == "raw") break;
+    UQ_ASSIGN_OR_RETURN(PosixFile f, PosixFile::Open(last.path, O_RDONLY));
+    UQ_ASSIGN_OR_RETURN(bool qcow2, HasQcow2Magic(f));
+    if (!qcow2 || (!last.format && files.size() > 1)) break;
+    UQ_ASSIGN_OR_RETURN(format::Header h, ReadQcow2Header(f));
+    if (h.backing_file.empty()) break;
+    files.push_back({ResolveRelative(last.path, h.backing_file), h.backing_file, h.backing_format});
+  }
+  return files;
+}
+
+// The index in `files` of the image to commit into.
+absl::StatusOr<size_t> BaseIndex(const CommitArgs& a, const std::vector<ChainFile>& files) {
+  if (files.size() < 2) return absl::InvalidArgumentError("Image does not have a backing file");
+  if (!a.base) return 1;
+  for (size_t i = 1; i < files.size(); ++i) {
+    if (files[i].name == *a.base || SameFile(*a.base, files[i].path)) return i;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("Did not find '", *a.base, "' in the backing chain of '", a.file, "'"));
+}
+
+// Opens the base writable, in the format its overlay names. An unnamed
+// format is probed, but a base that probes as qcow2 is refused: the engine
+// does not trust such a file's own header (it may be a raw disk whose guest
+// wrote one), so it is not written as qcow2 either.
+absl::StatusOr<std::unique_ptr<engine::Device>> OpenBase(io::EventLoop& loop,
+                                                         const ChainFile& base) {
+  EngineOpenOptions open;
+  if (base.format) {
+    UQ_ASSIGN_OR_RETURN(open.format, ParseFormatName(*base.format));
+  } else {
+    UQ_ASSIGN_OR_RETURN(PosixFile f, PosixFile::Open(base.path, O_RDONLY));
+    UQ_ASSIGN_OR_RETURN(bool qcow2, HasQcow2Magic(f));
+    if (qcow2) {
+      return absl::FailedPreconditionError(
+          "its overlay does not name its format; refusing to write a probed qcow2 image");
+    }
+  }
+  return OpenDevice(loop, base.path, open);
+}
+
+// Writes the runs allocated above the base from `top` into `base`.
+absl::Status CopyRuns(io::EventLoop& loop, const std::vector<LayerRun>& runs, engine::Device& top,
+                      engine::Device& base, Progress& progress) {
+  AlignedBuffer buf(kChunkBytes);
+  const double size = static_cast<double>(top.size_bytes());
+  for (const LayerRun& run : runs) {
+    if (run.allocated && run.zero) {
+      const int r = RunOnLoop(loop, base.WriteZeroes(run.offset, run.bytes, true));
+      if (r < 0) return absl::InternalError(absl::StrCat("writing zeros: ", std::strerror(-r)));
+    }
+    for (uint64_t done = 0; run.allocated && !run.zero && done < run.bytes;) {
+      const uint64_t n = std::min(kChunkBytes, run.bytes - done);
+      iovec iov = buf.Iov(0, n);
+      int r = RunOnLoop(loop, top.Read(run.offset + done, std::span<const iovec>(&iov, 1)));
+      if (r < 0) return absl::InternalError(absl::StrCat("reading: ", std::strerror(-r)));
+      r = RunOnLoop(loop, base.Write(run.offset + done, std::span<const iovec>(&iov, 1), false));
+      if (r < 0) {
+        return absl::InternalError(absl::StrCat("writing to the base: ", std::strerror(-r)));
+      }
+      done += n;
+      progress.Update(static_cast<double>(run.offset + done) / size);
+    }
+  }
+  return absl::OkStatus();
+}
+
+// The commit once both images are open.
+absl::Status CommitInto(io::EventLoop& loop, const CommitArgs& a, size_t base_index,
+                        engine::Device& top, engine::Device& base) {
+  UQ_ASSIGN_OR_RETURN(Chain chain, Chain::Open(a.file, "qcow2", LockMode::kNone));
+  if (base_index >= chain.depth()) {
+    return absl::InternalError("the backing chain is shorter than its headers say");
+  }
+  UQ_ASSIGN_OR_RETURN(std::vector<LayerRun> runs, RunsAbove(chain, base_index));
+  if (base.size_bytes() < top.size_bytes()) {
+    UQ_RETURN_IF_ERROR(RunOnLoop(loop, base.Resize(top.size_bytes())));
+  }
+  Progress progress(a.progress);
+  progress.Update(0);
+  UQ_RETURN_IF_ERROR(CopyRuns(loop, runs, top, base, progress));
+  // The base holds the data durably before FILE lets go of it.
+  UQ_RETURN_IF_ERROR(CloseDevice(loop, base));
+  if (!a.drop) {
+    const int r = RunOnLoop(loop, top.MakeEmpty());
+    if (r < 0 && r != -ENOTSUP) {
+      return absl::InternalError(absl::StrCat("emptying the image: ", std::strerror(-r)));
+    }
+  }
+  progress.Finish();
+  return absl::OkStatus();
+}
+
+int RunCommit(const common::ParsedArgs& parsed) {
+  absl::StatusOr<CommitArgs> args = ParseArgs(parsed);
+  if (!args.ok()) return ReportError(args.status());
+  absl::StatusOr<std::unique_ptr<io::EventLoop>> loop = io::EventLoop::Create(32);
+  if (!loop.ok()) return ReportError(loop.status());
+  absl::StatusOr<LockedImage> locked = OpenLockedImage(**loop, args->file, args->format);
+  if (!locked.ok()) return ReportError(locked.status());
+  if (!locked->qcow2) return Fail(args->file, "Image does not have a backing file");
+  absl::StatusOr<std::vector<ChainFile>> files = ChainFiles(args->file);
+  if (!files.ok()) return Fail(args->file, files.status());
+  absl::StatusOr<size_t> base_index = BaseIndex(*args, *files);
+  if (!base_index.ok()) return Fail(args->file, base_index.status());
+  const ChainFile& base_file = (*files)[*base_index];
+
+  absl::StatusOr<std::unique_ptr<engine::Device>> base = OpenBase(**loop, base_file);
+  if (!base.ok()) {
+    return ReportError(
+        absl::StrCat("Could not open '", base_file.path, "': ", base.status().message()));
+  }
+  EngineOpenOptions open;
+  open.format = engine::ImageFormat::kQcow2;
+  open.unlocked_path = base_file.path;
+  absl::StatusOr<std::unique_ptr<engine::Device>> top =
+      OpenDeviceOnFile(**loop, args->file, std::move(locked->file), open);
+  if (!top.ok()) {
+    (void)CloseDevice(**loop, **base);
+    return ReportError(absl::StrCat("Could not open '", args->file, "': ", top.status().message()));
+  }
+  absl::Status s = CommitInto(**loop, *args, *base_index, **top, **base);
+  // Closing twice is harmless: CommitInto closed the base when it got there.
+  absl::Status base_closed = CloseDevice(**loop, **base);
+  absl::Status top_closed = CloseDevice(**loop, **top);
+  if (s.ok()) s = base_closed;
+  if (s.ok()) s = top_closed;
+  if (!s.ok()) return Fail(args->file, s);
+  if (!args->quiet) std::printf("Image committed.\n");
+  return 0;
+}
+
+}  // namespace
+
+const Command kCommitCommand = {
+    "commit",
+    RunCommit,
+    "commit [-f FMT] [-b BASE] [-d] [-p] [-q] FILE",
+    "Writes the changes FILE holds into its backing file as qemu-img commit does: every range "
+    "FILE allocates (data, and zero clusters as zeros) is written into the backing file, which "
+    "grows to FILE's size if it is shorter; then FILE is emptied (every cluster unallocated, so "
+    "it reads as the backing file) unless -d. With -b BASE (a file of FILE's backing chain, by "
+    "its name in the chain or its path), everything allocated in FILE and the images between "
+    "FILE and BASE is written into BASE, and nothing is emptied (-b implies -d). The backing "
+    "file or BASE is opened writable in the format its overlay names (an unnamed format that "
+    "probes as qcow2 is refused). Prints \"Image committed.\" unless -q.",
+    kCommitOptions,
+};
+
+}  // namespace uq::tools
