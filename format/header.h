@@ -35,6 +35,7 @@ inline constexpr uint64_t kMaxRefcountTableBytes = 8ull << 20;
 inline constexpr uint64_t kHeaderSizeAt = 24;
 inline constexpr uint64_t kHeaderL1SizeAt = 36;               // + l1_table_offset at 40
 inline constexpr uint64_t kHeaderRefcountTableOffsetAt = 48;  // + refcount_table_clusters at 56
+inline constexpr uint64_t kHeaderNbSnapshotsAt = 60;          // + snapshots_offset at 64
 inline constexpr uint64_t kHeaderIncompatibleFeaturesAt = 72;
 inline constexpr uint64_t kHeaderAutoclearFeaturesAt = 88;
 

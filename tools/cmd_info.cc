@@ -16,6 +16,7 @@
 #include "format/status_macros.h"
 #include "src/common/json.h"
 #include "tools/commands.h"
+#include "tools/snapshot_list.h"
 #include "tools/util.h"
 
 namespace uq::tools {
@@ -48,19 +49,6 @@ absl::StatusOr<InfoArgs> ParseArgs(const common::ParsedArgs& parsed) {
   UQ_ASSIGN_OR_RETURN(args.lock, LockModeFor(/*writable=*/false, parsed.Has('U')));
   UQ_ASSIGN_OR_RETURN(args.file, OneImage(parsed));
   return args;
-}
-
-// Snapshot extra data (spec "Snapshots"): bytes 0..7 vm_state_size_large,
-// 8..15 disk size, 16..23 icount (-1 = unknown).
-uint64_t VmStateSize(const format::Snapshot& s) {
-  if (s.extra_data.size() >= 8) return format::LoadBE64(s.extra_data.data());
-  return s.vm_state_size;
-}
-std::optional<int64_t> Icount(const format::Snapshot& s) {
-  if (s.extra_data.size() < 24) return std::nullopt;
-  const uint64_t v = format::LoadBE64(s.extra_data.data() + 16);
-  if (v == ~uint64_t{0}) return std::nullopt;
-  return static_cast<int64_t>(v);
 }
 
 // QEMU's names for the bitmap flags, in bit order.
@@ -141,15 +129,6 @@ Json ToJson(const ImageDescription& d) {
   return j;
 }
 
-std::string FormatDate(uint32_t date_sec) {
-  const time_t t = static_cast<time_t>(date_sec);
-  struct tm tm;
-  localtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof(buf), "%Y-%m-%d %H:%M:%S", &tm);
-  return buf;
-}
-
 std::string ToHuman(const ImageDescription& d) {
   const format::Header* h = d.header ? &*d.header : nullptr;
   std::string out;
@@ -169,19 +148,7 @@ std::string ToHuman(const ImageDescription& d) {
     if (h->backing_format) absl::StrAppend(&out, "backing file format: ", *h->backing_format, "\n");
   }
   if (!d.snapshots.empty()) {
-    absl::StrAppend(&out, "Snapshot list:\n",
-                    absl::StrFormat("%-10s%-17s%8s%20s%13s%11s\n", "ID", "TAG", "VM SIZE", "DATE",
-                                    "VM CLOCK", "ICOUNT"));
-    for (const format::Snapshot& s : d.snapshots) {
-      const uint64_t clock_ms = s.vm_clock_nsec / 1000000;
-      const std::string clock =
-          absl::StrFormat("%02d:%02d:%02d.%03d", clock_ms / 3600000, (clock_ms / 60000) % 60,
-                          (clock_ms / 1000) % 60, clock_ms % 1000);
-      const std::optional<int64_t> icount = Icount(s);
-      absl::StrAppend(&out, absl::StrFormat("%-9s %-16s %8s%20s%13s%11s\n", s.id, s.name,
-                                            HumanSize(VmStateSize(s)), FormatDate(s.date_sec),
-                                            clock, icount ? absl::StrCat(*icount) : ""));
-    }
+    absl::StrAppend(&out, SnapshotListText(d.snapshots));
   }
   if (h) {
     absl::StrAppend(&out, "Format specific information:\n");

@@ -55,6 +55,7 @@ extern const Command kResizeCommand;
 extern const Command kDdCommand;
 extern const Command kRebaseCommand;
 extern const Command kCommitCommand;
+extern const Command kSnapshotCommand;
 
 }  // namespace uq::tools
 

@@ -17,9 +17,9 @@ namespace {
 // To add a subcommand: define its Command in cmd_<name>.cc, declare it in
 // commands.h and add it here.
 const Command* const kCommands[] = {
-    &kCreateCommand,  &kInfoCommand,    &kCheckCommand,  &kMapCommand,   &kCompareCommand,
-    &kMeasureCommand, &kConvertCommand, &kIoCommand,     &kBenchCommand, &kResizeCommand,
-    &kDdCommand,      &kRebaseCommand,  &kCommitCommand,
+    &kCreateCommand,  &kInfoCommand,    &kCheckCommand,  &kMapCommand,      &kCompareCommand,
+    &kMeasureCommand, &kConvertCommand, &kIoCommand,     &kBenchCommand,    &kResizeCommand,
+    &kDdCommand,      &kRebaseCommand,  &kCommitCommand, &kSnapshotCommand,
 };
 
 void PrintUsage(std::FILE* out) {

@@ -343,10 +343,25 @@ Task<absl::Status> RebuildRefcounts(io::BlockFile& file, format::Header& header)
         absl::StrCat("cannot rebuild refcounts: ", s.counts.corruptions, " corruptions, first: ",
                      s.kept_messages.empty() ? std::string() : s.kept_messages.front()));
   }
-  absl::Status written = co_await check_internal::WriteNewRefcountStructure(s, true);
+  absl::Status written = co_await check_internal::WriteNewRefcountStructure(s, false);
   if (!written.ok()) {
     co_return absl::Status(written.code(),
                            absl::StrCat("cannot rebuild refcounts: ", written.message()));
+  }
+  // A crash during a snapshot operation leaves COPIED flags that disagree
+  // with the refcounts (the two cannot reach the disk together): fix them
+  // from the rebuilt refcounts, as QEMU's repair of a dirty image does, and
+  // only then clear the dirty bit.
+  std::vector<std::byte> l1(uint64_t{s.h.l1_size} * 8);
+  UQ_CO_RETURN_IF_ERROR(co_await check_internal::ReadAt(s.file, s.h.l1_table_offset, l1));
+  s.active_l1.resize(s.h.l1_size);
+  for (uint64_t i = 0; i < s.active_l1.size(); ++i) s.active_l1[i] = format::LoadBE64(&l1[i * 8]);
+  UQ_CO_RETURN_IF_ERROR(co_await CheckCopiedFlags(s, RepairMode::kAll));
+  if (s.h.version >= 3 && (s.h.incompatible_features & format::kIncompatDirty)) {
+    s.h.incompatible_features &= ~format::kIncompatDirty;
+    UQ_CO_RETURN_IF_ERROR(co_await check_internal::WriteEntry(
+        s.file, format::kHeaderIncompatibleFeaturesAt, s.h.incompatible_features));
+    if (co_await s.file.Flush() < 0) co_return absl::DataLossError("flush failed");
   }
   header = s.h;
   co_return absl::OkStatus();

@@ -97,8 +97,10 @@ Task<absl::StatusOr<CheckResult>> CheckImage(io::BlockFile& file, CheckOptions o
 // The engine's repair of an image opened with the dirty bit set: counts the
 // references (everything but the refcount structures), refuses with
 // DataLoss if they are inconsistent, writes fresh refcount structures past
-// the end of the file, then points the header at them and clears the dirty
-// bit. The old refcount structures become free space. `header` is updated.
+// the end of the file, then points the header at them, fixes the active
+// COPIED flags from them (a crash during a snapshot operation leaves flags
+// that disagree) and clears the dirty bit. The old refcount structures become
+// free space. `header` is updated.
 Task<absl::Status> RebuildRefcounts(io::BlockFile& file, format::Header& header);
 
 // Reads and decodes the internal snapshot table.

@@ -96,6 +96,10 @@ class L2Map {
   // Unmaps the L2 table of L1 entry `index` (in memory; the flush writes it).
   // REQUIRES: MetaFile::lock().
   void ClearL1(uint64_t index) { SetL1(index, 0); }
+  // For snapshots (src/engine/snapshot.cc), which also run with no request
+  // in flight: sets L1 entry `index` to `raw` (its COPIED flag, or another
+  // table). REQUIRES: MetaFile::lock().
+  void SetL1Entry(uint64_t index, uint64_t raw) { SetL1(index, raw); }
   // Adopts the L1 table now at `offset_bytes` on disk (written and named by
   // the header already). REQUIRES: MetaFile::lock(), no request in flight,
   // !l1_dirty().

@@ -114,6 +114,15 @@ Task<int> MetaFile::SetL1Table(uint64_t offset_bytes, uint32_t entries) {
                                        "header write (L1 table)");
 }
 
+Task<int> MetaFile::SetSnapshotTable(uint64_t offset_bytes, uint32_t count) {
+  co_await header_lock_.Lock();
+  cache::MutexGuard guard(&header_lock_);
+  header_.nb_snapshots = count;
+  header_.snapshots_offset = offset_bytes;
+  co_return co_await WriteTablePointer(format::kHeaderNbSnapshotsAt, offset_bytes, count, true,
+                                       "header write (snapshot table)");
+}
+
 Task<int> MetaFile::SetDiskSize(uint64_t size_bytes) {
   co_await header_lock_.Lock();
   cache::MutexGuard guard(&header_lock_);

@@ -95,6 +95,9 @@ class MetaFile {
   Task<int> SetL1Table(uint64_t offset_bytes, uint32_t entries);
   // Writes the guest disk size (no fsync). Resize only.
   Task<int> SetDiskSize(uint64_t size_bytes);
+  // Points the header at a new snapshot table of `count` entries: both fields
+  // in one write, so a crash leaves the old table or the new one (no fsync).
+  Task<int> SetSnapshotTable(uint64_t offset_bytes, uint32_t count);
 
   // Reports `what` on stderr ("qcow2: corrupt image: ..."), and the first time
   // sets the corrupt bit durably (writable images). Returns -EIO, so a request

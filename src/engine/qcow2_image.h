@@ -118,6 +118,8 @@ class Qcow2Image final : public Device {
  private:
   // Resizing changes the parts' size and L1 table (src/engine/resize.h).
   friend Task<absl::Status> ResizeImage(Qcow2Image& image, uint64_t new_size_bytes);
+  // Snapshots change the L1 table and the refcounts (src/engine/snapshot.h).
+  friend ImageParts& SnapshotParts(Qcow2Image& image);
 
   explicit Qcow2Image(std::unique_ptr<ImageParts> parts);
 

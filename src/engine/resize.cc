@@ -92,8 +92,10 @@ Task<int> ClearEntries(ImageParts& p, uint64_t first_cluster, uint64_t end_clust
 }
 
 // Unmaps the L2 tables of L1 entries [first, l1_entries) and queues frees of
-// each table and, where the active layer alone owns it, of the clusters it
-// references (a table shared with a snapshot keeps its references).
+// each table and of one reference to every cluster it references: a
+// cluster's refcount counts the L1 entries naming a table that references
+// it, so a table shared with a snapshot loses the active layer's references
+// too (the snapshot's remain).
 Task<int> DropTables(ImageParts& p, uint64_t first_index) {
   const Geometry& geo = p.geo;
   L2Map& l2 = *p.l2;
@@ -105,17 +107,15 @@ Task<int> DropTables(ImageParts& p, uint64_t first_index) {
     int r = co_await p.refs->Get(geo.ClusterIndex(table), &refcount);
     if (r < 0) co_return r;
     std::vector<format::L2Entry> referenced;
-    if (refcount == 1) {
-      for (uint64_t k = 0; k < per_table; ++k) {
-        const GuestAddress a = geo.Locate(geo.ClusterOffset(i * per_table + k));
-        Slot slot;
-        r = co_await l2.Find(a, &slot);
-        if (r < 0) co_return r;
-        format::L2Entry e;
-        r = co_await l2.Decode(slot, a, &e);
-        if (r < 0) co_return r;
-        referenced.push_back(e);
-      }
+    for (uint64_t k = 0; k < per_table; ++k) {
+      const GuestAddress a = geo.Locate(geo.ClusterOffset(i * per_table + k));
+      Slot slot;
+      r = co_await l2.Find(a, &slot);
+      if (r < 0) co_return r;
+      format::L2Entry e;
+      r = co_await l2.Decode(slot, a, &e);
+      if (r < 0) co_return r;
+      referenced.push_back(e);
     }
     {
       co_await p.meta->lock().Lock();
@@ -126,7 +126,8 @@ Task<int> DropTables(ImageParts& p, uint64_t first_index) {
     // once the L1 table is durable.
     for (const format::L2Entry& e : referenced) l2.QueueFree(e);
     p.refs->QueueFree(geo.ClusterIndex(table), 1);
-    co_await l2.cache().Drop(table, geo.cluster_bytes);
+    // A table a snapshot still names stays cached.
+    if (refcount <= 1) co_await l2.cache().Drop(table, geo.cluster_bytes);
   }
   co_return 0;
 }

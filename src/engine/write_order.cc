@@ -37,9 +37,9 @@ Task<int> WriteOrder::L2WritebackHook() {
   co_return co_await meta_->Sync();
 }
 
-Task<int> WriteOrder::MarkDirty() {
+Task<int> WriteOrder::MarkDirty(bool always) {
   // Version 2 has no dirty bit: write-through keeps the hook's fsync there.
-  const bool want = lazy_refcounts_ || (writethrough_ && meta_->version() >= 3);
+  const bool want = lazy_refcounts_ || ((writethrough_ || always) && meta_->version() >= 3);
   if (!want || dirty_marked()) co_return 0;
   co_await meta_->lock().Lock();
   cache::MutexGuard guard(&meta_->lock());

@@ -52,8 +52,10 @@ class WriteOrder {
   bool dirty_marked() const { return dirty_marked_.load(std::memory_order_acquire); }
 
   // Makes the dirty bit durable before the first change, when the image
-  // needs it (lazy refcounts, or write-through on a version 3 image).
-  Task<int> MarkDirty();
+  // needs it (lazy refcounts, or write-through on a version 3 image), or
+  // always on a version 3 image with `always` (snapshot operations, whose
+  // refcount and COPIED flag changes cannot reach the disk together).
+  Task<int> MarkDirty(bool always = false);
   // Every write completed before the call is durable when it returns.
   Task<int> Flush();
   Task<int> FlushLocked();

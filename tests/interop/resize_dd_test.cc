@@ -106,6 +106,13 @@ std::vector<ResizeCase> ResizeCases() {
       {"extended_l2", KindSetup("extended_l2"), "100M", "2100K", ""},
       {"compressed_zlib", KindSetup("compressed_zlib"), "+1M", "8704K", ""},
       {"snapshots", KindSetup("snapshots"), "+64M", "3M", "one"},
+      // Small clusters: the shrink drops whole L2 tables a snapshot shares,
+      // whose clusters lose the active layer's references.
+      {"snapshots_512",
+       create + "-o cluster_size=512 img.qcow2 8M && qemu-io -c 'write -P 0x11 0 8M' img.qcow2 " +
+           ">/dev/null && qemu-img snapshot -c one img.qcow2 && qemu-io -c 'write -P 0x22 1M 1M' " +
+           "img.qcow2 >/dev/null",
+       "+1M", "2M", "one"},
       // The overlay is shorter than its backing file: growing it must hide
       // the backing file's bytes past its old end (zero clusters).
       {"overlay_shorter",

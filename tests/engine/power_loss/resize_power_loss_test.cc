@@ -29,58 +29,11 @@
 #include "src/io/mem_file.h"
 #include "src/io/power_loss_file.h"
 #include "src/io/run_sync.h"
+#include "tests/engine/power_loss/power_cut.h"
 #include "tests/engine/test_util.h"
 
 namespace uq::engine {
 namespace {
-
-// Passes the first `budget` mutating operations (writes, flushes, truncates,
-// discards) through and fails every operation from then on with -EIO: the
-// power is gone.
-class PowerCut final : public io::FileWrapper {
- public:
-  PowerCut(io::BlockFile* base, uint64_t budget) : io::FileWrapper(base), budget_(budget) {}
-  uint64_t mutations() const { return mutations_; }
-
-  Task<int64_t> ReadV(uint64_t offset_bytes, std::span<const iovec> iov) override {
-    if (cut_) co_return -EIO;
-    co_return co_await base()->ReadV(offset_bytes, iov);
-  }
-  Task<int64_t> WriteV(uint64_t offset_bytes, std::span<const iovec> iov) override {
-    if (!Pass()) co_return -EIO;
-    co_return co_await base()->WriteV(offset_bytes, iov);
-  }
-  Task<int> Flush() override {
-    if (!Pass()) co_return -EIO;
-    co_return co_await base()->Flush();
-  }
-  Task<int> Discard(uint64_t offset_bytes, uint64_t length_bytes) override {
-    if (!Pass()) co_return -EIO;
-    co_return co_await base()->Discard(offset_bytes, length_bytes);
-  }
-  Task<int> WriteZeroes(uint64_t offset_bytes, uint64_t length_bytes) override {
-    if (!Pass()) co_return -EIO;
-    co_return co_await base()->WriteZeroes(offset_bytes, length_bytes);
-  }
-  Task<int> Truncate(uint64_t size_bytes) override {
-    if (!Pass()) co_return -EIO;
-    co_return co_await base()->Truncate(size_bytes);
-  }
-
- private:
-  bool Pass() {
-    if (cut_ || mutations_ >= budget_) {
-      cut_ = true;
-      return false;
-    }
-    ++mutations_;
-    return true;
-  }
-
-  uint64_t budget_;
-  uint64_t mutations_ = 0;
-  bool cut_ = false;
-};
 
 struct Scenario {
   std::string name;
@@ -115,8 +68,8 @@ uint64_t RunCut(const Scenario& s, const std::vector<std::byte>& start, uint64_t
                 std::mt19937_64* rng, std::vector<std::byte>* crashed) {
   io::MemFile base(io::MemFile::Mode::kImmediate, start);
   io::PowerLossFile power(&base, start);
-  auto cut = std::make_unique<PowerCut>(&power, budget);
-  PowerCut* cut_ptr = cut.get();
+  auto cut = std::make_unique<testing::PowerCut>(&power, budget);
+  testing::PowerCut* cut_ptr = cut.get();
   OpenOptions o;
   o.format = ImageFormat::kQcow2;
   auto opened = io::RunSync(nullptr, OpenImage(std::move(cut), o));

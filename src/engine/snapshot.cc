@@ -1,0 +1,433 @@
+#include "src/engine/snapshot.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "format/endian.h"
+#include "format/header.h"
+#include "format/snapshot.h"
+#include "format/status_macros.h"
+#include "format/tables.h"
+#include "src/engine/check.h"
+#include "src/engine/resize.h"
+
+namespace uq::engine {
+
+ImageParts& SnapshotParts(Qcow2Image& image) { return *image.p_; }
+
+namespace {
+
+// QEMU's QCOW_MAX_SNAPSHOTS and the length of its name buffer (less the NUL).
+constexpr uint32_t kMaxSnapshots = 65536;
+constexpr size_t kMaxNameBytes = 255;
+// QEMU's QCowSnapshotExtraData: vm_state_size_large, disk_size, icount.
+constexpr size_t kExtraBytes = 24;
+
+absl::Status Errno(absl::string_view what, int r) {
+  return absl::InternalError(absl::StrCat(what, ": ", std::strerror(-r)));
+}
+
+uint64_t Clusters(const Geometry& geo, uint64_t bytes) {
+  return (bytes + geo.cluster_bytes - 1) >> geo.cluster_bits;
+}
+
+absl::Status CheckWritable(ImageParts& p) {
+  if (p.meta->read_only()) return absl::FailedPreconditionError("the image is read-only");
+  // QEMU refuses snapshots of an image with an external data file (ENOTSUP):
+  // the data clusters are not refcounted, so a snapshot could not keep them.
+  if (p.meta->external_data()) return absl::UnimplementedError(std::strerror(ENOTSUP));
+  return absl::OkStatus();
+}
+
+// QEMU rewrites every entry with its full extra data, filling in what an
+// older writer left out as it reads it: the 32-bit VM state size, the
+// current disk size, and icount unknown (-1).
+void CompleteExtraData(format::Snapshot& s, uint64_t disk_size_bytes) {
+  const size_t have = s.extra_data.size();
+  if (have >= kExtraBytes) return;
+  s.extra_data.resize(kExtraBytes);
+  if (have < 8) format::StoreBE64(s.extra_data.data(), s.vm_state_size);
+  if (have < 16) format::StoreBE64(s.extra_data.data() + 8, disk_size_bytes);
+  format::StoreBE64(s.extra_data.data() + 16, ~uint64_t{0});
+}
+
+// The host clusters one L2 entry references (none for an external data file).
+struct Referenced {
+  uint64_t first = 0;
+  uint64_t count = 0;
+  bool copied_applies = false;  // COPIED is meaningful (not compressed)
+};
+
+Task<int> EntryClusters(ImageParts& p, uint64_t raw, uint64_t bitmap, Referenced* out) {
+  const Geometry& geo = p.geo;
+  *out = Referenced{};
+  auto e = format::DecodeL2Entry(raw, bitmap, geo.cluster_bits, geo.extended_l2);
+  if (!e.ok())
+    co_return co_await p.meta->MarkCorrupt(absl::StrCat("L2 entry: ", e.status().message()));
+  const uint64_t end = p.meta->file().size_bytes();
+  if ((e->type == format::ClusterType::kNormal || e->type == format::ClusterType::kZeroAlloc) &&
+      e->host_offset != 0) {
+    if (e->host_offset >= end) {
+      co_return co_await p.meta->MarkCorrupt(
+          absl::StrCat("L2 entry points at ", e->host_offset, ", past the end of the file"));
+    }
+    *out = {geo.ClusterIndex(e->host_offset), 1, true};
+  } else if (e->type == format::ClusterType::kCompressed && e->compressed_length > 0) {
+    if (e->compressed_offset >= end) {
+      co_return co_await p.meta->MarkCorrupt(absl::StrCat(
+          "compressed L2 entry points at ", e->compressed_offset, ", past the end of the file"));
+    }
+    const uint64_t first = geo.ClusterIndex(e->compressed_offset);
+    const uint64_t last = geo.ClusterIndex(e->compressed_offset + e->compressed_length - 1);
+    *out = {first, last - first + 1, false};
+  }
+  co_return 0;
+}
+
+// The L2 table an L1 entry names (0: none), checked against the file.
+Task<int64_t> TableOf(ImageParts& p, uint64_t l1_raw) {
+  const uint64_t table = l1_raw & format::kOffsetMask;
+  if (table == 0) co_return 0;
+  if (!p.geo.ClusterAligned(table) || table >= p.meta->file().size_bytes()) {
+    co_return co_await p.meta->MarkCorrupt(
+        absl::StrCat("L1 entry names an L2 table at ", table, ", unaligned or past the file"));
+  }
+  co_return static_cast<int64_t>(table);
+}
+
+// What a walk of a tree does (QEMU's qcow2_update_snapshot_refcount with
+// addend 1, 0 and -1).
+enum class TreeOp {
+  // Every referenced cluster and L2 table gains a reference; COPIED flags
+  // are then set where the refcount is 1 (so cleared everywhere).
+  kAddReference,
+  // COPIED flags set exactly where the refcount is 1.
+  kRecomputeCopied,
+  // One reference to everything is queued for the next flush, which applies
+  // it once the change that unnamed the tree is durable. Cached slices of
+  // tables about to be freed are dropped, so a later write-back cannot land
+  // on a reused cluster.
+  kDropReference,
+};
+
+// Refcount of `cluster` after `op` (kAddReference: incremented).
+Task<int> Count(ImageParts& p, TreeOp op, uint64_t cluster, uint64_t* refcount) {
+  if (op == TreeOp::kAddReference) co_return co_await p.refs->Add(cluster, 1, refcount);
+  co_return co_await p.refs->Get(cluster, refcount);
+}
+
+// Walks the tree `l1` names through the L2 cache and applies `op`. COPIED
+// flags change in the L2 entries (stored) and in `l1` (the caller's to
+// store). REQUIRES: MetaFile::lock().
+Task<int> WalkTree(ImageParts& p, std::vector<uint64_t>& l1, TreeOp op) {
+  const Geometry& geo = p.geo;
+  const uint32_t per_slice = geo.slice_bytes / geo.l2_entry_bytes;
+  for (uint64_t& l1e : l1) {
+    const int64_t table = co_await TableOf(p, l1e);
+    if (table <= 0) {
+      if (table < 0) co_return static_cast<int>(table);
+      continue;
+    }
+    for (uint64_t s = 0; s < geo.cluster_bytes; s += geo.slice_bytes) {
+      cache::SliceCache::Ref ref;
+      int r = co_await p.l2->cache().Get(static_cast<uint64_t>(table) + s, &ref);
+      if (r < 0) co_return r;
+      bool changed = false;
+      for (uint32_t j = 0; j < per_slice; ++j) {
+        std::byte* at = ref.data().data() + j * geo.l2_entry_bytes;
+        const uint64_t raw = format::LoadBE64(at);
+        Referenced c;
+        r = co_await EntryClusters(p, raw, geo.extended_l2 ? format::LoadBE64(at + 8) : 0, &c);
+        if (r < 0) co_return r;
+        if (op == TreeOp::kDropReference) {
+          if (c.count > 0) p.refs->QueueFree(c.first, c.count);
+          continue;
+        }
+        uint64_t refcount = 0;
+        for (uint64_t k = 0; k < c.count && r >= 0; ++k) {
+          r = co_await Count(p, op, c.first + k, &refcount);
+        }
+        if (r < 0) co_return r;
+        if (!c.copied_applies) continue;
+        const uint64_t want =
+            refcount == 1 ? raw | format::kOflagCopied : raw & ~format::kOflagCopied;
+        if (want == raw) continue;
+        {
+          auto data_lock = ref.LockData();
+          format::StoreBE64(at, want);
+        }
+        changed = true;
+      }
+      if (changed) {
+        ref.MarkDirty();
+        p.meta->NoteChange();
+      }
+    }
+    const uint64_t index = geo.ClusterIndex(static_cast<uint64_t>(table));
+    uint64_t refcount = 0;
+    int r = co_await Count(p, op, index, &refcount);
+    if (r < 0) co_return r;
+    if (op == TreeOp::kDropReference) {
+      if (refcount <= 1) {
+        co_await p.l2->cache().Drop(static_cast<uint64_t>(table), geo.cluster_bytes);
+      }
+      p.refs->QueueFree(index, 1);
+      continue;
+    }
+    l1e = refcount == 1 ? l1e | format::kOflagCopied : l1e & ~format::kOflagCopied;
+  }
+  co_return 0;
+}
+
+// Allocates and writes `bytes` of metadata; returns its offset (0 for an
+// empty buffer) or -errno. The refcounts are durable at the next flush.
+Task<int64_t> WriteNew(ImageParts& p, std::span<const std::byte> bytes) {
+  if (bytes.empty()) co_return 0;
+  int64_t offset = 0;
+  {
+    co_await p.meta->lock().Lock();
+    cache::MutexGuard guard(&p.meta->lock());
+    offset = co_await p.refs->Allocate(Clusters(p.geo, bytes.size()));
+  }
+  if (offset < 0) co_return offset;
+  int r = co_await p.meta->CheckWrite(static_cast<uint64_t>(offset), bytes.size());
+  if (r < 0) co_return r;
+  const int64_t w = co_await p.meta->file().Write(static_cast<uint64_t>(offset), bytes);
+  if (w < 0) co_return p.meta->Fail(static_cast<int>(w), "snapshot metadata write");
+  co_return offset;
+}
+
+std::vector<std::byte> EncodeL1(const std::vector<uint64_t>& l1) {
+  std::vector<std::byte> buf(l1.size() * 8);
+  for (size_t i = 0; i < l1.size(); ++i) format::StoreBE64(&buf[i * 8], l1[i]);
+  return buf;
+}
+
+Task<absl::StatusOr<std::vector<uint64_t>>> ReadL1(ImageParts& p, const format::Snapshot& s) {
+  std::vector<std::byte> buf(uint64_t{s.l1_size} * 8);
+  if (!buf.empty()) {
+    if (s.l1_table_offset == 0 || s.l1_table_offset + buf.size() > p.meta->file().size_bytes()) {
+      co_return absl::DataLossError(absl::StrCat("snapshot '", s.name, "': L1 table at ",
+                                                 s.l1_table_offset, " is outside the file"));
+    }
+    const int64_t r = co_await p.meta->file().Read(s.l1_table_offset, buf);
+    if (r < 0) co_return Errno("reading the snapshot's L1 table", static_cast<int>(r));
+  }
+  std::vector<uint64_t> l1(s.l1_size);
+  for (size_t i = 0; i < l1.size(); ++i) l1[i] = format::LoadBE64(&buf[i * 8]);
+  co_return l1;
+}
+
+std::vector<uint64_t> ActiveL1(ImageParts& p) {
+  std::vector<uint64_t> l1(p.l2->l1_entries());
+  for (size_t i = 0; i < l1.size(); ++i) l1[i] = p.l2->L1Raw(i);
+  return l1;
+}
+
+// Stores the entries of `l1` that differ from the active table's.
+// REQUIRES: MetaFile::lock().
+void StoreActiveL1(ImageParts& p, const std::vector<uint64_t>& l1) {
+  for (size_t i = 0; i < l1.size(); ++i) {
+    if (p.l2->L1Raw(i) != l1[i]) p.l2->SetL1Entry(i, l1[i]);
+  }
+}
+
+// Recomputes the active COPIED flags from the refcounts (after frees).
+Task<int> RecomputeCopied(ImageParts& p) {
+  co_await p.meta->lock().Lock();
+  cache::MutexGuard guard(&p.meta->lock());
+  std::vector<uint64_t> l1 = ActiveL1(p);
+  int r = co_await WalkTree(p, l1, TreeOp::kRecomputeCopied);
+  if (r >= 0) StoreActiveL1(p, l1);
+  co_return r;
+}
+
+// Writes `snaps` as the new snapshot table, makes everything durable, points
+// the header at it, then queues the old table's clusters for freeing.
+Task<absl::Status> ReplaceTable(Qcow2Image& image, const std::vector<format::Snapshot>& snaps) {
+  ImageParts& p = SnapshotParts(image);
+  const format::Header old = p.meta->header();
+  // The old table as it is on disk (the entries in `snaps` may have grown).
+  absl::StatusOr<std::vector<format::Snapshot>> on_disk =
+      co_await ReadSnapshotTable(p.meta->file(), old);
+  if (!on_disk.ok()) co_return on_disk.status();
+  const uint64_t old_bytes = on_disk->empty() ? 0 : format::SnapshotTableSize(*on_disk);
+  std::vector<std::byte> table(format::SnapshotTableSize(snaps));
+  format::EncodeSnapshotTable(snaps, table);
+  const int64_t offset = co_await WriteNew(p, table);
+  if (offset < 0) co_return Errno("Failed to write the snapshot table", static_cast<int>(offset));
+  // The table, its refcounts and every refcount and L2 change before it are
+  // durable before the header names it.
+  int r = co_await image.Flush();
+  if (r >= 0) {
+    r = co_await p.meta->SetSnapshotTable(static_cast<uint64_t>(offset),
+                                          static_cast<uint32_t>(snaps.size()));
+  }
+  if (r >= 0) r = co_await p.meta->Sync();
+  if (r < 0) co_return Errno("Failed to update the snapshot table", r);
+  OverlapMap& m = p.meta->overlaps();
+  m.Replace(m.RegionOf(Metadata::kSnapshotTable, old.snapshots_offset, old_bytes),
+            m.RegionOf(Metadata::kSnapshotTable, static_cast<uint64_t>(offset), table.size()));
+  if (old_bytes > 0) {
+    p.refs->QueueFree(p.geo.ClusterIndex(old.snapshots_offset), Clusters(p.geo, old_bytes));
+  }
+  co_return absl::OkStatus();
+}
+
+// Dirty bit durable (version 3) and every earlier change on disk.
+Task<absl::Status> Begin(Qcow2Image& image) {
+  ImageParts& p = SnapshotParts(image);
+  int r = co_await p.order->MarkDirty(/*always=*/true);
+  if (r >= 0) r = co_await image.Flush();
+  if (r < 0) co_return Errno("Failed to flush the image", r);
+  co_return absl::OkStatus();
+}
+
+Task<absl::StatusOr<std::vector<format::Snapshot>>> Snapshots(ImageParts& p) {
+  UQ_CO_ASSIGN_OR_RETURN(std::vector<format::Snapshot> snaps,
+                         co_await ReadSnapshotTable(p.meta->file(), p.meta->header()));
+  for (format::Snapshot& s : snaps) CompleteExtraData(s, p.size_bytes);
+  co_return snaps;
+}
+
+// QEMU's find_new_snapshot_id: one more than the largest numeric id.
+std::string NextId(const std::vector<format::Snapshot>& snaps) {
+  uint64_t max = 0;
+  for (const format::Snapshot& s : snaps)
+    max = std::max<uint64_t>(max, std::strtoul(s.id.c_str(), nullptr, 10));
+  return absl::StrCat(max + 1);
+}
+
+}  // namespace
+
+Task<absl::Status> CreateSnapshot(Qcow2Image& image, const NewSnapshot& request) {
+  ImageParts& p = SnapshotParts(image);
+  UQ_CO_RETURN_IF_ERROR(CheckWritable(p));
+  UQ_CO_ASSIGN_OR_RETURN(std::vector<format::Snapshot> snaps, co_await Snapshots(p));
+  if (snaps.size() >= kMaxSnapshots) co_return absl::OutOfRangeError(std::strerror(EFBIG));
+  // One-bit refcounts cannot count a second reference (QEMU fails with
+  // EINVAL half-way, leaking a cluster; this refuses up front).
+  if (p.geo.refcount_order == 0) co_return absl::InvalidArgumentError(std::strerror(EINVAL));
+  UQ_CO_RETURN_IF_ERROR(co_await Begin(image));
+
+  format::Snapshot s;
+  s.id = NextId(snaps);
+  s.name = request.name.substr(0, kMaxNameBytes);
+  s.date_sec = request.date_sec;
+  s.date_nsec = request.date_nsec;
+  s.extra_data.assign(kExtraBytes, std::byte{0});  // no VM state; icount 0 as qemu-img
+  format::StoreBE64(s.extra_data.data() + 8, p.size_bytes);
+  // The snapshot's L1 table: the active one as it is (COPIED flags of an
+  // inactive table mean nothing).
+  const std::vector<uint64_t> active = ActiveL1(p);
+  const std::vector<std::byte> l1_bytes = EncodeL1(active);
+  const int64_t l1_offset = co_await WriteNew(p, l1_bytes);
+  if (l1_offset < 0)
+    co_return Errno("Failed to write the snapshot's L1 table", static_cast<int>(l1_offset));
+  s.l1_table_offset = static_cast<uint64_t>(l1_offset);
+  s.l1_size = static_cast<uint32_t>(active.size());
+  {
+    co_await p.meta->lock().Lock();
+    cache::MutexGuard guard(&p.meta->lock());
+    std::vector<uint64_t> l1 = active;
+    int r = co_await WalkTree(p, l1, TreeOp::kAddReference);
+    StoreActiveL1(p, l1);
+    if (r < 0) co_return Errno("Failed to update the refcounts", r);
+  }
+  snaps.push_back(s);
+  UQ_CO_RETURN_IF_ERROR(co_await ReplaceTable(image, snaps));
+  OverlapMap& m = p.meta->overlaps();
+  m.Add(m.RegionOf(Metadata::kInactiveL1, s.l1_table_offset, l1_bytes.size()));
+  co_return absl::OkStatus();
+}
+
+Task<absl::Status> DeleteSnapshot(Qcow2Image& image, const std::string& name) {
+  ImageParts& p = SnapshotParts(image);
+  UQ_CO_RETURN_IF_ERROR(CheckWritable(p));
+  UQ_CO_ASSIGN_OR_RETURN(std::vector<format::Snapshot> snaps, co_await Snapshots(p));
+  auto it = std::find_if(snaps.begin(), snaps.end(),
+                         [&](const format::Snapshot& s) { return s.name == name; });
+  if (it == snaps.end()) co_return absl::NotFoundError("snapshot not found");
+  const format::Snapshot gone = *it;
+  UQ_CO_ASSIGN_OR_RETURN(std::vector<uint64_t> l1, co_await ReadL1(p, gone));
+  UQ_CO_RETURN_IF_ERROR(co_await Begin(image));
+  snaps.erase(it);
+  UQ_CO_RETURN_IF_ERROR(co_await ReplaceTable(image, snaps));
+  // Nothing durable names the snapshot's tree any more.
+  const uint64_t l1_bytes = l1.size() * 8;
+  OverlapMap& m = p.meta->overlaps();
+  m.Remove(m.RegionOf(Metadata::kInactiveL1, gone.l1_table_offset, l1_bytes));
+  {
+    co_await p.meta->lock().Lock();
+    cache::MutexGuard guard(&p.meta->lock());
+    int r = co_await WalkTree(p, l1, TreeOp::kDropReference);
+    if (r < 0) co_return Errno("Failed to drop the snapshot's references", r);
+    if (l1_bytes > 0) {
+      p.refs->QueueFree(p.geo.ClusterIndex(gone.l1_table_offset), Clusters(p.geo, l1_bytes));
+    }
+  }
+  int r = co_await image.Flush();  // applies the frees
+  if (r >= 0) r = co_await RecomputeCopied(p);
+  if (r >= 0) r = co_await image.Flush();
+  if (r < 0) co_return Errno("Failed to free the snapshot's clusters", r);
+  co_return absl::OkStatus();
+}
+
+Task<absl::Status> RevertSnapshot(Qcow2Image& image, const std::string& id_or_name) {
+  ImageParts& p = SnapshotParts(image);
+  UQ_CO_RETURN_IF_ERROR(CheckWritable(p));
+  UQ_CO_ASSIGN_OR_RETURN(std::vector<format::Snapshot> snaps, co_await Snapshots(p));
+  auto it = std::find_if(snaps.begin(), snaps.end(),
+                         [&](const format::Snapshot& s) { return s.id == id_or_name; });
+  if (it == snaps.end()) {
+    it = std::find_if(snaps.begin(), snaps.end(),
+                      [&](const format::Snapshot& s) { return s.name == id_or_name; });
+  }
+  if (it == snaps.end()) {
+    co_return absl::NotFoundError("Failed to load snapshot: No such file or directory");
+  }
+  const format::Snapshot target = *it;
+  UQ_CO_ASSIGN_OR_RETURN(std::vector<uint64_t> sn_l1, co_await ReadL1(p, target));
+  const uint64_t disk_size = target.disk_size_bytes();
+  if (disk_size != p.size_bytes) {
+    UQ_CO_RETURN_IF_ERROR(co_await ResizeImage(image, disk_size));
+  }
+  if (sn_l1.size() > p.l2->l1_entries()) {
+    co_return absl::UnimplementedError(absl::StrCat(
+        "Failed to load snapshot: its L1 table (", sn_l1.size(),
+        " entries) is longer than the active one (", p.l2->l1_entries(), "), not supported"));
+  }
+  UQ_CO_RETURN_IF_ERROR(co_await Begin(image));
+  std::vector<uint64_t> l1(p.l2->l1_entries(), 0);
+  std::copy(sn_l1.begin(), sn_l1.end(), l1.begin());
+  {
+    co_await p.meta->lock().Lock();
+    cache::MutexGuard guard(&p.meta->lock());
+    int r = co_await WalkTree(p, l1, TreeOp::kAddReference);
+    if (r < 0) co_return Errno("Failed to update the refcounts", r);
+  }
+  // The snapshot's tree holds its new references durably before the active
+  // L1 table names it.
+  int r = co_await image.Flush();
+  if (r < 0) co_return Errno("Failed to flush the image", r);
+  {
+    co_await p.meta->lock().Lock();
+    cache::MutexGuard guard(&p.meta->lock());
+    std::vector<uint64_t> old = ActiveL1(p);
+    StoreActiveL1(p, l1);
+    // Queued after the L1 change: applied once the new table is durable.
+    r = co_await WalkTree(p, old, TreeOp::kDropReference);
+  }
+  if (r >= 0) r = co_await image.Flush();
+  if (r >= 0) r = co_await RecomputeCopied(p);
+  if (r >= 0) r = co_await image.Flush();
+  if (r < 0) co_return Errno("Failed to revert to the snapshot", r);
+  co_return absl::OkStatus();
+}
+
+}  // namespace uq::engine
