@@ -145,8 +145,10 @@ Task<int> MetaFile::CheckWrite(uint64_t offset_bytes, uint64_t length_bytes, uin
 }
 
 Task<int> MetaFile::MarkCorrupt(std::string what) {
-  std::fprintf(stderr, "qcow2: corrupt image: %s\n", what.c_str());
+  // Said once per image, as QEMU signals corruption once: a salvaging
+  // reader would otherwise repeat it for every bad cluster it reads.
   if (!corrupt_.exchange(true, std::memory_order_acq_rel)) {
+    std::fprintf(stderr, "qcow2: corrupt image: %s\n", what.c_str());
     if (!read_only_) {
       int r = co_await SetIncompatibleFeature(format::kIncompatCorrupt, true);
       if (r >= 0) r = co_await Sync();
