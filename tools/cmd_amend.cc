@@ -1,9 +1,10 @@
-// qcow2-img amend: qemu-img amend for qcow2 images, limited to the options
-// whose change is one header write: compat (0.10 <-> 1.1), lazy_refcounts,
-// and backing_file / backing_fmt, which qemu-img 7.2 accepts only unchanged
-// (it sends the user to rebase otherwise). The other amend options of
-// qemu-img (refcount_bits, size, data_file, data_file_raw, encrypt.*) are
-// refused as unsupported, never ignored.
+// qcow2-img amend: qemu-img amend for qcow2 images: compat (0.10 <-> 1.1,
+// zero clusters expanded on a downgrade), lazy_refcounts, refcount_bits (new
+// refcount structures switched to with one header write, see
+// engine::ChangeRefcountOrder), and backing_file / backing_fmt, which
+// qemu-img 7.2 accepts only unchanged (it sends the user to rebase
+// otherwise). The other amend options of qemu-img (size, data_file,
+// data_file_raw, encrypt.*) are refused as unsupported, never ignored.
 //
 // Every refusal (qemu-img's and ours) is decided from the image as it is,
 // before anything is written, so a refused amend leaves the image
@@ -13,6 +14,7 @@
 // re-encoded and written once, as QEMU's qcow2_update_header.
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <optional>
@@ -39,8 +41,8 @@ namespace {
 constexpr common::OptionSpec kAmendOptions[] = {
     kFormatOption,
     {'o', 'o', "", "OPTIONS",
-     "comma-separated KEY=VALUE list: compat=0.10|1.1, lazy_refcounts=on|off, backing_file=NAME, "
-     "backing_fmt=FMT ('help' lists them); may be repeated"},
+     "comma-separated KEY=VALUE list: compat=0.10|1.1, lazy_refcounts=on|off, refcount_bits=N, "
+     "backing_file=NAME, backing_fmt=FMT ('help' lists them); may be repeated"},
     {'p', 'p', "", "", "show progress"},
     kQuietOption,
     kHelpOption,
@@ -51,7 +53,8 @@ constexpr const char* kOptionHelp =
     "  backing_file=<str>     - File name of a base image (only its current value)\n"
     "  backing_fmt=<str>      - Image format of the base image (only its current value)\n"
     "  compat=<str>           - Compatibility level (v2 [0.10] or v3 [1.1])\n"
-    "  lazy_refcounts=<bool (on/off)> - Postpone refcount updates\n";
+    "  lazy_refcounts=<bool (on/off)> - Postpone refcount updates\n"
+    "  refcount_bits=<num>    - Width of a reference count entry in bits\n";
 
 struct AmendArgs {
   std::string file;
@@ -68,6 +71,7 @@ struct AmendOptionValues {
   std::optional<bool> lazy_refcounts;
   std::optional<std::string> backing_file;
   std::optional<std::string> backing_fmt;
+  std::optional<uint32_t> refcount_order;  // log2 of refcount_bits
 };
 
 absl::StatusOr<AmendArgs> ParseArgs(const common::ParsedArgs& parsed) {
@@ -147,6 +151,14 @@ absl::StatusOr<AmendOptionValues> ParseOptionValues(const std::string& text) {
       } else {
         return absl::InvalidArgumentError("Parameter 'lazy_refcounts' expects 'on' or 'off'");
       }
+    } else if (key == "refcount_bits") {
+      char* end = nullptr;
+      const unsigned long long bits = std::strtoull(value.c_str(), &end, 10);
+      if (value.empty() || *end != '\0' || bits == 0 || bits > 64 || (bits & (bits - 1)) != 0) {
+        return absl::InvalidArgumentError(
+            "Refcount width must be a power of two and may not exceed 64 bits");
+      }
+      v.refcount_order = static_cast<uint32_t>(__builtin_ctzll(bits));
     } else if (key == "backing_file") {
       v.backing_file = value;
     } else if (key == "backing_fmt") {
@@ -173,9 +185,10 @@ absl::StatusOr<AmendOptionValues> ParseOptionValues(const std::string& text) {
 // qcow2_downgrade's refusals, in its order, then ours (bitmaps, plain zero
 // clusters over a backing file), all before anything changes. True when zero
 // clusters must be expanded.
-absl::StatusOr<bool> CheckDowngrade(const PosixFile& file, const ImageDescription& d) {
+absl::StatusOr<bool> CheckDowngrade(const PosixFile& file, const ImageDescription& d,
+                                    uint32_t refcount_order) {
   const format::Header& h = *d.header;
-  if (h.refcount_order != 4) {
+  if (refcount_order != 4) {
     return absl::UnimplementedError("compat=0.10 requires refcount_bits=16");
   }
   if (h.has_data_file())
@@ -242,7 +255,13 @@ absl::StatusOr<bool> CheckAmend(const PosixFile& file, const ImageDescription& d
         "Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 "
         "or greater)");
   }
-  if (version < h.version) return CheckDowngrade(file, d);
+  const uint32_t order = v.refcount_order.value_or(h.refcount_order);
+  if (order != h.refcount_order && order != 4 && version < 3) {
+    return absl::InvalidArgumentError(
+        "Refcount widths other than 16 bits require compatibility level 1.1 or above (use "
+        "compat=1.1 or greater)");
+  }
+  if (version < h.version) return CheckDowngrade(file, d, order);
   return false;
 }
 
@@ -265,6 +284,14 @@ format::Header Amended(format::Header h, const AmendOptionValues& v) {
   }
   h.version = version;
   return h;
+}
+
+// The first cluster re-encoded from `h`, written once and synced.
+absl::Status WriteHeader(const PosixFile& file, const format::Header& h) {
+  std::vector<std::byte> cluster(h.cluster_size());
+  UQ_RETURN_IF_ERROR(format::EncodeHeader(h, cluster));
+  UQ_RETURN_IF_ERROR(file.WriteAt(0, cluster));
+  return file.Sync();
 }
 
 // Zero clusters are rewritten in place, trusting the L2 entries: only an
@@ -298,6 +325,17 @@ absl::Status Amend(io::EventLoop& loop, const AmendArgs& a, const AmendOptionVal
   if (h.incompatible_features & format::kIncompatDirty) {
     return absl::InternalError("Failed to make the image clean");
   }
+  if (v.refcount_order && *v.refcount_order != h.refcount_order) {
+    // As QEMU: an upgrade first (the width change needs v3), then the width.
+    if (h.version < 3) {
+      UQ_RETURN_IF_ERROR(WriteHeader(locked.header, Amended(h, v)));
+      UQ_ASSIGN_OR_RETURN(h, ReadQcow2Header(locked.header));
+    }
+    UQ_ASSIGN_OR_RETURN(std::unique_ptr<io::UringFile> file,
+                        io::UringFile::Open(&loop, a.file, io::OpenFlags{}));
+    UQ_RETURN_IF_ERROR(RunOnLoop(loop, engine::ChangeRefcountOrder(*file, h, *v.refcount_order)));
+    UQ_ASSIGN_OR_RETURN(h, ReadQcow2Header(locked.header));
+  }
   if (expand_zeros) {
     UQ_RETURN_IF_ERROR(CheckClean(loop, a.file));
     UQ_RETURN_IF_ERROR(ExpandZeroClusters(locked.header, h, d.snapshots));
@@ -306,10 +344,7 @@ absl::Status Amend(io::EventLoop& loop, const AmendArgs& a, const AmendOptionVal
   if (amended.version == h.version && amended.compatible_features == h.compatible_features) {
     return absl::OkStatus();  // nothing changes: no write, as QEMU
   }
-  std::vector<std::byte> cluster(h.cluster_size());
-  UQ_RETURN_IF_ERROR(format::EncodeHeader(amended, cluster));
-  UQ_RETURN_IF_ERROR(locked.header.WriteAt(0, cluster));
-  return locked.header.Sync();
+  return WriteHeader(locked.header, amended);
 }
 
 int RunAmend(const common::ParsedArgs& parsed) {
@@ -345,7 +380,10 @@ const Command kAmendCommand = {
     "amend [-f FMT] -o OPTIONS [-p] [-q] FILE",
     "Changes options of an existing qcow2 image as qemu-img amend does. Supported: compat=0.10 "
     "or compat=1.1 (v2 <-> v3), lazy_refcounts=on|off (v3 only; turning it off on an image that "
-    "was not closed cleanly repairs its refcounts first), and backing_file / backing_fmt, which, "
+    "was not closed cleanly repairs its refcounts first), refcount_bits=1|2|4|8|16|32|64 (v3 "
+    "only: new refcount structures are written past the end of the file, flushed, and switched "
+    "to with one header write; the old ones become free space), and backing_file / backing_fmt, "
+    "which, "
     "as in qemu-img 7.2, may only restate the current values (use rebase to change them). A "
     "downgrade is refused where qemu-img refuses it (refcount_bits other than 16, an external "
     "data file, extended L2 or other incompatible features, snapshots of another size, zstd "

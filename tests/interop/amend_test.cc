@@ -99,7 +99,21 @@ std::vector<AmendCase> Cases() {
        Kind("compat_0_10"),
        32,
        false,
-       {"compat=1.1", "lazy_refcounts=on", "compat=0.10"},
+       {"compat=1.1", "lazy_refcounts=on", "compat=0.10", "compat=1.1,refcount_bits=8",
+        "refcount_bits=16,compat=0.10"},
+       {}},
+      {"refcount_widths",
+       Kind("cluster_4k"),
+       16,
+       true,
+       {"refcount_bits=1", "refcount_bits=64", "refcount_bits=2", "refcount_bits=32",
+        "refcount_bits=4", "refcount_bits=8", "refcount_bits=16"},
+       {}},
+      {"refcount_bits_1",
+       Kind("refcount_bits_1"),
+       32,
+       true,
+       {"refcount_bits=16,compat=0.10", "compat=1.1,refcount_bits=64"},
        {}},
       {"prealloc_metadata", Kind("prealloc_metadata"), 32, true, {"compat=0.10"}, {}},
       {"compressed_zstd_no_compressed",
@@ -111,11 +125,12 @@ std::vector<AmendCase> Cases() {
       {"compressed_zlib", Kind("compressed_zlib"), 0, false, {"compat=0.10", "compat=1.1"}, {}},
       {"lazy_dirty_off", Kind("lazy_refcounts_dirty"), 0, false, {"lazy_refcounts=off"}, {}},
       {"lazy_dirty_downgrade", Kind("lazy_refcounts_dirty"), 0, false, {"compat=0.10"}, {}},
+      {"lazy_dirty_refcount_bits", Kind("lazy_refcounts_dirty"), 0, false, {"refcount_bits=4"}, {}},
       {"snapshots",
        Kind("snapshots"),
        32,
        true,
-       {"compat=0.10", "compat=1.1", "lazy_refcounts=on"},
+       {"compat=0.10", "compat=1.1", "lazy_refcounts=on", "refcount_bits=2", "refcount_bits=32"},
        {"one", "two"}},
       {"snapshots_v2",
        create + "-o compat=0.10 img.qcow2 16M && qemu-io -c 'write -P 3 0 2M' img.qcow2 " +
@@ -203,7 +218,9 @@ TEST(AmendTest, BadInputLeavesTheImageUnchanged) {
       "-b base.qcow2 -F qcow2 over.qcow2 && qemu-io -c 'write -z 0 64k' over.qcow2 >/dev/null && " +
       create +
       "snap.qcow2 4M && qemu-img snapshot -c s snap.qcow2 && qemu-img resize -q "
-      "snap.qcow2 8M && qemu-img create -q -f raw r.img 1M";
+      "snap.qcow2 8M && " +
+      create + "snap1.qcow2 1M && qemu-io -c 'write 0 64k' snap1.qcow2 " +
+      ">/dev/null && qemu-img snapshot -c s snap1.qcow2 && qemu-img create -q -f raw r.img 1M";
   ASSERT_EQ(In(dir.path(), setup).exit_code, 0) << setup;
   struct Bad {
     std::string args;
@@ -240,8 +257,12 @@ TEST(AmendTest, BadInputLeavesTheImageUnchanged) {
        "Format driver 'raw' does not support option amendment", true},
       {"k/plain/img.qcow2", "k/plain/img.qcow2", "Must specify options (-o)", true},
       // Supported by qemu-img, not (yet) by qcow2-img: refused, never ignored.
-      {"-o refcount_bits=8 k/plain/img.qcow2", "k/plain/img.qcow2",
-       "amending 'refcount_bits' is not supported", false},
+      {"-o refcount_bits=3 k/plain/img.qcow2", "k/plain/img.qcow2",
+       "Refcount width must be a power of two and may not exceed 64 bits", true},
+      {"-o refcount_bits=8 v2.qcow2", "v2.qcow2",
+       "Refcount widths other than 16 bits require compatibility level 1.1", true},
+      {"-o refcount_bits=1 snap1.qcow2", "snap1.qcow2",
+       "Cannot decrease refcount entry width to 1 bits", true},
       {"-o size=64M k/plain/img.qcow2", "k/plain/img.qcow2", "amending 'size' is not supported",
        false},
       {"-o data_file_raw=on k/data/img.qcow2", "k/data/img.qcow2",
@@ -277,7 +298,8 @@ TEST(AmendTest, BadInputLeavesTheImageUnchanged) {
   // -o help lists the supported options and changes nothing.
   const RunResult help = In(dir.path(), Ours() + " amend -o help");
   EXPECT_EQ(help.exit_code, 0);
-  for (const char* o : {"compat=", "lazy_refcounts=", "backing_file=", "backing_fmt="}) {
+  for (const char* o :
+       {"compat=", "lazy_refcounts=", "refcount_bits=", "backing_file=", "backing_fmt="}) {
     EXPECT_NE(help.out.find(o), std::string::npos) << help.out;
   }
 }
