@@ -3,8 +3,9 @@
 // refcount structures switched to with one header write, see
 // engine::ChangeRefcountOrder), and backing_file / backing_fmt, which
 // qemu-img 7.2 accepts only unchanged (it sends the user to rebase
-// otherwise). The other amend options of qemu-img (size, data_file,
-// data_file_raw, encrypt.*) are refused as unsupported, never ignored.
+// otherwise), data_file (renaming an image's existing data file) and
+// data_file_raw (only off, or on where it is on). The other amend options of
+// qemu-img (size, encrypt.*) are refused as unsupported, never ignored.
 //
 // Every refusal (qemu-img's and ours) is decided from the image as it is,
 // before anything is written, so a refused amend leaves the image
@@ -42,7 +43,8 @@ constexpr common::OptionSpec kAmendOptions[] = {
     kFormatOption,
     {'o', 'o', "", "OPTIONS",
      "comma-separated KEY=VALUE list: compat=0.10|1.1, lazy_refcounts=on|off, refcount_bits=N, "
-     "backing_file=NAME, backing_fmt=FMT ('help' lists them); may be repeated"},
+     "data_file=NAME, data_file_raw=on|off, backing_file=NAME, backing_fmt=FMT ('help' lists "
+     "them); may be repeated"},
     {'p', 'p', "", "", "show progress"},
     kQuietOption,
     kHelpOption,
@@ -53,6 +55,8 @@ constexpr const char* kOptionHelp =
     "  backing_file=<str>     - File name of a base image (only its current value)\n"
     "  backing_fmt=<str>      - Image format of the base image (only its current value)\n"
     "  compat=<str>           - Compatibility level (v2 [0.10] or v3 [1.1])\n"
+    "  data_file=<str>        - File name of an external data file (images that have one)\n"
+    "  data_file_raw=<bool (on/off)> - The external data file must stay valid as a raw image\n"
     "  lazy_refcounts=<bool (on/off)> - Postpone refcount updates\n"
     "  refcount_bits=<num>    - Width of a reference count entry in bits\n";
 
@@ -72,6 +76,8 @@ struct AmendOptionValues {
   std::optional<std::string> backing_file;
   std::optional<std::string> backing_fmt;
   std::optional<uint32_t> refcount_order;  // log2 of refcount_bits
+  std::optional<std::string> data_file;    // "" = drop the name
+  std::optional<bool> data_file_raw;
 };
 
 absl::StatusOr<AmendArgs> ParseArgs(const common::ParsedArgs& parsed) {
@@ -135,6 +141,9 @@ absl::StatusOr<AmendOptionValues> ParseOptionValues(const std::string& text) {
       "encrypt.ivgen-alg", "encrypt.ivgen-hash-alg", "encrypt.hash-alg",   "encrypt.key-secret"};
   AmendOptionValues v;
   for (const auto& [key, value] : SplitOptionList(text)) {
+    std::optional<bool> flag;
+    if (value == "on" || value == "yes" || value == "true" || value == "y") flag = true;
+    if (value == "off" || value == "no" || value == "false" || value == "n") flag = false;
     if (key == "compat") {
       if (value == "0.10" || value == "v2") {
         v.version = 2;
@@ -143,14 +152,14 @@ absl::StatusOr<AmendOptionValues> ParseOptionValues(const std::string& text) {
       } else {
         return absl::InvalidArgumentError(absl::StrCat("Unknown compatibility level ", value));
       }
-    } else if (key == "lazy_refcounts") {
-      if (value == "on" || value == "yes" || value == "true" || value == "y") {
-        v.lazy_refcounts = true;
-      } else if (value == "off" || value == "no" || value == "false" || value == "n") {
-        v.lazy_refcounts = false;
-      } else {
-        return absl::InvalidArgumentError("Parameter 'lazy_refcounts' expects 'on' or 'off'");
+    } else if (key == "lazy_refcounts" || key == "data_file_raw") {
+      if (!flag) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("Parameter '", key, "' expects 'on' or 'off'"));
       }
+      (key == "lazy_refcounts" ? v.lazy_refcounts : v.data_file_raw) = flag;
+    } else if (key == "data_file") {
+      v.data_file = value;
     } else if (key == "refcount_bits") {
       char* end = nullptr;
       const unsigned long long bits = std::strtoull(value.c_str(), &end, 10);
@@ -239,6 +248,13 @@ absl::StatusOr<bool> CheckAmend(const PosixFile& file, const ImageDescription& d
           "Cannot amend the backing file (use 'qcow2-img rebase' instead)");
     }
   }
+  if (v.data_file && !h.has_data_file()) {
+    return absl::InvalidArgumentError(
+        "data-file can only be set for images that use an external data file");
+  }
+  if (v.data_file_raw.value_or(false) && !(h.autoclear_features & format::kAutoclearDataFileRaw)) {
+    return absl::InvalidArgumentError("data-file-raw cannot be set on existing images");
+  }
   const uint32_t version = v.version.value_or(h.version);
   if (version > h.version) {
     // Version 3 requires each snapshot's 64-bit VM state size and disk size.
@@ -273,6 +289,10 @@ format::Header Amended(format::Header h, const AmendOptionValues& v) {
                                 ? h.compatible_features | format::kCompatLazyRefcounts
                                 : h.compatible_features & ~format::kCompatLazyRefcounts;
   }
+  if (v.data_file) {
+    h.data_file = v.data_file->empty() ? std::nullopt : v.data_file;
+  }
+  if (v.data_file_raw == false) h.autoclear_features &= ~format::kAutoclearDataFileRaw;
   if (version < h.version) {
     // As qcow2_downgrade: compatible and autoclear bits may be dropped, the
     // dirty bit is clear by now, and a zstd image without compressed
@@ -340,11 +360,14 @@ absl::Status Amend(io::EventLoop& loop, const AmendArgs& a, const AmendOptionVal
     UQ_RETURN_IF_ERROR(CheckClean(loop, a.file));
     UQ_RETURN_IF_ERROR(ExpandZeroClusters(locked.header, h, d.snapshots));
   }
-  const format::Header amended = Amended(h, v);
-  if (amended.version == h.version && amended.compatible_features == h.compatible_features) {
-    return absl::OkStatus();  // nothing changes: no write, as QEMU
-  }
-  return WriteHeader(locked.header, amended);
+  // Written only if it changes: an amend that restates the current values
+  // leaves the file as it was, as qemu-img does.
+  std::vector<std::byte> cluster(h.cluster_size());
+  UQ_RETURN_IF_ERROR(format::EncodeHeader(Amended(h, v), cluster));
+  UQ_ASSIGN_OR_RETURN(std::vector<std::byte> current, locked.header.ReadAt(0, cluster.size()));
+  if (current == cluster) return absl::OkStatus();
+  UQ_RETURN_IF_ERROR(locked.header.WriteAt(0, cluster));
+  return locked.header.Sync();
 }
 
 int RunAmend(const common::ParsedArgs& parsed) {

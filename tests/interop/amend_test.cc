@@ -126,6 +126,18 @@ std::vector<AmendCase> Cases() {
       {"lazy_dirty_off", Kind("lazy_refcounts_dirty"), 0, false, {"lazy_refcounts=off"}, {}},
       {"lazy_dirty_downgrade", Kind("lazy_refcounts_dirty"), 0, false, {"compat=0.10"}, {}},
       {"lazy_dirty_refcount_bits", Kind("lazy_refcounts_dirty"), 0, false, {"refcount_bits=4"}, {}},
+      {"data_file",
+       Kind("data_file"),
+       0,
+       false,
+       {"data_file=img.data", "data_file_raw=off", "lazy_refcounts=on"},
+       {}},
+      {"data_file_raw",
+       Kind("data_file_raw"),
+       0,
+       false,
+       {"data_file_raw=on", "data_file_raw=off"},
+       {}},
       {"snapshots",
        Kind("snapshots"),
        32,
@@ -200,6 +212,27 @@ INSTANTIATE_TEST_SUITE_P(Kinds, AmendKindsTest, ::testing::ValuesIn(Cases()),
                            return info.param.name;
                          });
 
+// data_file=NAME renames an image's data file: both tools write the same
+// header, and the image reads the same through the file under its new name.
+TEST(AmendTest, DataFileRename) {
+  if (!HaveTool("qemu-img") || !HaveTool("qemu-io"))
+    GTEST_SKIP() << "qemu-img or qemu-io not found";
+  TempDir dir;
+  ASSERT_EQ(
+      In(dir.path(), Kind("data_file") + " && cp img.qcow2 ours.img && cp img.qcow2 theirs.img && "
+                                         "cp img.data moved.data")
+          .exit_code,
+      0);
+  const RunResult ours = In(dir.path(), Ours() + " amend -o data_file=moved.data ours.img");
+  ASSERT_EQ(ours.exit_code, 0) << ours.err;
+  ASSERT_EQ(In(dir.path(), "qemu-img amend -o data_file=moved.data theirs.img").exit_code, 0);
+  EXPECT_TRUE(ReadFile(dir.File("ours.img")) == ReadFile(dir.File("theirs.img")));
+  EXPECT_NE(In(dir.path(), "qemu-img info ours.img").out.find("data file: moved.data"),
+            std::string::npos);
+  EXPECT_EQ(In(dir.path(), "qemu-img compare ours.img img.qcow2").exit_code, 0);
+  EXPECT_EQ(In(dir.path(), "qemu-img check ours.img").exit_code, 0);
+}
+
 // Refusals: one line naming the problem, exit 1, the image byte-identical;
 // the words are qemu-img's where it has them. `qemu` says whether qemu-img
 // refuses too.
@@ -266,7 +299,11 @@ TEST(AmendTest, BadInputLeavesTheImageUnchanged) {
       {"-o size=64M k/plain/img.qcow2", "k/plain/img.qcow2", "amending 'size' is not supported",
        false},
       {"-o data_file_raw=on k/data/img.qcow2", "k/data/img.qcow2",
-       "amending 'data_file_raw' is not supported", false},
+       "data-file-raw cannot be set on existing images", true},
+      {"-o data_file=a.data k/plain/img.qcow2", "k/plain/img.qcow2",
+       "data-file can only be set for images that use an external data file", true},
+      {"-o data_file_raw=maybe k/data/img.qcow2", "k/data/img.qcow2",
+       "Parameter 'data_file_raw' expects 'on' or 'off'", true},
       {"-o compat=0.10 k/bitmaps/img.qcow2", "k/bitmaps/img.qcow2", "persistent bitmaps", false},
       {"-o compat=0.10 over.qcow2", "over.qcow2", "a backing file and zero clusters", false},
   };
@@ -298,8 +335,8 @@ TEST(AmendTest, BadInputLeavesTheImageUnchanged) {
   // -o help lists the supported options and changes nothing.
   const RunResult help = In(dir.path(), Ours() + " amend -o help");
   EXPECT_EQ(help.exit_code, 0);
-  for (const char* o :
-       {"compat=", "lazy_refcounts=", "refcount_bits=", "backing_file=", "backing_fmt="}) {
+  for (const char* o : {"compat=", "lazy_refcounts=", "refcount_bits=", "data_file=",
+                        "data_file_raw=", "backing_file=", "backing_fmt="}) {
     EXPECT_NE(help.out.find(o), std::string::npos) << help.out;
   }
 }
