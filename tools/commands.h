@@ -56,6 +56,7 @@ extern const Command kDdCommand;
 extern const Command kRebaseCommand;
 extern const Command kCommitCommand;
 extern const Command kSnapshotCommand;
+extern const Command kAmendCommand;
 
 }  // namespace uq::tools
 

@@ -19,7 +19,7 @@ namespace {
 const Command* const kCommands[] = {
     &kCreateCommand,  &kInfoCommand,    &kCheckCommand,  &kMapCommand,      &kCompareCommand,
     &kMeasureCommand, &kConvertCommand, &kIoCommand,     &kBenchCommand,    &kResizeCommand,
-    &kDdCommand,      &kRebaseCommand,  &kCommitCommand, &kSnapshotCommand,
+    &kDdCommand,      &kRebaseCommand,  &kCommitCommand, &kSnapshotCommand, &kAmendCommand,
 };
 
 void PrintUsage(std::FILE* out) {

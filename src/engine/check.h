@@ -103,6 +103,18 @@ Task<absl::StatusOr<CheckResult>> CheckImage(io::BlockFile& file, CheckOptions o
 // free space. `header` is updated.
 Task<absl::Status> RebuildRefcounts(io::BlockFile& file, format::Header& header);
 
+// qemu-img amend -o refcount_bits (QEMU's qcow2_change_refcount_order):
+// counts the references as RebuildRefcounts does, refuses (changing nothing)
+// an image with corruptions or a refcount the new width cannot hold, writes
+// refcount blocks of width 2^new_order bits and a table for them past the end
+// of the file, flushes, and switches with one header write (table offset and
+// size and refcount_order together). The old structures become free space; a
+// power loss leaves the old or the new structures in effect, with at worst
+// leaked clusters. REQUIRES: a v3 image that is not dirty; new_order <= 6.
+// `header` is updated.
+Task<absl::Status> ChangeRefcountOrder(io::BlockFile& file, format::Header& header,
+                                       uint32_t new_order);
+
 // Reads and decodes the internal snapshot table.
 Task<absl::StatusOr<std::vector<format::Snapshot>>> ReadSnapshotTable(io::BlockFile& file,
                                                                       const format::Header& header);

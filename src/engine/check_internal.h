@@ -121,8 +121,11 @@ Task<absl::Status> SetStoredRefcount(Scan& s, uint64_t cluster, uint64_t value);
 Task<absl::Status> CompareRefcounts(Scan& s, RepairMode fix, uint64_t* highest_cluster);
 // Writes refcount blocks and a table for s.refs (plus themselves) past the
 // end of the file, flushes, then points the header at them (and clears the
-// dirty bit if asked) in one write, flushes, and reloads s.reftable.
-Task<absl::Status> WriteNewRefcountStructure(Scan& s, bool clear_dirty);
+// dirty bit if asked) in one write, flushes, and reloads s.reftable. The
+// blocks use s.h.refcount_order; with `write_order` that one write reaches
+// through the header's refcount_order field (bytes 48..99, v3 only), so a
+// change of refcount width switches in the same write.
+Task<absl::Status> WriteNewRefcountStructure(Scan& s, bool clear_dirty, bool write_order = false);
 
 }  // namespace uq::engine::check_internal
 

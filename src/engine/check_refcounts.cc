@@ -142,7 +142,7 @@ Task<absl::Status> CompareRefcounts(Scan& s, RepairMode fix, uint64_t* highest_c
   co_return absl::OkStatus();
 }
 
-Task<absl::Status> WriteNewRefcountStructure(Scan& s, bool clear_dirty) {
+Task<absl::Status> WriteNewRefcountStructure(Scan& s, bool clear_dirty, bool write_order) {
   const uint64_t cs = s.cluster_bytes;
   const uint64_t per_block = uint64_t{1} << BlockBits(s);
   // Everything goes past both the end of the file and every counted cluster.
@@ -185,13 +185,17 @@ Task<absl::Status> WriteNewRefcountStructure(Scan& s, bool clear_dirty) {
   h.refcount_table_offset = table_offset;
   h.refcount_table_clusters = static_cast<uint32_t>(table_clusters);
   if (clear_dirty) h.incompatible_features &= ~format::kIncompatDirty;
-  std::byte fields[32];
+  std::byte fields[52];
   format::StoreBE64(fields, h.refcount_table_offset);
   format::StoreBE32(fields + 8, h.refcount_table_clusters);
   format::StoreBE32(fields + 12, h.nb_snapshots);
   format::StoreBE64(fields + 16, h.snapshots_offset);
   format::StoreBE64(fields + 24, h.version >= 3 ? h.incompatible_features : 0);
-  const uint64_t length = h.version >= 3 ? 32 : 24;  // v2 headers end at byte 72
+  format::StoreBE64(fields + 32, h.compatible_features);
+  format::StoreBE64(fields + 40, h.autoclear_features);
+  format::StoreBE32(fields + 48, h.refcount_order);
+  // v2 headers end at byte 72.
+  const uint64_t length = h.version < 3 ? 24 : write_order ? 52 : 32;
   UQ_CO_RETURN_IF_ERROR(co_await WriteAt(s.file, format::kHeaderRefcountTableOffsetAt,
                                          std::span<const std::byte>(fields, length)));
   if (co_await s.file.Flush() < 0) co_return absl::DataLossError("flush failed");

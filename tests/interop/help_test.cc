@@ -53,9 +53,11 @@ TEST(HelpTest, VersionComesFromTheProject) {
 
 TEST(HelpTest, EveryCommandDocumentsEveryOptionItAccepts) {
   const std::vector<std::string> commands = Commands();
-  // Issue 9's verbs, the earlier ones and issue 10's resize, dd, rebase, commit and snapshot.
-  for (const char* expected : {"create", "info", "check", "map", "compare", "measure", "convert",
-                               "io", "bench", "resize", "dd", "rebase", "commit", "snapshot"}) {
+  // Issue 9's verbs, the earlier ones and issue 10's resize, dd, rebase, commit, snapshot and
+  // amend.
+  for (const char* expected :
+       {"create", "info", "check", "map", "compare", "measure", "convert", "io", "bench", "resize",
+        "dd", "rebase", "commit", "snapshot", "amend"}) {
     EXPECT_NE(std::find(commands.begin(), commands.end(), expected), commands.end()) << expected;
   }
   const std::regex option_line(R"(^  (?:-(\w))?(?:, )?(?:\s*--([\w-]+))?(?:[= ](\S+))?(?:\s|$))");

@@ -1,5 +1,7 @@
 #include "tests/interop/image_kinds.h"
 
+#include <gtest/gtest.h>
+
 namespace uq::interop {
 
 std::vector<ImageKind> ImageKinds() {
@@ -87,6 +89,14 @@ std::vector<ImageKind> ImageKinds() {
        "-c 'write -P 2 5M 1M' img.qcow2 >/dev/null",
        true},
   };
+}
+
+std::string ImageKindSetup(const std::string& name) {
+  for (const ImageKind& k : ImageKinds()) {
+    if (k.name == name) return k.setup;
+  }
+  ADD_FAILURE() << "no image kind " << name;
+  return "false";
 }
 
 }  // namespace uq::interop

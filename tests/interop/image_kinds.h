@@ -31,6 +31,10 @@ inline void PrintTo(const ImageKind& k, std::ostream* os) { *os << k.name; }
 
 std::vector<ImageKind> ImageKinds();
 
+// The setup of the kind called `name`; fails the current test (and returns
+// "false", a setup that fails) for an unknown name.
+std::string ImageKindSetup(const std::string& name);
+
 }  // namespace uq::interop
 
 #endif  // UQ_TESTS_INTEROP_IMAGE_KINDS_H_

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <regex>
 #include <sstream>
 
 namespace uq::interop {
@@ -144,6 +145,13 @@ common::Json ParseOrDie(const std::string& text) {
     return common::Json();
   }
   return *std::move(j);
+}
+
+std::string InfoWithoutVaryingFields(const std::string& json) {
+  static const std::regex kVarying(R"x("(date-sec|date-nsec|actual-size)": [0-9]+)x");
+  static const std::regex kName(R"x("filename": "[^"]*")x");
+  return std::regex_replace(std::regex_replace(json, kVarying, "\"$1\": 0"), kName,
+                            "\"filename\": \"\"");
 }
 
 }  // namespace uq::interop

@@ -48,6 +48,11 @@ std::string JsonDiff(const common::Json& a, const common::Json& b, const std::st
 // Parses `text` or fails the current test with the text in the message.
 common::Json ParseOrDie(const std::string& text);
 
+// `qemu-img info --output=json` text without what may differ between two
+// copies of one image changed by different tools: file name, allocated size
+// and snapshot dates (each set to 0 or "").
+std::string InfoWithoutVaryingFields(const std::string& json);
+
 // File contents (binary), or "" if unreadable.
 std::string ReadFile(const std::string& path);
 void WriteFile(const std::string& path, const std::string& data);
