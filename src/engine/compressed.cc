@@ -13,7 +13,15 @@ using format::L2Entry;
 Task<int> CompressedPath::Read(const L2Entry& e, std::span<std::byte> cluster) {
   auto in = p_->compressed_pool.Acquire();
   std::span<std::byte> src = in.span().subspan(0, e.compressed_length);
-  int64_t r = co_await p_->meta->file().Read(e.compressed_offset, src);
+  // The tail of the last sector may belong to a compressed cluster being
+  // stored now (see ImageParts::compressed_sector_locks).
+  const uint64_t last_sector = (e.compressed_offset + src.size() - 1) >> 9;
+  co_await p_->compressed_sector_locks.Lock(last_sector, false);
+  int64_t r;
+  {
+    cache::KeyedLockGuard sector(&p_->compressed_sector_locks, last_sector, false);
+    r = co_await p_->meta->file().Read(e.compressed_offset, src);
+  }
   if (r < 0) co_return static_cast<int>(r);
   int d = DecompressCluster(p_->meta->header().compression_type, src, cluster);
   if (d < 0) {
@@ -43,6 +51,11 @@ Task<int> CompressedPath::Store(uint64_t g, std::span<const std::byte> buffer,
   // next compressed cluster. The range is free, unless refcounts lie.
   int64_t w = co_await p_->meta->CheckWrite(static_cast<uint64_t>(host), compressed_bytes);
   if (w >= 0) {
+    // Reads of the compressed cluster before this one read to the end of the
+    // sector this one starts in (see ImageParts::compressed_sector_locks).
+    const uint64_t first_sector = static_cast<uint64_t>(host) >> 9;
+    co_await p_->compressed_sector_locks.Lock(first_sector, true);
+    cache::KeyedLockGuard sector(&p_->compressed_sector_locks, first_sector, true);
     w = co_await p_->meta->file().Write(static_cast<uint64_t>(host),
                                         buffer.first(compressed_bytes));
   }

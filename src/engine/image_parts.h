@@ -4,7 +4,8 @@
 //
 // Lock order: a guest cluster lock (cluster_locks, shared or exclusive; a
 // request piece holds at most one at a time) before MetaFile::lock(); nothing
-// holding MetaFile::lock() waits for a cluster lock.
+// holding MetaFile::lock() waits for a cluster lock. compressed_sector_locks
+// come last: held only across one file read or write, taking nothing else.
 //
 // Thread-safety: the parts are thread-safe (each header says how), so the
 // queue threads of one image share one ImageParts; per-request state lives in
@@ -154,6 +155,12 @@ struct ImageParts {
   // exclusively owned (COPIED) cluster; exclusive for anything that changes
   // the cluster's L2 entry.
   cache::KeyedRwLock cluster_locks;
+  // Per 512-byte host sector: compressed data is packed at byte granularity
+  // and read back by whole sectors (the L2 entry gives only a sector count),
+  // so reading a compressed cluster reads into the sector where the next one
+  // starts. A read holds its last sector shared, a store its first sector
+  // exclusive: never a write into bytes a read is copying at the same time.
+  cache::KeyedRwLock compressed_sector_locks;
   BufferPool cluster_pool;
   BufferPool compressed_pool;
   std::vector<std::byte> zeros;         // one cluster of zeros, never written
