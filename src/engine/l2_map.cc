@@ -181,7 +181,10 @@ Task<int> L2Map::Decode(const Slot& slot, const GuestAddress& a, L2Entry* out) {
       co_return co_await meta_->MarkCorrupt(absl::StrCat(
           "guest cluster ", a.cluster, ": compressed cluster in an image with a data file"));
     }
-    if (e->host_offset != 0 && e->host_offset != a.cluster_offset_bytes()) {
+    // Data clusters sit at their guest offset (host offset 0 is allocated
+    // too here, and is only guest cluster 0's).
+    if ((e->type == ClusterType::kNormal || e->type == ClusterType::kZeroAlloc) &&
+        e->host_offset != a.cluster_offset_bytes()) {
       co_return co_await meta_->MarkCorrupt(
           absl::StrCat("guest cluster ", a.cluster, ": host offset ", e->host_offset,
                        " differs from the guest offset (data file)"));

@@ -4,10 +4,13 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <optional>
 #include <random>
 
 #include "format/endian.h"
+#include "format/header.h"
 #include "src/engine/check.h"
 #include "tests/engine/test_util.h"
 
@@ -266,6 +269,47 @@ TEST(Qcow2ImageTest, CompressedStoreWaitsForReadOfTheSectorItStartsIn) {
       format::DecodeCompressedDescriptor(format::LoadBE64(&file->data()[l2_offset + 8]), 16);
   EXPECT_GT(second.host_offset, read.offset_bytes);
   EXPECT_LT(second.host_offset, read.offset_bytes + read.length_bytes);
+}
+
+// With an external data file a data cluster's host offset is its guest
+// offset. An L2 entry naming host offset 0 (valid only for guest cluster 0)
+// on another cluster is corruption: reading, writing or discarding it would
+// act on guest cluster 0's bytes (the image fuzzer found a discard doing so).
+TEST(Qcow2ImageTest, DataFileEntryAliasingClusterZeroIsCorrupt) {
+  format::CreateOptions o = Opts(1 << 20);
+  o.data_file = "data";
+  auto file = MakeImage(o);
+  io::MemFile data;
+  testing::FileSet files;
+  files.files = {{"data", &data}};
+  const std::vector<std::byte> first(65536, std::byte{0x0a}), fourth(65536, std::byte{0x0d});
+  {
+    OpenOptions opts;
+    opts.opener = files.Opener();
+    auto d = OpenSync(file.get(), std::move(opts));
+    ASSERT_TRUE(d.ok()) << d.status();
+    ASSERT_EQ(WriteSync(**d, 0, first), 0);
+    ASSERT_EQ(WriteSync(**d, 3 * 65536, fourth), 0);
+    ASSERT_TRUE(io::RunSync(nullptr, (*d)->Close()).ok());
+  }
+  const uint64_t l1_offset = format::LoadBE64(&file->data()[40]);
+  const uint64_t l2_offset = format::LoadBE64(&file->data()[l1_offset]) & format::kOffsetMask;
+  format::StoreBE64(&file->data()[l2_offset + 3 * 8], format::kOflagCopied);  // host offset 0
+
+  OpenOptions opts;
+  opts.opener = files.Opener();
+  auto d = OpenSync(file.get(), std::move(opts));
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(io::RunSync(nullptr, (*d)->Discard(3 * 65536, 65536)), -EIO);
+  std::vector<std::byte> got(65536);
+  EXPECT_EQ(ReadSync(**d, 3 * 65536, got), -EIO);
+  EXPECT_EQ(WriteSync(**d, 3 * 65536, fourth), -EIO);
+  ASSERT_EQ(ReadSync(**d, 0, got), 0);
+  EXPECT_EQ(got, first);
+  EXPECT_TRUE(std::equal(first.begin(), first.end(), data.data().begin()));
+  (void)io::RunSync(nullptr, (*d)->Close());
+  EXPECT_TRUE(format::LoadBE64(&file->data()[format::kHeaderIncompatibleFeaturesAt]) &
+              format::kIncompatCorrupt);
 }
 
 // Write-zeroes that starts in an unallocated subcluster and ends partway into
