@@ -282,6 +282,8 @@ Task<int64_t> RefcountStore::Allocate(uint64_t count) {
     if (grow_file_durably_) {
       int r = co_await GrowFileDurably(geo_.ClusterOffset(start + count));
       if (r < 0) co_return r;
+    } else {
+      co_await ReserveAhead(geo_.ClusterOffset(start + count));
     }
     for (uint64_t c = start; c < start + count; ++c) {
       uint64_t rc;
@@ -388,6 +390,33 @@ Task<int> RefcountStore::ApplyFrees(std::vector<PendingFree> frees) {
     }
   }
   co_return 0;
+}
+
+Task<void> RefcountStore::ReserveAhead(uint64_t end_bytes) {
+  if (!reserve_ok_) co_return;
+  io::BlockFile& f = meta_->file();
+  const uint64_t size = f.size_bytes();
+  if (end_bytes <= size) co_return;
+  // Steps of 1/8 of the file, 1 to 64 MiB: a few reservations per gigabyte
+  // written, and at most 64 MiB unused if the server dies.
+  const uint64_t step = std::clamp<uint64_t>(size / 8, uint64_t{1} << 20, uint64_t{64} << 20);
+  uint64_t target = std::max(end_bytes, size + step);
+  target = (target + geo_.cluster_bytes - 1) & ~(geo_.cluster_bytes - 1);
+  // Mode 0 changes no byte already there, so writes in flight to clusters
+  // handed out earlier (past the old end) are safe.
+  const int r = co_await f.Reserve(size, target - size);
+  if (r == -EOPNOTSUPP || r == -EROFS) reserve_ok_ = false;
+  if (r < 0) co_return;  // ENOSPC and the like: the write itself says so
+  if (reserved_end_ == 0) size_before_reserve_ = size;
+  reserved_end_ = std::max(reserved_end_, target);
+}
+
+Task<void> RefcountStore::TrimReserve() {
+  if (reserved_end_ == 0) co_return;
+  io::BlockFile& f = meta_->file();
+  const uint64_t used = std::max(size_before_reserve_, geo_.ClusterOffset(host_end_clusters_));
+  if (f.size_bytes() > used) (void)co_await f.Truncate(used);
+  reserved_end_ = 0;
 }
 
 Task<int> RefcountStore::GrowFileDurably(uint64_t end_bytes) {

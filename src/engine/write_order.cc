@@ -135,6 +135,7 @@ Task<absl::Status> WriteOrder::Close() {
   }
   int r = co_await FlushLocked();
   if (r >= 0) r = co_await FlushLocked();
+  if (r >= 0) co_await refs_->TrimReserve();
   if (r >= 0 && dirty_marked() && !meta_->corrupt()) {
     r = co_await meta_->SetIncompatibleFeature(format::kIncompatDirty, false);
     if (r >= 0) r = co_await meta_->Sync();

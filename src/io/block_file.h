@@ -17,6 +17,11 @@
 //  - Discard() deallocates (punch hole, size unchanged); the range then reads
 //    as zero. WriteZeroes() makes the range read as zero, extending the file if
 //    the range ends past EOF.
+//  - Reserve() allocates space for the range without changing any byte
+//    already there (fallocate mode 0), extending the file if the range ends
+//    past EOF; bytes it adds read as zero. Optional: -EOPNOTSUPP where the
+//    file cannot or gains nothing by it (the default; buffered files), and
+//    callers then simply write.
 //  - Buffers must stay valid until the operation's Task completes.
 //
 // Thread-safety: an instance is used from one thread (its event loop).
@@ -25,6 +30,7 @@
 
 #include <sys/uio.h>
 
+#include <cerrno>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -43,6 +49,9 @@ class BlockFile {
   virtual Task<int> Discard(uint64_t offset_bytes, uint64_t length_bytes) = 0;
   virtual Task<int> WriteZeroes(uint64_t offset_bytes, uint64_t length_bytes) = 0;
   virtual Task<int> Truncate(uint64_t size_bytes) = 0;
+  virtual Task<int> Reserve(uint64_t /*offset_bytes*/, uint64_t /*length_bytes*/) {
+    return ReadyTask(-EOPNOTSUPP);
+  }
   virtual uint64_t size_bytes() const = 0;
   virtual bool read_only() const = 0;
 

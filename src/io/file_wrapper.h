@@ -46,6 +46,9 @@ class FileWrapper : public BlockFile {
     return base_->WriteZeroes(offset_bytes, length_bytes);
   }
   Task<int> Truncate(uint64_t size_bytes) override { return base_->Truncate(size_bytes); }
+  Task<int> Reserve(uint64_t offset_bytes, uint64_t length_bytes) override {
+    return base_->Reserve(offset_bytes, length_bytes);
+  }
   uint64_t size_bytes() const override { return base_->size_bytes(); }
   bool read_only() const override { return base_->read_only(); }
 

@@ -48,6 +48,9 @@ class PerLoopFile final : public BlockFile {
     return Pick().WriteZeroes(offset_bytes, length_bytes);
   }
   Task<int> Truncate(uint64_t size_bytes) override { return Pick().Truncate(size_bytes); }
+  Task<int> Reserve(uint64_t offset_bytes, uint64_t length_bytes) override {
+    return Pick().Reserve(offset_bytes, length_bytes);
+  }
   uint64_t size_bytes() const override { return files_[0]->size_bytes(); }
   bool read_only() const override { return files_[0]->read_only(); }
 

@@ -66,6 +66,8 @@ class PowerLossFile final : public FileWrapper {
   Task<int> Discard(uint64_t offset_bytes, uint64_t length_bytes) override;
   Task<int> WriteZeroes(uint64_t offset_bytes, uint64_t length_bytes) override;
   Task<int> Truncate(uint64_t size_bytes) override;
+  // Not journaled, so not offered: the engine writes instead.
+  Task<int> Reserve(uint64_t, uint64_t) override { return ReadyTask(-EOPNOTSUPP); }
 
   // The image a power cut now would leave.
   std::vector<std::byte> Crash() const;

@@ -27,6 +27,7 @@ class ReadOnlyFile final : public FileWrapper {
   Task<int> Discard(uint64_t, uint64_t) override { return ReadyTask(-EROFS); }
   Task<int> WriteZeroes(uint64_t, uint64_t) override { return ReadyTask(-EROFS); }
   Task<int> Truncate(uint64_t) override { return ReadyTask(-EROFS); }
+  Task<int> Reserve(uint64_t, uint64_t) override { return ReadyTask(-EROFS); }
   bool read_only() const override { return true; }
 };
 

@@ -328,6 +328,20 @@ Task<int> UringFile::WriteZeroes(uint64_t offset_bytes, uint64_t length_bytes) {
   co_return co_await WriteZeroBuffers(offset_bytes, length_bytes);
 }
 
+Task<int> UringFile::Reserve(uint64_t offset_bytes, uint64_t length_bytes) {
+  if (read_only_) co_return -EROFS;
+  if (RangeInvalid(offset_bytes, length_bytes)) co_return -EINVAL;
+  // A block device has its size; mode 0 is not one it takes. Buffered
+  // writes past the end cost little, and on tmpfs (where O_DIRECT falls
+  // back to buffered) reserved space would be memory: only O_DIRECT files
+  // reserve, whose writes past the end the file system serialises.
+  if (block_device_ || !direct_) co_return -EOPNOTSUPP;
+  if (length_bytes == 0) co_return 0;
+  const int r = co_await Fallocate(0, offset_bytes, length_bytes);
+  if (r == 0) GrowSize(offset_bytes + length_bytes);
+  co_return r;
+}
+
 Task<int> UringFile::Truncate(uint64_t size_bytes) {
   if (read_only_) co_return -EROFS;
   if (size_bytes > kMaxOffset) co_return -EINVAL;

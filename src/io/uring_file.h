@@ -78,6 +78,7 @@ class UringFile final : public BlockFile {
   Task<int> Discard(uint64_t offset_bytes, uint64_t length_bytes) override;
   Task<int> WriteZeroes(uint64_t offset_bytes, uint64_t length_bytes) override;
   Task<int> Truncate(uint64_t size_bytes) override;
+  Task<int> Reserve(uint64_t offset_bytes, uint64_t length_bytes) override;
   uint64_t size_bytes() const override { return size_->load(std::memory_order_acquire); }
   bool read_only() const override { return read_only_; }
 

@@ -6,12 +6,18 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
 #include <optional>
 #include <random>
 
 #include "format/endian.h"
 #include "format/header.h"
 #include "src/engine/check.h"
+#include "src/io/event_loop.h"
+#include "src/io/uring_file.h"
 #include "tests/engine/test_util.h"
 
 namespace uq::engine {
@@ -310,6 +316,56 @@ TEST(Qcow2ImageTest, DataFileEntryAliasingClusterZeroIsCorrupt) {
   (void)io::RunSync(nullptr, (*d)->Close());
   EXPECT_TRUE(format::LoadBE64(&file->data()[format::kHeaderIncompatibleFeaturesAt]) &
               format::kIncompatCorrupt);
+}
+
+// On a real O_DIRECT file, allocation reserves file space ahead of the
+// clusters it hands out (new clusters are then written inside the file, not
+// past its end), and a clean close cuts what was not used: the file ends
+// where its last cluster does, as qemu-img leaves it.
+TEST(Qcow2ImageTest, ReservesAheadOnARealFileAndTrimsAtClose) {
+  char dir[] = "/tmp/uq_reserve_test.XXXXXX";
+  ASSERT_NE(mkdtemp(dir), nullptr);
+  const std::string path = std::string(dir) + "/image.qcow2";
+  {
+    auto mem = MakeImage(Opts(64 << 20));
+    std::FILE* out = std::fopen(path.c_str(), "wb");
+    ASSERT_NE(out, nullptr);
+    ASSERT_EQ(std::fwrite(mem->data().data(), 1, mem->data().size(), out), mem->data().size());
+    std::fclose(out);
+  }
+  auto loop = io::EventLoop::Create(64);
+  ASSERT_TRUE(loop.ok()) << loop.status();
+  auto file = io::UringFile::Open(loop->get(), path, {.direct = true});
+  ASSERT_TRUE(file.ok()) << file.status();
+  if (!(*file)->direct()) GTEST_SKIP() << (*file)->open_note();
+  io::UringFile* raw = file->get();
+  OpenOptions options;
+  options.file_alignment_bytes = io::UringFile::kDirectAlignmentBytes;
+  auto dev = io::RunSync(loop->get(), OpenImage(std::move(*file), std::move(options)));
+  ASSERT_TRUE(dev.ok()) << dev.status();
+  std::unique_ptr<std::byte, decltype(&std::free)> data(
+      static_cast<std::byte*>(std::aligned_alloc(4096, 65536)), &std::free);
+  for (size_t i = 0; i < 65536; ++i) data.get()[i] = std::byte(i * 7 + 1);
+  constexpr uint64_t kWritten = 4 << 20;
+  for (uint64_t at = 0; at < kWritten; at += 65536) {
+    iovec v{data.get(), 65536};
+    ASSERT_EQ(io::RunSync(loop->get(), (*dev)->Write(at, std::span<const iovec>(&v, 1), false)), 0);
+  }
+  const uint64_t open_size = raw->size_bytes();
+  ASSERT_TRUE(io::RunSync(loop->get(), (*dev)->Close()).ok());
+  const uint64_t closed_size = std::filesystem::file_size(path);
+  auto check_file = io::UringFile::Open(loop->get(), path, {.read_only = true});
+  ASSERT_TRUE(check_file.ok());
+  auto check = io::RunSync(loop->get(), CheckImage(**check_file));
+  ASSERT_TRUE(check.ok()) << check.status();
+  EXPECT_EQ(check->corruptions, 0u);
+  EXPECT_EQ(check->leaks, 0u);
+  EXPECT_GE(check->image_end_offset, kWritten);
+  // Reserved ahead while open (in steps of at least 1 MiB), cut back to the
+  // last cluster in use at close.
+  EXPECT_GT(open_size, check->image_end_offset);
+  EXPECT_EQ(closed_size, check->image_end_offset);
+  std::filesystem::remove_all(dir);
 }
 
 // Write-zeroes that starts in an unallocated subcluster and ends partway into

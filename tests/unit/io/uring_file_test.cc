@@ -224,6 +224,47 @@ TEST_F(UringFileTest, WriteZeroesInsideAndPastEof) {
   EXPECT_TRUE(AllZero(back.data() + 16000, 10000));
 }
 
+TEST_F(UringFileTest, ReserveKeepsBytesAndExtends) {
+  auto data = Pattern(10, 16384);
+  WriteFileDirectly(data);
+  auto f = OpenFile({.direct = true});
+  ASSERT_NE(f, nullptr);
+  if (!f->direct()) GTEST_SKIP() << f->open_note();
+  // Over existing bytes and past the end: nothing already there changes.
+  ASSERT_EQ(Run(f->Reserve(8192, 1 << 20)), 0);
+  EXPECT_EQ(f->size_bytes(), 8192u + (1 << 20));
+  EXPECT_EQ(StatSize(), 8192u + (1 << 20));
+  struct stat st {};
+  ASSERT_EQ(stat(path_.c_str(), &st), 0);
+  EXPECT_GE(static_cast<uint64_t>(st.st_blocks) * 512, uint64_t{1} << 20);  // allocated
+  AlignedBuf buf = AlignedAlloc(32768);
+  std::memset(buf.get(), 0xee, 32768);
+  EXPECT_EQ(Run(f->Read(0, std::span(buf.get(), 32768))), 32768);
+  EXPECT_EQ(std::memcmp(buf.get(), data.data(), data.size()), 0);
+  EXPECT_TRUE(AllZero(buf.get() + 16384, 16384));
+  // Inside the file: no change at all.
+  EXPECT_EQ(Run(f->Reserve(0, 4096)), 0);
+  EXPECT_EQ(f->size_bytes(), 8192u + (1 << 20));
+}
+
+// Buffered files do not reserve: writes past their end cost little there,
+// and on tmpfs the reserved pages would be memory.
+TEST_F(UringFileTest, ReserveOnlyForDirectIo) {
+  WriteFileDirectly(Pattern(12, 4096));
+  auto f = OpenFile({});
+  ASSERT_NE(f, nullptr);
+  EXPECT_EQ(Run(f->Reserve(0, 1 << 20)), -EOPNOTSUPP);
+  EXPECT_EQ(StatSize(), 4096u);
+}
+
+TEST_F(UringFileTest, ReserveRefusedReadOnly) {
+  WriteFileDirectly(Pattern(11, 4096));
+  auto f = OpenFile({.read_only = true});
+  ASSERT_NE(f, nullptr);
+  EXPECT_EQ(Run(f->Reserve(0, 1 << 20)), -EROFS);
+  EXPECT_EQ(StatSize(), 4096u);
+}
+
 TEST_F(UringFileTest, TruncateShrinksAndGrows) {
   auto f = OpenFile({.create = true});
   ASSERT_NE(f, nullptr);
