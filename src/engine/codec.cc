@@ -78,13 +78,18 @@ thread_local ZlibStream tls_deflate(/*deflate=*/true);
 thread_local ZlibStream tls_inflate(/*deflate=*/false);
 thread_local ZstdContexts tls_zstd;
 
-int64_t ZlibCompress(std::span<const std::byte> in, std::span<std::byte> out) {
-  z_stream* s = tls_deflate.Begin();
-  if (s == nullptr) return -ENOMEM;
+// Points a stream at its input and output buffers.
+void PointAt(z_stream* s, std::span<const std::byte> in, std::span<std::byte> out) {
   s->next_in = reinterpret_cast<Bytef*>(const_cast<std::byte*>(in.data()));
   s->avail_in = static_cast<uInt>(in.size());
   s->next_out = reinterpret_cast<Bytef*>(out.data());
   s->avail_out = static_cast<uInt>(out.size());
+}
+
+int64_t ZlibCompress(std::span<const std::byte> in, std::span<std::byte> out) {
+  z_stream* s = tls_deflate.Begin();
+  if (s == nullptr) return -ENOMEM;
+  PointAt(s, in, out);
   const int r = deflate(s, Z_FINISH);
   if (r != Z_STREAM_END) return 0;  // did not fit
   return static_cast<int64_t>(out.size() - s->avail_out);
@@ -93,10 +98,7 @@ int64_t ZlibCompress(std::span<const std::byte> in, std::span<std::byte> out) {
 int ZlibDecompress(std::span<const std::byte> in, std::span<std::byte> out) {
   z_stream* s = tls_inflate.Begin();
   if (s == nullptr) return -ENOMEM;
-  s->next_in = reinterpret_cast<Bytef*>(const_cast<std::byte*>(in.data()));
-  s->avail_in = static_cast<uInt>(in.size());
-  s->next_out = reinterpret_cast<Bytef*>(out.data());
-  s->avail_out = static_cast<uInt>(out.size());
+  PointAt(s, in, out);
   int r = inflate(s, Z_FINISH);
   if (r == Z_STREAM_END) return s->avail_out == 0 ? 0 : -EIO;
   if ((r == Z_BUF_ERROR || r == Z_OK) && s->avail_out == 0) {
@@ -112,13 +114,19 @@ int ZlibDecompress(std::span<const std::byte> in, std::span<std::byte> out) {
   return -EIO;
 }
 
-int64_t ZstdCompress(std::span<const std::byte> in, std::span<std::byte> out) {
-  ZSTD_CCtx*& ctx = tls_zstd.compress;
-  if (ctx == nullptr) {
-    ctx = ZSTD_createCCtx();
-    if (ctx == nullptr) return -ENOMEM;
-    ++tls_stats.contexts_created;
+// This thread's zstd context in `slot`, made on first use (null: no memory).
+template <typename Ctx>
+Ctx* Lazily(Ctx*& slot, Ctx* (*create)()) {
+  if (slot == nullptr) {
+    slot = create();
+    if (slot != nullptr) ++tls_stats.contexts_created;
   }
+  return slot;
+}
+
+int64_t ZstdCompress(std::span<const std::byte> in, std::span<std::byte> out) {
+  ZSTD_CCtx* ctx = Lazily(tls_zstd.compress, &ZSTD_createCCtx);
+  if (ctx == nullptr) return -ENOMEM;
   // One-shot with the size known: the frame records its content size and a
   // window no larger than the cluster, which ZstdDecompress requires.
   const size_t r =
@@ -135,12 +143,8 @@ int WindowLogFor(size_t bytes) {
 }
 
 int ZstdDecompress(std::span<const std::byte> in, std::span<std::byte> out) {
-  ZSTD_DCtx*& ctx = tls_zstd.decompress;
-  if (ctx == nullptr) {
-    ctx = ZSTD_createDCtx();
-    if (ctx == nullptr) return -ENOMEM;
-    ++tls_stats.contexts_created;
-  }
+  ZSTD_DCtx* ctx = Lazily(tls_zstd.decompress, &ZSTD_createDCtx);
+  if (ctx == nullptr) return -ENOMEM;
   // The streaming decoder, so that ZSTD_d_windowLogMax applies. A complete
   // frame that records its content size (QEMU's and ours do) is decoded in
   // one pass straight into `out`; other frames go through the context's

@@ -84,12 +84,17 @@ Task<int> MetaFile::SetAutoclearFeatures(uint64_t bits) {
   co_return co_await WriteWord(format::kHeaderAutoclearFeaturesAt, bits);
 }
 
-// Both table pointers are an adjacent 8-byte offset and 4-byte count: one
+// Every table pointer is an adjacent 8-byte offset and 4-byte count: one
 // write, inside one sector (the L1 pointer as QEMU's qcow2_grow_l1_table
 // writes it). Memory follows the write as soon as it is issued: a failed
 // write may still have landed, and the image fails then anyway.
-Task<int> MetaFile::WriteTablePointer(uint64_t at, uint64_t offset_bytes, uint32_t count,
-                                      bool count_first, const char* what) {
+Task<int> MetaFile::SetTablePointer(uint64_t at, uint64_t* offset_field, uint64_t offset_bytes,
+                                    uint32_t* count_field, uint32_t count, bool count_first,
+                                    const char* what) {
+  co_await header_lock_.Lock();
+  cache::MutexGuard guard(&header_lock_);
+  *offset_field = offset_bytes;
+  *count_field = count;
   std::byte buf[12];
   format::StoreBE64(buf + (count_first ? 4 : 0), offset_bytes);
   format::StoreBE32(buf + (count_first ? 0 : 8), count);
@@ -97,30 +102,19 @@ Task<int> MetaFile::WriteTablePointer(uint64_t at, uint64_t offset_bytes, uint32
 }
 
 Task<int> MetaFile::SetRefcountTable(uint64_t offset_bytes, uint32_t clusters) {
-  co_await header_lock_.Lock();
-  cache::MutexGuard guard(&header_lock_);
-  header_.refcount_table_offset = offset_bytes;
-  header_.refcount_table_clusters = clusters;
-  co_return co_await WriteTablePointer(format::kHeaderRefcountTableOffsetAt, offset_bytes, clusters,
-                                       false, "header write (refcount table)");
+  return SetTablePointer(format::kHeaderRefcountTableOffsetAt, &header_.refcount_table_offset,
+                         offset_bytes, &header_.refcount_table_clusters, clusters, false,
+                         "header write (refcount table)");
 }
 
 Task<int> MetaFile::SetL1Table(uint64_t offset_bytes, uint32_t entries) {
-  co_await header_lock_.Lock();
-  cache::MutexGuard guard(&header_lock_);
-  header_.l1_size = entries;
-  header_.l1_table_offset = offset_bytes;
-  co_return co_await WriteTablePointer(format::kHeaderL1SizeAt, offset_bytes, entries, true,
-                                       "header write (L1 table)");
+  return SetTablePointer(format::kHeaderL1SizeAt, &header_.l1_table_offset, offset_bytes,
+                         &header_.l1_size, entries, true, "header write (L1 table)");
 }
 
 Task<int> MetaFile::SetSnapshotTable(uint64_t offset_bytes, uint32_t count) {
-  co_await header_lock_.Lock();
-  cache::MutexGuard guard(&header_lock_);
-  header_.nb_snapshots = count;
-  header_.snapshots_offset = offset_bytes;
-  co_return co_await WriteTablePointer(format::kHeaderNbSnapshotsAt, offset_bytes, count, true,
-                                       "header write (snapshot table)");
+  return SetTablePointer(format::kHeaderNbSnapshotsAt, &header_.snapshots_offset, offset_bytes,
+                         &header_.nb_snapshots, count, true, "header write (snapshot table)");
 }
 
 Task<int> MetaFile::SetDiskSize(uint64_t size_bytes) {

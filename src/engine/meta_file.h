@@ -136,10 +136,13 @@ class MetaFile {
   // image (the field's state on disk is unknown). REQUIRES: header_lock_.
   Task<int> WriteField(uint64_t offset_bytes, std::span<const std::byte> bytes, const char* what);
   Task<int> WriteWord(uint64_t offset_bytes, uint64_t value);
-  // A table pointer: 8-byte offset and 4-byte count, the count first when
-  // `count_first` (l1_size, l1_table_offset). REQUIRES: header_lock_.
-  Task<int> WriteTablePointer(uint64_t at, uint64_t offset_bytes, uint32_t count, bool count_first,
-                              const char* what);
+  // Sets a table pointer, the header fields `offset_field` and `count_field`,
+  // in memory and with one write at `at`: 8-byte offset and 4-byte count, the
+  // count first when `count_first` (l1_size, l1_table_offset). Takes
+  // header_lock_.
+  Task<int> SetTablePointer(uint64_t at, uint64_t* offset_field, uint64_t offset_bytes,
+                            uint32_t* count_field, uint32_t count, bool count_first,
+                            const char* what);
 
   std::unique_ptr<io::BlockFile> file_;
   std::unique_ptr<io::BlockFile> data_file_;

@@ -303,12 +303,17 @@ std::string NextId(const std::vector<format::Snapshot>& snaps) {
   return absl::StrCat(max + 1);
 }
 
+// The snapshot table of an image that a snapshot change may write.
+Task<absl::StatusOr<std::vector<format::Snapshot>>> SnapshotsToChange(ImageParts& p) {
+  UQ_CO_RETURN_IF_ERROR(CheckWritable(p));
+  co_return co_await Snapshots(p);
+}
+
 }  // namespace
 
 Task<absl::Status> CreateSnapshot(Qcow2Image& image, const NewSnapshot& request) {
   ImageParts& p = SnapshotParts(image);
-  UQ_CO_RETURN_IF_ERROR(CheckWritable(p));
-  UQ_CO_ASSIGN_OR_RETURN(std::vector<format::Snapshot> snaps, co_await Snapshots(p));
+  UQ_CO_ASSIGN_OR_RETURN(std::vector<format::Snapshot> snaps, co_await SnapshotsToChange(p));
   if (snaps.size() >= kMaxSnapshots) co_return absl::OutOfRangeError(std::strerror(EFBIG));
   // One-bit refcounts cannot count a second reference (QEMU fails with
   // EINVAL half-way, leaking a cluster; this refuses up front).
@@ -348,8 +353,7 @@ Task<absl::Status> CreateSnapshot(Qcow2Image& image, const NewSnapshot& request)
 
 Task<absl::Status> DeleteSnapshot(Qcow2Image& image, const std::string& name) {
   ImageParts& p = SnapshotParts(image);
-  UQ_CO_RETURN_IF_ERROR(CheckWritable(p));
-  UQ_CO_ASSIGN_OR_RETURN(std::vector<format::Snapshot> snaps, co_await Snapshots(p));
+  UQ_CO_ASSIGN_OR_RETURN(std::vector<format::Snapshot> snaps, co_await SnapshotsToChange(p));
   auto it = std::find_if(snaps.begin(), snaps.end(),
                          [&](const format::Snapshot& s) { return s.name == name; });
   if (it == snaps.end()) co_return absl::NotFoundError("snapshot not found");
@@ -380,8 +384,7 @@ Task<absl::Status> DeleteSnapshot(Qcow2Image& image, const std::string& name) {
 
 Task<absl::Status> RevertSnapshot(Qcow2Image& image, const std::string& id_or_name) {
   ImageParts& p = SnapshotParts(image);
-  UQ_CO_RETURN_IF_ERROR(CheckWritable(p));
-  UQ_CO_ASSIGN_OR_RETURN(std::vector<format::Snapshot> snaps, co_await Snapshots(p));
+  UQ_CO_ASSIGN_OR_RETURN(std::vector<format::Snapshot> snaps, co_await SnapshotsToChange(p));
   auto it = std::find_if(snaps.begin(), snaps.end(),
                          [&](const format::Snapshot& s) { return s.id == id_or_name; });
   if (it == snaps.end()) {
