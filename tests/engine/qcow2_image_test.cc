@@ -4,49 +4,21 @@
 
 #include <gtest/gtest.h>
 
-#include <algorithm>
-#include <cerrno>
-#include <cstdio>
-#include <cstdlib>
-#include <filesystem>
-#include <string>
 #include <optional>
 #include <random>
 
 #include "format/endian.h"
-#include "format/header.h"
 #include "src/engine/check.h"
-#include "src/io/event_loop.h"
-#include "src/io/uring_file.h"
 #include "tests/engine/test_util.h"
 
 namespace uq::engine {
 namespace {
 
 using testing::MakeImage;
+using testing::OpenQcow2;
 using testing::OpenSync;
 using testing::ReadSync;
 using testing::WriteSync;
-
-std::unique_ptr<Qcow2Image> AsQcow2(std::unique_ptr<Device> d) {
-  return std::unique_ptr<Qcow2Image>(static_cast<Qcow2Image*>(d.release()));
-}
-
-std::unique_ptr<Qcow2Image> OpenQcow2(io::MemFile* f, OpenOptions o = {}) {
-  auto d = OpenSync(f, std::move(o));
-  EXPECT_TRUE(d.ok()) << d.status();
-  if (!d.ok()) return nullptr;
-  return AsQcow2(std::move(*d));
-}
-
-format::CreateOptions Opts(uint64_t size_bytes, uint32_t cluster_bits = 16,
-                           bool lazy_refcounts = false) {
-  format::CreateOptions o;
-  o.size_bytes = size_bytes;
-  o.cluster_bits = cluster_bits;
-  o.lazy_refcounts = lazy_refcounts;
-  return o;
-}
 
 Task<void> WriteTask(Device* d, uint64_t off, std::vector<std::byte>* buf, std::optional<int>* r) {
   iovec v{buf->data(), buf->size()};
@@ -54,7 +26,7 @@ Task<void> WriteTask(Device* d, uint64_t off, std::vector<std::byte>* buf, std::
 }
 
 TEST(Qcow2ImageTest, ConcurrentWritesToOneUnallocatedClusterAllocateOnce) {
-  auto file = MakeImage(Opts(4 << 20));
+  auto file = MakeImage(testing::Qcow2Options(4 << 20));
   auto img = OpenQcow2(file.get());
   ASSERT_NE(img, nullptr);
   std::vector<std::byte> first(512, std::byte{1});
@@ -85,7 +57,7 @@ TEST(Qcow2ImageTest, ConcurrentWritesToOneUnallocatedClusterAllocateOnce) {
 }
 
 TEST(Qcow2ImageTest, QueueDepth128InFlight) {
-  auto file = MakeImage(Opts(64 << 20));
+  auto file = MakeImage(testing::Qcow2Options(64 << 20));
   auto img = OpenQcow2(file.get());
   ASSERT_NE(img, nullptr);
   file->set_mode(io::MemFile::Mode::kDeferred);
@@ -117,7 +89,7 @@ TEST(Qcow2ImageTest, QueueDepth128InFlight) {
 }
 
 TEST(Qcow2ImageTest, ReadOnlyRejectsWrites) {
-  auto file = MakeImage(Opts(1 << 20));
+  auto file = MakeImage(testing::Qcow2Options(1 << 20));
   OpenOptions o;
   o.read_only = true;
   auto img = OpenQcow2(file.get(), o);
@@ -129,7 +101,7 @@ TEST(Qcow2ImageTest, ReadOnlyRejectsWrites) {
 }
 
 TEST(Qcow2ImageTest, RejectsMisalignedAndOutOfRange) {
-  auto file = MakeImage(Opts(1 << 20));
+  auto file = MakeImage(testing::Qcow2Options(1 << 20));
   auto img = OpenQcow2(file.get());
   ASSERT_NE(img, nullptr);
   std::vector<std::byte> buf(512);
@@ -139,7 +111,7 @@ TEST(Qcow2ImageTest, RejectsMisalignedAndOutOfRange) {
 }
 
 TEST(Qcow2ImageTest, UnknownAutoclearBitsClearedOnWritableOpenOnly) {
-  auto file = MakeImage(Opts(1 << 20));
+  auto file = MakeImage(testing::Qcow2Options(1 << 20));
   file->data()[95] = std::byte{0x20};  // autoclear bit 5 (unknown)
   {
     OpenOptions o;
@@ -154,7 +126,7 @@ TEST(Qcow2ImageTest, UnknownAutoclearBitsClearedOnWritableOpenOnly) {
 }
 
 TEST(Qcow2ImageTest, LazyRefcountsDirtyBitLifecycle) {
-  auto file = MakeImage(Opts(1 << 20, 16, true));
+  auto file = MakeImage(testing::Qcow2Options(1 << 20, 16, true));
   auto dirty = [&] { return (static_cast<uint8_t>(file->data()[79]) & 1) != 0; };
   auto img = OpenQcow2(file.get());
   ASSERT_NE(img, nullptr);
@@ -167,7 +139,7 @@ TEST(Qcow2ImageTest, LazyRefcountsDirtyBitLifecycle) {
 }
 
 TEST(Qcow2ImageTest, CorruptL2EntryFailsRequestAndMarksImageCorrupt) {
-  auto file = MakeImage(Opts(1 << 20));
+  auto file = MakeImage(testing::Qcow2Options(1 << 20));
   uint64_t l2_offset = 0;
   {
     auto img = OpenQcow2(file.get());
@@ -191,7 +163,7 @@ TEST(Qcow2ImageTest, CorruptL2EntryFailsRequestAndMarksImageCorrupt) {
 }
 
 TEST(Qcow2ImageTest, IncompressibleClusterStoredUncompressed) {
-  auto file = MakeImage(Opts(1 << 20));
+  auto file = MakeImage(testing::Qcow2Options(1 << 20));
   auto img = OpenQcow2(file.get());
   ASSERT_NE(img, nullptr);
   std::vector<std::byte> noise(65536);
@@ -214,160 +186,6 @@ TEST(Qcow2ImageTest, IncompressibleClusterStoredUncompressed) {
   ASSERT_TRUE(io::RunSync(nullptr, img->Close()).ok());
 }
 
-Task<void> ReadTask(Device* d, uint64_t off, std::vector<std::byte>* buf, std::optional<int>* r) {
-  iovec v{buf->data(), buf->size()};
-  r->emplace(co_await d->Read(off, std::span<const iovec>(&v, 1)));
-}
-
-Task<void> CompressedTask(Qcow2Image* img, uint64_t off, const std::vector<std::byte>* buf,
-                          std::optional<int>* r) {
-  r->emplace(co_await img->WriteCompressed(off, *buf));
-}
-
-// Compressed clusters are packed at byte granularity and read back by whole
-// sectors, so a read of one reads the sector where the next one starts. A
-// compressed store into that sector waits until the read is done: the file
-// never sees a write into bytes a read is copying (on a real file the tail
-// bytes would be ignored; in the threaded TSan runs it was a data race).
-TEST(Qcow2ImageTest, CompressedStoreWaitsForReadOfTheSectorItStartsIn) {
-  auto file = MakeImage(Opts(1 << 20));
-  auto img = OpenQcow2(file.get());
-  ASSERT_NE(img, nullptr);
-  std::vector<std::byte> a(65536), b(65536);
-  for (size_t i = 0; i < a.size(); ++i) {
-    a[i] = std::byte("qcow2 "[i % 6]);
-    b[i] = std::byte("ublk "[i % 5]);
-  }
-  ASSERT_EQ(io::RunSync(nullptr, img->WriteCompressed(0, a)), 0);
-
-  file->set_mode(io::MemFile::Mode::kDeferred);
-  std::vector<std::byte> got(65536);
-  std::optional<int> read_result, store_result;
-  Spawn(ReadTask(img.get(), 0, &got, &read_result));
-  ASSERT_EQ(file->pending_count(), 1u);  // the compressed bytes (L2 table cached)
-  const io::MemFile::PendingOp read = file->pending(0);
-  ASSERT_EQ(read.kind, io::OpKind::kRead);
-  Spawn(CompressedTask(img.get(), 65536, &b, &store_result));
-  // Everything the store issues before the read completes, completed in turn.
-  for (size_t i = 1; i < file->pending_count();) {
-    const io::MemFile::PendingOp op = file->pending(i);
-    ASSERT_FALSE(op.kind == io::OpKind::kWrite &&
-                 op.offset_bytes < read.offset_bytes + read.length_bytes &&
-                 read.offset_bytes < op.offset_bytes + op.length_bytes)
-        << "write [" << op.offset_bytes << ", +" << op.length_bytes << ") during read ["
-        << read.offset_bytes << ", +" << read.length_bytes << ")";
-    file->RunOne(i);
-  }
-  EXPECT_FALSE(store_result.has_value());
-  file->RunAll();
-  ASSERT_EQ(read_result, 0);
-  ASSERT_EQ(store_result, 0);
-  EXPECT_EQ(got, a);
-  file->set_mode(io::MemFile::Mode::kImmediate);
-  ASSERT_EQ(ReadSync(*img, 65536, got), 0);
-  EXPECT_EQ(got, b);
-  ASSERT_TRUE(io::RunSync(nullptr, img->Close()).ok());
-  // The case the test is about: the second cluster's bytes start inside the
-  // range the first one's read covered.
-  const uint64_t l1_offset = format::LoadBE64(&file->data()[40]);
-  const uint64_t l2_offset = format::LoadBE64(&file->data()[l1_offset]) & format::kOffsetMask;
-  const format::CompressedDescriptor second =
-      format::DecodeCompressedDescriptor(format::LoadBE64(&file->data()[l2_offset + 8]), 16);
-  EXPECT_GT(second.host_offset, read.offset_bytes);
-  EXPECT_LT(second.host_offset, read.offset_bytes + read.length_bytes);
-}
-
-// With an external data file a data cluster's host offset is its guest
-// offset. An L2 entry naming host offset 0 (valid only for guest cluster 0)
-// on another cluster is corruption: reading, writing or discarding it would
-// act on guest cluster 0's bytes (the image fuzzer found a discard doing so).
-TEST(Qcow2ImageTest, DataFileEntryAliasingClusterZeroIsCorrupt) {
-  format::CreateOptions o = Opts(1 << 20);
-  o.data_file = "data";
-  auto file = MakeImage(o);
-  io::MemFile data;
-  testing::FileSet files;
-  files.files = {{"data", &data}};
-  const std::vector<std::byte> first(65536, std::byte{0x0a}), fourth(65536, std::byte{0x0d});
-  {
-    OpenOptions opts;
-    opts.opener = files.Opener();
-    auto d = OpenSync(file.get(), std::move(opts));
-    ASSERT_TRUE(d.ok()) << d.status();
-    ASSERT_EQ(WriteSync(**d, 0, first), 0);
-    ASSERT_EQ(WriteSync(**d, 3 * 65536, fourth), 0);
-    ASSERT_TRUE(io::RunSync(nullptr, (*d)->Close()).ok());
-  }
-  const uint64_t l1_offset = format::LoadBE64(&file->data()[40]);
-  const uint64_t l2_offset = format::LoadBE64(&file->data()[l1_offset]) & format::kOffsetMask;
-  format::StoreBE64(&file->data()[l2_offset + 3 * 8], format::kOflagCopied);  // host offset 0
-
-  OpenOptions opts;
-  opts.opener = files.Opener();
-  auto d = OpenSync(file.get(), std::move(opts));
-  ASSERT_TRUE(d.ok()) << d.status();
-  EXPECT_EQ(io::RunSync(nullptr, (*d)->Discard(3 * 65536, 65536)), -EIO);
-  std::vector<std::byte> got(65536);
-  EXPECT_EQ(ReadSync(**d, 3 * 65536, got), -EIO);
-  EXPECT_EQ(WriteSync(**d, 3 * 65536, fourth), -EIO);
-  ASSERT_EQ(ReadSync(**d, 0, got), 0);
-  EXPECT_EQ(got, first);
-  EXPECT_TRUE(std::equal(first.begin(), first.end(), data.data().begin()));
-  (void)io::RunSync(nullptr, (*d)->Close());
-  EXPECT_TRUE(format::LoadBE64(&file->data()[format::kHeaderIncompatibleFeaturesAt]) &
-              format::kIncompatCorrupt);
-}
-
-// On a real O_DIRECT file, allocation reserves file space ahead of the
-// clusters it hands out (new clusters are then written inside the file, not
-// past its end), and a clean close cuts what was not used: the file ends
-// where its last cluster does, as qemu-img leaves it.
-TEST(Qcow2ImageTest, ReservesAheadOnARealFileAndTrimsAtClose) {
-  char dir[] = "/tmp/uq_reserve_test.XXXXXX";
-  ASSERT_NE(mkdtemp(dir), nullptr);
-  const std::string path = std::string(dir) + "/image.qcow2";
-  {
-    auto mem = MakeImage(Opts(64 << 20));
-    std::FILE* out = std::fopen(path.c_str(), "wb");
-    ASSERT_NE(out, nullptr);
-    ASSERT_EQ(std::fwrite(mem->data().data(), 1, mem->data().size(), out), mem->data().size());
-    std::fclose(out);
-  }
-  auto loop = io::EventLoop::Create(64);
-  ASSERT_TRUE(loop.ok()) << loop.status();
-  auto file = io::UringFile::Open(loop->get(), path, {.direct = true});
-  ASSERT_TRUE(file.ok()) << file.status();
-  if (!(*file)->direct()) GTEST_SKIP() << (*file)->open_note();
-  io::UringFile* raw = file->get();
-  OpenOptions options;
-  options.file_alignment_bytes = io::UringFile::kDirectAlignmentBytes;
-  auto dev = io::RunSync(loop->get(), OpenImage(std::move(*file), std::move(options)));
-  ASSERT_TRUE(dev.ok()) << dev.status();
-  std::unique_ptr<std::byte, decltype(&std::free)> data(
-      static_cast<std::byte*>(std::aligned_alloc(4096, 65536)), &std::free);
-  for (size_t i = 0; i < 65536; ++i) data.get()[i] = std::byte(i * 7 + 1);
-  constexpr uint64_t kWritten = 4 << 20;
-  for (uint64_t at = 0; at < kWritten; at += 65536) {
-    iovec v{data.get(), 65536};
-    ASSERT_EQ(io::RunSync(loop->get(), (*dev)->Write(at, std::span<const iovec>(&v, 1), false)), 0);
-  }
-  const uint64_t open_size = raw->size_bytes();
-  ASSERT_TRUE(io::RunSync(loop->get(), (*dev)->Close()).ok());
-  const uint64_t closed_size = std::filesystem::file_size(path);
-  auto check_file = io::UringFile::Open(loop->get(), path, {.read_only = true});
-  ASSERT_TRUE(check_file.ok());
-  auto check = io::RunSync(loop->get(), CheckImage(**check_file));
-  ASSERT_TRUE(check.ok()) << check.status();
-  EXPECT_EQ(check->corruptions, 0u);
-  EXPECT_EQ(check->leaks, 0u);
-  EXPECT_GE(check->image_end_offset, kWritten);
-  // Reserved ahead while open (in steps of at least 1 MiB), cut back to the
-  // last cluster in use at close.
-  EXPECT_GT(open_size, check->image_end_offset);
-  EXPECT_EQ(closed_size, check->image_end_offset);
-  std::filesystem::remove_all(dir);
-}
-
 // Write-zeroes that starts in an unallocated subcluster and ends partway into
 // an allocated one must zero the allocated part too (it once skipped the
 // last, partly covered subcluster when checking whether the range already
@@ -380,7 +198,7 @@ TEST(Qcow2ImageTest, WriteZeroesIntoPartlyCoveredAllocatedSubcluster) {
   };
   for (const Case& c : {Case{17, 449536, 4096}, Case{16, 450048, 2048}}) {
     SCOPED_TRACE(c.cluster_bits);
-    format::CreateOptions o = Opts(1 << 20, c.cluster_bits);
+    format::CreateOptions o = testing::Qcow2Options(1 << 20, c.cluster_bits);
     o.extended_l2 = true;
     auto file = MakeImage(o);
     auto img = OpenQcow2(file.get());
@@ -409,7 +227,7 @@ TEST(Qcow2ImageTest, MakeEmptyUnallocatesEveryCluster) {
   for (const Case& c : {Case{3, false}, Case{2, false}, Case{3, true}}) {
     SCOPED_TRACE(::testing::Message() << "v" << c.version << " extended_l2 " << c.extended_l2);
     constexpr uint64_t kCluster = 64 << 10;
-    format::CreateOptions o = Opts(4 << 20);
+    format::CreateOptions o = testing::Qcow2Options(4 << 20);
     o.version = c.version;
     o.extended_l2 = c.extended_l2;
     auto file = MakeImage(o);
@@ -438,7 +256,7 @@ TEST(Qcow2ImageTest, MakeEmptyUnallocatesEveryCluster) {
 // it: a fresh cluster (past the end of the file) already reads as zero, and a
 // reused one is zeroed with one write-zeroes (fallocate) first.
 TEST(Qcow2ImageTest, AllocatingWriteWritesOnlyTheRequest) {
-  auto file = MakeImage(Opts(4 << 20));
+  auto file = MakeImage(testing::Qcow2Options(4 << 20));
   auto img = OpenQcow2(file.get());
   ASSERT_NE(img, nullptr);
   constexpr uint64_t kCluster = 64 << 10;
@@ -482,7 +300,7 @@ TEST(Qcow2ImageTest, AllocatingWriteWritesOnlyTheRequest) {
 TEST(Qcow2ImageTest, ContiguousClustersAreOneIo) {
   for (bool extended : {false, true}) {
     SCOPED_TRACE(extended ? "extended L2" : "standard L2");
-    format::CreateOptions o = Opts(8 << 20);
+    format::CreateOptions o = testing::Qcow2Options(8 << 20);
     o.extended_l2 = extended;
     auto file = MakeImage(o);
     auto img = OpenQcow2(file.get());
@@ -529,7 +347,7 @@ TEST(OpenImageTest, ProbesRawAndHonoursForcedFormats) {
   EXPECT_TRUE((*raw_ro)->read_only());
   std::vector<std::byte> buf(512);
   EXPECT_EQ(WriteSync(**raw_ro, 0, buf), -EROFS);
-  auto file = MakeImage(Opts(1 << 20));
+  auto file = MakeImage(testing::Qcow2Options(1 << 20));
   OpenOptions r;
   r.format = ImageFormat::kRaw;
   auto as_raw = OpenSync(file.get(), r);

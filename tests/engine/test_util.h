@@ -16,6 +16,7 @@
 
 #include "format/create.h"
 #include "src/engine/image.h"
+#include "src/engine/qcow2_image.h"
 #include "src/io/file_wrapper.h"
 #include "src/io/mem_file.h"
 #include "src/io/run_sync.h"
@@ -66,10 +67,30 @@ struct FileSet {
   }
 };
 
+// Options for MakeImage: a qcow2 image of `size_bytes`, 64 KiB clusters
+// unless said.
+inline format::CreateOptions Qcow2Options(uint64_t size_bytes, uint32_t cluster_bits = 16,
+                                          bool lazy_refcounts = false) {
+  format::CreateOptions o;
+  o.size_bytes = size_bytes;
+  o.cluster_bits = cluster_bits;
+  o.lazy_refcounts = lazy_refcounts;
+  return o;
+}
+
 inline absl::StatusOr<std::unique_ptr<Device>> OpenSync(io::MemFile* file, OpenOptions o,
                                                         bool read_only_file = false) {
   return io::RunSync(nullptr,
                      OpenImage(std::make_unique<BorrowedFile>(file, read_only_file), std::move(o)));
+}
+
+// Opens `f` as the concrete qcow2 engine (for its calls beyond Device);
+// null, after a test failure, if it does not open.
+inline std::unique_ptr<Qcow2Image> OpenQcow2(io::MemFile* f, OpenOptions o = {}) {
+  auto d = OpenSync(f, std::move(o));
+  EXPECT_TRUE(d.ok()) << d.status();
+  if (!d.ok()) return nullptr;
+  return std::unique_ptr<Qcow2Image>(static_cast<Qcow2Image*>(d->release()));
 }
 
 inline int ReadSync(Device& d, uint64_t off, std::span<std::byte> buf) {

@@ -1,0 +1,188 @@
+// Where the engine puts bytes in the host files: compressed clusters that
+// share a sector, data clusters in an external data file at their guest
+// offsets, and file space reserved ahead of the allocator on O_DIRECT files.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "format/endian.h"
+#include "format/header.h"
+#include "format/tables.h"
+#include "src/engine/check.h"
+#include "src/engine/qcow2_image.h"
+#include "src/io/event_loop.h"
+#include "src/io/uring_file.h"
+#include "tests/engine/test_util.h"
+
+namespace uq::engine {
+namespace {
+
+using testing::MakeImage;
+using testing::OpenQcow2;
+using testing::OpenSync;
+using testing::ReadSync;
+using testing::WriteSync;
+
+Task<void> ReadTask(Device* d, uint64_t off, std::vector<std::byte>* buf, std::optional<int>* r) {
+  iovec v{buf->data(), buf->size()};
+  r->emplace(co_await d->Read(off, std::span<const iovec>(&v, 1)));
+}
+
+Task<void> CompressedTask(Qcow2Image* img, uint64_t off, const std::vector<std::byte>* buf,
+                          std::optional<int>* r) {
+  r->emplace(co_await img->WriteCompressed(off, *buf));
+}
+
+// Compressed clusters are packed at byte granularity and read back by whole
+// sectors, so a read of one reads the sector where the next one starts. A
+// compressed store into that sector waits until the read is done: the file
+// never sees a write into bytes a read is copying (on a real file the tail
+// bytes would be ignored; in the threaded TSan runs it was a data race).
+TEST(HostLayoutTest, CompressedStoreWaitsForReadOfTheSectorItStartsIn) {
+  auto file = MakeImage(testing::Qcow2Options(1 << 20));
+  auto img = OpenQcow2(file.get());
+  ASSERT_NE(img, nullptr);
+  std::vector<std::byte> a(65536), b(65536);
+  for (size_t i = 0; i < a.size(); ++i) {
+    a[i] = std::byte("qcow2 "[i % 6]);
+    b[i] = std::byte("ublk "[i % 5]);
+  }
+  ASSERT_EQ(io::RunSync(nullptr, img->WriteCompressed(0, a)), 0);
+
+  file->set_mode(io::MemFile::Mode::kDeferred);
+  std::vector<std::byte> got(65536);
+  std::optional<int> read_result, store_result;
+  Spawn(ReadTask(img.get(), 0, &got, &read_result));
+  ASSERT_EQ(file->pending_count(), 1u);  // the compressed bytes (L2 table cached)
+  const io::MemFile::PendingOp read = file->pending(0);
+  ASSERT_EQ(read.kind, io::OpKind::kRead);
+  Spawn(CompressedTask(img.get(), 65536, &b, &store_result));
+  // Everything the store issues before the read completes, completed in turn.
+  for (size_t i = 1; i < file->pending_count();) {
+    const io::MemFile::PendingOp op = file->pending(i);
+    ASSERT_FALSE(op.kind == io::OpKind::kWrite &&
+                 op.offset_bytes < read.offset_bytes + read.length_bytes &&
+                 read.offset_bytes < op.offset_bytes + op.length_bytes)
+        << "write [" << op.offset_bytes << ", +" << op.length_bytes << ") during read ["
+        << read.offset_bytes << ", +" << read.length_bytes << ")";
+    file->RunOne(i);
+  }
+  EXPECT_FALSE(store_result.has_value());
+  file->RunAll();
+  ASSERT_EQ(read_result, 0);
+  ASSERT_EQ(store_result, 0);
+  EXPECT_EQ(got, a);
+  file->set_mode(io::MemFile::Mode::kImmediate);
+  ASSERT_EQ(ReadSync(*img, 65536, got), 0);
+  EXPECT_EQ(got, b);
+  ASSERT_TRUE(io::RunSync(nullptr, img->Close()).ok());
+  // The case the test is about: the second cluster's bytes start inside the
+  // range the first one's read covered.
+  const uint64_t l1_offset = format::LoadBE64(&file->data()[40]);
+  const uint64_t l2_offset = format::LoadBE64(&file->data()[l1_offset]) & format::kOffsetMask;
+  const format::CompressedDescriptor second =
+      format::DecodeCompressedDescriptor(format::LoadBE64(&file->data()[l2_offset + 8]), 16);
+  EXPECT_GT(second.host_offset, read.offset_bytes);
+  EXPECT_LT(second.host_offset, read.offset_bytes + read.length_bytes);
+}
+
+// With an external data file a data cluster's host offset is its guest
+// offset. An L2 entry naming host offset 0 (valid only for guest cluster 0)
+// on another cluster is corruption: reading, writing or discarding it would
+// act on guest cluster 0's bytes (the image fuzzer found a discard doing so).
+TEST(HostLayoutTest, DataFileEntryAliasingClusterZeroIsCorrupt) {
+  format::CreateOptions o = testing::Qcow2Options(1 << 20);
+  o.data_file = "data";
+  auto file = MakeImage(o);
+  io::MemFile data;
+  testing::FileSet files;
+  files.files = {{"data", &data}};
+  const std::vector<std::byte> first(65536, std::byte{0x0a}), fourth(65536, std::byte{0x0d});
+  {
+    OpenOptions opts;
+    opts.opener = files.Opener();
+    auto d = OpenSync(file.get(), std::move(opts));
+    ASSERT_TRUE(d.ok()) << d.status();
+    ASSERT_EQ(WriteSync(**d, 0, first), 0);
+    ASSERT_EQ(WriteSync(**d, 3 * 65536, fourth), 0);
+    ASSERT_TRUE(io::RunSync(nullptr, (*d)->Close()).ok());
+  }
+  const uint64_t l1_offset = format::LoadBE64(&file->data()[40]);
+  const uint64_t l2_offset = format::LoadBE64(&file->data()[l1_offset]) & format::kOffsetMask;
+  format::StoreBE64(&file->data()[l2_offset + 3 * 8], format::kOflagCopied);  // host offset 0
+
+  OpenOptions opts;
+  opts.opener = files.Opener();
+  auto d = OpenSync(file.get(), std::move(opts));
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(io::RunSync(nullptr, (*d)->Discard(3 * 65536, 65536)), -EIO);
+  std::vector<std::byte> got(65536);
+  EXPECT_EQ(ReadSync(**d, 3 * 65536, got), -EIO);
+  EXPECT_EQ(WriteSync(**d, 3 * 65536, fourth), -EIO);
+  ASSERT_EQ(ReadSync(**d, 0, got), 0);
+  EXPECT_EQ(got, first);
+  EXPECT_TRUE(std::equal(first.begin(), first.end(), data.data().begin()));
+  (void)io::RunSync(nullptr, (*d)->Close());
+  EXPECT_TRUE(format::LoadBE64(&file->data()[format::kHeaderIncompatibleFeaturesAt]) &
+              format::kIncompatCorrupt);
+}
+
+// On a real O_DIRECT file, allocation reserves file space ahead of the
+// clusters it hands out (new clusters are then written inside the file, not
+// past its end), and a clean close cuts what was not used: the file ends
+// where its last cluster does, as qemu-img leaves it.
+TEST(HostLayoutTest, ReservesAheadOnARealFileAndTrimsAtClose) {
+  char dir[] = "/tmp/uq_reserve_test.XXXXXX";
+  ASSERT_NE(mkdtemp(dir), nullptr);
+  const std::string path = std::string(dir) + "/image.qcow2";
+  {
+    auto mem = MakeImage(testing::Qcow2Options(64 << 20));
+    std::FILE* out = std::fopen(path.c_str(), "wb");
+    ASSERT_NE(out, nullptr);
+    ASSERT_EQ(std::fwrite(mem->data().data(), 1, mem->data().size(), out), mem->data().size());
+    std::fclose(out);
+  }
+  auto loop = io::EventLoop::Create(64);
+  ASSERT_TRUE(loop.ok()) << loop.status();
+  auto file = io::UringFile::Open(loop->get(), path, {.direct = true});
+  ASSERT_TRUE(file.ok()) << file.status();
+  if (!(*file)->direct()) GTEST_SKIP() << (*file)->open_note();
+  io::UringFile* raw = file->get();
+  OpenOptions options;
+  options.file_alignment_bytes = io::UringFile::kDirectAlignmentBytes;
+  auto dev = io::RunSync(loop->get(), OpenImage(std::move(*file), std::move(options)));
+  ASSERT_TRUE(dev.ok()) << dev.status();
+  std::unique_ptr<std::byte, decltype(&std::free)> data(
+      static_cast<std::byte*>(std::aligned_alloc(4096, 65536)), &std::free);
+  for (size_t i = 0; i < 65536; ++i) data.get()[i] = std::byte(i * 7 + 1);
+  constexpr uint64_t kWritten = 4 << 20;
+  for (uint64_t at = 0; at < kWritten; at += 65536) {
+    iovec v{data.get(), 65536};
+    ASSERT_EQ(io::RunSync(loop->get(), (*dev)->Write(at, std::span<const iovec>(&v, 1), false)), 0);
+  }
+  const uint64_t open_size = raw->size_bytes();
+  ASSERT_TRUE(io::RunSync(loop->get(), (*dev)->Close()).ok());
+  const uint64_t closed_size = std::filesystem::file_size(path);
+  auto check_file = io::UringFile::Open(loop->get(), path, {.read_only = true});
+  ASSERT_TRUE(check_file.ok());
+  auto check = io::RunSync(loop->get(), CheckImage(**check_file));
+  ASSERT_TRUE(check.ok()) << check.status();
+  EXPECT_EQ(check->corruptions, 0u);
+  EXPECT_EQ(check->leaks, 0u);
+  EXPECT_GE(check->image_end_offset, kWritten);
+  // Reserved ahead while open (in steps of at least 1 MiB), cut back to the
+  // last cluster in use at close.
+  EXPECT_GT(open_size, check->image_end_offset);
+  EXPECT_EQ(closed_size, check->image_end_offset);
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace uq::engine
