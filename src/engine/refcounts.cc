@@ -407,16 +407,15 @@ Task<void> RefcountStore::ReserveAhead(uint64_t end_bytes) {
   const int r = co_await f.Reserve(size, target - size);
   if (r == -EOPNOTSUPP || r == -EROFS) reserve_ok_ = false;
   if (r < 0) co_return;  // ENOSPC and the like: the write itself says so
-  if (reserved_end_ == 0) size_before_reserve_ = size;
-  reserved_end_ = std::max(reserved_end_, target);
+  if (!size_before_reserve_) size_before_reserve_ = size;
 }
 
 Task<void> RefcountStore::TrimReserve() {
-  if (reserved_end_ == 0) co_return;
+  if (!size_before_reserve_) co_return;
   io::BlockFile& f = meta_->file();
-  const uint64_t used = std::max(size_before_reserve_, geo_.ClusterOffset(host_end_clusters_));
+  const uint64_t used = std::max(*size_before_reserve_, geo_.ClusterOffset(host_end_clusters_));
   if (f.size_bytes() > used) (void)co_await f.Truncate(used);
-  reserved_end_ = 0;
+  size_before_reserve_.reset();
 }
 
 Task<int> RefcountStore::GrowFileDurably(uint64_t end_bytes) {

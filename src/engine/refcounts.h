@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <vector>
 
 #include "cache/slice_cache.h"
@@ -131,9 +132,9 @@ class RefcountStore {
   std::vector<uint64_t> table_;
   std::unique_ptr<cache::SliceCache> cache_;
   bool grow_file_durably_;
-  bool reserve_ok_ = true;            // false once the file said it cannot
-  uint64_t reserved_end_ = 0;         // file end ReserveAhead made; 0: none yet
-  uint64_t size_before_reserve_ = 0;  // file size before the first reserve
+  bool reserve_ok_ = true;  // false once the file said it cannot
+  // The file's size before ReserveAhead first grew it; none: not grown.
+  std::optional<uint64_t> size_before_reserve_;
   std::mutex frees_mu_;
   std::vector<PendingFree> pending_frees_;  // guarded by frees_mu_
   std::atomic<uint64_t> pending_free_clusters_{0};
