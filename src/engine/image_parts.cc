@@ -21,7 +21,8 @@ Task<int> ImageParts::LockEntry(const GuestAddress& a, bool exclusive, ClusterEn
   co_return 0;
 }
 
-Task<int> ImageParts::LockRange(uint64_t offset_bytes, uint64_t length_bytes, LockedRange* out) {
+Task<int> ImageParts::LockRange(uint64_t offset_bytes, uint64_t length_bytes, bool exclusive,
+                                LockedRange* out) {
   out->offset_bytes = offset_bytes;
   out->length_bytes = length_bytes;
   out->cluster_bytes = geo.cluster_bytes;
@@ -29,7 +30,7 @@ Task<int> ImageParts::LockRange(uint64_t offset_bytes, uint64_t length_bytes, Lo
   const uint64_t last = (offset_bytes + length_bytes - 1) >> geo.cluster_bits;
   out->clusters.resize(last - first + 1);
   for (size_t i = 0; i < out->clusters.size(); ++i) {
-    int r = co_await LockEntry(geo.Locate(out->PieceOffset(i)), false, &out->clusters[i]);
+    int r = co_await LockEntry(geo.Locate(out->PieceOffset(i)), exclusive, &out->clusters[i]);
     if (r < 0) co_return r;
   }
   co_return 0;

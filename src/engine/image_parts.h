@@ -171,9 +171,10 @@ struct ImageParts {
   // already holds the decoded entry of the same raw words (looked up before,
   // under a lock since released).
   Task<int> LockEntry(const GuestAddress& a, bool exclusive, ClusterEntry* out);
-  // Locks every cluster of [offset, offset + length) shared and decodes their
-  // entries. REQUIRES: length > 0.
-  Task<int> LockRange(uint64_t offset_bytes, uint64_t length_bytes, LockedRange* out);
+  // Locks every cluster of [offset, offset + length) (shared, or exclusive as
+  // LockEntry) and decodes their entries. REQUIRES: length > 0.
+  Task<int> LockRange(uint64_t offset_bytes, uint64_t length_bytes, bool exclusive,
+                      LockedRange* out);
   // Calls run(first, count) for each maximal run of pieces of `range` that
   // are plain data at consecutive host offsets (`eligible` says which pieces
   // may join a run), and other(i) for each remaining piece.

@@ -77,6 +77,8 @@ Task<int> Qcow2Image::ForEachPiece(uint64_t offset_bytes, std::span<const iovec>
     bool done = false;
     int r = co_await write_.TryOverwriteRange(offset_bytes, iov, &done);
     if (done) co_return r;
+    r = co_await write_.TryAllocateRange(offset_bytes, iov, &done);
+    if (done) co_return r;
   }
   io::Join join;
   uint64_t pos = 0;

@@ -25,7 +25,7 @@ Task<int> ReadPath::ReadPiece(uint64_t g, uint64_t n, std::span<const iovec> iov
 Task<int> ReadPath::ReadRange(uint64_t offset_bytes, std::span<const iovec> iov) {
   LockedRange range;
   {
-    int r = co_await p_->LockRange(offset_bytes, io::IovLength(iov), &range);
+    int r = co_await p_->LockRange(offset_bytes, io::IovLength(iov), /*exclusive=*/false, &range);
     if (r < 0) co_return r;
   }
   io::Join join;

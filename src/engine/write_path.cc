@@ -84,7 +84,7 @@ Task<int> WritePath::TryOverwriteRange(uint64_t offset_bytes, std::span<const io
                                        bool* done) {
   LockedRange range;
   {
-    int r = co_await p_->LockRange(offset_bytes, io::IovLength(iov), &range);
+    int r = co_await p_->LockRange(offset_bytes, io::IovLength(iov), /*exclusive=*/false, &range);
     if (r < 0) {
       *done = true;
       co_return r;
@@ -125,6 +125,87 @@ Task<int> WritePath::TryOverwriteRange(uint64_t offset_bytes, std::span<const io
   p_->ForEachDataRun(
       range, [](size_t) { return true; }, run, [](size_t) {});
   co_return co_await join.Wait();
+}
+
+Task<int> WritePath::TryAllocateRange(uint64_t offset_bytes, std::span<const iovec> iov,
+                                      bool* done) {
+  const Geometry& geo = p_->geo;
+  const uint64_t length = io::IovLength(iov);
+  if (((offset_bytes | length) & (geo.cluster_bytes - 1)) != 0 || geo.extended_l2 ||
+      p_->meta->external_data()) {
+    co_return 0;
+  }
+  LockedRange range;
+  {
+    int r = co_await p_->LockRange(offset_bytes, length, /*exclusive=*/true, &range);
+    if (r < 0) {
+      *done = true;
+      co_return r;
+    }
+  }
+  for (const ClusterEntry& c : range.clusters) {
+    const ClusterType t = c.entry.type;
+    if (t != ClusterType::kUnallocated && t != ClusterType::kZeroPlain) co_return 0;
+  }
+  *done = true;
+  // Runs of at most a quarter of what one refcount block counts: a run the
+  // allocator must place a refcount block inside is searched again, and a
+  // run that long could never fit beside its block.
+  const size_t max_run = size_t{1} << (geo.refblock_bits >= 2 ? geo.refblock_bits - 2 : 0);
+  for (size_t first = 0; first < range.clusters.size(); first += max_run) {
+    const size_t count = std::min(max_run, range.clusters.size() - first);
+    int r = co_await AllocateRun(range, first, count, iov);
+    if (r < 0) co_return r;
+  }
+  co_return 0;
+}
+
+Task<int> WritePath::AllocateRun(LockedRange& range, size_t first, size_t count,
+                                 std::span<const iovec> iov) {
+  const Geometry& geo = p_->geo;
+  const uint64_t bytes = count * geo.cluster_bytes;
+  int64_t host;
+  uint64_t end_before;
+  {
+    co_await p_->meta->lock().Lock();
+    cache::MutexGuard guard(&p_->meta->lock());
+    end_before = p_->refs->host_end_clusters();
+    host = co_await p_->refs->Allocate(count);
+  }
+  if (host < 0) co_return static_cast<int>(host);
+  const uint64_t h = static_cast<uint64_t>(host);
+  int r = 0;
+  if (const std::optional<Metadata> hit = p_->meta->DataOverlap(h, bytes)) {
+    r = co_await p_->meta->RefuseOverlap(*hit, h, bytes);
+  }
+  if (r >= 0) {
+    io::IovVec slice;
+    io::IovSlice(iov, range.PieceOffset(first) - range.offset_bytes, bytes, &slice);
+    int64_t w = co_await p_->meta->data_file().WriteV(h, slice);
+    if (w < 0) r = static_cast<int>(w);
+  }
+  // Write-through (as SyncBeforeEntry): without an fsync first, an entry
+  // may reach the disk before its data; only fresh space with nothing below
+  // it reads right (as zeros) then.
+  if (r >= 0 && p_->order->writethrough() && p_->order->dirty_marked() &&
+      (p_->backing || geo.ClusterIndex(h) < end_before)) {
+    r = co_await p_->meta->Sync();
+  }
+  if (r < 0) {
+    co_await p_->meta->lock().Lock();
+    cache::MutexGuard guard(&p_->meta->lock());
+    for (size_t i = 0; i < count; ++i) co_await p_->refs->Unallocate(h + i * geo.cluster_bytes);
+    co_return r;
+  }
+  for (size_t i = 0; i < count; ++i) {
+    L2Entry e;
+    e.type = ClusterType::kNormal;
+    e.host_offset = h + i * geo.cluster_bytes;
+    e.copied = true;
+    p_->l2->Store(range.clusters[first + i].slot, e);
+  }
+  p_->cow_writes.fetch_add(count, std::memory_order_relaxed);
+  co_return 0;
 }
 
 Task<int> WritePath::WriteData(uint64_t host_offset_bytes, io::IovVec iov) {

@@ -49,6 +49,15 @@ class WritePath {
   // (the caller writes piece by piece).
   Task<int> TryOverwriteRange(uint64_t offset_bytes, std::span<const iovec> iov, bool* done);
 
+  // The allocating path for a request of whole clusters (standard L2, no
+  // external data file): if no cluster of it has a host cluster yet
+  // (unallocated or zero entries), allocates them in contiguous runs and
+  // writes each run with one I/O before storing its entries, and sets *done;
+  // otherwise changes nothing. Where the per-piece path writes one cluster
+  // per I/O, this is what makes a large sequential write (convert, dd, a
+  // guest's streaming write) one write per request.
+  Task<int> TryAllocateRange(uint64_t offset_bytes, std::span<const iovec> iov, bool* done);
+
  private:
   // Where the piece's cluster goes.
   struct Target {
@@ -86,6 +95,9 @@ class WritePath {
   Task<int> SyncBeforeEntry(const GuestAddress& a, uint64_t n, const format::L2Entry& old,
                             const Target& t, const Cow& cow);
   Task<void> GiveBack(const Target& t);
+  // TryAllocateRange for clusters [first, first + count) of the locked
+  // range: one allocation, one data write, then the entries.
+  Task<int> AllocateRun(LockedRange& range, size_t first, size_t count, std::span<const iovec> iov);
   // One data write with its iovec in the frame (for io::Join).
   Task<int> WriteData(uint64_t host_offset_bytes, io::IovVec iov);
 
