@@ -54,7 +54,7 @@ namespace uq::tools {
 
 namespace {
 
-constexpr uint64_t kRawChunkBytes = 1 << 20;
+constexpr uint64_t kRawChunkBytes = 2 << 20;
 constexpr uint64_t kQemuBufferBytes = 2 << 20;  // qemu-img convert's IO_BUF_SIZE
 constexpr uint64_t kMinQcow2ChunkBytes = 256 << 10;
 
@@ -371,7 +371,7 @@ int RunConvert(const common::ParsedArgs& parsed) {
     if (prealloc == TargetPreallocation::kOff) {
       job.widen_bytes = !no_create && create.extended_l2 ? cluster_bytes / 32 : cluster_bytes;
     }
-    job.chunk_bytes = std::max(cluster_bytes, kMinQcow2ChunkBytes);
+    job.chunk_bytes = std::max(cluster_bytes, compress ? kMinQcow2ChunkBytes : kQemuBufferBytes);
     job.in_order = !out_of_order;
     if (compress) {
       job.compress = true;
