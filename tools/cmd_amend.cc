@@ -4,8 +4,9 @@
 // engine::ChangeRefcountOrder), and backing_file / backing_fmt, which
 // qemu-img 7.2 accepts only unchanged (it sends the user to rebase
 // otherwise), data_file (renaming an image's existing data file) and
-// data_file_raw (only off, or on where it is on). The other amend options of
-// qemu-img (size, encrypt.*) are refused as unsupported, never ignored.
+// data_file_raw (only off, or on where it is on), and size (a resize through
+// the engine, as tools/cmd_resize.cc, but without --shrink: qemu-img amend
+// shrinks too). encrypt.* is refused as unsupported, never ignored.
 //
 // Every refusal (qemu-img's and ours) is decided from the image as it is,
 // before anything is written, so a refused amend leaves the image
@@ -43,8 +44,8 @@ constexpr common::OptionSpec kAmendOptions[] = {
     kFormatOption,
     {'o', 'o', "", "OPTIONS",
      "comma-separated KEY=VALUE list: compat=0.10|1.1, lazy_refcounts=on|off, refcount_bits=N, "
-     "data_file=NAME, data_file_raw=on|off, backing_file=NAME, backing_fmt=FMT ('help' lists "
-     "them); may be repeated"},
+     "data_file=NAME, data_file_raw=on|off, backing_file=NAME, backing_fmt=FMT, size=SIZE "
+     "('help' lists them); may be repeated"},
     {'p', 'p', "", "", "show progress"},
     kQuietOption,
     kHelpOption,
@@ -58,7 +59,8 @@ constexpr const char* kOptionHelp =
     "  data_file=<str>        - File name of an external data file (images that have one)\n"
     "  data_file_raw=<bool (on/off)> - The external data file must stay valid as a raw image\n"
     "  lazy_refcounts=<bool (on/off)> - Postpone refcount updates\n"
-    "  refcount_bits=<num>    - Width of a reference count entry in bits\n";
+    "  refcount_bits=<num>    - Width of a reference count entry in bits\n"
+    "  size=<size>            - Virtual disk size\n";
 
 struct AmendArgs {
   std::string file;
@@ -78,6 +80,7 @@ struct AmendOptionValues {
   std::optional<uint32_t> refcount_order;  // log2 of refcount_bits
   std::optional<std::string> data_file;    // "" = drop the name
   std::optional<bool> data_file_raw;
+  std::optional<uint64_t> size_bytes;
 };
 
 absl::StatusOr<AmendArgs> ParseArgs(const common::ParsedArgs& parsed) {
@@ -132,7 +135,6 @@ std::vector<std::pair<std::string, std::string>> SplitOptionList(const std::stri
 
 absl::StatusOr<AmendOptionValues> ParseOptionValues(const std::string& text) {
   // qemu-img's qcow2 amend options that take more than a header write.
-  static const char* const kUnsupported[] = {"size", "refcount_bits", "data_file", "data_file_raw"};
   // qcow2 creation options: qemu-img names these "only supported for image
   // creation".
   static const char* const kCreateOnly[] = {
@@ -172,12 +174,17 @@ absl::StatusOr<AmendOptionValues> ParseOptionValues(const std::string& text) {
       v.backing_file = value;
     } else if (key == "backing_fmt") {
       v.backing_fmt = value;
+    } else if (key == "size") {
+      absl::StatusOr<uint64_t> size = ParseSize(value);
+      if (!size.ok()) {
+        return absl::InvalidArgumentError(
+            "Parameter 'size' expects a non-negative number below 2^64");
+      }
+      v.size_bytes = *size;
     } else {
-      for (const char* u : kUnsupported) {
-        if (key == u || key.rfind("encrypt.", 0) == 0) {
-          return absl::UnimplementedError(
-              absl::StrCat("amending '", key, "' is not supported by qcow2-img"));
-        }
+      if (key.rfind("encrypt.", 0) == 0) {
+        return absl::UnimplementedError(
+            absl::StrCat("amending '", key, "' is not supported by qcow2-img"));
       }
       for (const char* c : kCreateOnly) {
         if (key == c) {
@@ -256,6 +263,20 @@ absl::StatusOr<bool> CheckAmend(const PosixFile& file, const ImageDescription& d
     return absl::InvalidArgumentError("data-file-raw cannot be set on existing images");
   }
   const uint32_t version = v.version.value_or(h.version);
+  if (v.size_bytes && *v.size_bytes != h.size_bytes) {
+    // qemu-img resizes between a version or width change and a downgrade; a
+    // resize refused then would leave the image half amended. The resize's
+    // own refusals all come before it changes anything.
+    if (version != h.version || v.refcount_order.value_or(h.refcount_order) != h.refcount_order) {
+      return absl::UnimplementedError(
+          "amending size together with compat or refcount_bits is not supported by qcow2-img "
+          "(amend them one after the other)");
+    }
+    if (*v.size_bytes % 512 != 0) {
+      return absl::InvalidArgumentError("The new size must be a multiple of 512");
+    }
+    UQ_RETURN_IF_ERROR(RefuseResizeWithBitmaps(h));
+  }
   if (version > h.version) {
     // Version 3 requires each snapshot's 64-bit VM state size and disk size.
     for (const format::Snapshot& s : d.snapshots) {
@@ -330,6 +351,21 @@ absl::Status CheckClean(io::EventLoop& loop, const std::string& path) {
   return absl::OkStatus();
 }
 
+// size=: the engine's resize (grow or shrink; the image lock is the
+// caller's), as qemu-img amend truncates through the qcow2 driver.
+absl::Status ResizeThroughEngine(io::EventLoop& loop, const std::string& path,
+                                 uint64_t size_bytes) {
+  UQ_ASSIGN_OR_RETURN(std::unique_ptr<io::UringFile> file,
+                      io::UringFile::Open(&loop, path, io::OpenFlags{}));
+  EngineOpenOptions open;
+  open.format = engine::ImageFormat::kQcow2;
+  UQ_ASSIGN_OR_RETURN(std::unique_ptr<engine::Device> image,
+                      OpenDeviceOnFile(loop, path, std::move(file), open));
+  absl::Status s = RunOnLoop(loop, image->Resize(size_bytes));
+  absl::Status closed = CloseDevice(loop, *image);
+  return s.ok() ? closed : s;
+}
+
 absl::Status Amend(io::EventLoop& loop, const AmendArgs& a, const AmendOptionValues& v,
                    LockedImage& locked) {
   UQ_ASSIGN_OR_RETURN(ImageDescription d, DescribeImage(a.file, "qcow2", LockMode::kNone));
@@ -344,6 +380,10 @@ absl::Status Amend(io::EventLoop& loop, const AmendArgs& a, const AmendOptionVal
   UQ_ASSIGN_OR_RETURN(format::Header h, ReadQcow2Header(locked.header));
   if (h.incompatible_features & format::kIncompatDirty) {
     return absl::InternalError("Failed to make the image clean");
+  }
+  if (v.size_bytes && *v.size_bytes != h.size_bytes) {
+    UQ_RETURN_IF_ERROR(ResizeThroughEngine(loop, a.file, *v.size_bytes));
+    UQ_ASSIGN_OR_RETURN(h, ReadQcow2Header(locked.header));
   }
   if (v.refcount_order && *v.refcount_order != h.refcount_order) {
     // As QEMU: an upgrade first (the width change needs v3), then the width.
@@ -413,9 +453,12 @@ const Command kAmendCommand = {
     "with compressed clusters) and, unlike qemu-img, for images with persistent bitmaps, images "
     "holding plain zero clusters over a backing file, and images that do not check clean when "
     "zero clusters must be rewritten. Zero clusters become unallocated (plain ones) or hold "
-    "written zeros (preallocated ones), as in qemu-img. Not supported (refused before any change): "
-    "refcount_bits, size, "
-    "data_file, data_file_raw and encrypt.*. A refused amend leaves FILE unchanged.",
+    "written zeros (preallocated ones), as in qemu-img. data_file=NAME renames an existing "
+    "external data file; data_file_raw may be turned off, or restated on. size=SIZE grows or "
+    "shrinks the disk as resize does (no --shrink needed, as in qemu-img amend; refused as by "
+    "resize). Not supported (refused before any change): encrypt.*, and size together with "
+    "compat or refcount_bits changes (amend them one after the other). A refused amend leaves "
+    "FILE unchanged.",
     kAmendOptions,
 };
 

@@ -2,6 +2,8 @@
 // images, with qemu-img's checks and messages: a shrink needs --shrink, a
 // relative size (+N / -N) is added to the current one, the result must be
 // positive.
+#include <fcntl.h>
+
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -130,6 +132,13 @@ int RunResize(const common::ParsedArgs& parsed) {
     if (r >= 0) r = RunOnLoop(**loop, f.Flush());
     if (r < 0) return Fail(args->file, absl::StrCat("truncate: ", std::strerror(-r)));
   } else {
+    absl::StatusOr<PosixFile> posix = PosixFile::Open(args->file, O_RDONLY);
+    absl::StatusOr<format::Header> header =
+        posix.ok() ? ReadQcow2Header(*posix) : absl::StatusOr<format::Header>(posix.status());
+    // A header that does not decode is the engine's to report.
+    if (header.ok()) {
+      if (absl::Status st = RefuseResizeWithBitmaps(*header); !st.ok()) return Fail(args->file, st);
+    }
     EngineOpenOptions open;
     open.format = engine::ImageFormat::kQcow2;
     absl::StatusOr<std::unique_ptr<engine::Device>> device =

@@ -251,6 +251,12 @@ absl::StatusOr<format::Header> ReadQcow2Header(const PosixFile& file) {
   return format::DecodeHeader(head, {.file_size_bytes = file_size});
 }
 
+absl::Status RefuseResizeWithBitmaps(const format::Header& h) {
+  if ((h.autoclear_features & format::kAutoclearBitmaps) == 0) return absl::OkStatus();
+  return absl::UnimplementedError(
+      "resizing an image with persistent bitmaps is not supported by qcow2-img");
+}
+
 absl::StatusOr<ImageDescription> DescribeImage(const std::string& path, std::string_view format,
                                                LockMode lock) {
   UQ_ASSIGN_OR_RETURN(PosixFile file, PosixFile::Open(path, O_RDONLY));

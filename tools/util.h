@@ -79,6 +79,11 @@ absl::StatusOr<bool> HasQcow2Magic(const PosixFile& file);
 // Reads and validates the qcow2 header of `file` (format::DecodeHeader
 // against the file's size).
 absl::StatusOr<format::Header> ReadQcow2Header(const PosixFile& file);
+// resize and amend size=: refused for an image with persistent bitmaps,
+// decided from its header before the engine opens it (a writable open marks
+// the bitmaps stale, as a program that does not maintain them must; qemu-img
+// resizes them instead).
+absl::Status RefuseResizeWithBitmaps(const format::Header& h);
 
 // What `info` reports about one image.
 struct ImageDescription {

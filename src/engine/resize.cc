@@ -162,9 +162,6 @@ Task<absl::Status> ResizeImage(Qcow2Image& image, uint64_t new_size_bytes) {
   if (p.meta->external_data()) {
     co_return absl::UnimplementedError("resizing an image with an external data file");
   }
-  if ((h.autoclear_features & format::kAutoclearBitmaps) != 0) {
-    co_return absl::UnimplementedError("resizing an image with persistent bitmaps");
-  }
   const uint64_t new_l1 = L1EntriesFor(geo, new_size_bytes);
   if (new_l1 * 8 > format::kMaxL1Bytes) {
     co_return absl::InvalidArgumentError("Failed to grow the L1 table: File too large");

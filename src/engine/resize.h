@@ -19,10 +19,11 @@
 // Refusals, with QEMU's words: a size not a multiple of 512, a version 2
 // image with snapshots, a version 2 image growing over a longer backing file
 // (no zero flag to hide it). Not supported here (refused before any change):
-// external data files, persistent bitmaps, and an L1 table of at least as
+// external data files, and an L1 table of at least as
 // many clusters as one refcount block covers (the allocator cannot place so
 // long a run; only 512-byte clusters past 512 MiB and 4 KiB clusters past
-// 2 TiB need one). Preallocation is the tool's to refuse.
+// 2 TiB need one). Preallocation and persistent bitmaps are the tool's to
+// refuse: a writable open has already marked the bitmaps stale.
 #ifndef UQ_SRC_ENGINE_RESIZE_H_
 #define UQ_SRC_ENGINE_RESIZE_H_
 

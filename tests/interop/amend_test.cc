@@ -142,6 +142,16 @@ std::vector<AmendCase> Cases() {
        false,
        {"backing_file=base.qcow2,backing_fmt=qcow2", "compat=0.10", "compat=1.1"},
        {}},
+      // size=: grow (the L1 table moves) and shrink, without --shrink.
+      {"size_64k", Kind("plain_64k"), 32, true, {"size=1G", "size=16M", "size=48M"}, {}},
+      {"size_4k", Kind("cluster_4k"), 16, true, {"size=2G", "size=8M"}, {}},
+      {"size_snapshots", Kind("snapshots"), 32, true, {"size=8M", "size=256M"}, {"one", "two"}},
+      {"size_and_lazy_refcounts",
+       Kind("plain_64k"),
+       16,
+       false,
+       {"size=96M,lazy_refcounts=on", "lazy_refcounts=off,size=40M"},
+       {}},
       {"backing_chain_3",
        Kind("backing_chain_3"),
        32,
@@ -280,8 +290,20 @@ TEST(AmendTest, BadInputLeavesTheImageUnchanged) {
        "Refcount widths other than 16 bits require compatibility level 1.1", true},
       {"-o refcount_bits=1 snap1.qcow2", "snap1.qcow2",
        "Cannot decrease refcount entry width to 1 bits", true},
-      {"-o size=64M k/plain/img.qcow2", "k/plain/img.qcow2", "amending 'size' is not supported",
-       false},
+      {"-o size=100000 k/plain/img.qcow2", "k/plain/img.qcow2",
+       "The new size must be a multiple of 512", true},
+      {"-o size=lots k/plain/img.qcow2", "k/plain/img.qcow2",
+       "Parameter 'size' expects a non-negative number below 2^64", true},
+      {"-o size=64M,compat=0.10 k/plain/img.qcow2", "k/plain/img.qcow2",
+       "amending size together with compat or refcount_bits is not supported", false},
+      {"-o refcount_bits=8,size=64M k/plain/img.qcow2", "k/plain/img.qcow2",
+       "amending size together with compat or refcount_bits is not supported", false},
+      {"-o size=64M k/data/img.qcow2", "k/data/img.qcow2",
+       "resizing an image with an external data file", false},
+      {"-o size=64M k/bitmaps/img.qcow2", "k/bitmaps/img.qcow2",
+       "resizing an image with persistent bitmaps", false},
+      {"-o encrypt.format=luks k/plain/img.qcow2", "k/plain/img.qcow2",
+       "amending 'encrypt.format' is not supported", false},
       {"-o data_file_raw=on k/data/img.qcow2", "k/data/img.qcow2",
        "data-file-raw cannot be set on existing images", true},
       {"-o data_file=a.data k/plain/img.qcow2", "k/plain/img.qcow2",
@@ -320,7 +342,7 @@ TEST(AmendTest, BadInputLeavesTheImageUnchanged) {
   const RunResult help = In(dir.path(), Ours() + " amend -o help");
   EXPECT_EQ(help.exit_code, 0);
   for (const char* o : {"compat=", "lazy_refcounts=", "refcount_bits=", "data_file=",
-                        "data_file_raw=", "backing_file=", "backing_fmt="}) {
+                        "data_file_raw=", "backing_file=", "backing_fmt=", "size="}) {
     EXPECT_NE(help.out.find(o), std::string::npos) << help.out;
   }
 }
