@@ -25,6 +25,7 @@
 namespace uq::engine {
 namespace {
 
+using testing::ExpectClean;
 using testing::MakeImage;
 using testing::OpenQcow2;
 using testing::OpenSync;
@@ -139,13 +140,6 @@ std::vector<std::byte> Pattern(size_t n, unsigned seed) {
   std::vector<std::byte> v(n);
   for (size_t i = 0; i < n; ++i) v[i] = std::byte((i / 512 * 31 + i + seed) & 0xff);
   return v;
-}
-
-void ExpectClean(io::MemFile& file) {
-  auto check = io::RunSync(nullptr, CheckImage(file));
-  ASSERT_TRUE(check.ok()) << check.status();
-  EXPECT_EQ(check->corruptions, 0u);
-  EXPECT_EQ(check->leaks, 0u);
 }
 
 // A write of whole clusters none of which has a host cluster yet (convert's

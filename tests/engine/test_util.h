@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "format/create.h"
+#include "src/engine/check.h"
 #include "src/engine/image.h"
 #include "src/engine/qcow2_image.h"
 #include "src/io/file_wrapper.h"
@@ -91,6 +92,14 @@ inline std::unique_ptr<Qcow2Image> OpenQcow2(io::MemFile* f, OpenOptions o = {})
   EXPECT_TRUE(d.ok()) << d.status();
   if (!d.ok()) return nullptr;
   return std::unique_ptr<Qcow2Image>(static_cast<Qcow2Image*>(d->release()));
+}
+
+// The closed image in `file` checks with no corruptions and no leaks.
+inline void ExpectClean(io::MemFile& file) {
+  auto check = io::RunSync(nullptr, CheckImage(file));
+  ASSERT_TRUE(check.ok()) << check.status();
+  EXPECT_EQ(check->corruptions, 0u);
+  EXPECT_EQ(check->leaks, 0u);
 }
 
 inline int ReadSync(Device& d, uint64_t off, std::span<std::byte> buf) {
