@@ -455,10 +455,10 @@ const Command kAmendCommand = {
     "zero clusters must be rewritten. Zero clusters become unallocated (plain ones) or hold "
     "written zeros (preallocated ones), as in qemu-img. data_file=NAME renames an existing "
     "external data file; data_file_raw may be turned off, or restated on. size=SIZE grows or "
-    "shrinks the disk as resize does (no --shrink needed, as in qemu-img amend; refused as by "
-    "resize). Not supported (refused before any change): encrypt.*, and size together with "
-    "compat or refcount_bits changes (amend them one after the other). A refused amend leaves "
-    "FILE unchanged.",
+    "shrinks the disk as resize does (a smaller size needs no extra option, as in qemu-img "
+    "amend; refused as by resize). Not supported (refused before any change): encrypt.*, and "
+    "size together with compat or refcount_bits changes (amend them one after the other). A "
+    "refused amend leaves FILE unchanged.",
     kAmendOptions,
 };
 
