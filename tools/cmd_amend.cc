@@ -134,7 +134,6 @@ std::vector<std::pair<std::string, std::string>> SplitOptionList(const std::stri
 }
 
 absl::StatusOr<AmendOptionValues> ParseOptionValues(const std::string& text) {
-  // qemu-img's qcow2 amend options that take more than a header write.
   // qcow2 creation options: qemu-img names these "only supported for image
   // creation".
   static const char* const kCreateOnly[] = {

@@ -54,9 +54,12 @@ namespace uq::tools {
 
 namespace {
 
-constexpr uint64_t kRawChunkBytes = 2 << 20;
-constexpr uint64_t kQemuBufferBytes = 2 << 20;  // qemu-img convert's IO_BUF_SIZE
-constexpr uint64_t kMinQcow2ChunkBytes = 256 << 10;
+// qemu-img convert's IO_BUF_SIZE: the chunk of every uncompressed copy, so
+// zero runs shorter than -S are written only inside one chunk, as there.
+constexpr uint64_t kQemuBufferBytes = 2 << 20;
+// -c into qcow2: the clusters one compression job takes together (the
+// chunk qcow2 targets had before they moved to kQemuBufferBytes).
+constexpr uint64_t kCompressedChunkBytes = 256 << 10;
 
 // -B / -C: the source's extents as the copy treats them. -B: the top
 // image's own, over the new backing file, whose size (read from the target's
@@ -350,7 +353,7 @@ int RunConvert(const common::ParsedArgs& parsed) {
     const uint64_t dst_size = no_create ? (*file)->size_bytes() : size_bytes;
     dst = std::make_unique<engine::RawDevice>(MaybeNoFlush(std::move(*file), dst_cache.no_flush),
                                               dst_size);
-    job.chunk_bytes = kRawChunkBytes;
+    job.chunk_bytes = kQemuBufferBytes;
     // O_DIRECT writes must stay 4 KiB aligned.
     job.alignment_sectors = dst_cache.direct ? 8 : 1;
   } else {
@@ -371,7 +374,7 @@ int RunConvert(const common::ParsedArgs& parsed) {
     if (prealloc == TargetPreallocation::kOff) {
       job.widen_bytes = !no_create && create.extended_l2 ? cluster_bytes / 32 : cluster_bytes;
     }
-    job.chunk_bytes = std::max(cluster_bytes, compress ? kMinQcow2ChunkBytes : kQemuBufferBytes);
+    job.chunk_bytes = std::max(cluster_bytes, compress ? kCompressedChunkBytes : kQemuBufferBytes);
     job.in_order = !out_of_order;
     if (compress) {
       job.compress = true;
@@ -391,11 +394,6 @@ int RunConvert(const common::ParsedArgs& parsed) {
   job.quiet = quiet;
   if (min_sparse_sectors != 0) {
     job.alignment_sectors = std::max(job.alignment_sectors, PowerOfTwoFloor(min_sparse_sectors));
-    // Zero runs shorter than -S are written only inside one chunk; past the
-    // default, chunks are qemu-img's 2 MiB buffers so the same runs are.
-    if (min_sparse_sectors > 8 && !job.compress) {
-      job.chunk_bytes = std::max(job.chunk_bytes, kQemuBufferBytes);
-    }
     auto zero_chunks = ZeroChunks(src_path, FormatName(src_options.format), src_options.snapshot,
                                   size_bytes, job.chunk_bytes);
     if (zero_chunks.ok()) job.zero_chunks = std::move(*zero_chunks);
