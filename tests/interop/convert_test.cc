@@ -14,8 +14,9 @@
 //    (zlib, zstd; 64 KiB and 4 KiB clusters) of a file system full of small
 //    files is within 2% of qemu-img's size and the same bytes whatever -m
 //    (clusters are compressed on worker threads), and seeded streams of compressed
-//    writes through `qcow2-img io` and `qemu-io` leave identical contents
-//    that each tool reads back from the other's image (the seed is printed;
+//    writes through `qcow2-img io` leave the contents that the same stream
+//    leaves in a raw file, and that qemu-io leaves in its own qcow2 image
+//    whenever that image passes qemu-img check (the seed is printed;
 //    UQ_CONVERT_SEED=<n> reruns one).
 #include <gtest/gtest.h>
 
@@ -186,10 +187,17 @@ uint64_t StreamSeed() {
 // One seeded stream of qemu-io commands: compressed writes into clusters
 // that hold no data (QEMU refuses a compressed write over an allocated
 // cluster), plain writes over anything at sector granularity, and discards
-// of whole clusters.
-std::string CompressedStream(std::mt19937_64& rng, uint64_t cluster, uint64_t clusters) {
-  std::set<uint64_t> allocated;
+// of whole clusters. `model` gets the same stream for a raw file: the same
+// bytes written plainly, and a discard as the zeros it leaves (a qcow2 v3
+// image without a backing file reads a discarded cluster as zeros).
+struct Stream {
   std::string cmds;
+  std::string model;
+};
+
+Stream CompressedStream(std::mt19937_64& rng, uint64_t cluster, uint64_t clusters) {
+  std::set<uint64_t> allocated;
+  Stream s;
   for (int op = 0; op < 40; ++op) {
     const int kind = static_cast<int>(rng() % 10);
     const uint64_t c = rng() % clusters;
@@ -199,19 +207,24 @@ std::string CompressedStream(std::mt19937_64& rng, uint64_t cluster, uint64_t cl
       while (n < 3 && c + n < clusters && !allocated.count(c + n) && rng() % 2) ++n;
       if (allocated.count(c)) continue;
       for (uint64_t i = 0; i < n; ++i) allocated.insert(c + i);
-      cmds +=
-          absl::StrCat(" -c 'write -q -c -P ", pattern, " ", c * cluster, " ", n * cluster, "'");
+      const std::string range = absl::StrCat(" ", c * cluster, " ", n * cluster, "'");
+      s.cmds += absl::StrCat(" -c 'write -q -c -P ", pattern, range);
+      s.model += absl::StrCat(" -c 'write -q -P ", pattern, range);
     } else if (kind < 9) {
       const uint64_t off = rng() % (clusters * cluster / 512) * 512;
       const uint64_t len = std::min<uint64_t>((rng() % 16 + 1) * 512, clusters * cluster - off);
       for (uint64_t i = off / cluster; i <= (off + len - 1) / cluster; ++i) allocated.insert(i);
-      cmds += absl::StrCat(" -c 'write -q -P ", pattern, " ", off, " ", len, "'");
+      const std::string write = absl::StrCat(" -c 'write -q -P ", pattern, " ", off, " ", len, "'");
+      s.cmds += write;
+      s.model += write;
     } else {
       allocated.erase(c);
-      cmds += absl::StrCat(" -c 'discard -q ", c * cluster, " ", cluster, "'");
+      const std::string range = absl::StrCat(" ", c * cluster, " ", cluster, "'");
+      s.cmds += absl::StrCat(" -c 'discard -q", range);
+      s.model += absl::StrCat(" -c 'write -q -z", range);
     }
   }
-  return cmds;
+  return s;
 }
 
 TEST(IoCompressed, StreamsMatchQemuIo) {
@@ -227,21 +240,43 @@ TEST(IoCompressed, StreamsMatchQemuIo) {
       SCOPED_TRACE(absl::StrCat(kind, " stream ", stream, " seed ", seed));
       const uint64_t cluster = std::strtoull(std::string(kind).substr(13).c_str(), nullptr, 0)
                                << 10;
-      const std::string cmds = CompressedStream(rng, cluster, 24);
+      const Stream stream_cmds = CompressedStream(rng, cluster, 24);
+      const std::string& cmds = stream_cmds.cmds;
       ASSERT_EQ(
-          In(dir.path(), absl::StrCat("rm -f a.qcow2 b.qcow2 && qemu-img create -q -f qcow2 "
-                                      "-o ",
-                                      kind, " a.qcow2 ", 24 * cluster, " && cp a.qcow2 b.qcow2"))
+          In(dir.path(),
+             absl::StrCat("rm -f a.qcow2 b.qcow2 model.raw && qemu-img create -q -f "
+                          "qcow2 -o ",
+                          kind, " a.qcow2 ", 24 * cluster, " && cp a.qcow2 b.qcow2 && truncate -s ",
+                          24 * cluster, " model.raw"))
               .exit_code,
           0);
       const RunResult ours = In(dir.path(), Ours() + " io" + cmds + " a.qcow2");
       ASSERT_EQ(ours.exit_code, 0) << cmds << "\n" << ours.err;
+      const RunResult model = In(dir.path(), "qemu-io -f raw" + stream_cmds.model + " model.raw");
+      ASSERT_EQ(model.exit_code, 0) << stream_cmds.model << "\n" << model.err;
+      EXPECT_EQ(In(dir.path(), "qemu-img compare -f qcow2 -F raw a.qcow2 model.raw").exit_code, 0)
+          << cmds;
+      EXPECT_EQ(In(dir.path(), Ours() + " compare -f qcow2 -F raw a.qcow2 model.raw").exit_code, 0)
+          << cmds;
+      EXPECT_EQ(In(dir.path(), "qemu-img check a.qcow2").exit_code, 0) << cmds;
       const RunResult theirs = In(dir.path(), "qemu-io" + cmds + " b.qcow2");
       ASSERT_EQ(theirs.exit_code, 0) << cmds << "\n" << theirs.err;
       ASSERT_EQ(theirs.out.find("failed"), std::string::npos) << cmds << "\n" << theirs.out;
+      // qemu-io 7.2 can corrupt its own image here: a plain write over a
+      // compressed cluster frees the host cluster that held it, the next
+      // plain write takes that host cluster, and the next compressed write
+      // still packs into it (seed 1513109010, ops 2-5: refcount 4 on a data
+      // cluster, and its bytes overwritten). QEMU's image is then no oracle,
+      // and the raw model above judges alone.
+      if (In(dir.path(), "qemu-img check b.qcow2").exit_code != 0) {
+        std::printf(
+            "[ qemu ] %s stream %d: qemu-io's own image fails qemu-img check; "
+            "judged against the raw model only\n",
+            kind, stream);
+        continue;
+      }
       EXPECT_EQ(In(dir.path(), "qemu-img compare a.qcow2 b.qcow2").exit_code, 0) << cmds;
       EXPECT_EQ(In(dir.path(), Ours() + " compare a.qcow2 b.qcow2").exit_code, 0) << cmds;
-      EXPECT_EQ(In(dir.path(), "qemu-img check a.qcow2").exit_code, 0) << cmds;
     }
   }
 }
