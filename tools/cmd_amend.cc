@@ -360,7 +360,7 @@ absl::Status ResizeThroughEngine(io::EventLoop& loop, const std::string& path,
   open.format = engine::ImageFormat::kQcow2;
   UQ_ASSIGN_OR_RETURN(std::unique_ptr<engine::Device> image,
                       OpenDeviceOnFile(loop, path, std::move(file), open));
-  absl::Status s = RunOnLoop(loop, image->Resize(size_bytes));
+  absl::Status s = RunOnLoop(loop, image->Resize(size_bytes, engine::GrowPreallocation::kOff));
   absl::Status closed = CloseDevice(loop, *image);
   return s.ok() ? closed : s;
 }

@@ -29,8 +29,9 @@ constexpr common::OptionSpec kResizeOptions[] = {
     kFormatOption,
     {kShrinkId, 0, "shrink", "",
      "allow the new size to be smaller than the current one (data past the new end is lost)"},
-    {kPreallocationId, 0, "preallocation", "off",
-     "preallocation of the added range: only 'off' (the default) is supported"},
+    {kPreallocationId, 0, "preallocation", "MODE",
+     "preallocation of the added range: off (the default), metadata (qcow2 only), falloc or "
+     "full"},
     kQuietOption,
     kHelpOption,
 };
@@ -96,11 +97,14 @@ absl::StatusOr<uint64_t> CheckedNewSize(const ResizeArgs& a, uint64_t current_by
   if (mode == "metadata" && !qcow2) {
     return absl::InvalidArgumentError("Unsupported preallocation mode: metadata");
   }
-  if (mode != "off") {
-    return absl::UnimplementedError(
-        absl::StrCat("preallocation=", mode, " is not supported by qcow2-img resize"));
-  }
   return total;
+}
+
+engine::GrowPreallocation PreallocationMode(const std::string& mode) {
+  if (mode == "metadata") return engine::GrowPreallocation::kMetadata;
+  if (mode == "falloc") return engine::GrowPreallocation::kFalloc;
+  if (mode == "full") return engine::GrowPreallocation::kFull;
+  return engine::GrowPreallocation::kOff;
 }
 
 int RunResize(const common::ParsedArgs& parsed) {
@@ -124,14 +128,7 @@ int RunResize(const common::ParsedArgs& parsed) {
   absl::StatusOr<bool> qcow2 = IsQcow2(**loop, **file, args->format);
   if (!qcow2.ok()) return Fail(args->file, qcow2.status());
 
-  if (!*qcow2) {
-    io::UringFile& f = **file;
-    absl::StatusOr<uint64_t> total = CheckedNewSize(*args, f.size_bytes(), false);
-    if (!total.ok()) return ReportError(total.status());
-    int r = RunOnLoop(**loop, f.Truncate(*total));
-    if (r >= 0) r = RunOnLoop(**loop, f.Flush());
-    if (r < 0) return Fail(args->file, absl::StrCat("truncate: ", std::strerror(-r)));
-  } else {
+  if (*qcow2) {
     absl::StatusOr<PosixFile> posix = PosixFile::Open(args->file, O_RDONLY);
     absl::StatusOr<format::Header> header =
         posix.ok() ? ReadQcow2Header(*posix) : absl::StatusOr<format::Header>(posix.status());
@@ -139,22 +136,22 @@ int RunResize(const common::ParsedArgs& parsed) {
     if (header.ok()) {
       if (absl::Status st = RefuseResizeWithBitmaps(*header); !st.ok()) return Fail(args->file, st);
     }
-    EngineOpenOptions open;
-    open.format = engine::ImageFormat::kQcow2;
-    absl::StatusOr<std::unique_ptr<engine::Device>> device =
-        OpenDeviceOnFile(**loop, args->file, std::move(*file), open);
-    if (!device.ok()) {
-      return ReportError(
-          absl::StrCat("Could not open '", args->file, "': ", device.status().message()));
-    }
-    engine::Device& image = **device;
-    absl::StatusOr<uint64_t> total = CheckedNewSize(*args, image.size_bytes(), true);
-    absl::Status s = total.status();
-    if (s.ok()) s = RunOnLoop(**loop, image.Resize(*total));
-    absl::Status closed = CloseDevice(**loop, image);
-    if (!s.ok()) return ReportError(s);
-    if (!closed.ok()) return Fail(args->file, closed);
   }
+  EngineOpenOptions open;
+  open.format = *qcow2 ? engine::ImageFormat::kQcow2 : engine::ImageFormat::kRaw;
+  absl::StatusOr<std::unique_ptr<engine::Device>> device =
+      OpenDeviceOnFile(**loop, args->file, std::move(*file), open);
+  if (!device.ok()) {
+    return ReportError(
+        absl::StrCat("Could not open '", args->file, "': ", device.status().message()));
+  }
+  engine::Device& image = **device;
+  absl::StatusOr<uint64_t> total = CheckedNewSize(*args, image.size_bytes(), *qcow2);
+  absl::Status s = total.status();
+  if (s.ok()) s = RunOnLoop(**loop, image.Resize(*total, PreallocationMode(args->preallocation)));
+  absl::Status closed = CloseDevice(**loop, image);
+  if (!s.ok()) return ReportError(s);
+  if (!closed.ok()) return Fail(args->file, closed);
   if (!args->quiet) std::printf("Image resized.\n");
   return 0;
 }
@@ -164,14 +161,18 @@ int RunResize(const common::ParsedArgs& parsed) {
 const Command kResizeCommand = {
     "resize",
     RunResize,
-    "resize [-f FMT] [--shrink] [--preallocation=off] [-q] FILE [+|-]SIZE",
+    "resize [-f FMT] [--shrink] [--preallocation=MODE] [-q] FILE [+|-]SIZE",
     "Changes the virtual size of a qcow2 or raw image as qemu-img resize does. SIZE is in bytes "
     "or with a suffix k, M, G, T, P or E; +SIZE and -SIZE are relative to the current size (no "
     "'--' is needed before a negative one). Shrinking needs --shrink and drops the data past the "
     "new end; a qcow2 image's new size must be a multiple of 512. A qcow2 image's L1 table grows "
     "(and moves) when the new size needs it; growing an image whose backing file is longer than "
     "it zeroes the added range so the backing file does not show through.\n\n"
-    "Not supported (refused before any change): --preallocation other than off, qcow2 images "
+    "Preallocation applies to a grown range, as qemu-img's: metadata gives every qcow2 cluster "
+    "there a host cluster named by its L2 entry, without writing it; falloc also has the file "
+    "system allocate (and zero) the space; full writes zeros. A raw file takes falloc and full. "
+    "What the disk reads does not change.\n\n"
+    "Not supported (refused before any change): qcow2 images "
     "with an external data file or persistent bitmaps, and growing an L1 table to as many "
     "clusters as one refcount block covers (512-byte clusters past 512 MiB, 4 KiB clusters past "
     "2 TiB, at 16-bit refcounts).",

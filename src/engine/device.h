@@ -24,6 +24,11 @@
 
 namespace uq::engine {
 
+// What a grown range gets (qemu-img resize --preallocation): nothing; host
+// clusters named by the L2 entries, not written (metadata); those clusters
+// allocated in the file too (falloc); or written with zeros (full).
+enum class GrowPreallocation { kOff, kMetadata, kFalloc, kFull };
+
 class Device {
  public:
   virtual ~Device() = default;
@@ -90,9 +95,10 @@ class Device {
   virtual Task<int> MakeEmpty() { co_return -ENOTSUP; }
 
   // Changes the virtual size (qcow2-img resize of a qcow2 image; a raw file
-  // is resized as a file). REQUIRES: no request in flight, none issued until
-  // it returns. The default: this Device cannot.
-  virtual Task<absl::Status> Resize(uint64_t /*new_size_bytes*/) {
+  // is resized as a file), preallocating a grown range as `prealloc` says.
+  // REQUIRES: no request in flight, none issued until it returns. The
+  // default: this Device cannot.
+  virtual Task<absl::Status> Resize(uint64_t /*new_size_bytes*/, GrowPreallocation /*prealloc*/) {
     co_return absl::UnimplementedError("this image cannot be resized in place");
   }
 };

@@ -104,7 +104,7 @@ class Qcow2Image final : public Device {
   Task<int> MakeEmpty() override;
 
   // engine/resize.h's ResizeImage.
-  Task<absl::Status> Resize(uint64_t new_size_bytes) override;
+  Task<absl::Status> Resize(uint64_t new_size_bytes, GrowPreallocation prealloc) override;
 
   const format::Header& header() const { return p_->meta->header(); }
   uint64_t cluster_bytes() const { return p_->geo.cluster_bytes; }
@@ -117,7 +117,8 @@ class Qcow2Image final : public Device {
 
  private:
   // Resizing changes the parts' size and L1 table (src/engine/resize.h).
-  friend Task<absl::Status> ResizeImage(Qcow2Image& image, uint64_t new_size_bytes);
+  friend Task<absl::Status> ResizeImage(Qcow2Image& image, uint64_t new_size_bytes,
+                                        GrowPreallocation prealloc);
   // Snapshots change the L1 table and the refcounts (src/engine/snapshot.h).
   friend ImageParts& SnapshotParts(Qcow2Image& image);
 

@@ -1,8 +1,10 @@
 #include "src/engine/raw_device.h"
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <cstring>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "format/endian.h"
@@ -14,6 +16,7 @@ namespace uq::engine {
 namespace {
 
 constexpr uint64_t kProbeBytes = 512;  // what a probe reads: QEMU's BLOCK_PROBE_BUF_SIZE
+constexpr uint64_t kZeroChunkBytes = uint64_t{1} << 20;  // full preallocation's writes
 
 }  // namespace
 
@@ -83,12 +86,37 @@ Task<int> RawDevice::WriteZeroes(uint64_t offset_bytes, uint64_t length_bytes, b
 
 Task<int> RawDevice::Flush() { co_return co_await Sync(); }
 
-Task<absl::Status> RawDevice::Resize(uint64_t new_size_bytes) {
+Task<absl::Status> RawDevice::Resize(uint64_t new_size_bytes, GrowPreallocation prealloc) {
   if (read_only()) co_return absl::FailedPreconditionError("the image is read-only");
   if (failed_.load(std::memory_order_acquire)) co_return absl::DataLossError("the image failed");
-  const int r = co_await file_->Truncate(new_size_bytes);
+  const uint64_t old_size_bytes = size_bytes_;
+  if (prealloc != GrowPreallocation::kOff) {
+    if (new_size_bytes < old_size_bytes) {
+      co_return absl::InvalidArgumentError("Preallocation can only be used for growing images");
+    }
+    // A raw file has no metadata to preallocate (QEMU's words).
+    if (prealloc == GrowPreallocation::kMetadata) {
+      co_return absl::InvalidArgumentError("Unsupported preallocation mode: metadata");
+    }
+  }
+  int r = co_await file_->Truncate(new_size_bytes);
   if (r < 0) co_return absl::InternalError(absl::StrCat("truncate: ", std::strerror(-r)));
   size_bytes_ = new_size_bytes;
+  const uint64_t added = new_size_bytes - std::min(old_size_bytes, new_size_bytes);
+  if (added == 0 || prealloc == GrowPreallocation::kOff) co_return absl::OkStatus();
+  if (prealloc == GrowPreallocation::kFalloc) {
+    // The file system allocates the range (zeroed, as the hole it was).
+    r = co_await file_->WriteZeroes(old_size_bytes, added);
+  } else {
+    const std::vector<std::byte> zeros(std::min<uint64_t>(added, kZeroChunkBytes));
+    for (uint64_t done = 0; r >= 0 && done < added; done += zeros.size()) {
+      const iovec iov{const_cast<std::byte*>(zeros.data()),
+                      std::min<uint64_t>(zeros.size(), added - done)};
+      const int64_t w = co_await file_->WriteV(old_size_bytes + done, std::span(&iov, 1));
+      if (w < 0) r = static_cast<int>(w);
+    }
+  }
+  if (r < 0) co_return absl::InternalError(absl::StrCat("preallocation: ", std::strerror(-r)));
   co_return absl::OkStatus();
 }
 

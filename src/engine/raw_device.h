@@ -45,8 +45,10 @@ class RawDevice final : public Device {
   Task<int> Flush() override;
   Task<absl::Status> Close() override;
   // Truncates or extends the file (qcow2-img commit grows a raw base to its
-  // overlay's size, as qemu-img does). REQUIRES: as Device::Resize.
-  Task<absl::Status> Resize(uint64_t new_size_bytes) override;
+  // overlay's size, as qemu-img does); a grown range preallocated with falloc
+  // is the file system's zero range, with full written zeros (metadata is
+  // refused: a raw file has none). REQUIRES: as Device::Resize.
+  Task<absl::Status> Resize(uint64_t new_size_bytes, GrowPreallocation prealloc) override;
 
  private:
   Task<int> Sync();

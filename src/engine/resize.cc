@@ -4,6 +4,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -145,9 +146,148 @@ Task<int64_t> UsedEnd(ImageParts& p) {
   co_return static_cast<int64_t>(p.geo.ClusterOffset(c));
 }
 
+// Makes host clusters [h, h + bytes), new to the image, ready for the
+// entries of preallocated guest clusters: afterwards they read as zeros.
+// metadata leaves space past the file's end a hole (and zeroes space inside,
+// which a freed cluster may still hold bytes in); falloc has the file system
+// allocate (and zero) it all; full writes zeros.
+Task<int> FillRun(ImageParts& p, uint64_t h, uint64_t bytes, GrowPreallocation mode) {
+  io::BlockFile& f = p.meta->data_file();
+  const uint64_t inside_end = std::min(h + bytes, f.size_bytes());
+  int r = 0;
+  if (mode == GrowPreallocation::kFalloc) {
+    r = co_await f.WriteZeroes(h, bytes);
+  } else if (mode == GrowPreallocation::kMetadata) {
+    if (h < inside_end) r = co_await f.WriteZeroes(h, inside_end - h);
+  } else {
+    std::vector<iovec> iov;
+    for (uint64_t done = 0; r >= 0 && done < bytes;) {
+      iov.clear();
+      uint64_t n = 0;
+      while (done + n < bytes && iov.size() < 256) {
+        iov.push_back({p.zeros.data(), p.zeros.size()});
+        n += p.zeros.size();
+      }
+      const int64_t w = co_await f.WriteV(h + done, iov);
+      if (w < 0) r = static_cast<int>(w);
+      done += n;
+    }
+  }
+  // Space the file held before may hold a freed cluster's bytes: its zeros
+  // are durable before an entry names it.
+  if (r >= 0 && h < inside_end) r = co_await p.meta->Sync();
+  co_return r;
+}
+
+// Gives guest clusters [first, first + count) one contiguous run of new host
+// clusters, filled as FillRun says, and names them in their L2 entries
+// (normal, COPIED; a zero cluster under metadata preallocation stays zero;
+// an extended entry keeps its subcluster bits, so what its subclusters read
+// does not change).
+Task<int> PreallocateRun(ImageParts& p, uint64_t first, uint64_t count, GrowPreallocation mode,
+                         uint64_t* end_bytes) {
+  const Geometry& geo = p.geo;
+  const uint64_t bytes = count * geo.cluster_bytes;
+  int64_t host;
+  {
+    co_await p.meta->lock().Lock();
+    cache::MutexGuard guard(&p.meta->lock());
+    host = co_await p.refs->Allocate(count);
+  }
+  if (host < 0) co_return static_cast<int>(host);
+  const uint64_t h = static_cast<uint64_t>(host);
+  int r = 0;
+  if (const std::optional<Metadata> hit = p.meta->DataOverlap(h, bytes)) {
+    r = co_await p.meta->RefuseOverlap(*hit, h, bytes);
+  }
+  if (r >= 0) r = co_await FillRun(p, h, bytes, mode);
+  if (r < 0) {
+    co_await p.meta->lock().Lock();
+    cache::MutexGuard guard(&p.meta->lock());
+    for (uint64_t i = 0; i < count; ++i) co_await p.refs->Unallocate(h + i * geo.cluster_bytes);
+    co_return r;
+  }
+  *end_bytes = std::max(*end_bytes, h + bytes);
+  for (uint64_t i = 0; i < count; ++i) {
+    ClusterEntry ce;
+    r = co_await p.LockEntry(geo.Locate(geo.ClusterOffset(first + i)), true, &ce);
+    if (r < 0) co_return r;
+    format::L2Entry e = geo.extended_l2 ? ce.entry : format::L2Entry{};
+    // A zero cluster (the zeroing that hides a longer backing file) stays
+    // one under metadata preallocation, now with its host cluster, as QEMU's.
+    e.type = !geo.extended_l2 && mode == GrowPreallocation::kMetadata &&
+                     ce.entry.type == format::ClusterType::kZeroPlain
+                 ? format::ClusterType::kZeroAlloc
+                 : format::ClusterType::kNormal;
+    e.host_offset = h + i * geo.cluster_bytes;
+    e.copied = true;
+    p.l2->Store(ce.slot, e);
+  }
+  co_return 0;
+}
+
+// Preallocates the guest range [from, to), grown from `from`, as QEMU's
+// qcow2_co_truncate does: every cluster touching it that has no host cluster
+// gets one (in runs, each at most a quarter of what one refcount block
+// counts, as the write path's), and what the disk reads does not change.
+// Before it: a range a longer backing file would show through is zeroed.
+Task<int> Preallocate(Qcow2Image& image, ImageParts& p, uint64_t from_bytes, uint64_t to_bytes,
+                      GrowPreallocation mode) {
+  const Geometry& geo = p.geo;
+  const uint64_t in_cluster = from_bytes & (geo.cluster_bytes - 1);
+  if (in_cluster != 0 && !geo.extended_l2 && p.backing != nullptr) {
+    // The first cluster's head may read from the backing file: writing the
+    // rest of it through the write path allocates it with that head copied.
+    bool unallocated = false;
+    {
+      ClusterEntry ce;
+      int r = co_await p.LockEntry(geo.Locate(from_bytes), false, &ce);
+      if (r < 0) co_return r;
+      unallocated = ce.entry.type == format::ClusterType::kUnallocated;
+    }
+    if (unallocated) {
+      const uint64_t n =
+          std::min(to_bytes, from_bytes - in_cluster + geo.cluster_bytes) - from_bytes;
+      const iovec iov{p.zeros.data(), n};
+      const int r = co_await image.Write(from_bytes, std::span<const iovec>(&iov, 1), false);
+      if (r < 0) co_return r;
+    }
+  }
+  const uint64_t max_run = uint64_t{1} << (geo.refblock_bits >= 2 ? geo.refblock_bits - 2 : 0);
+  const uint64_t end = RoundUp(to_bytes, geo.cluster_bytes) >> geo.cluster_bits;
+  uint64_t run_first = 0;
+  uint64_t run_count = 0;
+  uint64_t end_bytes = 0;
+  for (uint64_t c = from_bytes >> geo.cluster_bits; c <= end; ++c) {
+    bool eligible = false;
+    if (c < end) {
+      ClusterEntry ce;
+      int r = co_await p.LockEntry(geo.Locate(geo.ClusterOffset(c)), false, &ce);
+      if (r < 0) co_return r;
+      const format::ClusterType t = ce.entry.type;
+      eligible = t == format::ClusterType::kUnallocated || t == format::ClusterType::kZeroPlain;
+    }
+    if (run_count > 0 && (!eligible || run_count == max_run)) {
+      int r = co_await PreallocateRun(p, run_first, run_count, mode, &end_bytes);
+      if (r < 0) co_return r;
+      run_count = 0;
+    }
+    if (eligible) {
+      if (run_count == 0) run_first = c;
+      ++run_count;
+    }
+  }
+  // Metadata preallocation past the file's end wrote nothing there: the file
+  // still has to reach the clusters its entries name.
+  io::BlockFile& f = p.meta->data_file();
+  if (end_bytes > f.size_bytes()) co_return co_await f.Truncate(end_bytes);
+  co_return 0;
+}
+
 }  // namespace
 
-Task<absl::Status> ResizeImage(Qcow2Image& image, uint64_t new_size_bytes) {
+Task<absl::Status> ResizeImage(Qcow2Image& image, uint64_t new_size_bytes,
+                               GrowPreallocation prealloc) {
   ImageParts& p = *image.p_;
   const format::Header& h = p.meta->header();
   const Geometry& geo = p.geo;
@@ -179,6 +319,9 @@ Task<absl::Status> ResizeImage(Qcow2Image& image, uint64_t new_size_bytes) {
         "(use a larger cluster size)"));
   }
   const bool grow = new_size_bytes >= old_size_bytes;
+  if (prealloc != GrowPreallocation::kOff && !grow) {
+    co_return absl::InvalidArgumentError("Preallocation can only be used for growing images");
+  }
   const bool hide_backing = grow && p.backing != nullptr && p.backing_size_bytes > old_size_bytes;
   if (hide_backing && h.version < 3) {
     co_return absl::UnimplementedError("Failed to zero out new clusters: Operation not supported");
@@ -200,6 +343,13 @@ Task<absl::Status> ResizeImage(Qcow2Image& image, uint64_t new_size_bytes) {
       if (r < 0) {
         p.size_bytes = old_size_bytes;
         co_return Errno("Failed to zero out new clusters", r);
+      }
+    }
+    if (prealloc != GrowPreallocation::kOff && new_size_bytes > old_size_bytes) {
+      r = co_await Preallocate(image, p, old_size_bytes, new_size_bytes, prealloc);
+      if (r < 0) {
+        p.size_bytes = old_size_bytes;
+        co_return Errno("Failed to preallocate the new range", r);
       }
     }
     // Frees of the old L1 table and any zeroing durable before the size.
@@ -242,8 +392,8 @@ Task<absl::Status> ResizeImage(Qcow2Image& image, uint64_t new_size_bytes) {
   co_return absl::OkStatus();
 }
 
-Task<absl::Status> Qcow2Image::Resize(uint64_t new_size_bytes) {
-  co_return co_await ResizeImage(*this, new_size_bytes);
+Task<absl::Status> Qcow2Image::Resize(uint64_t new_size_bytes, GrowPreallocation prealloc) {
+  co_return co_await ResizeImage(*this, new_size_bytes, prealloc);
 }
 
 }  // namespace uq::engine

@@ -16,14 +16,25 @@
 // truncated after its last used cluster. The last partial cluster is kept
 // whole, as QEMU keeps it.
 //
+// Preallocation (grow only): after any zeroing, every guest cluster touching
+// the added range that has no host cluster gets one, named by a normal
+// COPIED entry (a zero cluster stays one under metadata preallocation, as
+// QEMU's; an extended entry keeps its subcluster bits), in contiguous
+// runs; the clusters read as zeros (metadata: a hole past the file's end,
+// zeroed inside it; falloc: the file system's zero range; full: written
+// zeros), so what the disk reads does not change. A standard-L2 first
+// cluster over a backing file is written through the write path instead, so
+// its head is copied up. All of it lands before the size does: a crash
+// leaves the old disk with the new clusters past its end.
+//
 // Refusals, with QEMU's words: a size not a multiple of 512, a version 2
 // image with snapshots, a version 2 image growing over a longer backing file
 // (no zero flag to hide it). Not supported here (refused before any change):
 // external data files, and an L1 table of at least as
 // many clusters as one refcount block covers (the allocator cannot place so
 // long a run; only 512-byte clusters past 512 MiB and 4 KiB clusters past
-// 2 TiB need one). Preallocation and persistent bitmaps are the tool's to
-// refuse: a writable open has already marked the bitmaps stale.
+// 2 TiB need one). Persistent bitmaps are the tool's to refuse: a writable
+// open has already marked the bitmaps stale.
 #ifndef UQ_SRC_ENGINE_RESIZE_H_
 #define UQ_SRC_ENGINE_RESIZE_H_
 
@@ -39,7 +50,8 @@ namespace uq::engine {
 // flight on the image, and none issued until it returns. The image stays
 // open and usable (at the new size) on success; on failure it is left
 // consistent (zero corruptions), at the old or the new size.
-Task<absl::Status> ResizeImage(Qcow2Image& image, uint64_t new_size_bytes);
+Task<absl::Status> ResizeImage(Qcow2Image& image, uint64_t new_size_bytes,
+                               GrowPreallocation prealloc);
 
 }  // namespace uq::engine
 

@@ -398,7 +398,7 @@ Task<absl::Status> RevertSnapshot(Qcow2Image& image, const std::string& id_or_na
   UQ_CO_ASSIGN_OR_RETURN(std::vector<uint64_t> sn_l1, co_await ReadL1(p, target));
   const uint64_t disk_size = target.disk_size_bytes();
   if (disk_size != p.size_bytes) {
-    UQ_CO_RETURN_IF_ERROR(co_await ResizeImage(image, disk_size));
+    UQ_CO_RETURN_IF_ERROR(co_await ResizeImage(image, disk_size, GrowPreallocation::kOff));
   }
   if (sn_l1.size() > p.l2->l1_entries()) {
     co_return absl::UnimplementedError(absl::StrCat(

@@ -78,13 +78,18 @@ Task<int> ZeroPath::ZeroPiece(uint64_t g, uint64_t n, bool may_unmap) {
   }
   // [begin, end): the whole (sub)clusters; the edges around them get real
   // zeros.
+  // A piece that reaches the end of the disk covers the rest of its
+  // (sub)cluster too: nothing past the end is read (QEMU zeroes so).
+  const bool at_end = g + n == p_->size_bytes;
   uint64_t begin = in_off;
   uint64_t end = in_off + n;
   if (geo.extended_l2) {
     const uint64_t sub = geo.subcluster_bytes;
     begin = (in_off + sub - 1) / sub * sub;
-    end = (in_off + n) / sub * sub;
+    end = at_end ? (in_off + n + sub - 1) / sub * sub : (in_off + n) / sub * sub;
     if (begin >= end) begin = end = in_off + n;  // no whole subcluster
+  } else if (in_off == 0 && at_end) {
+    end = geo.cluster_bytes;
   } else if (n != geo.cluster_bytes) {
     begin = end = in_off + n;  // partial cluster: real zeros
   }
@@ -125,7 +130,8 @@ Task<int> ZeroPath::ZeroInEntry(const GuestAddress& a, uint64_t begin, uint64_t 
     // Subcluster bits cannot describe part of a compressed cluster:
     // decompress into a normal cluster with real zeros instead.
     ce.Release();
-    co_return co_await write_->WritePiece(a.cluster_offset_bytes() + begin, end - begin, {});
+    const uint64_t stop = std::min(end, p_->size_bytes - a.cluster_offset_bytes());
+    co_return co_await write_->WritePiece(a.cluster_offset_bytes() + begin, stop - begin, {});
   }
   p_->l2->Store(ce.slot, ne);
   if (free_old) p_->l2->QueueFree(old);  // after the entry that replaces it

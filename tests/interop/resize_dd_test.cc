@@ -1,7 +1,9 @@
 // qcow2-img resize and dd against qemu-img 7.2: the same operation by each
 // tool on its own copy of a QEMU-made image gives `qemu-img compare` exit 0,
-// a clean `qemu-img check` of ours and the same virtual size; bad input is
-// one line, exit 1, and leaves the image byte-identical.
+// a clean `qemu-img check` of ours and the same virtual size, and a grow with
+// each --preallocation mode allocates the ranges qemu-img's allocates (by
+// `qemu-img map`); bad input is one line, exit 1, and leaves the image
+// byte-identical.
 //
 // Each test sets its image up once and runs several operations on it (ctest
 // runs every test in its own process, so this is where setup is shared).
@@ -77,12 +79,40 @@ void ResizeBoth(const std::string& dir, const std::string& args, const std::stri
   EXPECT_EQ(VirtualSize(dir, "ours.img", fmt), VirtualSize(dir, "theirs.img", fmt));
 }
 
+// What `qemu-img map` says of each range of `file`: present, allocated in
+// which layer (data, depth); host offsets and zero reads aside (a hole and
+// written zeros differ there). Adjacent equal ranges merged.
+std::string MapShape(const std::string& dir, const std::string& file) {
+  const RunResult r = In(dir, "qemu-img map -U --output=json " + Quote(file));
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  std::string shape;
+  std::string last;
+  int64_t start = 0;
+  int64_t end = 0;
+  const common::Json map = ParseOrDie(r.out);
+  for (const common::Json& e : map.items()) {
+    const std::string kind = std::string(e.Find("present")->AsBool() ? "present" : "absent") +
+                             (e.Find("data")->AsBool() ? " data" : "") + " depth " +
+                             std::to_string(e.Find("depth")->AsInt());
+    if (kind != last && end > start) {
+      shape += std::to_string(start) + "+" + std::to_string(end - start) + " " + last + "\n";
+      start = end;
+    }
+    last = kind;
+    end = e.Find("start")->AsInt() + e.Find("length")->AsInt();
+  }
+  if (end > start) shape += std::to_string(start) + "+" + std::to_string(end - start) + " " + last;
+  return shape;
+}
+
 struct ResizeCase {
   std::string name;
   std::string setup;     // leaves img.qcow2 (and its backing files)
   std::string grow;      // a size to grow to
   std::string shrink;    // a size to shrink to (with --shrink)
   std::string snapshot;  // if set: compared after `snapshot -a` too
+  // A size to grow to with each --preallocation mode (small: full writes it).
+  std::string prealloc_grow = "+1100K";
 };
 
 void PrintTo(const ResizeCase& c, std::ostream* os) { *os << c.name; }
@@ -122,6 +152,14 @@ std::vector<ResizeCase> ResizeCases() {
            "-c 'write -P 0x12 19M 1M' img.qcow2 >/dev/null",
        "+30M", "1536K", ""},
       {"backing_qcow2", KindSetup("backing_qcow2"), "+16M", "3M", ""},
+      // An end inside a cluster over a longer backing file: a preallocated
+      // grow copies the first cluster's head up from the backing file.
+      {"overlay_unaligned",
+       create + "base.qcow2 4M && qemu-io -c 'write -P 0x44 0 4M' base.qcow2 >/dev/null && " +
+           create +
+           "-b base.qcow2 -F qcow2 img.qcow2 1000K && qemu-io -c 'write -P 0x11 64K 8K' "
+           "img.qcow2 >/dev/null",
+       "+1M", "500K", "", "+1300K"},
   };
 }
 
@@ -133,6 +171,11 @@ TEST_P(ResizeKindsTest, SameResultAsQemuImg) {
   if (!MakeImages(dir, c.setup)) GTEST_SKIP() << "qemu-img or qemu-io not found";
   ResizeBoth(dir.path(), "", c.grow);
   ResizeBoth(dir.path(), "--shrink", c.shrink);
+  // Preallocated grows allocate what qemu-img's allocate.
+  for (const char* mode : {"metadata", "falloc", "full"}) {
+    ResizeBoth(dir.path(), std::string("--preallocation=") + mode, c.prealloc_grow);
+    EXPECT_EQ(MapShape(dir.path(), "ours.img"), MapShape(dir.path(), "theirs.img")) << mode;
+  }
   if (!c.snapshot.empty()) {
     // The snapshot survives the shrink unchanged.
     ASSERT_EQ(In(dir.path(), "qemu-img snapshot -a " + c.snapshot +
@@ -182,6 +225,8 @@ TEST(ResizeTest, RawImages) {
   ResizeBoth(dir.path(), "", "+1000", "raw");  // raw sizes need not be sector multiples
   ResizeBoth(dir.path(), "--shrink", "-1M", "raw");
   ResizeBoth(dir.path(), "--shrink", "12345", "raw");
+  ResizeBoth(dir.path(), "--preallocation=falloc", "+1M", "raw");
+  ResizeBoth(dir.path(), "--preallocation=full", "5000000", "raw");
 }
 
 // Refusals: one line naming the problem, exit 1, the image untouched; the
@@ -191,7 +236,8 @@ TEST(ResizeTest, BadInputLeavesTheImageUnchanged) {
   if (!MakeImages(dir, KindSetup("plain_64k") +
                            " && qemu-img create -q -f qcow2 -o compat=0.10 v2snap.qcow2 1M && "
                            "qemu-img snapshot -c s v2snap.qcow2 && qemu-img create -q -f qcow2 "
-                           "bitmaps.qcow2 1M && qemu-img bitmap --add bitmaps.qcow2 b0")) {
+                           "bitmaps.qcow2 1M && qemu-img bitmap --add bitmaps.qcow2 b0 && "
+                           "qemu-img create -q -f raw raw.img 1M")) {
     GTEST_SKIP() << "qemu-img or qemu-io not found";
   }
   struct Bad {
@@ -210,7 +256,8 @@ TEST(ResizeTest, BadInputLeavesTheImageUnchanged) {
       {"--shrink --preallocation=metadata img.qcow2 1M", "img.qcow2",
        "Preallocation can only be used for growing images"},
       {"--preallocation=bogus img.qcow2 +1M", "img.qcow2", "Invalid preallocation mode 'bogus'"},
-      {"--preallocation=metadata img.qcow2 +1M", "img.qcow2", "preallocation=metadata", false},
+      {"-f raw --preallocation=metadata raw.img +1M", "raw.img",
+       "Unsupported preallocation mode: metadata"},
       // qemu-img resizes the bitmaps; the engine's writable open would mark
       // them stale, so this is refused before the open.
       {"bitmaps.qcow2 2M", "bitmaps.qcow2", "resizing an image with persistent bitmaps", false},

@@ -7,11 +7,13 @@
 // smaller of the two sizes as they were before the resize.
 //
 // Scenarios: growing a 512-byte-cluster image so its L1 table moves,
-// shrinking through data (v3, and v2 without a dirty bit), and a shrink that
-// drops whole L2 tables. Environment: UQ_POWER_BASE_SEED (default random,
-// printed) seeds the random subsets.
+// shrinking through data (v3, and v2 without a dirty bit), a shrink that
+// drops whole L2 tables, and preallocated grows (metadata, and full into an
+// extended-L2 image); a grown range must read as zeros. Environment: UQ_POWER_BASE_SEED (default
+// random, printed) seeds the random subsets.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <memory>
@@ -39,6 +41,7 @@ struct Scenario {
   std::string name;
   format::CreateOptions create;
   uint64_t new_size_bytes;
+  GrowPreallocation prealloc = GrowPreallocation::kOff;
 };
 
 void PrintTo(const Scenario& s, std::ostream* os) { *os << s.name; }
@@ -76,7 +79,7 @@ uint64_t RunCut(const Scenario& s, const std::vector<std::byte>& start, uint64_t
   EXPECT_TRUE(opened.ok()) << opened.status();
   if (!opened.ok()) return 0;
   auto* image = dynamic_cast<Qcow2Image*>(opened->get());
-  absl::Status st = io::RunSync(nullptr, ResizeImage(*image, s.new_size_bytes));
+  absl::Status st = io::RunSync(nullptr, ResizeImage(*image, s.new_size_bytes, s.prealloc));
   if (st.ok()) st = io::RunSync(nullptr, image->Close());
   const uint64_t mutations = cut_ptr->mutations();
   opened->reset();
@@ -103,6 +106,14 @@ void CheckCrashed(const Scenario& s, const std::vector<std::byte>& guest,
   std::vector<std::byte> buf(keep);
   ASSERT_EQ(testing::ReadSync(**dev, 0, buf), 0);
   EXPECT_TRUE(std::equal(buf.begin(), buf.end(), guest.begin())) << "guest data changed";
+  // A grown disk reads zeros past its old end, preallocated or not.
+  if (size > keep && s.new_size_bytes > s.create.size_bytes) {
+    std::vector<std::byte> added(size - keep, std::byte{1});
+    ASSERT_EQ(testing::ReadSync(**dev, keep, added), 0);
+    EXPECT_TRUE(std::all_of(added.begin(), added.end(), [](std::byte b) {
+      return b == std::byte{0};
+    })) << "the grown range does not read as zeros";
+  }
   ASSERT_TRUE(io::RunSync(nullptr, (*dev)->Close()).ok());
   auto after = io::RunSync(nullptr, CheckImage(file));
   ASSERT_TRUE(after.ok()) << after.status();
@@ -124,6 +135,14 @@ std::vector<Scenario> Scenarios() {
   c.cluster_bits = 12;
   c.size_bytes = 8 << 20;
   v.push_back({"shrink_drops_tables_4k", c, 1 << 20});
+  // Preallocated grows from a size inside a cluster: runs of new clusters,
+  // the first cluster's entry, a new L2 table.
+  c.size_bytes = (8 << 20) - 1536;
+  v.push_back({"grow_metadata_4k", c, 10 << 20, GrowPreallocation::kMetadata});
+  c.extended_l2 = true;
+  c.cluster_bits = 15;
+  v.push_back({"grow_full_extended_32k", c, 12 << 20, GrowPreallocation::kFull});
+  c.extended_l2 = false;
   c.version = 2;
   c.cluster_bits = 16;
   v.push_back({"shrink_v2_64k", c, 3 << 20});
