@@ -172,8 +172,9 @@ const Command kResizeCommand = {
     "there a host cluster named by its L2 entry, without writing it; falloc also has the file "
     "system allocate (and zero) the space; full writes zeros. A raw file takes falloc and full. "
     "What the disk reads does not change.\n\n"
+    "An external data file is truncated to the new size, as qemu-img does.\n\n"
     "Not supported (refused before any change): qcow2 images "
-    "with an external data file or persistent bitmaps, and growing an L1 table to as many "
+    "with persistent bitmaps, and growing an L1 table to as many "
     "clusters as one refcount block covers (512-byte clusters past 512 MiB, 4 KiB clusters past "
     "2 TiB, at 16-bit refcounts).",
     kResizeOptions,

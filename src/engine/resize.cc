@@ -188,8 +188,11 @@ Task<int> PreallocateRun(ImageParts& p, uint64_t first, uint64_t count, GrowPrea
                          uint64_t* end_bytes) {
   const Geometry& geo = p.geo;
   const uint64_t bytes = count * geo.cluster_bytes;
-  int64_t host;
-  {
+  // An external data file holds each cluster at its guest offset, and takes
+  // no refcounts.
+  const bool external = p.meta->external_data();
+  int64_t host = static_cast<int64_t>(geo.ClusterOffset(first));
+  if (!external) {
     co_await p.meta->lock().Lock();
     cache::MutexGuard guard(&p.meta->lock());
     host = co_await p.refs->Allocate(count);
@@ -201,8 +204,7 @@ Task<int> PreallocateRun(ImageParts& p, uint64_t first, uint64_t count, GrowPrea
     r = co_await p.meta->RefuseOverlap(*hit, h, bytes);
   }
   if (r >= 0) r = co_await FillRun(p, h, bytes, mode);
-  if (r < 0) {
-    co_await p.meta->lock().Lock();
+  if (r < 0 && !external) {
     cache::MutexGuard guard(&p.meta->lock());
     for (uint64_t i = 0; i < count; ++i) co_await p.refs->Unallocate(h + i * geo.cluster_bytes);
     co_return r;
@@ -299,9 +301,6 @@ Task<absl::Status> ResizeImage(Qcow2Image& image, uint64_t new_size_bytes,
   if (h.nb_snapshots != 0 && h.version < 3) {
     co_return absl::FailedPreconditionError("Can't resize a v2 image which has snapshots");
   }
-  if (p.meta->external_data()) {
-    co_return absl::UnimplementedError("resizing an image with an external data file");
-  }
   const uint64_t new_l1 = L1EntriesFor(geo, new_size_bytes);
   if (new_l1 * 8 > format::kMaxL1Bytes) {
     co_return absl::InvalidArgumentError("Failed to grow the L1 table: File too large");
@@ -321,6 +320,11 @@ Task<absl::Status> ResizeImage(Qcow2Image& image, uint64_t new_size_bytes,
   const bool grow = new_size_bytes >= old_size_bytes;
   if (prealloc != GrowPreallocation::kOff && !grow) {
     co_return absl::InvalidArgumentError("Preallocation can only be used for growing images");
+  }
+  // A raw data file is the disk by itself: every cluster is mapped, so a
+  // grown range is at least metadata-preallocated (QEMU does the same).
+  if (grow && p.meta->data_file_raw() && prealloc == GrowPreallocation::kOff) {
+    prealloc = GrowPreallocation::kMetadata;
   }
   const bool hide_backing = grow && p.backing != nullptr && p.backing_size_bytes > old_size_bytes;
   if (hide_backing && h.version < 3) {
@@ -352,6 +356,17 @@ Task<absl::Status> ResizeImage(Qcow2Image& image, uint64_t new_size_bytes,
         co_return Errno("Failed to preallocate the new range", r);
       }
     }
+    // An external data file ends where the disk does, or where its last
+    // preallocated cluster does, as QEMU leaves it.
+    if (p.meta->external_data()) {
+      r = co_await p.meta->data_file().Truncate(prealloc == GrowPreallocation::kOff
+                                                    ? new_size_bytes
+                                                    : RoundUp(new_size_bytes, geo.cluster_bytes));
+      if (r < 0) {
+        p.size_bytes = old_size_bytes;
+        co_return Errno("Failed to resize the data file", r);
+      }
+    }
     // Frees of the old L1 table and any zeroing durable before the size.
     r = co_await image.Flush();
     if (r >= 0) r = co_await p.meta->SetDiskSize(new_size_bytes);
@@ -379,6 +394,11 @@ Task<absl::Status> ResizeImage(Qcow2Image& image, uint64_t new_size_bytes,
   if (r >= 0) r = co_await image.Flush();
   if (r >= 0) r = co_await image.Flush();
   if (r < 0) co_return Errno("Failed to reduce the number of L2 tables", r);
+  if (p.meta->external_data()) {
+    r = co_await p.meta->data_file().Truncate(new_size_bytes);
+    if (r >= 0) r = co_await p.meta->data_file().Flush();
+    if (r < 0) co_return Errno("Failed to resize the data file", r);
+  }
   const int64_t used_end = co_await UsedEnd(p);
   if (used_end < 0) co_return Errno("Failed to find the last cluster", static_cast<int>(used_end));
   if (static_cast<uint64_t>(used_end) < p.meta->file().size_bytes()) {

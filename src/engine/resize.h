@@ -27,13 +27,18 @@
 // its head is copied up. All of it lands before the size does: a crash
 // leaves the old disk with the new clusters past its end.
 //
+// An external data file is truncated to the new size, as QEMU does (after
+// the entries past a new end are cleared, when shrinking; to the end of the
+// last preallocated cluster, when preallocating); its clusters sit at their
+// guest offsets, so preallocation names those. A raw data file maps every
+// cluster: its grows are metadata-preallocated at least.
+//
 // Refusals, with QEMU's words: a size not a multiple of 512, a version 2
 // image with snapshots, a version 2 image growing over a longer backing file
 // (no zero flag to hide it). Not supported here (refused before any change):
-// external data files, and an L1 table of at least as
-// many clusters as one refcount block covers (the allocator cannot place so
-// long a run; only 512-byte clusters past 512 MiB and 4 KiB clusters past
-// 2 TiB need one). Persistent bitmaps are the tool's to refuse: a writable
+// an L1 table of at least as many clusters as one refcount block covers
+// (the allocator cannot place so long a run; only 512-byte clusters past
+// 512 MiB and 4 KiB clusters past 2 TiB need one). Persistent bitmaps are the tool's to refuse: a writable
 // open has already marked the bitmaps stale.
 #ifndef UQ_SRC_ENGINE_RESIZE_H_
 #define UQ_SRC_ENGINE_RESIZE_H_

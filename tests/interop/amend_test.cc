@@ -298,8 +298,6 @@ TEST(AmendTest, BadInputLeavesTheImageUnchanged) {
        "amending size together with compat or refcount_bits is not supported", false},
       {"-o refcount_bits=8,size=64M k/plain/img.qcow2", "k/plain/img.qcow2",
        "amending size together with compat or refcount_bits is not supported", false},
-      {"-o size=64M k/data/img.qcow2", "k/data/img.qcow2",
-       "resizing an image with an external data file", false},
       {"-o size=64M k/bitmaps/img.qcow2", "k/bitmaps/img.qcow2",
        "resizing an image with persistent bitmaps", false},
       {"-o encrypt.format=luks k/plain/img.qcow2", "k/plain/img.qcow2",

@@ -229,6 +229,50 @@ TEST(ResizeTest, RawImages) {
   ResizeBoth(dir.path(), "--preallocation=full", "5000000", "raw");
 }
 
+// External data files, raw and not: each tool resizes its own image (with
+// its own data file) made by qemu-img, by resize or amend -o size; the data
+// file ends where qemu-img's does, and the same ranges are mapped (a raw
+// data file maps every cluster, so its grows allocate).
+TEST(ResizeTest, ExternalDataFiles) {
+  TempDir dir;
+  if (!MakeImages(dir, "true")) GTEST_SKIP() << "qemu-img or qemu-io not found";
+  // Each step is a verb and its arguments, `F` standing for the image.
+  const std::string steps[] = {
+      "resize -q F +2M",
+      "resize -q F +1300K",
+      "resize -q --shrink F 1000K",
+      "resize -q --preallocation=metadata F +1300K",
+      "resize -q --preallocation=falloc F +1300K",
+      "resize -q --preallocation=full F 9M",
+      "amend -o size=6M F",
+  };
+  for (const char* raw : {"on", "off"}) {
+    for (const std::string& step : steps) {
+      SCOPED_TRACE(std::string("data_file_raw=") + raw + " " + step);
+      std::string setup = "rm -f o.qcow2 o.data t.qcow2 t.data";
+      for (const char* f : {"o", "t"}) {
+        setup += std::string(" && qemu-img create -q -f qcow2 -o data_file=") + f +
+                 ".data,data_file_raw=" + raw + " " + f + ".qcow2 4M && qemu-io -c 'write -P 3 " +
+                 "0 100k' -c 'write -P 4 3M 200k' " + f + ".qcow2 >/dev/null";
+      }
+      ASSERT_EQ(In(dir.path(), setup).exit_code, 0);
+      const size_t at = step.find('F');
+      const std::string before = step.substr(0, at);
+      const std::string after = step.substr(at + 1);
+      const RunResult ours = In(dir.path(), Ours() + " " + before + "o.qcow2" + after);
+      ASSERT_EQ(ours.exit_code, 0) << ours.err;
+      ASSERT_EQ(In(dir.path(), "qemu-img " + before + "t.qcow2" + after).exit_code, 0);
+      EXPECT_EQ(In(dir.path(), "qemu-img compare o.qcow2 t.qcow2").exit_code, 0);
+      const RunResult check = In(dir.path(), "qemu-img check o.qcow2");
+      EXPECT_EQ(check.exit_code, 0) << check.out << check.err;
+      EXPECT_EQ(ReadFile(dir.File("o.data")).size(), ReadFile(dir.File("t.data")).size());
+      EXPECT_EQ(MapShape(dir.path(), "o.qcow2"), MapShape(dir.path(), "t.qcow2"));
+      EXPECT_EQ(VirtualSize(dir.path(), "o.qcow2", "qcow2"),
+                VirtualSize(dir.path(), "t.qcow2", "qcow2"));
+    }
+  }
+}
+
 // Refusals: one line naming the problem, exit 1, the image untouched; the
 // words are qemu-img's where it has them.
 TEST(ResizeTest, BadInputLeavesTheImageUnchanged) {
