@@ -204,9 +204,12 @@ Task<int> PreallocateRun(ImageParts& p, uint64_t first, uint64_t count, GrowPrea
     r = co_await p.meta->RefuseOverlap(*hit, h, bytes);
   }
   if (r >= 0) r = co_await FillRun(p, h, bytes, mode);
-  if (r < 0 && !external) {
-    cache::MutexGuard guard(&p.meta->lock());
-    for (uint64_t i = 0; i < count; ++i) co_await p.refs->Unallocate(h + i * geo.cluster_bytes);
+  if (r < 0) {
+    if (!external) {
+      co_await p.meta->lock().Lock();
+      cache::MutexGuard guard(&p.meta->lock());
+      for (uint64_t i = 0; i < count; ++i) co_await p.refs->Unallocate(h + i * geo.cluster_bytes);
+    }
     co_return r;
   }
   *end_bytes = std::max(*end_bytes, h + bytes);

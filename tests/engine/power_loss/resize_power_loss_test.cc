@@ -9,7 +9,8 @@
 // Scenarios: growing a 512-byte-cluster image so its L1 table moves,
 // shrinking through data (v3, and v2 without a dirty bit), a shrink that
 // drops whole L2 tables, and preallocated grows (metadata, and full into an
-// extended-L2 image); a grown range must read as zeros. Environment: UQ_POWER_BASE_SEED (default
+// extended-L2 image); a grown range must read as zeros. And a preallocated
+// grow whose zeros cannot be written gives its clusters back. Environment: UQ_POWER_BASE_SEED (default
 // random, printed) seeds the random subsets.
 #include <gtest/gtest.h>
 
@@ -27,6 +28,7 @@
 #include "src/engine/image.h"
 #include "src/engine/qcow2_image.h"
 #include "src/engine/resize.h"
+#include "src/io/fault_file.h"
 #include "src/io/file_wrapper.h"
 #include "src/io/mem_file.h"
 #include "src/io/power_loss_file.h"
@@ -177,6 +179,45 @@ INSTANTIATE_TEST_SUITE_P(Scenarios, ResizePowerLossTest, ::testing::ValuesIn(Sce
                          [](const ::testing::TestParamInfo<Scenario>& info) {
                            return info.param.name;
                          });
+
+// A preallocated grow whose zeros cannot be written fails as a whole: the
+// clusters it took are given back (no leak), the disk keeps its old size
+// and bytes, and the image is clean.
+TEST(ResizePreallocationTest, FailedFillGivesItsClustersBack) {
+  Scenario s;
+  s.create.cluster_bits = 16;
+  s.create.size_bytes = 4 << 20;
+  std::vector<std::byte> guest;
+  const std::vector<std::byte> start = MakeStart(s, &guest);
+  io::MemFile base(io::MemFile::Mode::kImmediate, start);
+  auto fault = std::make_unique<io::FaultFile>(&base);
+  // Every write past the old end of the file: the new clusters' zeros.
+  fault->AddRule({.kinds = io::OpKindBit(io::OpKind::kWrite),
+                  .offset_bytes = start.size(),
+                  .length_bytes = uint64_t{1} << 40,
+                  .error = ENOSPC,
+                  .once = false});
+  OpenOptions o;
+  o.format = ImageFormat::kQcow2;
+  auto opened = io::RunSync(nullptr, OpenImage(std::move(fault), o));
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  auto* image = dynamic_cast<Qcow2Image*>(opened->get());
+  const absl::Status st =
+      io::RunSync(nullptr, ResizeImage(*image, 6 << 20, GrowPreallocation::kFull));
+  EXPECT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("Failed to preallocate"), std::string::npos) << st;
+  EXPECT_EQ(image->size_bytes(), s.create.size_bytes);
+  EXPECT_TRUE(io::RunSync(nullptr, image->Close()).ok());
+  opened->reset();
+  testing::ExpectClean(base);
+  auto dev = testing::OpenSync(&base, o);
+  ASSERT_TRUE(dev.ok()) << dev.status();
+  EXPECT_EQ((*dev)->size_bytes(), s.create.size_bytes);
+  std::vector<std::byte> buf(s.create.size_bytes);
+  ASSERT_EQ(testing::ReadSync(**dev, 0, buf), 0);
+  EXPECT_TRUE(buf == guest);
+  ASSERT_TRUE(io::RunSync(nullptr, (*dev)->Close()).ok());
+}
 
 }  // namespace
 }  // namespace uq::engine
