@@ -160,7 +160,8 @@ absl::Status CommitInto(io::EventLoop& loop, const CommitArgs& a, size_t base_in
   }
   UQ_ASSIGN_OR_RETURN(std::vector<LayerRun> runs, RunsAbove(chain, base_index));
   if (base.size_bytes() < top.size_bytes()) {
-    UQ_RETURN_IF_ERROR(RunOnLoop(loop, base.Resize(top.size_bytes(), engine::GrowPreallocation::kOff)));
+    UQ_RETURN_IF_ERROR(
+        RunOnLoop(loop, base.Resize(top.size_bytes(), engine::GrowPreallocation::kOff)));
   }
   Progress progress(a.progress);
   progress.Update(0);

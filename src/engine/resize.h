@@ -38,8 +38,8 @@
 // (no zero flag to hide it). Not supported here (refused before any change):
 // an L1 table of at least as many clusters as one refcount block covers
 // (the allocator cannot place so long a run; only 512-byte clusters past
-// 512 MiB and 4 KiB clusters past 2 TiB need one). Persistent bitmaps are the tool's to refuse: a writable
-// open has already marked the bitmaps stale.
+// 512 MiB and 4 KiB clusters past 2 TiB need one). Persistent bitmaps are
+// the tool's to refuse: a writable open has already marked them stale.
 #ifndef UQ_SRC_ENGINE_RESIZE_H_
 #define UQ_SRC_ENGINE_RESIZE_H_
 

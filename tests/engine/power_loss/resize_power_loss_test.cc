@@ -10,8 +10,9 @@
 // shrinking through data (v3, and v2 without a dirty bit), a shrink that
 // drops whole L2 tables, and preallocated grows (metadata, and full into an
 // extended-L2 image); a grown range must read as zeros. And a preallocated
-// grow whose zeros cannot be written gives its clusters back. Environment: UQ_POWER_BASE_SEED (default
-// random, printed) seeds the random subsets.
+// grow whose zeros cannot be written gives its clusters back.
+// Environment: UQ_POWER_BASE_SEED (default random, printed) seeds the
+// random subsets.
 #include <gtest/gtest.h>
 
 #include <algorithm>
