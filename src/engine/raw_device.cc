@@ -4,7 +4,6 @@
 #include <array>
 #include <cerrno>
 #include <cstring>
-#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "format/endian.h"
@@ -16,7 +15,6 @@ namespace uq::engine {
 namespace {
 
 constexpr uint64_t kProbeBytes = 512;  // what a probe reads: QEMU's BLOCK_PROBE_BUF_SIZE
-constexpr uint64_t kZeroChunkBytes = uint64_t{1} << 20;  // full preallocation's writes
 
 }  // namespace
 
@@ -108,13 +106,7 @@ Task<absl::Status> RawDevice::Resize(uint64_t new_size_bytes, GrowPreallocation 
     // The file system allocates the range (zeroed, as the hole it was).
     r = co_await file_->WriteZeroes(old_size_bytes, added);
   } else {
-    const std::vector<std::byte> zeros(std::min<uint64_t>(added, kZeroChunkBytes));
-    for (uint64_t done = 0; r >= 0 && done < added; done += zeros.size()) {
-      const iovec iov{const_cast<std::byte*>(zeros.data()),
-                      std::min<uint64_t>(zeros.size(), added - done)};
-      const int64_t w = co_await file_->WriteV(old_size_bytes + done, std::span(&iov, 1));
-      if (w < 0) r = static_cast<int>(w);
-    }
+    r = co_await file_->WriteZeroBuffers(old_size_bytes, added);
   }
   if (r < 0) co_return absl::InternalError(absl::StrCat("preallocation: ", std::strerror(-r)));
   co_return absl::OkStatus();

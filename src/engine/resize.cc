@@ -160,18 +160,7 @@ Task<int> FillRun(ImageParts& p, uint64_t h, uint64_t bytes, GrowPreallocation m
   } else if (mode == GrowPreallocation::kMetadata) {
     if (h < inside_end) r = co_await f.WriteZeroes(h, inside_end - h);
   } else {
-    std::vector<iovec> iov;
-    for (uint64_t done = 0; r >= 0 && done < bytes;) {
-      iov.clear();
-      uint64_t n = 0;
-      while (done + n < bytes && iov.size() < 256) {
-        iov.push_back({p.zeros.data(), p.zeros.size()});
-        n += p.zeros.size();
-      }
-      const int64_t w = co_await f.WriteV(h + done, iov);
-      if (w < 0) r = static_cast<int>(w);
-      done += n;
-    }
+    r = co_await f.WriteZeroBuffers(h, bytes);
   }
   // Space the file held before may hold a freed cluster's bytes: its zeros
   // are durable before an entry names it.
@@ -283,9 +272,12 @@ Task<int> Preallocate(Qcow2Image& image, ImageParts& p, uint64_t from_bytes, uin
     }
   }
   // Metadata preallocation past the file's end wrote nothing there: the file
-  // still has to reach the clusters its entries name.
-  io::BlockFile& f = p.meta->data_file();
-  if (end_bytes > f.size_bytes()) co_return co_await f.Truncate(end_bytes);
+  // still has to reach the clusters its entries name. (ResizeImage sizes an
+  // external data file itself.)
+  io::BlockFile& f = p.meta->file();
+  if (!p.meta->external_data() && end_bytes > f.size_bytes()) {
+    co_return co_await f.Truncate(end_bytes);
+  }
   co_return 0;
 }
 

@@ -77,8 +77,7 @@ Task<int> ZeroPath::ZeroPiece(uint64_t g, uint64_t n, bool may_unmap) {
     co_return co_await WriteZerosIfNeeded(g, n);
   }
   // [begin, end): the whole (sub)clusters; the edges around them get real
-  // zeros.
-  // A piece that reaches the end of the disk covers the rest of its
+  // zeros. A piece that reaches the end of the disk covers the rest of its
   // (sub)cluster too: nothing past the end is read (QEMU zeroes so).
   const bool at_end = g + n == p_->size_bytes;
   uint64_t begin = in_off;

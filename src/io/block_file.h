@@ -64,6 +64,10 @@ class BlockFile {
     iovec v{const_cast<std::byte*>(buf.data()), buf.size()};
     co_return co_await WriteV(offset_bytes, std::span<const iovec>(&v, 1));
   }
+  // Writes zeros over the range with ordinary writes (WriteZeroes' last
+  // resort; full preallocation), from one buffer of up to 1 MiB allocated
+  // per call and aligned for O_DIRECT. Returns 0 or -errno.
+  Task<int> WriteZeroBuffers(uint64_t offset_bytes, uint64_t length_bytes);
 };
 
 }  // namespace uq::io

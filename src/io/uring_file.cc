@@ -28,7 +28,6 @@ constexpr uint64_t kMaxSingleBytes = uint64_t{1} << 30;
 // -EINTR / -EAGAIN retries per request before giving up.
 constexpr int kMaxRetries = 8;
 constexpr uint64_t kMaxOffset = static_cast<uint64_t>(std::numeric_limits<off_t>::max());
-constexpr uint64_t kZeroBufferBytes = uint64_t{1} << 20;
 
 bool RangeInvalid(uint64_t offset_bytes, uint64_t length_bytes) {
   return offset_bytes > kMaxOffset || length_bytes > kMaxOffset - offset_bytes;
@@ -245,25 +244,6 @@ Task<int> UringFile::Fallocate(int mode, uint64_t offset_bytes, uint64_t length_
     if (res == -EINTR && attempt < kMaxRetries) continue;
     co_return res < 0 ? res : 0;
   }
-}
-
-Task<int> UringFile::WriteZeroBuffers(uint64_t offset_bytes, uint64_t length_bytes) {
-  uint64_t chunk_bytes = std::min(length_bytes, kZeroBufferBytes);
-  chunk_bytes =
-      (chunk_bytes + kDirectAlignmentBytes - 1) / kDirectAlignmentBytes * kDirectAlignmentBytes;
-  struct Free {
-    void operator()(void* p) const { std::free(p); }
-  };
-  std::unique_ptr<void, Free> zeros(std::aligned_alloc(kDirectAlignmentBytes, chunk_bytes));
-  if (!zeros) co_return -ENOMEM;
-  std::memset(zeros.get(), 0, chunk_bytes);
-  for (uint64_t done = 0; done < length_bytes;) {
-    iovec v{zeros.get(), std::min(chunk_bytes, length_bytes - done)};
-    int64_t r = co_await Transfer(/*write=*/true, offset_bytes + done, std::span(&v, 1));
-    if (r < 0) co_return static_cast<int>(r);
-    done += v.iov_len;
-  }
-  co_return 0;
 }
 
 Task<int> UringFile::Discard(uint64_t offset_bytes, uint64_t length_bytes) {

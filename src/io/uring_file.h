@@ -103,8 +103,6 @@ class UringFile final : public BlockFile {
 
   Task<int64_t> Transfer(bool write, uint64_t offset_bytes, std::span<const iovec> iov);
   Task<int> Fallocate(int mode, uint64_t offset_bytes, uint64_t length_bytes);
-  // Writes zeros with ordinary writes (last-resort WriteZeroes fallback).
-  Task<int> WriteZeroBuffers(uint64_t offset_bytes, uint64_t length_bytes);
   void GrowSize(uint64_t end_bytes);
 
   EventLoop* loop_;
