@@ -188,13 +188,13 @@ const Command kSnapshotCommand = {
     "does. -l prints qemu-img's snapshot table (nothing when there are none). -c copies the "
     "current disk into a new snapshot (disk only: no VM state, VM clock 0; names may repeat, ids "
     "are numbered). -a reverts the disk to a snapshot, found by id first, then by name, resizing "
-    "the disk to the snapshot's size if it differs. -d deletes the first snapshot with that "
+    "the disk to the snapshot's size if it differs (and growing the L1 table if the snapshot's is "
+    "longer). -d deletes the first snapshot with that "
     "name and frees the clusters only it used. One action at a time; without one nothing "
     "changes. -c, -a and -d take the image's write lock and are crash-safe (a version 3 image "
     "carries the dirty bit while they run).\n\n"
     "Not supported (refused before any change): images with an external data file (qemu-img "
-    "refuses them too), raw images, and applying a snapshot whose L1 table is longer than the "
-    "current one.",
+    "refuses them too) and raw images.",
     kSnapshotOptions,
 };
 

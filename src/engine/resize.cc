@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "format/endian.h"
 #include "format/header.h"
+#include "format/status_macros.h"
 #include "format/tables.h"
 
 namespace uq::engine {
@@ -25,50 +26,6 @@ uint64_t RoundUp(uint64_t v, uint64_t unit) { return (v + unit - 1) / unit * uni
 // Entries an L1 table needs for a disk of `size_bytes` (QEMU's size_to_l1).
 uint64_t L1EntriesFor(const Geometry& geo, uint64_t size_bytes) {
   return (size_bytes + geo.table_span_bytes() - 1) / geo.table_span_bytes();
-}
-
-// Moves the active L1 table to a new place with `entries` entries.
-Task<absl::Status> GrowL1(ImageParts& p, uint64_t entries) {
-  const Geometry& geo = p.geo;
-  L2Map& l2 = *p.l2;
-  const uint64_t old_entries = l2.l1_entries();
-  const uint64_t old_offset = l2.l1_offset_bytes();
-  const uint64_t table_bytes = RoundUp(entries * 8, geo.cluster_bytes);
-  int64_t offset = 0;
-  {
-    co_await p.meta->lock().Lock();
-    cache::MutexGuard guard(&p.meta->lock());
-    offset = co_await p.refs->Allocate(table_bytes / geo.cluster_bytes);
-  }
-  if (offset < 0) co_return Errno("Failed to grow the L1 table", static_cast<int>(offset));
-  // The new table's refcounts are durable before anything names it.
-  int r = co_await p.refs->Flush();
-  if (r >= 0) r = co_await p.meta->Sync();
-  std::vector<uint64_t> l1(entries, 0);
-  std::vector<std::byte> buf(table_bytes, std::byte{0});
-  for (uint64_t i = 0; i < old_entries; ++i) {
-    l1[i] = l2.L1Raw(i);
-    format::StoreBE64(&buf[i * 8], l1[i]);
-  }
-  if (r >= 0) r = co_await p.meta->CheckWrite(static_cast<uint64_t>(offset), buf.size());
-  if (r >= 0) {
-    const int64_t w = co_await p.meta->file().Write(static_cast<uint64_t>(offset), buf);
-    r = w < 0 ? static_cast<int>(w) : 0;
-  }
-  if (r >= 0) r = co_await p.meta->Sync();
-  if (r >= 0) r = co_await p.meta->SetL1Table(static_cast<uint64_t>(offset), entries);
-  if (r >= 0) r = co_await p.meta->Sync();
-  if (r < 0) co_return Errno("Failed to grow the L1 table", r);
-  co_await p.meta->lock().Lock();
-  cache::MutexGuard guard(&p.meta->lock());
-  l2.ReplaceL1(l1, static_cast<uint64_t>(offset));
-  // The header no longer names the old table: its clusters are freed by the
-  // next flush.
-  if (old_entries > 0 && old_offset != 0) {
-    p.refs->QueueFree(geo.ClusterIndex(old_offset),
-                      RoundUp(old_entries * 8, geo.cluster_bytes) / geo.cluster_bytes);
-  }
-  co_return absl::OkStatus();
 }
 
 // Clears the L2 entries of guest clusters [first, end) whose tables exist,
@@ -283,6 +240,68 @@ Task<int> Preallocate(Qcow2Image& image, ImageParts& p, uint64_t from_bytes, uin
 
 }  // namespace
 
+absl::Status CheckL1Growth(const Geometry& geo, uint64_t current_entries, uint64_t entries) {
+  if (entries * 8 > format::kMaxL1Bytes) {
+    return absl::InvalidArgumentError("Failed to grow the L1 table: File too large");
+  }
+  // A moved L1 table is one contiguous run of clusters, and the allocator
+  // places a fresh area's refcount blocks at the start of the range each
+  // describes, so it cannot find a run as long as a block's range (it would
+  // search forever): refuse such a table up front. (512-byte clusters from
+  // 512 MiB on, 4 KiB clusters from 2 TiB on, at 16-bit refcounts.)
+  const uint64_t clusters = RoundUp(entries * 8, geo.cluster_bytes) / geo.cluster_bytes;
+  if (entries > current_entries && clusters >= (uint64_t{1} << geo.refblock_bits)) {
+    return absl::UnimplementedError(absl::StrCat(
+        "Failed to grow the L1 table: its ", clusters,
+        " clusters exceed what one refcount block covers, which qcow2-img cannot allocate yet "
+        "(use a larger cluster size)"));
+  }
+  return absl::OkStatus();
+}
+
+Task<absl::Status> GrowL1Table(ImageParts& p, uint64_t entries) {
+  const Geometry& geo = p.geo;
+  L2Map& l2 = *p.l2;
+  const uint64_t old_entries = l2.l1_entries();
+  const uint64_t old_offset = l2.l1_offset_bytes();
+  const uint64_t table_bytes = RoundUp(entries * 8, geo.cluster_bytes);
+  int64_t offset = 0;
+  {
+    co_await p.meta->lock().Lock();
+    cache::MutexGuard guard(&p.meta->lock());
+    offset = co_await p.refs->Allocate(table_bytes / geo.cluster_bytes);
+  }
+  if (offset < 0) co_return Errno("Failed to grow the L1 table", static_cast<int>(offset));
+  // The new table's refcounts are durable before anything names it.
+  int r = co_await p.refs->Flush();
+  if (r >= 0) r = co_await p.meta->Sync();
+  std::vector<uint64_t> l1(entries, 0);
+  std::vector<std::byte> buf(table_bytes, std::byte{0});
+  for (uint64_t i = 0; i < old_entries; ++i) {
+    l1[i] = l2.L1Raw(i);
+    format::StoreBE64(&buf[i * 8], l1[i]);
+  }
+  if (r >= 0) r = co_await p.meta->CheckWrite(static_cast<uint64_t>(offset), buf.size());
+  if (r >= 0) {
+    const int64_t w = co_await p.meta->file().Write(static_cast<uint64_t>(offset), buf);
+    r = w < 0 ? static_cast<int>(w) : 0;
+  }
+  if (r >= 0) r = co_await p.meta->Sync();
+  if (r >= 0) r = co_await p.meta->SetL1Table(static_cast<uint64_t>(offset), entries);
+  if (r >= 0) r = co_await p.meta->Sync();
+  if (r < 0) co_return Errno("Failed to grow the L1 table", r);
+  co_await p.meta->lock().Lock();
+  cache::MutexGuard guard(&p.meta->lock());
+  l2.ReplaceL1(l1, static_cast<uint64_t>(offset));
+  // The header no longer names the old table: its clusters are freed by the
+  // next flush.
+  if (old_entries > 0 && old_offset != 0) {
+    p.refs->QueueFree(geo.ClusterIndex(old_offset),
+                      RoundUp(old_entries * 8, geo.cluster_bytes) / geo.cluster_bytes);
+  }
+  co_return absl::OkStatus();
+}
+
 Task<absl::Status> ResizeImage(Qcow2Image& image, uint64_t new_size_bytes,
                                GrowPreallocation prealloc) {
   ImageParts& p = *image.p_;
@@ -297,21 +316,7 @@ Task<absl::Status> ResizeImage(Qcow2Image& image, uint64_t new_size_bytes,
     co_return absl::FailedPreconditionError("Can't resize a v2 image which has snapshots");
   }
   const uint64_t new_l1 = L1EntriesFor(geo, new_size_bytes);
-  if (new_l1 * 8 > format::kMaxL1Bytes) {
-    co_return absl::InvalidArgumentError("Failed to grow the L1 table: File too large");
-  }
-  // A moved L1 table is one contiguous run of clusters, and the allocator
-  // places a fresh area's refcount blocks at the start of the range each
-  // describes, so it cannot find a run as long as a block's range (it would
-  // search forever): refuse such a table up front. (512-byte clusters from
-  // 512 MiB on, 4 KiB clusters from 2 TiB on, at 16-bit refcounts.)
-  const uint64_t new_l1_clusters = RoundUp(new_l1 * 8, geo.cluster_bytes) / geo.cluster_bytes;
-  if (new_l1 > p.l2->l1_entries() && new_l1_clusters >= (uint64_t{1} << geo.refblock_bits)) {
-    co_return absl::UnimplementedError(absl::StrCat(
-        "Failed to grow the L1 table: its ", new_l1_clusters,
-        " clusters exceed what one refcount block covers, which qcow2-img cannot allocate yet "
-        "(use a larger cluster size)"));
-  }
+  UQ_CO_RETURN_IF_ERROR(CheckL1Growth(geo, p.l2->l1_entries(), new_l1));
   const bool grow = new_size_bytes >= old_size_bytes;
   if (prealloc != GrowPreallocation::kOff && !grow) {
     co_return absl::InvalidArgumentError("Preallocation can only be used for growing images");
@@ -333,7 +338,7 @@ Task<absl::Status> ResizeImage(Qcow2Image& image, uint64_t new_size_bytes,
 
   if (grow) {
     if (new_l1 > p.l2->l1_entries()) {
-      absl::Status s = co_await GrowL1(p, new_l1);
+      absl::Status s = co_await GrowL1Table(p, new_l1);
       if (!s.ok()) co_return s;
     }
     p.size_bytes = new_size_bytes;

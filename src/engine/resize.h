@@ -46,6 +46,8 @@
 #include <cstdint>
 
 #include "absl/status/status.h"
+#include "src/engine/geometry.h"
+#include "src/engine/image_parts.h"
 #include "src/engine/qcow2_image.h"
 #include "src/io/task.h"
 
@@ -57,6 +59,17 @@ namespace uq::engine {
 // consistent (zero corruptions), at the old or the new size.
 Task<absl::Status> ResizeImage(Qcow2Image& image, uint64_t new_size_bytes,
                                GrowPreallocation prealloc);
+
+// Whether the active L1 table can grow from `current_entries` to `entries`
+// entries here (QEMU's limit, and the allocator's one-run limit above).
+absl::Status CheckL1Growth(const Geometry& geo, uint64_t current_entries, uint64_t entries);
+
+// Moves the active L1 table to a new place with `entries` entries (more than
+// it has), keeping its entries: the new table's refcounts durable -> the
+// table written -> fsync -> the header names it -> fsync; the old table is
+// freed by the next flush. REQUIRES: CheckL1Growth passed, no request in
+// flight, the dirty bit set.
+Task<absl::Status> GrowL1Table(ImageParts& p, uint64_t entries);
 
 }  // namespace uq::engine
 

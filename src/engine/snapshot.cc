@@ -396,16 +396,18 @@ Task<absl::Status> RevertSnapshot(Qcow2Image& image, const std::string& id_or_na
   }
   const format::Snapshot target = *it;
   UQ_CO_ASSIGN_OR_RETURN(std::vector<uint64_t> sn_l1, co_await ReadL1(p, target));
+  // A snapshot's L1 table longer than the active one (an image whose L1
+  // table another tool shrank): the active table grows to its length first,
+  // as QEMU's qcow2_snapshot_goto grows it. Checked before anything changes.
+  UQ_CO_RETURN_IF_ERROR(CheckL1Growth(p.geo, p.l2->l1_entries(), sn_l1.size()));
   const uint64_t disk_size = target.disk_size_bytes();
   if (disk_size != p.size_bytes) {
     UQ_CO_RETURN_IF_ERROR(co_await ResizeImage(image, disk_size, GrowPreallocation::kOff));
   }
-  if (sn_l1.size() > p.l2->l1_entries()) {
-    co_return absl::UnimplementedError(absl::StrCat(
-        "Failed to load snapshot: its L1 table (", sn_l1.size(),
-        " entries) is longer than the active one (", p.l2->l1_entries(), "), not supported"));
-  }
   UQ_CO_RETURN_IF_ERROR(co_await Begin(image));
+  if (sn_l1.size() > p.l2->l1_entries()) {
+    UQ_CO_RETURN_IF_ERROR(co_await GrowL1Table(p, sn_l1.size()));
+  }
   std::vector<uint64_t> l1(p.l2->l1_entries(), 0);
   std::copy(sn_l1.begin(), sn_l1.end(), l1.begin());
   {

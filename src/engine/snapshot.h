@@ -24,16 +24,17 @@
 //  - revert: the snapshot's tree gains a reference and that is flushed, the
 //    active L1 table is overwritten in place with the snapshot's, the old
 //    tree's references are dropped once that is durable, and COPIED flags are
-//    recomputed. A snapshot of another disk size resizes the image first (as
-//    QEMU does).
+//    recomputed. A snapshot of another disk size resizes the image first, and
+//    a snapshot L1 table longer than the active one grows the active one to
+//    its length (both as QEMU does).
 // A version 2 image has no dirty bit: a crash in the middle may leave COPIED
 // flags that `qemu-img check -r all` repairs, as with QEMU.
 //
 // Refused (before any change): read-only images and images with an external
 // data file (QEMU: Operation not supported), a missing snapshot, more than
 // QEMU's 65536 snapshots, 1-bit refcounts (no second reference; QEMU fails
-// half-way with EINVAL), a snapshot whose L1 table is longer than the active
-// one after the resize (not supported here).
+// half-way with EINVAL), an L1 table to grow past what one refcount block
+// covers (see CheckL1Growth).
 //
 // REQUIRES for every function: no request in flight on the image and none
 // issued until it returns. The image stays open and usable.

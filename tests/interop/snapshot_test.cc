@@ -274,6 +274,53 @@ TEST(SnapshotTest, BadInputLeavesTheImageUnchanged) {
   EXPECT_EQ(In(dir.path(), "qemu-img check img.qcow2").exit_code, 0);
 }
 
+// Big-endian 32-bit field of the header (l1_size is at byte 36).
+uint32_t HeaderField32(const std::string& image, size_t at) {
+  uint32_t v = 0;
+  for (size_t i = 0; i < 4 && at + i < image.size(); ++i) {
+    v = (v << 8) | static_cast<uint8_t>(image[at + i]);
+  }
+  return v;
+}
+
+// A snapshot whose L1 table is longer than the active one: QEMU makes it by
+// shrinking (its L1 table keeps its length, and so does the snapshot's),
+// and another tool's shorter active table is made here by rewriting the
+// header's l1_size (the entries past it are zero, so the image stays
+// clean). -a grows the active table to the snapshot's length, as qemu-img
+// does: both copies read the same, check clean, and have that length.
+TEST(SnapshotTest, RevertGrowsAShorterActiveL1Table) {
+  if (!HaveTool("qemu-img") || !HaveTool("qemu-io")) GTEST_SKIP() << "qemu-img or qemu-io missing";
+  TempDir dir;
+  const RunResult setup =
+      In(dir.path(),
+         "qemu-img create -q -f qcow2 a.qcow2 3G && "
+         "qemu-io -c 'write -P 0x11 0 1M' -c 'write -P 0x22 600M 1M' -c 'write -P 0x33 2500M 64k' "
+         "a.qcow2 >/dev/null && qemu-img resize -q --shrink a.qcow2 1G && "
+         "qemu-img snapshot -c s1 a.qcow2 && "
+         "qemu-io -c 'write -P 0x44 0 64k' -c 'write -P 0x55 700M 64k' a.qcow2 >/dev/null && "
+         "printf '\\000\\000\\000\\002' | dd of=a.qcow2 bs=1 seek=36 conv=notrunc status=none && "
+         "qemu-img check -q a.qcow2 && cp a.qcow2 q.qcow2 && cp a.qcow2 o.qcow2");
+  ASSERT_EQ(setup.exit_code, 0) << setup.err;
+  ASSERT_EQ(HeaderField32(ReadFile(dir.File("a.qcow2")), 36), 2u);
+  ASSERT_EQ(In(dir.path(), "qemu-img snapshot -a s1 q.qcow2").exit_code, 0);
+  const RunResult ours = In(dir.path(), Ours() + " snapshot -a s1 o.qcow2");
+  ASSERT_EQ(ours.exit_code, 0) << ours.err;
+  EXPECT_EQ(ours.out, "");
+  const RunResult check = In(dir.path(), "qemu-img check o.qcow2");
+  EXPECT_EQ(check.exit_code, 0) << check.out << check.err;
+  const RunResult cmp = In(dir.path(), "qemu-img compare q.qcow2 o.qcow2");
+  EXPECT_EQ(cmp.exit_code, 0) << cmp.out << cmp.err;
+  // The snapshot's data, not the writes made after it.
+  const RunResult read = In(dir.path(),
+                            "qemu-io -c 'read -P 0x11 0 1M' -c 'read -P 0x22 600M 1M' "
+                            "-c 'read -P 0 700M 64k' o.qcow2 | grep -c 'Pattern verification'");
+  EXPECT_EQ(read.out, "0\n") << read.out;
+  EXPECT_EQ(HeaderField32(ReadFile(dir.File("o.qcow2")), 36),
+            HeaderField32(ReadFile(dir.File("q.qcow2")), 36));
+  EXPECT_EQ(HeaderField32(ReadFile(dir.File("o.qcow2")), 36), 6u);
+}
+
 TEST(SnapshotTest, ListWithoutSnapshotsPrintsNothing) {
   if (!HaveTool("qemu-img")) GTEST_SKIP() << "qemu-img missing";
   TempDir dir;
