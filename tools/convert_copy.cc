@@ -20,6 +20,19 @@
 
 namespace uq::tools {
 
+Task<void> RateLimiter::Admit(io::EventLoop& loop, uint64_t bytes) {
+  if (bytes_per_second_ == 0) co_return;
+  admitted_bytes_ += bytes;
+  const auto due = start_ + std::chrono::nanoseconds(
+                                static_cast<int64_t>(static_cast<double>(admitted_bytes_) * 1e9 /
+                                                     static_cast<double>(bytes_per_second_)));
+  const auto wait = due - std::chrono::steady_clock::now();
+  if (wait <= std::chrono::nanoseconds(0)) co_return;
+  const int64_t ns = std::chrono::duration_cast<std::chrono::nanoseconds>(wait).count();
+  __kernel_timespec ts{.tv_sec = ns / 1000000000, .tv_nsec = ns % 1000000000};
+  co_await loop.Op([&](io_uring_sqe* sqe) { io_uring_prep_timeout(sqe, &ts, 0, 0); });
+}
+
 namespace {
 
 // Suspends until it is chunk `index`'s turn to write (or the copy failed).
@@ -48,25 +61,9 @@ void PassTurn(CopyJob& job, uint64_t index) {
   h.resume();
 }
 
-// -r: waits until a write of `bytes` more fits under the rate limit: the
-// copy writes at most rate_bytes_per_second from its start, zeroes included
-// (qemu-img throttles every write request to the target the same way).
-Task<void> Throttle(CopyJob& job, uint64_t bytes) {
-  if (job.rate_bytes_per_second == 0) co_return;
-  job.throttled_bytes += bytes;
-  const auto due = job.start + std::chrono::nanoseconds(static_cast<int64_t>(
-                                   static_cast<double>(job.throttled_bytes) * 1e9 /
-                                   static_cast<double>(job.rate_bytes_per_second)));
-  const auto wait = due - std::chrono::steady_clock::now();
-  if (wait <= std::chrono::nanoseconds(0)) co_return;
-  const int64_t ns = std::chrono::duration_cast<std::chrono::nanoseconds>(wait).count();
-  __kernel_timespec ts{.tv_sec = ns / 1000000000, .tv_nsec = ns % 1000000000};
-  co_await job.loop->Op([&](io_uring_sqe* sqe) { io_uring_prep_timeout(sqe, &ts, 0, 0); });
-}
-
 // Zeroes [offset, offset + length) of the destination, within the rate limit.
 Task<int> ZeroRange(CopyJob& job, uint64_t offset, uint64_t length, std::string& what) {
-  co_await Throttle(job, length);
+  co_await job.rate_limiter.Admit(*job.loop, length);
   const int r = co_await job.dst->WriteZeroes(offset, length, /*may_unmap=*/true);
   if (r < 0) what = absl::StrCat("zeroing destination at offset ", offset);
   co_return r;
@@ -145,13 +142,13 @@ Task<int> WriteCompressedChunk(CopyJob& job, AlignedBuffer& buf, CompressScratch
     if (kind == ExtentKind::kBacking) continue;
     if (kind == ExtentKind::kZero || scratch.zero[i]) {
       if (!job.dst_reads_zero) {
-        co_await Throttle(job, n);
+        co_await job.rate_limiter.Admit(*job.loop, n);
         r = co_await job.dst->WriteZeroes(offset + pos, n, /*may_unmap=*/true);
       }
     } else if (scratch.sizes[i] < 0) {
       r = static_cast<int>(scratch.sizes[i]);
     } else {
-      co_await Throttle(job, n);
+      co_await job.rate_limiter.Admit(*job.loop, n);
       std::span<const std::byte> compressed =
           scratch.out.span().subspan(pos, static_cast<size_t>(scratch.sizes[i]));
       r = co_await job.dst->WriteCompressedBytes(offset + pos, buf.span().subspan(pos, n),
@@ -190,7 +187,7 @@ Task<int> WriteRuns(CopyJob& job, AlignedBuffer& buf, uint64_t offset, uint64_t 
     written_end = end;
     int r = 0;
     if (run.data) {
-      co_await Throttle(job, end - begin);
+      co_await job.rate_limiter.Admit(*job.loop, end - begin);
       iovec w = buf.Iov(begin, end - begin);
       r = co_await job.dst->Write(offset + begin, std::span<const iovec>(&w, 1), /*fua=*/false);
       if (r < 0) what = absl::StrCat("writing destination at offset ", offset + begin);
@@ -265,7 +262,7 @@ Task<int> OffloadChunk(CopyJob& job, uint64_t offset, uint64_t length, std::stri
     const SourceExtent& e = ExtentAt(job, offset + pos);
     const uint64_t end = ExtentEnd(e, offset, pos, length);
     if (e.kind == ExtentKind::kData) {
-      co_await Throttle(job, end - pos);
+      co_await job.rate_limiter.Admit(*job.loop, end - pos);
       loff_t in = static_cast<loff_t>(offset + pos);
       loff_t out = in;
       while (in < static_cast<loff_t>(offset + end)) {
@@ -360,7 +357,7 @@ Task<void> CopyWorker(CopyJob& job) {
 }  // namespace
 
 absl::Status RunCopy(CopyJob& job, int workers) {
-  job.start = std::chrono::steady_clock::now();
+  job.rate_limiter = RateLimiter(job.rate_bytes_per_second);
   job.chunks = (job.size_bytes + job.chunk_bytes - 1) / job.chunk_bytes;
   std::vector<Task<void>> tasks;
   for (int i = 0; i < workers; ++i) tasks.push_back(CopyWorker(job));

@@ -20,6 +20,7 @@
 #include "absl/status/statusor.h"
 #include "src/engine/device.h"
 #include "src/io/event_loop.h"
+#include "src/io/task.h"
 #include "tools/compress_pool.h"
 #include "tools/zero_chunks.h"
 
@@ -46,6 +47,23 @@ class Progress {
  private:
   bool enabled_;
   double printed_ = -1;
+};
+
+// -r: paces writes to at most `bytes_per_second` on average since the
+// limiter was made (0: no limit). Every byte written counts, zeros included,
+// as qemu-img throttles every write request to its target (convert) or every
+// range it copies (commit).
+class RateLimiter {
+ public:
+  explicit RateLimiter(uint64_t bytes_per_second = 0)
+      : bytes_per_second_(bytes_per_second), start_(std::chrono::steady_clock::now()) {}
+  // Suspends on `loop` until a write of `bytes` more fits under the limit.
+  Task<void> Admit(io::EventLoop& loop, uint64_t bytes);
+
+ private:
+  uint64_t bytes_per_second_;
+  uint64_t admitted_bytes_ = 0;  // written or waiting to be, since start_
+  std::chrono::steady_clock::time_point start_;
 };
 
 // Shared state of one copy: workers take chunk indices in order.
@@ -89,8 +107,7 @@ struct CopyJob {
   bool quiet = false;
   // -r: bytes per second written to the destination at most (0: no limit).
   uint64_t rate_bytes_per_second = 0;
-  uint64_t throttled_bytes = 0;  // written or waiting to be, since `start`
-  std::chrono::steady_clock::time_point start;
+  RateLimiter rate_limiter;  // of rate_bytes_per_second, from RunCopy's start
   // Chunks that read as zeros in the source (tools/zero_chunks.h): not read,
   // and written only as zeroes when the destination may hold data there.
   // Empty: read every chunk.
