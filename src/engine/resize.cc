@@ -128,8 +128,9 @@ Task<int> FillRun(ImageParts& p, uint64_t h, uint64_t bytes, GrowPreallocation m
 // Gives guest clusters [first, first + count) one contiguous run of new host
 // clusters, filled as FillRun says, and names them in their L2 entries
 // (normal, COPIED; a zero cluster under metadata preallocation stays zero;
-// an extended entry keeps its subcluster bits, so what its subclusters read
-// does not change).
+// an extended entry keeps its subcluster bits, its zero subclusters becoming
+// allocated ones under falloc and full, so what its subclusters read does
+// not change).
 Task<int> PreallocateRun(ImageParts& p, uint64_t first, uint64_t count, GrowPreallocation mode,
                          uint64_t* end_bytes) {
   const Geometry& geo = p.geo;
@@ -164,6 +165,13 @@ Task<int> PreallocateRun(ImageParts& p, uint64_t first, uint64_t count, GrowPrea
     r = co_await p.LockEntry(geo.Locate(geo.ClusterOffset(first + i)), true, &ce);
     if (r < 0) co_return r;
     format::L2Entry e = geo.extended_l2 ? ce.entry : format::L2Entry{};
+    // Filled with zeros (falloc, full), a zero subcluster can be an
+    // allocated one: QEMU's falloc and full grows over a longer backing file
+    // leave their subclusters allocated.
+    if (geo.extended_l2 && mode != GrowPreallocation::kMetadata) {
+      e.alloc_bitmap |= e.zero_bitmap;
+      e.zero_bitmap = 0;
+    }
     // A zero cluster (the zeroing that hides a longer backing file) stays
     // one under metadata preallocation, now with its host cluster, as QEMU's.
     e.type = !geo.extended_l2 && mode == GrowPreallocation::kMetadata &&
@@ -203,6 +211,19 @@ Task<int> Preallocate(Qcow2Image& image, ImageParts& p, uint64_t from_bytes, uin
       const int r = co_await image.Write(from_bytes, std::span<const iovec>(&iov, 1), false);
       if (r < 0) co_return r;
     }
+  }
+  if (in_cluster != 0 && geo.extended_l2 && mode != GrowPreallocation::kMetadata &&
+      p.backing != nullptr && p.backing_size_bytes > from_bytes) {
+    // QEMU allocates the first cluster whole here (subclusters the longer
+    // backing file showed through included, their data copied up): it is
+    // rewritten whole, as it reads, so every subcluster becomes allocated.
+    const uint64_t start = from_bytes - in_cluster;
+    const uint64_t n = std::min(to_bytes, start + geo.cluster_bytes) - start;
+    std::vector<std::byte> buf(n);
+    const iovec iov{buf.data(), n};
+    int r = co_await image.Read(start, std::span<const iovec>(&iov, 1));
+    if (r >= 0) r = co_await image.Write(start, std::span<const iovec>(&iov, 1), false);
+    if (r < 0) co_return r;
   }
   const uint64_t max_run = uint64_t{1} << (geo.refblock_bits >= 2 ? geo.refblock_bits - 2 : 0);
   const uint64_t end = RoundUp(to_bytes, geo.cluster_bytes) >> geo.cluster_bits;

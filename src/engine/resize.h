@@ -19,13 +19,17 @@
 // Preallocation (grow only): after any zeroing, every guest cluster touching
 // the added range that has no host cluster gets one, named by a normal
 // COPIED entry (a zero cluster stays one under metadata preallocation, as
-// QEMU's; an extended entry keeps its subcluster bits), in contiguous
-// runs; the clusters read as zeros (metadata: a hole past the file's end,
-// zeroed inside it; falloc: the file system's zero range; full: written
-// zeros), so what the disk reads does not change. A standard-L2 first
-// cluster over a backing file is written through the write path instead, so
-// its head is copied up. All of it lands before the size does: a crash
-// leaves the old disk with the new clusters past its end.
+// QEMU's; an extended entry keeps its subcluster bits, except that falloc
+// and full turn zero subclusters into allocated ones, as QEMU's), in
+// contiguous runs; the clusters read as zeros (metadata: a hole past the
+// file's end, zeroed inside it; falloc: the file system's zero range; full:
+// written zeros), so what the disk reads does not change. A standard-L2
+// first cluster over a backing file is written through the write path
+// instead, so its head is copied up; with extended L2 under falloc and full
+// over a longer backing file, the first cluster is rewritten whole (as it
+// reads), so all its subclusters are allocated, as QEMU allocates them. All
+// of it lands before the size does: a crash leaves the old disk with the
+// new clusters past its end.
 //
 // An external data file is truncated to the new size, as QEMU does (after
 // the entries past a new end are cleared, when shrinking; to the end of the

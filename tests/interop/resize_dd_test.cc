@@ -160,6 +160,15 @@ std::vector<ResizeCase> ResizeCases() {
            "-b base.qcow2 -F qcow2 img.qcow2 1000K && qemu-io -c 'write -P 0x11 64K 8K' "
            "img.qcow2 >/dev/null",
        "+1M", "500K", "", "+1300K"},
+      // The same with extended L2 and ends inside subclusters: falloc and
+      // full allocate every subcluster of the grown clusters (the first
+      // one's head copied up), metadata leaves them zero, as qemu-img.
+      {"overlay_unaligned_extended",
+       create + "base.qcow2 4M && qemu-io -c 'write -P 0x44 0 4M' base.qcow2 >/dev/null && " +
+           create +
+           "-o extended_l2=on -b base.qcow2 -F qcow2 img.qcow2 1000K && "
+           "qemu-io -c 'write -P 0x11 64K 8K' img.qcow2 >/dev/null",
+       "+1M", "1025K", "", "+1301K"},
   };
 }
 
