@@ -37,6 +37,19 @@ absl::StatusOr<LayerRun> RunAt(Chain& chain, size_t layers, uint64_t offset, uin
   return run;
 }
 
+// Opens the image file `path` writable, with O_DIRECT if `direct`.
+absl::StatusOr<std::unique_ptr<io::UringFile>> OpenImageFile(io::EventLoop& loop,
+                                                             const std::string& path, bool direct) {
+  io::OpenFlags flags;
+  flags.direct = direct;
+  absl::StatusOr<std::unique_ptr<io::UringFile>> file = io::UringFile::Open(&loop, path, flags);
+  if (!file.ok()) {
+    return absl::Status(file.status().code(),
+                        absl::StrCat("Could not open '", path, "': ", file.status().message()));
+  }
+  return file;
+}
+
 }  // namespace
 
 absl::StatusOr<std::vector<LayerRun>> RunsAbove(Chain& chain, size_t layers) {
@@ -57,25 +70,36 @@ absl::StatusOr<std::vector<LayerRun>> RunsAbove(Chain& chain, size_t layers) {
 }
 
 absl::StatusOr<LockedImage> OpenLockedImage(io::EventLoop& loop, const std::string& path,
-                                            const std::string& format) {
+                                            const std::string& format, bool direct) {
   LockedImage image;
-  absl::StatusOr<std::unique_ptr<io::UringFile>> file =
-      io::UringFile::Open(&loop, path, io::OpenFlags{});
-  if (!file.ok()) {
-    return absl::Status(file.status().code(),
-                        absl::StrCat("Could not open '", path, "': ", file.status().message()));
-  }
-  image.file = std::move(*file);
-  absl::Status locked = LockImageFile(image.file->fd(), LockMode::kExclusive);
+  UQ_ASSIGN_OR_RETURN(std::unique_ptr<io::UringFile> file, OpenImageFile(loop, path, false));
+  absl::Status locked = LockImageFile(file->fd(), LockMode::kExclusive);
   if (!locked.ok()) return absl::Status(locked.code(), absl::StrCat(path, ": ", locked.message()));
-  absl::StatusOr<bool> qcow2 = IsQcow2(loop, *image.file, format);
+  absl::StatusOr<bool> qcow2 = IsQcow2(loop, *file, format);
   if (!qcow2.ok())
     return absl::Status(qcow2.status().code(), absl::StrCat(path, ": ", qcow2.status().message()));
   image.qcow2 = *qcow2;
-  const int fd = dup(image.file->fd());
+  const int fd = dup(file->fd());
   if (fd < 0) return absl::InternalError(absl::StrCat(path, ": dup: ", std::strerror(errno)));
   image.header = PosixFile(fd);
+  if (direct) {
+    UQ_ASSIGN_OR_RETURN(image.file, OpenImageFile(loop, path, true));
+  } else {
+    image.file = std::move(file);
+  }
   return image;
+}
+
+absl::Status ParseCacheOption(const common::ParsedArgs& parsed, char option, CacheMode& mode) {
+  const std::string* value = parsed.Last(option);
+  if (value == nullptr) return absl::OkStatus();
+  absl::StatusOr<CacheMode> parsed_mode = ParseCacheMode(*value);
+  if (!parsed_mode.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("-", std::string(1, option), ": ", parsed_mode.status().message()));
+  }
+  mode = *parsed_mode;
+  return absl::OkStatus();
 }
 
 }  // namespace uq::tools

@@ -1,8 +1,7 @@
 // What qemu-img rebase and commit share: opening the image to change under
-// the writer's lock, and which ranges of it are allocated in its top layers
-// (QEMU's bdrv_is_allocated_above(top, base)): what rebase leaves alone
-// (allocated in the image itself) and what commit copies (allocated above
-// the base).
+// the writer's lock, their cache mode options, and which ranges of it are allocated in its top
+// layers (QEMU's bdrv_is_allocated_above(top, base)): what rebase leaves alone (allocated in the
+// image itself) and what commit copies (allocated above the base).
 //
 // Thread-safety: plain functions; the Chain is used from the calling thread.
 #ifndef UQ_TOOLS_CHAIN_EDIT_H_
@@ -15,9 +14,11 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "src/common/options.h"
 #include "src/io/event_loop.h"
 #include "src/io/uring_file.h"
 #include "tools/block_status.h"
+#include "tools/convert_options.h"
 #include "tools/util.h"
 
 namespace uq::tools {
@@ -37,18 +38,28 @@ struct LayerRun {
 // writes cannot confuse it.
 absl::StatusOr<std::vector<LayerRun>> RunsAbove(Chain& chain, size_t layers);
 
-// An image file opened writable under the writer's lock, and a second
-// descriptor of the same open file (it keeps the lock after the engine closes
-// its own: rebase rewrites the header through it).
+// An image file opened writable under the writer's lock, for the engine
+// (`file`), and a descriptor that holds the lock (it keeps it after the
+// engine closes its own: rebase rewrites the header through it). Without
+// O_DIRECT `header` is a second descriptor of `file`'s open file; with it,
+// `header` is a plain open file of its own (headers are read and written
+// through it at any offset and length) and `file` a second open of the path
+// that takes no lock, as `header`'s keeps everyone else out.
 struct LockedImage {
   std::unique_ptr<io::UringFile> file;
   PosixFile header;
   bool qcow2 = false;
 };
-// Opens `path`; `format` as for -f ("" = probe). Errors are one line (the
-// caller prefixes nothing: the message names the file).
+// Opens `path`; `format` as for -f ("" = probe); `direct`: `file` with
+// O_DIRECT (-t none). Errors are one line (the caller prefixes nothing: the
+// message names the file).
 absl::StatusOr<LockedImage> OpenLockedImage(io::EventLoop& loop, const std::string& path,
-                                            const std::string& format);
+                                            const std::string& format, bool direct = false);
+
+// -t / -T (`option`): the last value given, read by ParseCacheMode (none,
+// writeback, unsafe); `mode` stays as it is when the option is absent. The
+// error names the option.
+absl::Status ParseCacheOption(const common::ParsedArgs& parsed, char option, CacheMode& mode);
 
 }  // namespace uq::tools
 

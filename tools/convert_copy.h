@@ -50,9 +50,8 @@ class Progress {
 };
 
 // -r: paces writes to at most `bytes_per_second` on average since the
-// limiter was made (0: no limit). Every byte written counts, zeros included,
-// as qemu-img throttles every write request to its target (convert) or every
-// range it copies (commit).
+// limiter was made (0: no limit). The caller admits the bytes qemu-img
+// counts: convert every write, zeros included; commit the data it copies.
 class RateLimiter {
  public:
   explicit RateLimiter(uint64_t bytes_per_second = 0)

@@ -8,14 +8,24 @@
 // `qemu-img info --output=json` apart from sizes, and for the top the same
 // allocation (`qemu-img map` without host offsets: commit empties it, -d and
 // -b do not). Bad input: one line, exit 1, every file byte-identical.
+//
+// The cache and rate options (commit -t, -r) are also checked for what they
+// change, against qemu-img doing the same: the images opened with O_DIRECT
+// (strace), whether anything is flushed (perf), and the time a rate limit
+// takes (a lower bound only). Without strace or perf those checks are skipped (and said so).
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <ctime>
 #include <random>
+#include <set>
+#include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -260,6 +270,9 @@ TEST_P(RebaseCommitTest, Commit) {
   Both("commit", "-d");
   Both("commit", "-p -b base.qcow2");
   Both("commit", "-q -b mid.qcow2");
+  Both("commit", "-t none");
+  Both("commit", "-t unsafe -b base.qcow2");
+  Both("commit", "-r 64M -d");
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -335,7 +348,11 @@ TEST(RebaseCommitBadInputTest, OneLineExitOneNothingChanged) {
       "commit -b missing.qcow2 top.qcow2",
       "commit -f raw top.qcow2",
       "commit -f vmdk top.qcow2",
-      "commit -t none top.qcow2",
+      "commit -t bogus top.qcow2",
+      "commit -t writethrough top.qcow2",  // qemu-img's, but not implemented
+      "commit -t directsync top.qcow2",
+      "commit -r x top.qcow2",
+      "commit -r -1 top.qcow2",
       "commit missing.qcow2",
   };
   const std::string before_top = ReadFile(dir.File("top.qcow2"));
@@ -381,6 +398,177 @@ TEST(RebaseCommitBadInputTest, RefusedWhileQemuWrites) {
     EXPECT_EQ(ReadFile(dir.File("top.qcow2")), before_top);
     EXPECT_EQ(ReadFile(dir.File("base.qcow2")), before_base);
   }
+}
+
+// perf stat counting flushes: fsync and fdatasync calls, and io_uring fsync
+// requests (opcode 3, IORING_OP_FSYNC), in CSV; the output file follows.
+constexpr char kPerfStat[] =
+    "perf stat -x, -e io_uring:io_uring_submit_req --filter 'opcode == 3' "
+    "-e syscalls:sys_enter_fsync -e syscalls:sys_enter_fdatasync -o ";
+
+// The sum of the counts in perf stat's CSV output, or -1 if one is not a
+// number ("<not counted>", "<not supported>").
+int SumCounts(const std::string& csv) {
+  int sum = 0;
+  int counts = 0;
+  std::istringstream lines(csv);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.empty() || line[0] == '#') continue;
+    const std::string count = line.substr(0, line.find(','));
+    if (count.empty() || count.find_first_not_of("0123456789") != std::string::npos) return -1;
+    sum += std::stoi(count);
+    ++counts;
+  }
+  return counts == 3 ? sum : -1;
+}
+
+// The cache and rate options on a small chain: base <- top (data over
+// data, a zero cluster, data past the base's) and `other` to rebase onto.
+// Each command runs with qemu-img in a fresh copy q/ and with qcow2-img in o/.
+class ChainOptionsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!HaveTool("qemu-img") || !HaveTool("qemu-io")) {
+      GTEST_SKIP() << "qemu-img or qemu-io not found";
+    }
+    const RunResult r = In(
+        dir_.path(),
+        "mkdir src && cd src && qemu-img create -q -f qcow2 base.qcow2 8M && qemu-io -c "
+        "'write -P 1 0 3M' -c 'write -P 4 6M 1M' base.qcow2 >/dev/null && qemu-img create -q -f "
+        "qcow2 -b base.qcow2 -F qcow2 top.qcow2 && qemu-io -c 'write -P 2 1M 1M' -c 'write -z 6M "
+        "64k' -c 'write -P 3 7M 100k' top.qcow2 >/dev/null && qemu-img create -q -f qcow2 "
+        "other.qcow2 8M && qemu-io -c 'write -P 5 2M 2M' other.qcow2 >/dev/null");
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    strace_ = HaveTool("strace");
+    perf_ =
+        HaveTool("perf") &&
+        SumCounts(
+            In(dir_.path(), std::string(kPerfStat) + "perf.csv -- true && cat perf.csv").out) == 0;
+    if (!strace_) std::printf("strace not found: O_DIRECT opens not checked\n");
+    if (!perf_) std::printf("perf cannot count flushes here: flushes not checked\n");
+  }
+
+  std::string Sub(const std::string& name) const { return dir_.File(name); }
+
+  void FreshCopies() const {
+    ASSERT_EQ(In(dir_.path(), "rm -rf q o && cp -a src q && cp -a src o").exit_code, 0);
+  }
+
+  // Runs `args` with qemu-img in q/ or with qcow2-img in o/ (`ours`), after
+  // `wrapper` (a command prefix). It must succeed.
+  void Run(bool ours, const std::string& args, const std::string& wrapper = "") const {
+    const std::string tool = ours ? Ours() : "qemu-img";
+    const RunResult r = In(Sub(ours ? "o" : "q"), wrapper + tool + " " + args);
+    ASSERT_EQ(r.exit_code, 0) << tool << " " << args << ": " << r.err;
+  }
+
+  // Runs `args` (as Run) under strace and returns the images it opened with
+  // O_DIRECT, each as "NAME rw" or "NAME ro".
+  std::set<std::string> DirectOpens(bool ours, const std::string& args) const {
+    const std::string trace = Sub("strace.out");
+    Run(ours, args, "strace -f -qq -e trace=openat -o " + Quote(trace) + " ");
+    std::set<std::string> opens;
+    std::istringstream lines(ReadFile(trace));
+    const std::string call = "openat(AT_FDCWD, \"";
+    for (std::string line; std::getline(lines, line);) {
+      const size_t at = line.find(call);
+      if (at == std::string::npos || line.find(") = -1") != std::string::npos) continue;
+      // O_DIRECT, not O_DIRECTORY.
+      if (line.find("O_DIRECT|") == std::string::npos &&
+          line.find("O_DIRECT)") == std::string::npos) {
+        continue;
+      }
+      const size_t start = at + call.size();
+      std::string name = line.substr(start, line.find('"', start) - start);
+      if (name.rfind("./", 0) == 0) name = name.substr(2);
+      if (name.find('/') != std::string::npos) continue;  // not an image here
+      opens.insert(name + (line.find("O_RDWR") != std::string::npos ? " rw" : " ro"));
+    }
+    return opens;
+  }
+
+  // Runs `args` (as Run) under perf stat and returns the flushes it made.
+  int Flushes(bool ours, const std::string& args) const {
+    const std::string csv = Sub("perf.csv");
+    Run(ours, args, std::string(kPerfStat) + Quote(csv) + " -- ");
+    const int flushes = SumCounts(ReadFile(csv));
+    EXPECT_GE(flushes, 0) << ReadFile(csv);
+    return flushes;
+  }
+
+  // Runs `args` in fresh copies with each tool and checks that qcow2-img
+  // opens the same images with O_DIRECT as qemu-img, and `direct` among
+  // them; that it flushes where qemu-img does and not at all when
+  // `unsafe`; and that the results compare equal.
+  void ExpectLikeQemuImg(const std::string& args, const std::set<std::string>& direct,
+                         bool unsafe) const {
+    SCOPED_TRACE(args);
+    FreshCopies();
+    if (strace_) {
+      const std::set<std::string> theirs = DirectOpens(false, args);
+      const std::set<std::string> ours = DirectOpens(true, args);
+      EXPECT_EQ(ours, theirs);
+      for (const std::string& d : direct) {
+        EXPECT_EQ(ours.count(d), 1u) << d;
+      }
+      if (direct.empty()) {
+        EXPECT_TRUE(ours.empty());
+      }
+    } else {
+      Run(false, args);
+      Run(true, args);
+    }
+    ExpectSameImages();
+    if (!perf_) return;
+    FreshCopies();
+    const int theirs = Flushes(false, args);
+    const int ours = Flushes(true, args);
+    EXPECT_EQ(theirs == 0, unsafe) << "qemu-img flushed " << theirs << " times";
+    EXPECT_EQ(ours == 0, unsafe) << "qcow2-img flushed " << ours << " times";
+  }
+
+  // Every image compares equal between q/ and o/ and passes qemu-img check
+  // in o/.
+  void ExpectSameImages() const {
+    for (const char* f : {"base.qcow2", "top.qcow2", "other.qcow2"}) {
+      SCOPED_TRACE(f);
+      const RunResult compare = RunCommand("qemu-img compare " + Quote(Sub("q") + "/" + f) + " " +
+                                           Quote(Sub("o") + "/" + f));
+      EXPECT_EQ(compare.exit_code, 0) << compare.out << compare.err;
+      const RunResult check = RunCommand("qemu-img check " + Quote(Sub("o") + "/" + f));
+      EXPECT_EQ(check.exit_code, 0) << check.out << check.err;
+    }
+  }
+
+  TempDir dir_;
+  bool strace_ = false;
+  bool perf_ = false;
+};
+
+TEST_F(ChainOptionsTest, CommitCacheModes) {
+  const std::set<std::string> direct = {"top.qcow2 rw", "base.qcow2 rw", "base.qcow2 ro"};
+  ExpectLikeQemuImg("commit -q top.qcow2", {}, false);  // writeback
+  ExpectLikeQemuImg("commit -q -t writeback top.qcow2", {}, false);
+  ExpectLikeQemuImg("commit -q -t none top.qcow2", direct, false);
+  ExpectLikeQemuImg("commit -q -t unsafe top.qcow2", {}, true);
+  ExpectLikeQemuImg("commit -q -d -t unsafe top.qcow2", {}, true);
+  ExpectLikeQemuImg("commit -q -b base.qcow2 -t none top.qcow2", direct, false);
+}
+
+// -r: a commit of D bytes of data at R bytes per second takes D / R seconds
+// at least (a lower bound only: a loaded machine may take longer).
+TEST_F(ChainOptionsTest, CommitRateLimit) {
+  constexpr double kDataBytes = (1 << 20) + (100 << 10);  // top's data; zeros do not count
+  constexpr double kRate = 512 << 10;
+  FreshCopies();
+  const auto start = std::chrono::steady_clock::now();
+  Run(true, "commit -q -r 512k top.qcow2");
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::printf("commit -r 512k of %.0f bytes: %.2f s\n", kDataBytes, seconds);
+  EXPECT_GE(seconds, 0.95 * kDataBytes / kRate);
+  Run(false, "commit -q -r 512k top.qcow2");
+  ExpectSameImages();
 }
 
 }  // namespace
