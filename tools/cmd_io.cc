@@ -381,7 +381,7 @@ absl::Status IoSession::Flush(const ParsedCommand& c) {
   return absl::OkStatus();
 }
 
-enum : int { kIoDataFile = common::kLongOnlyIdBase, kIoAllowDevices };
+enum : int { kIoDataFile = common::kLongOnlyIdBase };
 
 constexpr common::OptionSpec kIoOptions[] = {
     {'r', 'r', "read-only", "", "open the image read-only"},
@@ -394,8 +394,7 @@ constexpr common::OptionSpec kIoOptions[] = {
     {'U', 'U', "force-share", "", "with -r: open without taking the image lock"},
     {kIoDataFile, 0, "data-file", "PATH",
      "the external data file, instead of the image's name for it (may be written)"},
-    {kIoAllowDevices, 0, "allow-devices", "",
-     "let the image name block devices as backing or data file"},
+    kAllowDevicesOption,
     kHelpOption,
 };
 
@@ -432,7 +431,7 @@ int RunIo(const common::ParsedArgs& parsed) {
         if (o.value.empty()) return ReportError("io: --data-file needs a path");
         options.data_file = o.value;
         break;
-      case kIoAllowDevices:
+      case kAllowDevicesId:
         options.allow_devices = true;
         break;
     }

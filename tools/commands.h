@@ -41,6 +41,13 @@ inline constexpr common::OptionSpec kQuietOption{'q', 'q', "quiet", "", "print n
 inline constexpr int kOutputId = common::kLongOnlyIdBase;
 inline constexpr common::OptionSpec kOutputOption{kOutputId, 0, "output", "human|json",
                                                   "output format (default human)"};
+// Every command that opens an image's backing chain or external data file
+// takes it and passes it to each of those opens (engine::CheckNamedFile).
+// Its id is above any command's own long-only ids.
+inline constexpr int kAllowDevicesId = common::kLongOnlyIdBase + 64;
+inline constexpr common::OptionSpec kAllowDevicesOption{
+    kAllowDevicesId, 0, "allow-devices", "",
+    "let the image name block devices as backing or data file"};
 
 extern const Command kCreateCommand;
 extern const Command kInfoCommand;
