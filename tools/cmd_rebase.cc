@@ -6,6 +6,12 @@
 // name and format. -u rewrites the header only; -b "" flattens (the new
 // backing reads as zeros, so everything the old chain holds is copied in).
 //
+// Cache modes and locks as qemu-img rebase's: -t is FILE's (and, as there,
+// that of the old backing chain it reads through), -T that of the new
+// backing file and its chain, which are only read; -U opens the new backing
+// file and its chain without taking their locks (FILE and its old chain are
+// locked as ever, and -u opens no backing file at all).
+//
 // Unlike qemu-img, what would make the header rewrite fail (-b without -F,
 // a name that does not fit in the first cluster, a raw image) is refused
 // before anything is written, so a refused rebase leaves the image as it
@@ -16,16 +22,20 @@
 #include <cstring>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "format/header.h"
 #include "format/status_macros.h"
+#include "src/io/aligned_file.h"
+#include "src/io/uring_file.h"
 #include "tools/backing_header.h"
 #include "tools/chain_edit.h"
 #include "tools/commands.h"
 #include "tools/convert_copy.h"
+#include "tools/convert_options.h"
 #include "tools/engine_util.h"
 #include "tools/util.h"
 
@@ -38,6 +48,15 @@ constexpr common::OptionSpec kRebaseOptions[] = {
     {'b', 'b', "", "BACKING",
      "the new backing file (relative to the image's directory); \"\" for none"},
     {'F', 'F', "", "FMT", "the new backing file's format, qcow2 or raw (required with -b BACKING)"},
+    {'t', 't', "", "CACHE",
+     "cache mode of FILE (and of the old backing chain read through it): writeback (default, "
+     "flushed at the end), unsafe (never flushed) or none (O_DIRECT, flushed at the end)"},
+    {'T', 'T', "", "SRC_CACHE",
+     "cache mode of BACKING and its backing chain, which are only read: writeback (default; "
+     "unsafe is the same) or none (O_DIRECT)"},
+    {'U', 'U', "force-share", "",
+     "open BACKING and its backing chain without taking their image locks (FILE is locked "
+     "still)"},
     {'p', 'p', "", "", "show progress"},
     kQuietOption,
     kHelpOption,
@@ -52,6 +71,9 @@ struct RebaseArgs {
   std::string backing;  // "" = none
   std::optional<std::string> backing_format;
   bool unsafe = false;
+  CacheMode cache;      // -t, FILE's; default writeback
+  CacheMode src_cache;  // -T, the new backing file's
+  bool force_share = false;
   bool progress = false;
   bool quiet = false;
 };
@@ -65,6 +87,7 @@ absl::StatusOr<RebaseArgs> ParseArgs(const common::ParsedArgs& parsed) {
   const std::string* b = parsed.Last('b');
   if (b != nullptr) a.backing = *b;
   if (const std::string* f = parsed.Last('F')) a.backing_format = *f;
+  a.force_share = parsed.Has('U');
   if (parsed.operands.size() != 1) {
     return absl::InvalidArgumentError("Expecting one image file name");
   }
@@ -74,6 +97,8 @@ absl::StatusOr<RebaseArgs> ParseArgs(const common::ParsedArgs& parsed) {
   }
   if (!a.format.empty()) UQ_RETURN_IF_ERROR(ParseFormatName(a.format).status());
   if (a.backing_format) UQ_RETURN_IF_ERROR(ParseFormatName(*a.backing_format).status());
+  UQ_RETURN_IF_ERROR(ParseCacheOption(parsed, 't', a.cache));
+  UQ_RETURN_IF_ERROR(ParseCacheOption(parsed, 'T', a.src_cache));
   if (!a.backing.empty() && !a.backing_format) {
     return absl::InvalidArgumentError(
         absl::StrCat(a.file, ": Could not change the backing file to '", a.backing,
@@ -141,10 +166,56 @@ absl::Status CopyDifferences(io::EventLoop& loop, const std::vector<LayerRun>& r
   return absl::OkStatus();
 }
 
+// Writes `cluster` at the start of `path` through an O_DIRECT open of its
+// own (bounced to the file's alignment) and flushes it: -t none's header
+// rewrite. The caller holds the image lock on another open of the file.
+absl::Status WriteDirect(io::EventLoop& loop, const std::string& path,
+                         std::span<const std::byte> cluster) {
+  io::OpenFlags flags;
+  flags.direct = true;
+  UQ_ASSIGN_OR_RETURN(std::unique_ptr<io::UringFile> direct,
+                      io::UringFile::Open(&loop, path, flags));
+  const uint32_t alignment_bytes = direct->alignment_bytes();
+  std::unique_ptr<io::BlockFile> file = std::move(direct);
+  if (alignment_bytes > 1) {
+    file = std::make_unique<io::AlignedFile>(std::move(file), alignment_bytes);
+  }
+  const uint64_t size_bytes = file->size_bytes();
+  const int64_t written = RunOnLoop(loop, file->Write(0, cluster));
+  if (written < 0) return absl::InternalError(std::strerror(static_cast<int>(-written)));
+  // A file shorter than the alignment (a tiny image of small clusters) was
+  // extended by the bounce's zeros; QEMU's write, aligned to the sector,
+  // leaves it as it was.
+  if (file->size_bytes() > size_bytes) {
+    const int truncated = RunOnLoop(loop, file->Truncate(size_bytes));
+    if (truncated < 0) return absl::InternalError(std::strerror(-truncated));
+  }
+  const int flushed = RunOnLoop(loop, file->Flush());
+  if (flushed < 0) return absl::InternalError(std::strerror(-flushed));
+  return absl::OkStatus();
+}
+
+// The header rewrite that ends every rebase, in FILE's cache mode: synced
+// (writeback), not synced (unsafe) or written with O_DIRECT and flushed
+// (none).
+absl::Status RewriteHeader(io::EventLoop& loop, const RebaseArgs& a, const PosixFile& header) {
+  if (!a.cache.direct && !a.cache.no_flush) {
+    return WriteBackingHeader(header, a.backing, a.backing_format);
+  }
+  UQ_ASSIGN_OR_RETURN(BackingHeader h, HeaderWithBacking(header, a.backing, a.backing_format));
+  absl::Status s =
+      a.cache.direct ? WriteDirect(loop, a.file, h.cluster) : header.WriteAt(0, h.cluster);
+  if (!s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("Could not change the backing file to '", a.backing,
+                                               "': ", s.message()));
+  }
+  return absl::OkStatus();
+}
+
 // -u: the header alone. The image is not opened through the engine (its
 // backing file may be missing, which is why one rebases with -u), so an image
 // the engine would have to repair first is refused.
-absl::Status RebaseUnsafe(const RebaseArgs& a, const PosixFile& header) {
+absl::Status RebaseUnsafe(io::EventLoop& loop, const RebaseArgs& a, const PosixFile& header) {
   UQ_ASSIGN_OR_RETURN(format::Header h, ReadQcow2Header(header));
   if (h.incompatible_features & format::kIncompatCorrupt) {
     return absl::FailedPreconditionError("Image is corrupt; cannot be opened read/write");
@@ -153,7 +224,7 @@ absl::Status RebaseUnsafe(const RebaseArgs& a, const PosixFile& header) {
     return absl::FailedPreconditionError(
         "Image was not closed cleanly (dirty bit set); repair it first (qcow2-img check -r all)");
   }
-  return WriteBackingHeader(header, a.backing, a.backing_format);
+  return RewriteHeader(loop, a, header);
 }
 
 absl::Status RebaseSafe(io::EventLoop& loop, const RebaseArgs& a, LockedImage& locked,
@@ -162,6 +233,8 @@ absl::Status RebaseSafe(io::EventLoop& loop, const RebaseArgs& a, LockedImage& l
   if (!a.backing.empty()) {
     EngineOpenOptions open;
     open.read_only = true;
+    open.direct_io = a.src_cache.direct;
+    open.force_share = a.force_share;
     UQ_ASSIGN_OR_RETURN(open.format, ParseFormatName(*a.backing_format));
     absl::StatusOr<std::unique_ptr<engine::Device>> d =
         OpenDevice(loop, ResolveRelative(a.file, a.backing), open);
@@ -173,6 +246,8 @@ absl::Status RebaseSafe(io::EventLoop& loop, const RebaseArgs& a, LockedImage& l
   }
   EngineOpenOptions open;
   open.format = engine::ImageFormat::kQcow2;
+  open.direct_io = a.cache.direct;
+  open.no_flush = a.cache.no_flush;
   absl::StatusOr<std::unique_ptr<engine::Device>> image =
       OpenDeviceOnFile(loop, a.file, std::move(locked.file), open);
   if (!image.ok()) {
@@ -185,12 +260,12 @@ absl::Status RebaseSafe(io::EventLoop& loop, const RebaseArgs& a, LockedImage& l
   absl::Status s = runs.status();
   if (s.ok()) s = CopyDifferences(loop, *runs, **image, new_backing.get(), progress);
   if (new_backing != nullptr) (void)RunOnLoop(loop, new_backing->Close());
-  // Closing flushes the copied data: it is durable before the header names
-  // the new backing file.
+  // Closing flushes the copied data (unless -t unsafe): it is durable before
+  // the header names the new backing file.
   absl::Status closed = CloseDevice(loop, **image);
   UQ_RETURN_IF_ERROR(s);
   UQ_RETURN_IF_ERROR(closed);
-  return WriteBackingHeader(locked.header, a.backing, a.backing_format);
+  return RewriteHeader(loop, a, locked.header);
 }
 
 int RunRebase(const common::ParsedArgs& parsed) {
@@ -198,7 +273,10 @@ int RunRebase(const common::ParsedArgs& parsed) {
   if (!args.ok()) return ReportError(args.status());
   absl::StatusOr<std::unique_ptr<io::EventLoop>> loop = io::EventLoop::Create(32);
   if (!loop.ok()) return ReportError(loop.status());
-  absl::StatusOr<LockedImage> locked = OpenLockedImage(**loop, args->file, args->format);
+  // -u writes the header alone (RewriteHeader opens FILE with O_DIRECT
+  // itself for that).
+  absl::StatusOr<LockedImage> locked =
+      OpenLockedImage(**loop, args->file, args->format, args->cache.direct && !args->unsafe);
   if (!locked.ok()) return ReportError(locked.status());
   if (!locked->qcow2) {
     return Fail(args->file, absl::StrCat("Could not change the backing file to '",
@@ -213,7 +291,7 @@ int RunRebase(const common::ParsedArgs& parsed) {
   }
   Progress progress(args->progress);
   progress.Update(0);
-  absl::Status s = args->unsafe ? RebaseUnsafe(*args, locked->header)
+  absl::Status s = args->unsafe ? RebaseUnsafe(**loop, *args, locked->header)
                                 : RebaseSafe(**loop, *args, *locked, progress);
   if (!s.ok()) return Fail(args->file, s);
   progress.Finish();
@@ -225,7 +303,7 @@ int RunRebase(const common::ParsedArgs& parsed) {
 const Command kRebaseCommand = {
     "rebase",
     RunRebase,
-    "rebase [-f FMT] [-u] [-b BACKING] [-F FMT] [-p] [-q] FILE",
+    "rebase [-f FMT] [-t CACHE] [-T SRC_CACHE] [-U] [-u] [-b BACKING] [-F FMT] [-p] [-q] FILE",
     "Changes the backing file of a qcow2 image as qemu-img rebase does. Safe mode (the default) "
     "keeps what the guest sees: every range FILE does not allocate itself is read through the "
     "old backing chain and through BACKING, and the sectors that differ are copied into FILE "
@@ -235,7 +313,11 @@ const Command kRebaseCommand = {
     "non-empty -b. -u only rewrites the header (BACKING is not opened and need not exist; without "
     "-b the backing file is removed); it refuses an image that was not closed cleanly. A "
     "rebase that cannot finish (a new name that does not fit in the first cluster, a raw FILE, "
-    "a BACKING that cannot be opened) is refused before FILE changes.",
+    "a BACKING that cannot be opened) is refused before FILE changes. -t sets the cache mode of "
+    "FILE and of the old backing chain read through it, -T that of BACKING and its chain "
+    "(qemu-img's default for both, writeback: FILE is flushed when done); -U opens BACKING and "
+    "its chain without their locks (with -u nothing but FILE is opened, so -U and -T change "
+    "nothing there).",
     kRebaseOptions,
 };
 

@@ -9,10 +9,11 @@
 // allocation (`qemu-img map` without host offsets: commit empties it, -d and
 // -b do not). Bad input: one line, exit 1, every file byte-identical.
 //
-// The cache and rate options (commit -t, -r) are also checked for what they
-// change, against qemu-img doing the same: the images opened with O_DIRECT
-// (strace), whether anything is flushed (perf), and the time a rate limit
-// takes (a lower bound only). Without strace or perf those checks are skipped (and said so).
+// The cache, rate and lock options (commit -t, -r; rebase -t, -T, -U) are
+// also checked for what they change, against qemu-img doing the same: the
+// images opened with O_DIRECT (strace), whether anything is flushed (perf),
+// the time a rate limit takes (a lower bound only), and which locks are
+// taken. Without strace or perf those checks are skipped (and said so).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -260,6 +261,9 @@ TEST_P(RebaseCommitTest, Rebase) {
   Both("rebase", "-u -b other.qcow2 -F qcow2", true);
   Both("rebase", "-u -b missing.qcow2 -F raw", true, false);  // -u does not open it
   Both("rebase", "-u", true);                                 // no -b: no backing file
+  Both("rebase", "-t none -T none -b other.qcow2 -F qcow2");
+  Both("rebase", "-t unsafe -U -b base.qcow2 -F qcow2");
+  Both("rebase", "-u -t none -b other.qcow2 -F qcow2", true);
 }
 
 TEST_P(RebaseCommitTest, Commit) {
@@ -353,6 +357,10 @@ TEST(RebaseCommitBadInputTest, OneLineExitOneNothingChanged) {
       "commit -t directsync top.qcow2",
       "commit -r x top.qcow2",
       "commit -r -1 top.qcow2",
+      "rebase -t bogus -b base.qcow2 -F qcow2 top.qcow2",
+      "rebase -T bogus -b base.qcow2 -F qcow2 top.qcow2",
+      "rebase -u -t writethrough top.qcow2",
+      "rebase -u -T directsync top.qcow2",
       "commit missing.qcow2",
   };
   const std::string before_top = ReadFile(dir.File("top.qcow2"));
@@ -422,7 +430,7 @@ int SumCounts(const std::string& csv) {
   return counts == 3 ? sum : -1;
 }
 
-// The cache and rate options on a small chain: base <- top (data over
+// The cache, rate and lock options on a small chain: base <- top (data over
 // data, a zero cluster, data past the base's) and `other` to rebase onto.
 // Each command runs with qemu-img in a fresh copy q/ and with qcow2-img in o/.
 class ChainOptionsTest : public ::testing::Test {
@@ -540,6 +548,19 @@ class ChainOptionsTest : public ::testing::Test {
     }
   }
 
+  // Runs `command` in `sub` while qemu-io holds the image `held` there open
+  // for writing (it sleeps with the image open; the command starts once the
+  // image's locks show in /proc/locks).
+  RunResult WhileHeld(const std::string& sub, const std::string& held,
+                      const std::string& command) const {
+    const std::string image = Quote(held);
+    return In(Sub(sub),
+              "{ qemu-io -c 'sleep 20000' " + image + " >/dev/null 2>&1 & } ; pid=$!; " +
+                  "ino=$(stat -c %i " + image + "); for i in $(seq 100); do " +
+                  "grep -q \":$ino \" /proc/locks && break; sleep 0.1; done; sleep 0.2; " +
+                  command + "; rc=$?; kill $pid; wait; exit $rc");
+  }
+
   TempDir dir_;
   bool strace_ = false;
   bool perf_ = false;
@@ -553,6 +574,22 @@ TEST_F(ChainOptionsTest, CommitCacheModes) {
   ExpectLikeQemuImg("commit -q -t unsafe top.qcow2", {}, true);
   ExpectLikeQemuImg("commit -q -d -t unsafe top.qcow2", {}, true);
   ExpectLikeQemuImg("commit -q -b base.qcow2 -t none top.qcow2", direct, false);
+}
+
+TEST_F(ChainOptionsTest, RebaseCacheModes) {
+  const std::string onto = " -b other.qcow2 -F qcow2 top.qcow2";
+  ExpectLikeQemuImg("rebase" + onto, {}, false);
+  ExpectLikeQemuImg("rebase -t writeback -T writeback" + onto, {}, false);
+  // -t: the image and the old backing chain it reads through; -T: the new.
+  ExpectLikeQemuImg("rebase -t none" + onto, {"top.qcow2 rw", "base.qcow2 ro"}, false);
+  ExpectLikeQemuImg("rebase -T none" + onto, {"other.qcow2 ro"}, false);
+  ExpectLikeQemuImg("rebase -t unsafe" + onto, {}, true);
+  ExpectLikeQemuImg("rebase -t unsafe -T unsafe" + onto, {}, true);
+  ExpectLikeQemuImg("rebase -t none -b '' top.qcow2", {"top.qcow2 rw", "base.qcow2 ro"}, false);
+  // -u rewrites the header alone, in the cache mode asked.
+  ExpectLikeQemuImg("rebase -u" + onto, {}, false);
+  ExpectLikeQemuImg("rebase -u -t none" + onto, {"top.qcow2 rw"}, false);
+  ExpectLikeQemuImg("rebase -u -t unsafe" + onto, {}, true);
 }
 
 // -r: a commit of D bytes of data at R bytes per second takes D / R seconds
@@ -569,6 +606,43 @@ TEST_F(ChainOptionsTest, CommitRateLimit) {
   EXPECT_GE(seconds, 0.95 * kDataBytes / kRate);
   Run(false, "commit -q -r 512k top.qcow2");
   ExpectSameImages();
+}
+
+// -U: the new backing file is opened without its lock, so rebase works while
+// another process writes it; the image and its old backing file are locked
+// still (qemu-img refuses those the same way).
+TEST_F(ChainOptionsTest, RebaseForceShare) {
+  const std::string onto = " -b other.qcow2 -F qcow2 top.qcow2";
+  FreshCopies();
+  const std::string before = ReadFile(Sub("o") + "/top.qcow2");
+  const RunResult refused = WhileHeld("o", "other.qcow2", Ours() + " rebase" + onto);
+  EXPECT_EQ(refused.exit_code, 1) << refused.err;
+  EXPECT_EQ(refused.err.find('\n'), refused.err.size() - 1) << refused.err;
+  EXPECT_NE(refused.err.find("Failed to get shared \"write\" lock"), std::string::npos)
+      << refused.err;
+  EXPECT_TRUE(ReadFile(Sub("o") + "/top.qcow2") == before);
+
+  for (const std::string& sub : {std::string("q"), std::string("o")}) {
+    const std::string tool = sub == "o" ? Ours() : "qemu-img";
+    const RunResult r = WhileHeld(sub, "other.qcow2", tool + " rebase -U" + onto);
+    EXPECT_EQ(r.exit_code, 0) << tool << ": " << r.err;
+  }
+  ExpectSameImages();
+
+  for (const auto& [held, lock] : std::vector<std::pair<std::string, std::string>>{
+           {"top.qcow2", "Failed to get \"write\" lock"},
+           {"base.qcow2", "Failed to get shared \"write\" lock"}}) {
+    SCOPED_TRACE(held);
+    FreshCopies();
+    const RunResult theirs = WhileHeld("q", held, "qemu-img rebase -U" + onto);
+    EXPECT_EQ(theirs.exit_code, 1) << theirs.err;
+    const std::string unchanged = ReadFile(Sub("o") + "/top.qcow2");
+    const RunResult ours = WhileHeld("o", held, Ours() + " rebase -U" + onto);
+    EXPECT_EQ(ours.exit_code, 1) << ours.err;
+    EXPECT_EQ(ours.err.find('\n'), ours.err.size() - 1) << ours.err;
+    EXPECT_NE(ours.err.find(lock), std::string::npos) << ours.err;
+    EXPECT_TRUE(ReadFile(Sub("o") + "/top.qcow2") == unchanged);
+  }
 }
 
 }  // namespace
