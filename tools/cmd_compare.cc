@@ -33,6 +33,7 @@ constexpr common::OptionSpec kCompareOptions[] = {
      "strict: images of different sizes or with different allocation differ"},
     kQuietOption,
     kForceShareOption,
+    kAllowDevicesOption,
     kHelpOption,
 };
 
@@ -46,17 +47,19 @@ struct Side {
 };
 
 absl::Status OpenSide(io::EventLoop& loop, const std::string& path, const std::string& format,
-                      bool force_share, Side& side) {
+                      bool force_share, bool allow_devices, Side& side) {
   side.path = path;
   EngineOpenOptions options;
   options.read_only = true;
   options.force_share = force_share;
+  options.allow_devices = allow_devices;
   if (!format.empty()) {
     UQ_ASSIGN_OR_RETURN(options.format, ParseFormatName(format));
   }
   UQ_ASSIGN_OR_RETURN(side.device, OpenDevice(loop, path, options));
   // The device holds the image locks; the metadata view needs none of its own.
-  UQ_ASSIGN_OR_RETURN(side.chain, Chain::Open(path, format, LockMode::kNone));
+  UQ_ASSIGN_OR_RETURN(side.chain,
+                      Chain::Open(path, format, LockMode::kNone, /*snapshot=*/"", allow_devices));
   side.size_bytes = side.chain->size_bytes();
   return absl::OkStatus();
 }
@@ -204,6 +207,7 @@ int RunCompare(const common::ParsedArgs& parsed) {
   const std::string format_a = parsed.Last('f') ? *parsed.Last('f') : "";
   const std::string format_b = parsed.Last('F') ? *parsed.Last('F') : "";
   const bool force_share = parsed.Has('U');
+  const bool allow_devices = parsed.Has(kAllowDevicesId);
   absl::StatusOr<std::unique_ptr<io::EventLoop>> loop = io::EventLoop::Create(64);
   if (!loop.ok()) {
     Fail("compare", loop.status());
@@ -212,7 +216,7 @@ int RunCompare(const common::ParsedArgs& parsed) {
   Side a;
   Side b;
   auto open = [&](Side& side, const std::string& path, const std::string& format) {
-    absl::Status st = OpenSide(**loop, path, format, force_share, side);
+    absl::Status st = OpenSide(**loop, path, format, force_share, allow_devices, side);
     if (!st.ok()) Fail(path, st);
     return st.ok();
   };
@@ -232,7 +236,7 @@ int RunCompare(const common::ParsedArgs& parsed) {
 const Command kCompareCommand = {
     "compare",
     RunCompare,
-    "compare [-f FMT] [-F FMT] [-s] [-q] [-U] FILE1 FILE2",
+    "compare [-f FMT] [-F FMT] [-s] [-q] [-U] [--allow-devices] FILE1 FILE2",
     "Compares the guest contents of two images (through their backing chains) as qemu-img "
     "compare does.\n\n"
     "Exit status: 0 identical, 1 different, 2 an image could not be opened, 3 block status "

@@ -25,6 +25,7 @@ constexpr common::OptionSpec kMapOptions[] = {
     {kStartOffsetId, 0, "start-offset", "OFFSET", "first guest offset to map (default 0)"},
     {kMaxLengthId, 0, "max-length", "LENGTH", "map at most LENGTH bytes"},
     kForceShareOption,
+    kAllowDevicesOption,
     kHelpOption,
 };
 
@@ -101,7 +102,8 @@ int RunMap(const common::ParsedArgs& parsed) {
   const std::string format = parsed.Last('f') ? *parsed.Last('f') : "";
   absl::StatusOr<LockMode> lock = LockModeFor(false, parsed.Has('U'));
   if (!lock.ok()) return Fail(*path, lock.status());
-  absl::StatusOr<Chain> chain = Chain::Open(*path, format, *lock);
+  absl::StatusOr<Chain> chain =
+      Chain::Open(*path, format, *lock, /*snapshot=*/"", parsed.Has(kAllowDevicesId));
   if (!chain.ok()) return Fail(*path, chain.status());
 
   uint64_t length = chain->size_bytes();
@@ -154,7 +156,8 @@ int RunMap(const common::ParsedArgs& parsed) {
 const Command kMapCommand = {
     "map",
     RunMap,
-    "map [-f FMT] [--output=human|json] [--start-offset=OFFSET] [--max-length=LENGTH] [-U] FILE",
+    "map [-f FMT] [--output=human|json] [--start-offset=OFFSET] [--max-length=LENGTH] [-U] "
+    "[--allow-devices] FILE",
     "Prints where each guest range of FILE is stored, through its backing chain, as qemu-img map "
     "does: the human format lists the ranges with data, the JSON format every range (start, "
     "length, depth, present, zero, data and the host offset where there is one).",

@@ -36,6 +36,7 @@ constexpr common::OptionSpec kMeasureOptions[] = {
     {kSizeId, 0, "size", "SIZE", "measure a new empty image of SIZE bytes instead of SRC"},
     kOutputOption,
     kForceShareOption,
+    kAllowDevicesOption,
     kHelpOption,
 };
 
@@ -271,7 +272,8 @@ int RunMeasure(const common::ParsedArgs& parsed) {
     const std::string& path = parsed.operands[0];
     absl::StatusOr<LockMode> lock = LockModeFor(false, parsed.Has('U'));
     if (!lock.ok()) return Fail(path, lock.status());
-    absl::StatusOr<Chain> c = Chain::Open(path, format, *lock, snapshot);
+    absl::StatusOr<Chain> c =
+        Chain::Open(path, format, *lock, snapshot, parsed.Has(kAllowDevicesId));
     if (!c.ok()) return Fail(path, c.status());
     chain = *std::move(c);
     // The bitmaps of the image itself (the chain holds its lock already).
@@ -308,8 +310,8 @@ int RunMeasure(const common::ParsedArgs& parsed) {
 const Command kMeasureCommand = {
     "measure",
     RunMeasure,
-    "measure [--output=human|json] [-O FMT] [-o OPTIONS] [--size SIZE | [-f FMT] [-l SNAPSHOT] "
-    "[-U] SRC]",
+    "measure [--output=human|json] [-O FMT] [-o OPTIONS] [--allow-devices] "
+    "[--size SIZE | [-f FMT] [-l SNAPSHOT] [-U] SRC]",
     "Computes how large a new image of format FMT (default raw) holding SRC (or SIZE empty "
     "bytes) would be, as qemu-img measure does.",
     kMeasureOptions,

@@ -50,6 +50,8 @@ expect "$img dd if = $dir/di" "$dir/disk.qcow2"
 expect "$ublk attach --data-file $dir/di" "$dir/disk.qcow2"
 expect "$ublk attach --cache " "none writeback"
 expect "$ublk attach --al" "--allow-devices"
+expect "$img map --al" "--allow-devices"
+expect "$img compare -s --al" "--allow-devices"
 
 ((fails == 0)) || exit 1
 echo "completion ok"

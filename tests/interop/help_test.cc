@@ -113,5 +113,30 @@ TEST(HelpTest, EveryCommandDocumentsEveryOptionItAccepts) {
   }
 }
 
+// --allow-devices, with io's wording, in every command that opens an image's
+// backing chain or external data file (and in none that opens neither).
+TEST(HelpTest, CommandsThatOpenAChainTakeAllowDevices) {
+  for (const char* command : {"io", "map", "compare", "measure"}) {
+    SCOPED_TRACE(command);
+    const RunResult help = RunCommand(Quote(Qcow2Img()) + " " + command + " --help");
+    ASSERT_EQ(help.exit_code, 0) << help.err;
+    // The help's lines are wrapped and aligned: compare with single spaces.
+    const std::string text = std::regex_replace(help.out, std::regex(R"(\s+)"), " ");
+    EXPECT_NE(text.find("[--allow-devices]"), std::string::npos) << help.out;
+    EXPECT_NE(text.find(" --allow-devices let the image name block devices as backing or data "
+                        "file "),
+              std::string::npos)
+        << help.out;
+  }
+  // create reads a backing file it is given, not one an image names; check
+  // reads the image's own metadata only.
+  for (const char* command : {"create", "check"}) {
+    SCOPED_TRACE(command);
+    const RunResult help = RunCommand(Quote(Qcow2Img()) + " " + command + " --help");
+    ASSERT_EQ(help.exit_code, 0) << help.err;
+    EXPECT_EQ(help.out.find("--allow-devices"), std::string::npos) << help.out;
+  }
+}
+
 }  // namespace
 }  // namespace uq::interop

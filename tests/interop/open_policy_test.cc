@@ -9,6 +9,9 @@
 //    file does not expose that file, whether its format is probed (refused
 //    with one line) or named raw (read as raw);
 //  - backing_fmt=vmdk is an error naming vmdk;
+//  - a block device named as backing or data file is refused by every
+//    command that opens a chain, in one line naming --allow-devices, and
+//    opened with it (fake_block_device.cc stands in for the device);
 //  - the --help of io and of ublk-qcow2 attach/mount lists the new options.
 #include <gtest/gtest.h>
 #include <sys/stat.h>
@@ -16,7 +19,9 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <filesystem>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "tests/interop/interop_util.h"
@@ -216,6 +221,175 @@ TEST_F(OpenPolicyTest, UnknownBackingFormatIsNamed) {
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_EQ(Lines(r.err), 1) << r.err;
   EXPECT_NE(r.err.find("format 'vmdk'"), std::string::npos) << r.err;
+}
+
+// --allow-devices in every command that opens a backing chain or data file.
+// An image names a file that fake_block_device.cc (LD_PRELOAD) makes stat
+// report as a block device, so no privileges, loop driver or disk are needed:
+// the engine's check (a stat of the name) sees a block device, and a command
+// let past it reads the regular file. Each command line runs three times on
+// a fresh image: without the stand-in (the expected result), with it (one
+// line naming the file and the option, exit 1, nothing changed), and with it
+// and --allow-devices (the expected result again).
+class AllowDevicesTest : public ::testing::Test {
+ protected:
+  enum class Kind { kBacking, kDataFile };
+
+  void SetUp() override {
+    if (!HaveTool("qemu-img")) GTEST_SKIP() << "qemu-img not installed";
+  }
+  std::string Path(const std::string& name) const { return dir_.File(name); }
+
+  // {img} over a raw backing file, or with a raw external data file (the
+  // file taken for a device), holding 64 KiB of 0x42 then zeros, as {plain}.
+  void Fresh(Kind kind) {
+    const std::string dir = Quote(dir_.path());
+    MustSh("cd " + dir + " && rm -f img.qcow2 base.raw data.raw out");
+    const std::string guest = std::string(64 << 10, '\x42') + std::string(960 << 10, '\0');
+    WriteFile(Path("plain.raw"), guest);
+    if (kind == Kind::kBacking) {
+      WriteFile(Path("base.raw"), guest);
+      MustSh("cd " + dir + " && qemu-img create -q -f qcow2 -b base.raw -F raw img.qcow2");
+    } else {
+      MustSh("cd " + dir +
+             " && qemu-img convert -q -O qcow2 -o data_file=data.raw plain.raw img.qcow2");
+    }
+  }
+  std::string Device(Kind kind) const {
+    return Path(kind == Kind::kBacking ? "base.raw" : "data.raw");
+  }
+
+  std::string Expand(const std::string& args, Kind kind) const {
+    const std::pair<std::string, std::string> names[] = {{"{img}", Path("img.qcow2")},
+                                                         {"{plain}", Path("plain.raw")},
+                                                         {"{dev}", Device(kind)},
+                                                         {"{out}", Path("out")}};
+    std::string out;
+    for (size_t i = 0; i < args.size();) {
+      bool replaced = false;
+      for (const auto& [key, value] : names) {
+        if (args.compare(i, key.size(), key) == 0) {
+          out += Quote(value);
+          i += key.size();
+          replaced = true;
+          break;
+        }
+      }
+      if (!replaced) out += args[i++];
+    }
+    return out;
+  }
+
+  // qcow2-img with stat taking `device` for a block device. A sanitizer
+  // runtime would insist on coming first in the preload list.
+  std::string FakeImg(const std::string& device, const std::string& args) const {
+    return "timeout 60 env LD_PRELOAD=" + Quote(FAKE_BLOCK_DEVICE_PATH) +
+           " UQ_FAKE_BLOCK_DEVICES=" + Quote(device) +
+           " ASAN_OPTIONS=\"${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0\" " +
+           Quote(Qcow2Img()) + " " + args;
+  }
+
+  // Runs `command_line` (qcow2-img's arguments: {img} is the image, {plain}
+  // a raw file of the same guest contents, {dev} the file taken for a block
+  // device, {out} a file the command creates) three times, as the class
+  // comment says, on an image with a backing file and, unless
+  // `backing_only`, on one with an external data file. The image's bytes
+  // must come out as without the stand-in, or if the command writes a date
+  // in them, the output of `after` (a command run without the stand-in).
+  void Expect(const std::string& command_line, bool backing_only = false,
+              const std::string& after_command = "") {
+    for (const Kind kind : {Kind::kBacking, Kind::kDataFile}) {
+      if (kind == Kind::kDataFile && backing_only) continue;
+      SCOPED_TRACE(kind == Kind::kBacking ? "backing file" : "data file");
+      const std::string args = Expand(command_line, kind);
+      const std::string verb = command_line.substr(0, command_line.find(' '));
+      const std::string allowed = verb + " --allow-devices" + args.substr(verb.size());
+      const std::string after = "cd " + Quote(dir_.path()) + " && " + Expand(after_command, kind);
+
+      Fresh(kind);
+      const RunResult want = Sh(Img(args));
+      ASSERT_EQ(want.exit_code, 0) << args << "\n" << want.err;
+      const std::string want_image = ReadFile(Path("img.qcow2"));
+      const std::string want_out = ReadFile(Path("out"));
+      const std::string want_after = after_command.empty() ? "" : Sh(after).out;
+
+      Fresh(kind);
+      const std::string before = ReadFile(Path("img.qcow2"));
+      const RunResult refused = Sh(FakeImg(Device(kind), args));
+      // compare exits 2 when an image cannot be opened, as qemu-img's.
+      EXPECT_EQ(refused.exit_code, verb == "compare" ? 2 : 1) << args;
+      EXPECT_EQ(Lines(refused.err), 1) << refused.err;
+      EXPECT_NE(refused.err.find("'" + Device(kind) +
+                                 "' named by the image is a block device, not a regular file; "
+                                 "pass --allow-devices to open it"),
+                std::string::npos)
+          << args << "\n"
+          << refused.err;
+      EXPECT_EQ(ReadFile(Path("img.qcow2")), before);
+      EXPECT_EQ(Sh("test -e " + Quote(Path("out"))).exit_code, 1) << "a refused command made out";
+
+      Fresh(kind);
+      const RunResult got = Sh(FakeImg(Device(kind), allowed));
+      ASSERT_EQ(got.exit_code, 0) << allowed << "\n" << got.err;
+      EXPECT_EQ(got.out, want.out);
+      if (after_command.empty()) {
+        EXPECT_EQ(ReadFile(Path("img.qcow2")), want_image);
+      } else {
+        EXPECT_EQ(Sh(after).out, want_after);
+      }
+      EXPECT_EQ(ReadFile(Path("out")), want_out);
+    }
+  }
+
+  TempDir dir_;
+};
+
+TEST_F(AllowDevicesTest, Io) {
+  Expect("io -r -c 'read -q -P 0x42 0 64k' {img}");
+  Expect("io -c 'write -q -P 0x43 64k 64k' {img}");
+}
+
+TEST_F(AllowDevicesTest, Map) {
+  Expect("map --output=json {img}");
+  Expect("map {img}");
+}
+
+TEST_F(AllowDevicesTest, Measure) { Expect("measure -O qcow2 {img}"); }
+
+TEST_F(AllowDevicesTest, CompareEitherImage) {
+  Expect("compare {img} {plain}");
+  Expect("compare {plain} {img}");
+  Expect("compare -s {img} {img}");
+}
+
+// A real block device, where /dev has one the test can stat: refused the
+// same way, and --allow-devices lets map past the check (whether the device
+// then opens depends on the user running the test).
+TEST_F(AllowDevicesTest, RealBlockDevice) {
+  std::string device;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator("/dev", ec)) {
+    struct stat st;
+    if (stat(entry.path().c_str(), &st) == 0 && S_ISBLK(st.st_mode)) {
+      device = entry.path().string();
+      break;
+    }
+  }
+  if (device.empty()) GTEST_SKIP() << "no block device in /dev";
+  MustSh("cd " + Quote(dir_.path()) + " && qemu-img create -q -f qcow2 -u -b " + Quote(device) +
+         " -F raw img.qcow2 1M");
+  const std::string before = ReadFile(Path("img.qcow2"));
+  const RunResult refused = Sh(Img("map " + Quote(Path("img.qcow2"))));
+  EXPECT_EQ(refused.exit_code, 1);
+  EXPECT_EQ(Lines(refused.err), 1) << refused.err;
+  EXPECT_NE(refused.err.find("backing file '" + device +
+                             "' named by the image is a block device, not a regular file; pass "
+                             "--allow-devices to open it"),
+            std::string::npos)
+      << refused.err;
+  const RunResult allowed = Sh(Img("map --allow-devices " + Quote(Path("img.qcow2"))));
+  EXPECT_EQ(allowed.err.find("is a block device"), std::string::npos) << allowed.err;
+  EXPECT_EQ(ReadFile(Path("img.qcow2")), before);
 }
 
 TEST(OpenPolicyHelpTest, IoAndAttachListTheNewOptions) {
