@@ -3,7 +3,8 @@
 //
 //   qcow2-img convert [-f FMT] [-O raw|qcow2] [-o OPTS] [-c] [-p] [-q] [-m N] [-W]
 //                     [-l SNAPSHOT] [-t CACHE] [-T SRC_CACHE] [-S SIZE] [-r RATE]
-//                     [-B BACKING -F FMT] [-C] [--salvage] [-n [--target-is-zero]] SRC DST
+//                     [-B BACKING -F FMT] [-C] [--salvage] [-n [--target-is-zero]]
+//                     [--allow-devices] SRC DST
 //
 // -o takes qcow2 create options: cluster_size, compat (0.10/1.1), compression_type
 // (zlib/zstd), refcount_bits, extended_l2, lazy_refcounts, preallocation (raw
@@ -16,7 +17,9 @@
 // convert's default cache mode (unsafe). -r limits the bytes written per
 // second; -B writes over a backing file only what the source's top image
 // holds; -C copies data as it is (copy_file_range raw to raw); --salvage goes
-// on past read errors. A convert that fails removes the target it created.
+// on past read errors. --allow-devices lets SRC's chain and DST's (-B's
+// backing file) hold block devices. A convert that fails removes the target
+// it created.
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -70,13 +73,15 @@ absl::Status SetUpExtentCopy(const std::string& src_path, const EngineOpenOption
                              uint64_t size_bytes, CopyJob& job) {
   uint64_t backing_end = UINT64_MAX;
   if (backing && !no_create) {
-    UQ_ASSIGN_OR_RETURN(Chain chain, Chain::Open(dst_path, "qcow2", LockMode::kNone));
+    UQ_ASSIGN_OR_RETURN(Chain chain, Chain::Open(dst_path, "qcow2", LockMode::kNone,
+                                                 /*snapshot=*/"", src_options.allow_devices));
     backing_end = chain.depth() > 1 ? chain.layer(1).size_bytes() : 0;
   }
-  UQ_ASSIGN_OR_RETURN(job.extents,
-                      SourceExtents(src_path, FormatName(src_options.format), src_options.snapshot,
-                                    size_bytes, /*top_only=*/backing, backing_end,
-                                    /*zeros_as_data=*/backing && job.min_sparse_sectors == 0));
+  UQ_ASSIGN_OR_RETURN(
+      job.extents,
+      SourceExtents(src_path, FormatName(src_options.format), src_options.snapshot,
+                    src_options.allow_devices, size_bytes, /*top_only=*/backing, backing_end,
+                    /*zeros_as_data=*/backing && job.min_sparse_sectors == 0));
   job.zero_chunks.clear();
   if (backing) job.dst_reads_zero = false;
   return absl::OkStatus();
@@ -142,6 +147,7 @@ constexpr common::OptionSpec kConvertOptions[] = {
      "copied as zeros (not with -C)"},
     {kTargetIsZero, 0, "target-is-zero", "",
      "with -n: DST reads as zeros already, so zero ranges are not written"},
+    kAllowDevicesOption,
     kHelpOption,
 };
 
@@ -261,6 +267,9 @@ int RunConvert(const common::ParsedArgs& parsed) {
       case kTargetIsZero:
         target_is_zero = true;
         break;
+      case kAllowDevicesId:
+        src_options.allow_devices = true;
+        break;
     }
     if (!s.ok()) return ReportError(s);
   }
@@ -361,6 +370,8 @@ int RunConvert(const common::ParsedArgs& parsed) {
     dst_options.format = engine::ImageFormat::kQcow2;
     dst_options.direct_io = dst_cache.direct;
     dst_options.no_flush = dst_cache.no_flush;
+    // -B's backing file (or, with -n, what DST names) may be a device too.
+    dst_options.allow_devices = src_options.allow_devices;
     auto opened = OpenDevice(loop, dst_path, dst_options);
     if (!opened.ok()) return ReportError(absl::StrCat(dst_path, ": ", opened.status().message()));
     dst = std::move(*opened);
@@ -395,7 +406,7 @@ int RunConvert(const common::ParsedArgs& parsed) {
   if (min_sparse_sectors != 0) {
     job.alignment_sectors = std::max(job.alignment_sectors, PowerOfTwoFloor(min_sparse_sectors));
     auto zero_chunks = ZeroChunks(src_path, FormatName(src_options.format), src_options.snapshot,
-                                  size_bytes, job.chunk_bytes);
+                                  src_options.allow_devices, size_bytes, job.chunk_bytes);
     if (zero_chunks.ok()) job.zero_chunks = std::move(*zero_chunks);
   }
 
@@ -462,7 +473,7 @@ const Command kConvertCommand = {
     RunConvert,
     "convert [-f FMT] [-O raw|qcow2] [-o OPTIONS] [-c] [-p] [-q] [-m N] [-W] [-l SNAPSHOT] "
     "[-t CACHE] [-T SRC_CACHE] [-U] [-S SIZE] [-r RATE] [-B BACKING -F FMT] [-C] "
-    "[--salvage] [-n [--target-is-zero]] SRC DST",
+    "[--salvage] [-n [--target-is-zero]] [--allow-devices] SRC DST",
     "Copies the guest-visible contents of SRC (through its backing chain) into a new image DST.",
     kConvertOptions,
 };

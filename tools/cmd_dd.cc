@@ -27,6 +27,7 @@ namespace {
 constexpr common::OptionSpec kDdOptions[] = {
     kFormatOption,
     {'O', 'O', "", "FMT", "output format, qcow2 or raw (default raw)"},
+    kAllowDevicesOption,
     kHelpOption,
 };
 
@@ -38,6 +39,7 @@ struct DdArgs {
   std::string out_file;
   std::string in_format;  // "" = probe
   std::string out_format = "raw";
+  bool allow_devices = false;
   uint64_t block_bytes = 512;
   bool has_count = false;
   uint64_t count = 0;
@@ -56,6 +58,7 @@ absl::StatusOr<DdArgs> ParseArgs(const common::ParsedArgs& parsed) {
   DdArgs a;
   if (const std::string* f = parsed.Last('f')) a.in_format = *f;
   if (const std::string* o = parsed.Last('O')) a.out_format = *o;
+  a.allow_devices = parsed.Has(kAllowDevicesId);
   for (const std::string& operand : parsed.operands) {
     const size_t eq = operand.find('=');
     const std::string key = operand.substr(0, eq);
@@ -164,6 +167,7 @@ int RunDd(const common::ParsedArgs& parsed) {
 
   EngineOpenOptions in_options;
   in_options.read_only = true;
+  in_options.allow_devices = args->allow_devices;
   if (!args->in_format.empty()) {
     absl::StatusOr<engine::ImageFormat> f = ParseFormatName(args->in_format);
     if (!f.ok()) return ReportError(f.status());
@@ -195,6 +199,9 @@ int RunDd(const common::ParsedArgs& parsed) {
   EngineOpenOptions out_options;
   out_options.format =
       args->out_format == "qcow2" ? engine::ImageFormat::kQcow2 : engine::ImageFormat::kRaw;
+  // The new output names no other file; the option goes to every open all
+  // the same.
+  out_options.allow_devices = args->allow_devices;
   absl::StatusOr<std::unique_ptr<engine::Device>> out =
       OpenDeviceOnFile(**loop, args->out_file, std::move(*out_file), out_options);
   if (!out.ok()) {
@@ -216,7 +223,8 @@ int RunDd(const common::ParsedArgs& parsed) {
 const Command kDdCommand = {
     "dd",
     RunDd,
-    "dd [-f FMT] [-O FMT] [bs=BYTES] [count=BLOCKS] [skip=BLOCKS] if=INPUT of=OUTPUT",
+    "dd [-f FMT] [-O FMT] [--allow-devices] [bs=BYTES] [count=BLOCKS] [skip=BLOCKS] if=INPUT "
+    "of=OUTPUT",
     "Copies an image's guest bytes into a new image as qemu-img dd does. Operands: bs=BYTES the "
     "block size (default 512, at most 2147483647); count=BLOCKS stop after this many blocks of "
     "the input, counted from its start (skipped blocks included); skip=BLOCKS start copying this "

@@ -9,9 +9,10 @@
 namespace uq::tools {
 
 absl::StatusOr<std::vector<bool>> ZeroChunks(const std::string& path, const std::string& format,
-                                             const std::string& snapshot, uint64_t size_bytes,
-                                             uint64_t chunk_bytes) {
-  UQ_ASSIGN_OR_RETURN(Chain chain, Chain::Open(path, format, LockMode::kNone, snapshot));
+                                             const std::string& snapshot, bool allow_devices,
+                                             uint64_t size_bytes, uint64_t chunk_bytes) {
+  UQ_ASSIGN_OR_RETURN(Chain chain,
+                      Chain::Open(path, format, LockMode::kNone, snapshot, allow_devices));
   const uint64_t chunks = (size_bytes + chunk_bytes - 1) / chunk_bytes;
   std::vector<bool> zero(chunks, true);
   uint64_t offset = 0;
@@ -27,10 +28,14 @@ absl::StatusOr<std::vector<bool>> ZeroChunks(const std::string& path, const std:
   return zero;
 }
 
-absl::StatusOr<std::vector<SourceExtent>> SourceExtents(
-    const std::string& path, const std::string& format, const std::string& snapshot,
-    uint64_t size_bytes, bool top_only, uint64_t backing_end_bytes, bool zeros_as_data) {
-  UQ_ASSIGN_OR_RETURN(Chain chain, Chain::Open(path, format, LockMode::kNone, snapshot));
+absl::StatusOr<std::vector<SourceExtent>> SourceExtents(const std::string& path,
+                                                        const std::string& format,
+                                                        const std::string& snapshot,
+                                                        bool allow_devices, uint64_t size_bytes,
+                                                        bool top_only, uint64_t backing_end_bytes,
+                                                        bool zeros_as_data) {
+  UQ_ASSIGN_OR_RETURN(Chain chain,
+                      Chain::Open(path, format, LockMode::kNone, snapshot, allow_devices));
   std::vector<SourceExtent> extents;
   auto add = [&](uint64_t offset, uint64_t end, ExtentKind kind) {
     if (end <= offset) return;

@@ -20,10 +20,10 @@ namespace uq::tools {
 // with no backing data, zero clusters, holes of a raw file), read from the
 // chain's metadata without taking locks (the caller holds the image open and
 // locked already). `format` is "qcow2", "raw" or "" to probe; `snapshot` as
-// for convert -l.
+// for convert -l; `allow_devices` (--allow-devices) as for Chain::Open.
 absl::StatusOr<std::vector<bool>> ZeroChunks(const std::string& path, const std::string& format,
-                                             const std::string& snapshot, uint64_t size_bytes,
-                                             uint64_t chunk_bytes);
+                                             const std::string& snapshot, bool allow_devices,
+                                             uint64_t size_bytes, uint64_t chunk_bytes);
 
 // How convert -B treats a range of the source (qemu-img convert's
 // BLK_DATA / BLK_ZERO / BLK_BACKING_FILE).
@@ -41,10 +41,14 @@ struct SourceExtent {
 // backing file are not written. Zero ranges at or past `backing_end_bytes`
 // (the new backing file's size) read as zeros anyway and are not written
 // either; with `zeros_as_data` (-S 0) the others are written as data. -C:
-// the block status through the whole chain, data or zero.
-absl::StatusOr<std::vector<SourceExtent>> SourceExtents(
-    const std::string& path, const std::string& format, const std::string& snapshot,
-    uint64_t size_bytes, bool top_only, uint64_t backing_end_bytes, bool zeros_as_data);
+// the block status through the whole chain, data or zero. The chain is
+// opened as by ZeroChunks.
+absl::StatusOr<std::vector<SourceExtent>> SourceExtents(const std::string& path,
+                                                        const std::string& format,
+                                                        const std::string& snapshot,
+                                                        bool allow_devices, uint64_t size_bytes,
+                                                        bool top_only, uint64_t backing_end_bytes,
+                                                        bool zeros_as_data);
 
 }  // namespace uq::tools
 

@@ -52,6 +52,8 @@ expect "$ublk attach --cache " "none writeback"
 expect "$ublk attach --al" "--allow-devices"
 expect "$img map --al" "--allow-devices"
 expect "$img compare -s --al" "--allow-devices"
+expect "$img convert -O qcow2 --al" "--allow-devices"
+expect "$img dd --al" "--allow-devices"
 
 ((fails == 0)) || exit 1
 echo "completion ok"

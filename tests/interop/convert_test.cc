@@ -87,7 +87,8 @@ TEST_P(ConvertKinds, SkipsExactlyWhatQemuCallsZero) {
     SCOPED_TRACE(chunk_bytes);
     uint64_t size_bytes = 0;
     const std::vector<bool> theirs = QemuZeroChunks(cwd, fmt(), chunk_bytes, &size_bytes);
-    auto ours = tools::ZeroChunks(dir_.File("img.qcow2"), fmt(), "", size_bytes, chunk_bytes);
+    auto ours = tools::ZeroChunks(dir_.File("img.qcow2"), fmt(), "", /*allow_devices=*/false,
+                                  size_bytes, chunk_bytes);
     ASSERT_TRUE(ours.ok()) << ours.status();
     ASSERT_EQ(ours->size(), theirs.size());
     int skipped = 0;

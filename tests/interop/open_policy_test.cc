@@ -362,6 +362,22 @@ TEST_F(AllowDevicesTest, CompareEitherImage) {
   Expect("compare -s {img} {img}");
 }
 
+// The source's chain, through the engine and through the block status that
+// picks the chunks to copy (-B, -C and the zero chunks); -B's backing file,
+// opened with DST (a refused DST is removed).
+TEST_F(AllowDevicesTest, Convert) {
+  Expect("convert -O raw {img} {out}");
+  Expect("convert -O qcow2 -c {img} {out}");
+  Expect("convert -C -O raw {img} {out}");
+  Expect("convert -O qcow2 -B {dev} -F raw {img} {out}", /*backing_only=*/true);
+  Expect("convert -O qcow2 -B {dev} -F raw {plain} {out}", /*backing_only=*/true);
+}
+
+TEST_F(AllowDevicesTest, Dd) {
+  Expect("dd if={img} of={out}");
+  Expect("dd -O qcow2 bs=4k skip=8 if={img} of={out}");
+}
+
 // A real block device, where /dev has one the test can stat: refused the
 // same way, and --allow-devices lets map past the check (whether the device
 // then opens depends on the user running the test).
