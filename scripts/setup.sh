@@ -15,7 +15,10 @@ pkgs=(build-essential cmake ninja-build pkg-config git
       # completion as bash-completion loads it
       dpkg-dev man-db groff-base systemd bash-completion
       # `partitions` against sfdisk (interop and VM tiers)
-      fdisk e2fsprogs jq)
+      fdisk e2fsprogs jq
+      # the commit/rebase cache-mode tests: which files are opened with
+      # O_DIRECT, and how many flushes are made, against qemu-img's
+      strace linux-perf)
 vm_pkgs=(qemu-system-x86 linux-source-6.1 linux-source-6.12 busybox-static fio
          flex bison bc libelf-dev libssl-dev cpio xz-utils kmod python3)
 if [[ "${1:-}" == "--vm" ]]; then pkgs+=("${vm_pkgs[@]}"); fi
