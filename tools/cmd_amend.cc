@@ -48,6 +48,7 @@ constexpr common::OptionSpec kAmendOptions[] = {
      "('help' lists them); may be repeated"},
     {'p', 'p', "", "", "show progress"},
     kQuietOption,
+    kAllowDevicesOption,
     kHelpOption,
 };
 
@@ -68,6 +69,9 @@ struct AmendArgs {
   std::string options;
   bool progress = false;
   bool help = false;
+  // The engine opens the backing chain (and data file) to repair a dirty
+  // image and for size=.
+  bool allow_devices = false;
 };
 
 // The options as given; a later value of a key replaces an earlier one, as
@@ -102,6 +106,7 @@ absl::StatusOr<AmendArgs> ParseArgs(const common::ParsedArgs& parsed) {
   if (const std::string* f = parsed.Last('f')) a.format = *f;
   if (!a.format.empty()) UQ_RETURN_IF_ERROR(ParseFormatName(a.format).status());
   a.progress = parsed.Has('p') && !parsed.Has('q');
+  a.allow_devices = parsed.Has(kAllowDevicesId);
   return a;
 }
 
@@ -352,12 +357,13 @@ absl::Status CheckClean(io::EventLoop& loop, const std::string& path) {
 
 // size=: the engine's resize (grow or shrink; the image lock is the
 // caller's), as qemu-img amend truncates through the qcow2 driver.
-absl::Status ResizeThroughEngine(io::EventLoop& loop, const std::string& path,
-                                 uint64_t size_bytes) {
+absl::Status ResizeThroughEngine(io::EventLoop& loop, const std::string& path, uint64_t size_bytes,
+                                 bool allow_devices) {
   UQ_ASSIGN_OR_RETURN(std::unique_ptr<io::UringFile> file,
                       io::UringFile::Open(&loop, path, io::OpenFlags{}));
   EngineOpenOptions open;
   open.format = engine::ImageFormat::kQcow2;
+  open.allow_devices = allow_devices;
   UQ_ASSIGN_OR_RETURN(std::unique_ptr<engine::Device> image,
                       OpenDeviceOnFile(loop, path, std::move(file), open));
   absl::Status s = RunOnLoop(loop, image->Resize(size_bytes, engine::GrowPreallocation::kOff));
@@ -372,6 +378,7 @@ absl::Status Amend(io::EventLoop& loop, const AmendArgs& a, const AmendOptionVal
   if (d.header->incompatible_features & format::kIncompatDirty) {
     EngineOpenOptions open;
     open.format = engine::ImageFormat::kQcow2;
+    open.allow_devices = a.allow_devices;
     UQ_ASSIGN_OR_RETURN(std::unique_ptr<engine::Device> image,
                         OpenDeviceOnFile(loop, a.file, std::move(locked.file), open));
     UQ_RETURN_IF_ERROR(CloseDevice(loop, *image));
@@ -381,7 +388,7 @@ absl::Status Amend(io::EventLoop& loop, const AmendArgs& a, const AmendOptionVal
     return absl::InternalError("Failed to make the image clean");
   }
   if (v.size_bytes && *v.size_bytes != h.size_bytes) {
-    UQ_RETURN_IF_ERROR(ResizeThroughEngine(loop, a.file, *v.size_bytes));
+    UQ_RETURN_IF_ERROR(ResizeThroughEngine(loop, a.file, *v.size_bytes, a.allow_devices));
     UQ_ASSIGN_OR_RETURN(h, ReadQcow2Header(locked.header));
   }
   if (v.refcount_order && *v.refcount_order != h.refcount_order) {
@@ -439,7 +446,7 @@ int RunAmend(const common::ParsedArgs& parsed) {
 const Command kAmendCommand = {
     "amend",
     RunAmend,
-    "amend [-f FMT] -o OPTIONS [-p] [-q] FILE",
+    "amend [-f FMT] -o OPTIONS [-p] [-q] [--allow-devices] FILE",
     "Changes options of an existing qcow2 image as qemu-img amend does. Supported: compat=0.10 "
     "or compat=1.1 (v2 <-> v3), lazy_refcounts=on|off (v3 only; turning it off on an image that "
     "was not closed cleanly repairs its refcounts first), refcount_bits=1|2|4|8|16|32|64 (v3 "

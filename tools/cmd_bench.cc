@@ -175,6 +175,7 @@ constexpr common::OptionSpec kBenchOptions[] = {
     {'t', 't', "cache", "CACHE", "cache mode: writeback (default) or none (O_DIRECT)"},
     {'w', 'w', "write", "", "write instead of read"},
     {'U', 'U', "force-share", "", "read without taking the image lock"},
+    kAllowDevicesOption,
     kHelpOption,
 };
 
@@ -256,6 +257,9 @@ absl::Status ApplyBenchOption(const common::ParsedOption& o, BenchConfig& config
     case 'U':
       options.force_share = true;
       break;
+    case kAllowDevicesId:
+      options.allow_devices = true;
+      break;
   }
   return absl::OkStatus();
 }
@@ -335,7 +339,8 @@ const Command kBenchCommand = {
     "bench",
     RunBench,
     "bench [-c COUNT] [-d DEPTH] [-f FMT] [--flush-interval=N] [-i io_uring] [--no-drain] "
-    "[-o OFFSET] [--pattern=N] [-q] [-s SIZE] [-S STEP] [-t none|writeback] [-U] [-w] FILE",
+    "[-o OFFSET] [--pattern=N] [-q] [-s SIZE] [-S STEP] [-t none|writeback] [-U] [-w] "
+    "[--allow-devices] FILE",
     "Sends qemu-img bench's request pattern to FILE through the engine and times it.",
     kBenchOptions,
 };

@@ -33,6 +33,7 @@ constexpr common::OptionSpec kResizeOptions[] = {
      "preallocation of the added range: off (the default), metadata (qcow2 only), falloc or "
      "full"},
     kQuietOption,
+    kAllowDevicesOption,
     kHelpOption,
 };
 
@@ -41,6 +42,7 @@ struct ResizeArgs {
   std::string format;  // "" = probe
   bool shrink = false;
   bool quiet = false;
+  bool allow_devices = false;
   std::string preallocation = "off";
   std::string size_text;
 };
@@ -56,6 +58,7 @@ absl::StatusOr<ResizeArgs> ParseArgs(const common::ParsedArgs& parsed) {
   if (const std::string* p = parsed.Last(kPreallocationId)) a.preallocation = *p;
   a.shrink = parsed.Has(kShrinkId);
   a.quiet = parsed.Has('q');
+  a.allow_devices = parsed.Has(kAllowDevicesId);
   return a;
 }
 
@@ -139,6 +142,7 @@ int RunResize(const common::ParsedArgs& parsed) {
   }
   EngineOpenOptions open;
   open.format = *qcow2 ? engine::ImageFormat::kQcow2 : engine::ImageFormat::kRaw;
+  open.allow_devices = args->allow_devices;
   absl::StatusOr<std::unique_ptr<engine::Device>> device =
       OpenDeviceOnFile(**loop, args->file, std::move(*file), open);
   if (!device.ok()) {
@@ -161,7 +165,7 @@ int RunResize(const common::ParsedArgs& parsed) {
 const Command kResizeCommand = {
     "resize",
     RunResize,
-    "resize [-f FMT] [--shrink] [--preallocation=MODE] [-q] FILE [+|-]SIZE",
+    "resize [-f FMT] [--shrink] [--preallocation=MODE] [-q] [--allow-devices] FILE [+|-]SIZE",
     "Changes the virtual size of a qcow2 or raw image as qemu-img resize does. SIZE is in bytes "
     "or with a suffix k, M, G, T, P or E; +SIZE and -SIZE are relative to the current size (no "
     "'--' is needed before a negative one). Shrinking needs --shrink and drops the data past the "

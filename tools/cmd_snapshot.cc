@@ -29,6 +29,7 @@ constexpr common::OptionSpec kSnapshotOptions[] = {
     {'d', 'd', "", "NAME", "delete the (first) snapshot named NAME"},
     kQuietOption,
     kForceShareOption,
+    kAllowDevicesOption,
     kHelpOption,
 };
 
@@ -38,6 +39,7 @@ struct SnapshotArgs {
   Action action = Action::kNone;
   std::string name;
   bool force_share = false;
+  bool allow_devices = false;  // -c, -a, -d: the engine opens the backing chain
   std::string file;
 };
 
@@ -69,6 +71,7 @@ absl::StatusOr<SnapshotArgs> ParseArgs(const common::ParsedArgs& parsed) {
     a.name = o.value;
   }
   a.force_share = parsed.Has('U');
+  a.allow_devices = parsed.Has(kAllowDevicesId);
   if (parsed.operands.size() != 1) {
     return absl::InvalidArgumentError("Expecting one image file name");
   }
@@ -163,6 +166,7 @@ int RunSnapshot(const common::ParsedArgs& parsed) {
   }
   EngineOpenOptions open;
   open.format = engine::ImageFormat::kQcow2;
+  open.allow_devices = a.allow_devices;
   absl::StatusOr<std::unique_ptr<engine::Device>> device =
       OpenDeviceOnFile(**loop, a.file, std::move(*file), open);
   if (!device.ok()) {
@@ -183,7 +187,7 @@ int RunSnapshot(const common::ParsedArgs& parsed) {
 const Command kSnapshotCommand = {
     "snapshot",
     RunSnapshot,
-    "snapshot [-l | -c NAME | -a NAME | -d NAME] [-q] [-U] FILE",
+    "snapshot [-l | -c NAME | -a NAME | -d NAME] [-q] [-U] [--allow-devices] FILE",
     "Lists, creates, applies or deletes internal snapshots of a qcow2 image as qemu-img snapshot "
     "does. -l prints qemu-img's snapshot table (nothing when there are none). -c copies the "
     "current disk into a new snapshot (disk only: no VM state, VM clock 0; names may repeat, ids "
