@@ -15,6 +15,7 @@
 #include "format/endian.h"
 #include "format/status_macros.h"
 #include "src/common/json.h"
+#include "src/engine/named_file.h"
 #include "tools/commands.h"
 #include "tools/snapshot_list.h"
 #include "tools/util.h"
@@ -30,6 +31,7 @@ constexpr common::OptionSpec kInfoOptions[] = {
     kOutputOption,
     {kBackingChainId, 0, "backing-chain", "", "describe every image of the backing chain"},
     kForceShareOption,
+    kAllowDevicesOption,
     kHelpOption,
 };
 
@@ -37,6 +39,7 @@ struct InfoArgs {
   std::string format;  // "" = probe
   bool json = false;
   bool backing_chain = false;
+  bool allow_devices = false;
   LockMode lock = LockMode::kShared;
   std::string file;
 };
@@ -46,6 +49,7 @@ absl::StatusOr<InfoArgs> ParseArgs(const common::ParsedArgs& parsed) {
   if (const std::string* f = parsed.Last('f')) args.format = *f;
   UQ_ASSIGN_OR_RETURN(args.json, WantJson(parsed));
   args.backing_chain = parsed.Has(kBackingChainId);
+  args.allow_devices = parsed.Has(kAllowDevicesId);
   UQ_ASSIGN_OR_RETURN(args.lock, LockModeFor(/*writable=*/false, parsed.Has('U')));
   UQ_ASSIGN_OR_RETURN(args.file, OneImage(parsed));
   return args;
@@ -197,7 +201,20 @@ int RunInfo(const common::ParsedArgs& parsed) {
   std::set<std::string> seen;
   std::string path = args->file;
   std::string format = args->format;
+  std::string overlay;  // the image naming `path`; "" for FILE itself
   for (;;) {
+    // A backing file is opened under the engine's rules for the files an
+    // image names (no FIFO that would block the open, block devices only
+    // when allowed), as every command that follows a chain opens it.
+    if (!overlay.empty()) {
+      const engine::NamedFile named{.image_path = overlay,
+                                    .path = path,
+                                    .role = engine::NamedRole::kBacking,
+                                    .writable = false};
+      if (absl::Status st = engine::CheckNamedFile(named, args->allow_devices); !st.ok()) {
+        return Fail(args->file, st);
+      }
+    }
     absl::StatusOr<ImageDescription> d = DescribeImage(path, format, args->lock);
     if (!d.ok()) return Fail(path, d.status());
     char real[PATH_MAX];
@@ -205,6 +222,7 @@ int RunInfo(const common::ParsedArgs& parsed) {
     if (!seen.insert(key).second) return Fail(path, "backing chain loops back to this image");
     const bool more = args->backing_chain && d->header && !d->full_backing_filename.empty();
     if (more) {
+      overlay = path;
       path = d->full_backing_filename;
       format = d->header->backing_format.value_or("");
     }
@@ -235,7 +253,7 @@ int RunInfo(const common::ParsedArgs& parsed) {
 const Command kInfoCommand = {
     "info",
     RunInfo,
-    "info [-f FMT] [--output=human|json] [--backing-chain] [-U] FILE",
+    "info [-f FMT] [--output=human|json] [--backing-chain] [-U] [--allow-devices] FILE",
     "Describes FILE (and with --backing-chain every image below it) as qemu-img info does.",
     kInfoOptions,
 };

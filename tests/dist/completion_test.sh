@@ -31,6 +31,7 @@ expect "$ublk partitions --output " "human json"
 expect "$ublk list -o json --out" "--output"
 expect "$img cre" "create"
 expect "$img info --output=x --backing" "--backing-chain"
+expect "$img info --backing-chain --al" "--allow-devices"
 
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT

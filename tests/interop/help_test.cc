@@ -116,8 +116,8 @@ TEST(HelpTest, EveryCommandDocumentsEveryOptionItAccepts) {
 // --allow-devices, with io's wording, in every command that opens an image's
 // backing chain or external data file (and in none that opens neither).
 TEST(HelpTest, CommandsThatOpenAChainTakeAllowDevices) {
-  for (const char* command : {"io", "map", "compare", "measure", "convert", "dd", "bench", "resize",
-                              "snapshot", "amend"}) {
+  for (const char* command : {"info", "io", "map", "compare", "measure", "convert", "dd", "bench",
+                              "resize", "snapshot", "amend"}) {
     SCOPED_TRACE(command);
     const RunResult help = RunCommand(Quote(Qcow2Img()) + " " + command + " --help");
     ASSERT_EQ(help.exit_code, 0) << help.err;

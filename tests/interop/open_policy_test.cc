@@ -419,6 +419,15 @@ TEST_F(AllowDevicesTest, Snapshot) {
   Expect("snapshot -d s1 {img}", /*backing_only=*/true, after);
 }
 
+// info opens backing files only with --backing-chain (and data files never).
+TEST_F(AllowDevicesTest, Info) {
+  Expect("info --backing-chain {img}", /*backing_only=*/true);
+  Expect("info --backing-chain --output=json {img}", /*backing_only=*/true);
+  Fresh(Kind::kBacking);
+  const RunResult top = Sh(FakeImg(Device(Kind::kBacking), "info " + Quote(Path("img.qcow2"))));
+  EXPECT_EQ(top.exit_code, 0) << top.err;
+}
+
 // A real block device, where /dev has one the test can stat: refused the
 // same way, and --allow-devices lets map past the check (whether the device
 // then opens depends on the user running the test).

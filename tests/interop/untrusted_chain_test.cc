@@ -9,7 +9,8 @@
 //  - map follows the engine's probing rule: a backing file whose format the
 //    overlay does not name, and which looks like qcow2, does not lead on to
 //    the host file it names;
-//  - a FIFO named as backing file is refused by map instead of blocking.
+//  - a FIFO named as backing file is refused by map and info --backing-chain
+//    instead of blocking.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -153,6 +154,22 @@ TEST_F(UntrustedChainTest, MapRefusesAFifoBackingFile) {
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_EQ(Lines(r.err), 1) << r.err;
   EXPECT_NE(r.err.find("is a FIFO"), std::string::npos) << r.err;
+}
+
+TEST_F(UntrustedChainTest, InfoBackingChainRefusesAFifoBackingFile) {
+  Sh("mkfifo pipe && qemu-img create -q -f qcow2 -b pipe -F raw -u top.qcow2 1M");
+  for (const char* options : {"--backing-chain ", "--backing-chain --allow-devices "}) {
+    const RunResult r = RunCommand(Img(std::string("info ") + options + Quote(Path("top.qcow2"))));
+    EXPECT_EQ(r.exit_code, 1) << options;
+    EXPECT_EQ(Lines(r.err), 1) << r.err;
+    EXPECT_NE(r.err.find("backing file '" + Path("pipe") + "' named by the image is a FIFO"),
+              std::string::npos)
+        << r.err;
+    EXPECT_EQ(r.out, "");
+  }
+  // Without --backing-chain the backing file is named, not opened.
+  const RunResult top = RunCommand(Img("info " + Quote(Path("top.qcow2"))));
+  EXPECT_EQ(top.exit_code, 0) << top.err;
 }
 
 }  // namespace
