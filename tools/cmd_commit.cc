@@ -29,6 +29,7 @@
 #include "absl/strings/str_cat.h"
 #include "format/header.h"
 #include "format/status_macros.h"
+#include "src/engine/named_file.h"
 #include "tools/chain_edit.h"
 #include "tools/commands.h"
 #include "tools/convert_copy.h"
@@ -52,6 +53,7 @@ constexpr common::OptionSpec kCommitOptions[] = {
      "write at most RATE bytes per second into the base (k, M, G suffixes; 0: no limit)"},
     {'p', 'p', "", "", "show progress"},
     kQuietOption,
+    kAllowDevicesOption,
     kHelpOption,
 };
 
@@ -67,6 +69,7 @@ struct CommitArgs {
   uint64_t rate_bytes_per_second = 0;  // -r; 0 = no limit
   bool progress = false;
   bool quiet = false;
+  bool allow_devices = false;  // --allow-devices
 };
 
 absl::StatusOr<CommitArgs> ParseArgs(const common::ParsedArgs& parsed) {
@@ -80,6 +83,7 @@ absl::StatusOr<CommitArgs> ParseArgs(const common::ParsedArgs& parsed) {
   a.drop = parsed.Has('d') || a.base.has_value();
   a.quiet = parsed.Has('q');
   a.progress = parsed.Has('p') && !a.quiet;
+  a.allow_devices = parsed.Has(kAllowDevicesId);
   if (!a.format.empty()) UQ_RETURN_IF_ERROR(ParseFormatName(a.format).status());
   UQ_RETURN_IF_ERROR(ParseCacheOption(parsed, 't', a.cache));
   if (const std::string* r = parsed.Last('r')) {
@@ -96,12 +100,21 @@ struct ChainFile {
 };
 
 // FILE's backing chain, top first, as far as the engine follows it (a
-// backing file of unnamed format is not followed further).
-absl::StatusOr<std::vector<ChainFile>> ChainFiles(const std::string& path) {
+// backing file of unnamed format is not followed further). Each backing
+// file passes the engine's named-file check before it is opened (a FIFO
+// would block the open; a block device needs --allow-devices), as the
+// engine's own opens of the chain do.
+absl::StatusOr<std::vector<ChainFile>> ChainFiles(const std::string& path, bool allow_devices) {
   std::vector<ChainFile> files{{path, path, "qcow2"}};
   while (files.size() < kMaxChainDepth) {
     const ChainFile& last = files.back();
     if (last.format == "raw") break;
+    if (files.size() > 1) {
+      const engine::NamedFile named{.image_path = files[files.size() - 2].path,
+                                    .path = last.path,
+                                    .role = engine::NamedRole::kBacking};
+      UQ_RETURN_IF_ERROR(engine::CheckNamedFile(named, allow_devices));
+    }
     UQ_ASSIGN_OR_RETURN(PosixFile f, PosixFile::Open(last.path, O_RDONLY));
     UQ_ASSIGN_OR_RETURN(bool qcow2, HasQcow2Magic(f));
     if (!qcow2 || (!last.format && files.size() > 1)) break;
@@ -128,10 +141,11 @@ absl::StatusOr<size_t> BaseIndex(const CommitArgs& a, const std::vector<ChainFil
 // does not trust such a file's own header (it may be a raw disk whose guest
 // wrote one), so it is not written as qcow2 either.
 absl::StatusOr<std::unique_ptr<engine::Device>> OpenBase(io::EventLoop& loop, const ChainFile& base,
-                                                         const CacheMode& cache) {
+                                                         const CommitArgs& a) {
   EngineOpenOptions open;
-  open.direct_io = cache.direct;
-  open.no_flush = cache.no_flush;
+  open.direct_io = a.cache.direct;
+  open.no_flush = a.cache.no_flush;
+  open.allow_devices = a.allow_devices;
   if (base.format) {
     UQ_ASSIGN_OR_RETURN(open.format, ParseFormatName(*base.format));
   } else {
@@ -177,7 +191,8 @@ absl::Status CopyRuns(io::EventLoop& loop, const std::vector<LayerRun>& runs, en
 // The commit once both images are open.
 absl::Status CommitInto(io::EventLoop& loop, const CommitArgs& a, size_t base_index,
                         engine::Device& top, engine::Device& base) {
-  UQ_ASSIGN_OR_RETURN(Chain chain, Chain::Open(a.file, "qcow2", LockMode::kNone));
+  UQ_ASSIGN_OR_RETURN(Chain chain,
+                      Chain::Open(a.file, "qcow2", LockMode::kNone, "", a.allow_devices));
   if (base_index >= chain.depth()) {
     return absl::InternalError("the backing chain is shorter than its headers say");
   }
@@ -212,13 +227,13 @@ int RunCommit(const common::ParsedArgs& parsed) {
       OpenLockedImage(**loop, args->file, args->format, args->cache.direct);
   if (!locked.ok()) return ReportError(locked.status());
   if (!locked->qcow2) return Fail(args->file, "Image does not have a backing file");
-  absl::StatusOr<std::vector<ChainFile>> files = ChainFiles(args->file);
+  absl::StatusOr<std::vector<ChainFile>> files = ChainFiles(args->file, args->allow_devices);
   if (!files.ok()) return Fail(args->file, files.status());
   absl::StatusOr<size_t> base_index = BaseIndex(*args, *files);
   if (!base_index.ok()) return Fail(args->file, base_index.status());
   const ChainFile& base_file = (*files)[*base_index];
 
-  absl::StatusOr<std::unique_ptr<engine::Device>> base = OpenBase(**loop, base_file, args->cache);
+  absl::StatusOr<std::unique_ptr<engine::Device>> base = OpenBase(**loop, base_file, *args);
   if (!base.ok()) {
     return ReportError(
         absl::StrCat("Could not open '", base_file.path, "': ", base.status().message()));
@@ -228,6 +243,7 @@ int RunCommit(const common::ParsedArgs& parsed) {
   open.unlocked_path = base_file.path;
   open.direct_io = args->cache.direct;
   open.no_flush = args->cache.no_flush;
+  open.allow_devices = args->allow_devices;
   absl::StatusOr<std::unique_ptr<engine::Device>> top =
       OpenDeviceOnFile(**loop, args->file, std::move(locked->file), open);
   if (!top.ok()) {
@@ -250,7 +266,7 @@ int RunCommit(const common::ParsedArgs& parsed) {
 const Command kCommitCommand = {
     "commit",
     RunCommit,
-    "commit [-f FMT] [-t CACHE] [-b BASE] [-r RATE] [-d] [-p] [-q] FILE",
+    "commit [-f FMT] [-t CACHE] [-b BASE] [-r RATE] [-d] [-p] [-q] [--allow-devices] FILE",
     "Writes the changes FILE holds into its backing file as qemu-img commit does: every range "
     "FILE allocates (data, and zero clusters as zeros) is written into the backing file, which "
     "grows to FILE's size if it is shorter; then FILE is emptied (every cluster unallocated, so "

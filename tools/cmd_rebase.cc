@@ -59,6 +59,7 @@ constexpr common::OptionSpec kRebaseOptions[] = {
      "still)"},
     {'p', 'p', "", "", "show progress"},
     kQuietOption,
+    kAllowDevicesOption,
     kHelpOption,
 };
 
@@ -74,6 +75,7 @@ struct RebaseArgs {
   CacheMode cache;      // -t, FILE's; default writeback
   CacheMode src_cache;  // -T, the new backing file's
   bool force_share = false;
+  bool allow_devices = false;  // --allow-devices (safe mode: -u opens no other file)
   bool progress = false;
   bool quiet = false;
 };
@@ -88,6 +90,7 @@ absl::StatusOr<RebaseArgs> ParseArgs(const common::ParsedArgs& parsed) {
   if (b != nullptr) a.backing = *b;
   if (const std::string* f = parsed.Last('F')) a.backing_format = *f;
   a.force_share = parsed.Has('U');
+  a.allow_devices = parsed.Has(kAllowDevicesId);
   if (parsed.operands.size() != 1) {
     return absl::InvalidArgumentError("Expecting one image file name");
   }
@@ -235,6 +238,7 @@ absl::Status RebaseSafe(io::EventLoop& loop, const RebaseArgs& a, LockedImage& l
     open.read_only = true;
     open.direct_io = a.src_cache.direct;
     open.force_share = a.force_share;
+    open.allow_devices = a.allow_devices;
     UQ_ASSIGN_OR_RETURN(open.format, ParseFormatName(*a.backing_format));
     absl::StatusOr<std::unique_ptr<engine::Device>> d =
         OpenDevice(loop, ResolveRelative(a.file, a.backing), open);
@@ -248,13 +252,14 @@ absl::Status RebaseSafe(io::EventLoop& loop, const RebaseArgs& a, LockedImage& l
   open.format = engine::ImageFormat::kQcow2;
   open.direct_io = a.cache.direct;
   open.no_flush = a.cache.no_flush;
+  open.allow_devices = a.allow_devices;
   absl::StatusOr<std::unique_ptr<engine::Device>> image =
       OpenDeviceOnFile(loop, a.file, std::move(locked.file), open);
   if (!image.ok()) {
     return absl::Status(image.status().code(),
                         absl::StrCat("Could not open '", a.file, "': ", image.status().message()));
   }
-  absl::StatusOr<Chain> chain = Chain::Open(a.file, "qcow2", LockMode::kNone);
+  absl::StatusOr<Chain> chain = Chain::Open(a.file, "qcow2", LockMode::kNone, "", a.allow_devices);
   absl::StatusOr<std::vector<LayerRun>> runs =
       chain.ok() ? RunsAbove(*chain, 1) : absl::StatusOr<std::vector<LayerRun>>(chain.status());
   absl::Status s = runs.status();
@@ -303,7 +308,8 @@ int RunRebase(const common::ParsedArgs& parsed) {
 const Command kRebaseCommand = {
     "rebase",
     RunRebase,
-    "rebase [-f FMT] [-t CACHE] [-T SRC_CACHE] [-U] [-u] [-b BACKING] [-F FMT] [-p] [-q] FILE",
+    "rebase [-f FMT] [-t CACHE] [-T SRC_CACHE] [-U] [-u] [-b BACKING] [-F FMT] [-p] [-q] "
+    "[--allow-devices] FILE",
     "Changes the backing file of a qcow2 image as qemu-img rebase does. Safe mode (the default) "
     "keeps what the guest sees: every range FILE does not allocate itself is read through the "
     "old backing chain and through BACKING, and the sectors that differ are copied into FILE "
@@ -316,8 +322,9 @@ const Command kRebaseCommand = {
     "a BACKING that cannot be opened) is refused before FILE changes. -t sets the cache mode of "
     "FILE and of the old backing chain read through it, -T that of BACKING and its chain "
     "(qemu-img's default for both, writeback: FILE is flushed when done); -U opens BACKING and "
-    "its chain without their locks (with -u nothing but FILE is opened, so -U and -T change "
-    "nothing there).",
+    "its chain without their locks; --allow-devices lets the old and the new chain name block "
+    "devices (with -u nothing but FILE is opened, so -U, -T and --allow-devices change nothing "
+    "there).",
     kRebaseOptions,
 };
 

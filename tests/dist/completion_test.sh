@@ -55,6 +55,8 @@ expect "$img map --al" "--allow-devices"
 expect "$img compare -s --al" "--allow-devices"
 expect "$img convert -O qcow2 --al" "--allow-devices"
 expect "$img dd --al" "--allow-devices"
+expect "$img rebase --al" "--allow-devices"
+expect "$img commit --al" "--allow-devices"
 
 ((fails == 0)) || exit 1
 echo "completion ok"

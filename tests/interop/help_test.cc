@@ -117,7 +117,7 @@ TEST(HelpTest, EveryCommandDocumentsEveryOptionItAccepts) {
 // backing chain or external data file (and in none that opens neither).
 TEST(HelpTest, CommandsThatOpenAChainTakeAllowDevices) {
   for (const char* command : {"info", "io", "map", "compare", "measure", "convert", "dd", "bench",
-                              "resize", "snapshot", "amend"}) {
+                              "resize", "snapshot", "amend", "rebase", "commit"}) {
     SCOPED_TRACE(command);
     const RunResult help = RunCommand(Quote(Qcow2Img()) + " " + command + " --help");
     ASSERT_EQ(help.exit_code, 0) << help.err;

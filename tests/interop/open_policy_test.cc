@@ -419,6 +419,23 @@ TEST_F(AllowDevicesTest, Snapshot) {
   Expect("snapshot -d s1 {img}", /*backing_only=*/true, after);
 }
 
+// commit reads the chain above the base and writes the base (the backing
+// file taken for a device): the base's bytes must come out the same.
+TEST_F(AllowDevicesTest, Commit) {
+  prepare_ = [this] {
+    MustSh("cd " + Quote(dir_.path()) +
+           " && qemu-io -c 'write -q -P 0x55 128k 64k' img.qcow2 >/dev/null");
+  };
+  Expect("commit -q {img}", /*backing_only=*/true, "cksum < {dev}");
+  Expect("commit -q -d -t none {img}", /*backing_only=*/true, "cksum < {dev}");
+}
+
+// rebase opens FILE (its data file), its old chain and the new backing file.
+TEST_F(AllowDevicesTest, Rebase) {
+  Expect("rebase -q -b {plain} -F raw {img}", /*backing_only=*/true);
+  Expect("rebase -q -b '' {img}", /*backing_only=*/true);
+}
+
 // info opens backing files only with --backing-chain (and data files never).
 TEST_F(AllowDevicesTest, Info) {
   Expect("info --backing-chain {img}", /*backing_only=*/true);
