@@ -54,8 +54,9 @@ struct EngineOpenOptions {
   bool read_only = false;
   bool direct_io = false;  // O_DIRECT on the image file (-t none)
   // -t unsafe: flushes of the image file (and of its data file) make nothing
-  // durable (io::NoFlushFile). Only for a new image that is worthless if the
-  // command does not finish.
+  // durable (io::NoFlushFile): a new image that is worthless if the command
+  // does not finish (convert), or an existing one the user asked to risk
+  // (commit and rebase -t unsafe, as qemu-img's).
   bool no_flush = false;
   std::string snapshot;
   // -U: take no image lock (only with read_only). Otherwise the image and its
