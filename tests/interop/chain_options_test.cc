@@ -16,18 +16,10 @@
 #include <vector>
 
 #include "tests/interop/interop_util.h"
+#include "tests/interop/qcow2_img_under_test.h"
 
 namespace uq::interop {
 namespace {
-
-std::string Ours() {
-  const char* env = std::getenv("UQ_QCOW2_IMG");
-  return Quote(env && *env ? env : QCOW2_IMG_PATH);
-}
-
-RunResult In(const std::string& dir, const std::string& command) {
-  return RunCommand("cd " + Quote(dir) + " && " + command);
-}
 
 // perf stat counting flushes: fsync and fdatasync calls, and io_uring fsync
 // requests (opcode 3, IORING_OP_FSYNC), in CSV; the output file follows.

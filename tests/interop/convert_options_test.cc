@@ -42,18 +42,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "tests/interop/interop_util.h"
+#include "tests/interop/qcow2_img_under_test.h"
 
 namespace uq::interop {
 namespace {
-
-std::string Ours() {
-  const char* env = std::getenv("UQ_QCOW2_IMG");
-  return Quote(env && *env ? env : QCOW2_IMG_PATH);
-}
-
-RunResult In(const std::string& dir, const std::string& command) {
-  return RunCommand("cd " + Quote(dir) + " && " + command);
-}
 
 uint64_t Seed() {
   if (const char* s = std::getenv("UQ_CONVERT_SEED")) return std::strtoull(s, nullptr, 0);

@@ -50,6 +50,10 @@ RunResult RunCommand(const std::string& command) {
   return r;
 }
 
+RunResult In(const std::string& dir, const std::string& command) {
+  return RunCommand("cd " + Quote(dir) + " && " + command);
+}
+
 bool HaveTool(const std::string& tool) {
   return std::system(("command -v " + Quote(tool) + " >/dev/null 2>&1").c_str()) == 0;
 }

@@ -19,6 +19,9 @@ struct RunResult {
 // Runs `command` with /bin/sh, capturing stdout and stderr separately.
 RunResult RunCommand(const std::string& command);
 
+// RunCommand of `command` in the directory `dir`.
+RunResult In(const std::string& dir, const std::string& command);
+
 // Single-quotes `s` for the shell.
 std::string Quote(const std::string& s);
 

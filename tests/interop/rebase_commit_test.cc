@@ -25,18 +25,10 @@
 #include "absl/strings/str_cat.h"
 #include "tests/interop/image_kinds.h"
 #include "tests/interop/interop_util.h"
+#include "tests/interop/qcow2_img_under_test.h"
 
 namespace uq::interop {
 namespace {
-
-std::string Ours() {
-  const char* env = std::getenv("UQ_QCOW2_IMG");
-  return Quote(env && *env ? env : QCOW2_IMG_PATH);
-}
-
-RunResult In(const std::string& dir, const std::string& command) {
-  return RunCommand("cd " + Quote(dir) + " && " + command);
-}
 
 std::string KindSetup(const std::string& name) {
   for (const ImageKind& k : ImageKinds()) {

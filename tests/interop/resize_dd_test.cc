@@ -26,10 +26,6 @@ std::string Qcow2Img() {
 }
 
 // Runs `command` in `dir`.
-RunResult In(const std::string& dir, const std::string& command) {
-  return RunCommand("cd " + Quote(dir) + " && " + command);
-}
-
 std::string Ours() { return Quote(Qcow2Img()); }
 
 int Lines(const std::string& text) {
