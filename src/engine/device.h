@@ -15,9 +15,11 @@
 #include <sys/uio.h>
 
 #include <cerrno>
+#include <coroutine>
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "src/io/task.h"
@@ -28,6 +30,43 @@ namespace uq::engine {
 // clusters named by the L2 entries, not written (metadata); those clusters
 // allocated in the file too (falloc); or written with zeros (full).
 enum class GrowPreallocation { kOff, kMetadata, kFalloc, kFull };
+
+// Told by a write once the host space it needs has been chosen, before its
+// data goes out (Device::WriteTelling). A caller that orders its writes by
+// where they are allocated (qcow2-img convert writes chunks in guest order,
+// so that the target is not fragmented) issues the next write then, instead
+// of waiting for this one's data. One notice per write; told once.
+//
+// Thread-safety: one thread: told on the event loop that runs the write,
+// which must be the waiter's.
+class AllocationNotice {
+ public:
+  AllocationNotice() = default;
+  AllocationNotice(const AllocationNotice&) = delete;
+  AllocationNotice& operator=(const AllocationNotice&) = delete;
+
+  bool told() const { return told_; }
+  // Marks it told and resumes the waiter, if any; later calls do nothing.
+  void Tell() {
+    if (told_) return;
+    told_ = true;
+    if (waiter_) std::exchange(waiter_, {}).resume();
+  }
+  // co_await notice.Wait(): resumes once told (at once if it has been).
+  auto Wait() {
+    struct Awaiter {
+      AllocationNotice* notice;
+      bool await_ready() const noexcept { return notice->told_; }
+      void await_suspend(std::coroutine_handle<> h) noexcept { notice->waiter_ = h; }
+      void await_resume() const noexcept {}
+    };
+    return Awaiter{this};
+  }
+
+ private:
+  bool told_ = false;
+  std::coroutine_handle<> waiter_;
+};
 
 class Device {
  public:
@@ -43,6 +82,16 @@ class Device {
   virtual Task<int> Read(uint64_t offset_bytes, std::span<const iovec> iov) = 0;
   // `fua`: the data is durable when the call completes.
   virtual Task<int> Write(uint64_t offset_bytes, std::span<const iovec> iov, bool fua) = 0;
+  // Write, telling `allocated` once the host space the write needs has been
+  // chosen (and always by the time it completes, failed or not). The
+  // default tells on completion; the qcow2 image tells before the data of a
+  // large allocating write goes out.
+  virtual Task<int> WriteTelling(uint64_t offset_bytes, std::span<const iovec> iov, bool fua,
+                                 AllocationNotice& allocated) {
+    const int r = co_await Write(offset_bytes, iov, fua);
+    allocated.Tell();
+    co_return r;
+  }
   // The range's contents are no longer needed. Raw: the range is punched and
   // reads as zero. qcow2 (as QEMU's driver): every whole cluster in the range
   // is deallocated and reads as zero (the image's last cluster is whole when

@@ -64,7 +64,8 @@ Task<int> Qcow2Image::RunPiece(bool write, uint64_t g, uint64_t n, io::IovVec io
   co_return co_await RunOnePiece(write, g, n, iov);
 }
 
-Task<int> Qcow2Image::ForEachPiece(uint64_t offset_bytes, std::span<const iovec> iov, bool write) {
+Task<int> Qcow2Image::ForEachPiece(uint64_t offset_bytes, std::span<const iovec> iov, bool write,
+                                   AllocationNotice* allocated) {
   const uint64_t cluster = p_->geo.cluster_bytes;
   const uint64_t len = io::IovLength(iov);
   const uint64_t first = std::min(len, cluster - (offset_bytes & (cluster - 1)));
@@ -77,7 +78,7 @@ Task<int> Qcow2Image::ForEachPiece(uint64_t offset_bytes, std::span<const iovec>
     bool done = false;
     int r = co_await write_.TryOverwriteRange(offset_bytes, iov, &done);
     if (done) co_return r;
-    r = co_await write_.TryAllocateRange(offset_bytes, iov, &done);
+    r = co_await write_.TryAllocateRange(offset_bytes, iov, &done, allocated);
     if (done) co_return r;
   }
   io::Join join;
@@ -108,6 +109,18 @@ Task<int> Qcow2Image::FinishWrite(uint64_t generation) {
 }
 
 Task<int> Qcow2Image::Write(uint64_t offset_bytes, std::span<const iovec> iov, bool fua) {
+  return WriteImpl(offset_bytes, iov, fua, nullptr);
+}
+
+Task<int> Qcow2Image::WriteTelling(uint64_t offset_bytes, std::span<const iovec> iov, bool fua,
+                                   AllocationNotice& allocated) {
+  const int r = co_await WriteImpl(offset_bytes, iov, fua, &allocated);
+  allocated.Tell();
+  co_return r;
+}
+
+Task<int> Qcow2Image::WriteImpl(uint64_t offset_bytes, std::span<const iovec> iov, bool fua,
+                                AllocationNotice* allocated) {
   if (int r = CheckRequest(offset_bytes, io::IovLength(iov), true); r < 0) co_return r;
   {
     int d = co_await p_->order->MarkDirty();
@@ -115,7 +128,7 @@ Task<int> Qcow2Image::Write(uint64_t offset_bytes, std::span<const iovec> iov, b
   }
   const uint64_t generation = p_->meta->generation();
   {
-    int r = co_await ForEachPiece(offset_bytes, iov, true);
+    int r = co_await ForEachPiece(offset_bytes, iov, true, allocated);
     if (r < 0) co_return r;
   }
   if (fua) co_return co_await p_->order->Flush();

@@ -81,6 +81,11 @@ class Qcow2Image final : public Device {
   }
   Task<int> Read(uint64_t offset_bytes, std::span<const iovec> iov) override;
   Task<int> Write(uint64_t offset_bytes, std::span<const iovec> iov, bool fua) override;
+  // Tells `allocated` as soon as a write of whole unallocated clusters has
+  // its host clusters (WritePath::TryAllocateRange); other writes tell on
+  // completion.
+  Task<int> WriteTelling(uint64_t offset_bytes, std::span<const iovec> iov, bool fua,
+                         AllocationNotice& allocated) override;
   Task<int> Discard(uint64_t offset_bytes, uint64_t length_bytes) override;
   Task<int> WriteZeroes(uint64_t offset_bytes, uint64_t length_bytes, bool may_unmap) override;
   Task<int> Flush() override;
@@ -125,8 +130,13 @@ class Qcow2Image final : public Device {
   explicit Qcow2Image(std::unique_ptr<ImageParts> parts);
 
   int CheckRequest(uint64_t offset_bytes, uint64_t length_bytes, bool write) const;
-  // Runs the per-cluster pieces of a read or write concurrently.
-  Task<int> ForEachPiece(uint64_t offset_bytes, std::span<const iovec> iov, bool write);
+  // Runs the per-cluster pieces of a read or write concurrently; a write
+  // tells `allocated` (if not null) where TryAllocateRange does.
+  Task<int> ForEachPiece(uint64_t offset_bytes, std::span<const iovec> iov, bool write,
+                         AllocationNotice* allocated = nullptr);
+  // Write and WriteTelling.
+  Task<int> WriteImpl(uint64_t offset_bytes, std::span<const iovec> iov, bool fua,
+                      AllocationNotice* allocated);
   Task<int> RunOnePiece(bool write, uint64_t g, uint64_t n, std::span<const iovec> iov);
   Task<int> RunPiece(bool write, uint64_t g, uint64_t n, io::IovVec iov);
   // The zeroing requests' common frame (check, dirty bit, write-through).

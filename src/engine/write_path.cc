@@ -127,8 +127,8 @@ Task<int> WritePath::TryOverwriteRange(uint64_t offset_bytes, std::span<const io
   co_return co_await join.Wait();
 }
 
-Task<int> WritePath::TryAllocateRange(uint64_t offset_bytes, std::span<const iovec> iov,
-                                      bool* done) {
+Task<int> WritePath::TryAllocateRange(uint64_t offset_bytes, std::span<const iovec> iov, bool* done,
+                                      AllocationNotice* allocated) {
   const Geometry& geo = p_->geo;
   const uint64_t length = io::IovLength(iov);
   if (((offset_bytes | length) & (geo.cluster_bytes - 1)) != 0 || geo.extended_l2 ||
@@ -154,14 +154,15 @@ Task<int> WritePath::TryAllocateRange(uint64_t offset_bytes, std::span<const iov
   const size_t max_run = size_t{1} << (geo.refblock_bits >= 2 ? geo.refblock_bits - 2 : 0);
   for (size_t first = 0; first < range.clusters.size(); first += max_run) {
     const size_t count = std::min(max_run, range.clusters.size() - first);
-    int r = co_await AllocateRun(range, first, count, iov);
+    const bool last = first + count == range.clusters.size();
+    int r = co_await AllocateRun(range, first, count, iov, last ? allocated : nullptr);
     if (r < 0) co_return r;
   }
   co_return 0;
 }
 
 Task<int> WritePath::AllocateRun(LockedRange& range, size_t first, size_t count,
-                                 std::span<const iovec> iov) {
+                                 std::span<const iovec> iov, AllocationNotice* allocated) {
   const Geometry& geo = p_->geo;
   const uint64_t bytes = count * geo.cluster_bytes;
   int64_t host;
@@ -172,6 +173,7 @@ Task<int> WritePath::AllocateRun(LockedRange& range, size_t first, size_t count,
     end_before = p_->refs->host_end_clusters();
     host = co_await p_->refs->Allocate(count);
   }
+  if (allocated != nullptr) allocated->Tell();
   if (host < 0) co_return static_cast<int>(host);
   const uint64_t h = static_cast<uint64_t>(host);
   int r = 0;

@@ -55,8 +55,10 @@ class WritePath {
   // writes each run with one I/O before storing its entries, and sets *done;
   // otherwise changes nothing. Where the per-piece path writes one cluster
   // per I/O, this is what makes a large sequential write (convert, dd, a
-  // guest's streaming write) one write per request.
-  Task<int> TryAllocateRange(uint64_t offset_bytes, std::span<const iovec> iov, bool* done);
+  // guest's streaming write) one write per request. Tells `allocated` (if
+  // not null) once the last run has its host clusters.
+  Task<int> TryAllocateRange(uint64_t offset_bytes, std::span<const iovec> iov, bool* done,
+                             AllocationNotice* allocated = nullptr);
 
  private:
   // Where the piece's cluster goes.
@@ -96,8 +98,10 @@ class WritePath {
                             const Target& t, const Cow& cow);
   Task<void> GiveBack(const Target& t);
   // TryAllocateRange for clusters [first, first + count) of the locked
-  // range: one allocation, one data write, then the entries.
-  Task<int> AllocateRun(LockedRange& range, size_t first, size_t count, std::span<const iovec> iov);
+  // range: one allocation (then `allocated`, if not null, is told), one
+  // data write, then the entries.
+  Task<int> AllocateRun(LockedRange& range, size_t first, size_t count, std::span<const iovec> iov,
+                        AllocationNotice* allocated);
   // One data write with its iovec in the frame (for io::Join).
   Task<int> WriteData(uint64_t host_offset_bytes, io::IovVec iov);
 

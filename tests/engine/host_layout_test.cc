@@ -1,7 +1,8 @@
 // Where the engine puts bytes in the host files: compressed clusters that
 // share a sector, data clusters in an external data file at their guest
-// offsets, whole-cluster writes into new clusters as one contiguous run, and
-// file space reserved ahead of the allocator on O_DIRECT files.
+// offsets, whole-cluster writes into new clusters as one contiguous run (told
+// to a caller before their data goes out), and file space reserved ahead of
+// the allocator on O_DIRECT files.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -171,6 +172,63 @@ TEST(HostLayoutTest, WholeClusterWriteIntoNewClustersIsOneWrite) {
   std::vector<std::byte> both(again.size());
   ASSERT_EQ(ReadSync(*img, 0, both), 0);
   EXPECT_EQ(both, again);
+  ASSERT_TRUE(io::RunSync(nullptr, img->Close()).ok());
+  ExpectClean(*file);
+}
+
+Task<void> TellingTask(Device* d, uint64_t off, const std::vector<std::byte>* buf,
+                       AllocationNotice* allocated, std::optional<int>* r) {
+  iovec v{const_cast<std::byte*>(buf->data()), buf->size()};
+  r->emplace(co_await d->WriteTelling(off, std::span<const iovec>(&v, 1), false, *allocated));
+}
+
+// WriteTelling (convert's in-order writes): a write of whole new clusters
+// tells once its host clusters are chosen, while its data write is still
+// pending, so the next write can be allocated right after it; a write
+// within one cluster tells when it completes.
+TEST(HostLayoutTest, WholeClusterWriteTellsWhenAllocatedBeforeItsData) {
+  auto file = MakeImage(testing::Qcow2Options(16 << 20));
+  auto img = OpenQcow2(file.get());
+  ASSERT_NE(img, nullptr);
+  ASSERT_EQ(WriteSync(*img, 0, Pattern(65536, 8)), 0);  // dirty bit, L2 table loaded
+  file->set_mode(io::MemFile::Mode::kDeferred);
+  const std::vector<std::byte> first = Pattern(4 * 65536, 9);
+  const std::vector<std::byte> second = Pattern(2 * 65536, 10);
+  AllocationNotice first_allocated, second_allocated;
+  std::optional<int> first_result, second_result;
+  Spawn(TellingTask(img.get(), 4 * 65536, &first, &first_allocated, &first_result));
+  EXPECT_TRUE(first_allocated.told());
+  EXPECT_FALSE(first_result.has_value());
+  ASSERT_EQ(file->pending_count(), 1u);
+  const io::MemFile::PendingOp first_data = file->pending(0);
+  EXPECT_EQ(first_data.kind, io::OpKind::kWrite);
+  EXPECT_EQ(first_data.length_bytes, first.size());
+  // The next write, issued now, is placed right behind the first.
+  Spawn(TellingTask(img.get(), 8 * 65536, &second, &second_allocated, &second_result));
+  EXPECT_TRUE(second_allocated.told());
+  ASSERT_EQ(file->pending_count(), 2u);
+  EXPECT_EQ(file->pending(1).offset_bytes, first_data.offset_bytes + first.size());
+  file->RunAll();
+  ASSERT_EQ(first_result, 0);
+  ASSERT_EQ(second_result, 0);
+
+  // Inside one cluster: told only when the write is done.
+  const std::vector<std::byte> small = Pattern(4096, 11);
+  AllocationNotice small_allocated;
+  std::optional<int> small_result;
+  Spawn(TellingTask(img.get(), 20 * 65536, &small, &small_allocated, &small_result));
+  EXPECT_FALSE(small_allocated.told());
+  file->RunAll();
+  EXPECT_TRUE(small_allocated.told());
+  ASSERT_EQ(small_result, 0);
+
+  file->set_mode(io::MemFile::Mode::kImmediate);
+  std::vector<std::byte> got(first.size());
+  ASSERT_EQ(ReadSync(*img, 4 * 65536, got), 0);
+  EXPECT_EQ(got, first);
+  got.resize(second.size());
+  ASSERT_EQ(ReadSync(*img, 8 * 65536, got), 0);
+  EXPECT_EQ(got, second);
   ASSERT_TRUE(io::RunSync(nullptr, img->Close()).ok());
   ExpectClean(*file);
 }
