@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <deque>
 #include <memory>
 #include <span>
 #include <utility>
@@ -44,7 +45,9 @@ struct WriteTurn {
   void await_resume() const noexcept {}
 };
 
-// Ends chunk `index`'s turn and wakes the next writer (every writer, on error).
+// Ends chunk `index`'s turn and wakes the next writer (every writer, on
+// error). Once per turn: a turn passed early (InOrderWrites) is not passed
+// again.
 void PassTurn(CopyJob& job, uint64_t index) {
   if (!job.in_order) return;
   if (job.error != 0) {
@@ -53,6 +56,7 @@ void PassTurn(CopyJob& job, uint64_t index) {
     for (auto& [i, h] : waiters) h.resume();
     return;
   }
+  if (job.next_write_chunk != index) return;
   job.next_write_chunk = index + 1;
   auto it = job.turn_waiters.find(index + 1);
   if (it == job.turn_waiters.end()) return;
@@ -162,12 +166,31 @@ Task<int> WriteCompressedChunk(CopyJob& job, AlignedBuffer& buf, CompressScratch
   co_return 0;
 }
 
+// An in-order chunk's data writes: each is started, and the next one
+// issued, once the target has chosen its host clusters; the chunk passes
+// its turn when the last one has, and then waits for their data.
+struct InOrderWrites {
+  io::Join writes;
+  std::deque<engine::AllocationNotice> notices;  // one per write, alive until it finishes
+};
+
+// One data write of an in-order chunk (started on its Join).
+Task<int> StartedWrite(CopyJob& job, uint64_t offset, iovec w, engine::AllocationNotice& allocated,
+                       std::string& what) {
+  const int r = co_await job.dst->WriteTelling(offset, std::span<const iovec>(&w, 1),
+                                               /*fua=*/false, allocated);
+  if (r < 0 && what.empty()) what = absl::StrCat("writing destination at offset ", offset);
+  co_return r;
+}
+
 // Writes [from, to) of the chunk at `offset`, as qemu-img's sparse detection
 // (-S) decides: data runs are written (widened to whole target clusters),
 // zero runs left out when `skip_zeros`, else zeroed. [0, written_end) of the
-// chunk is done already; advances it.
+// chunk is done already; advances it. With `in_order`, data writes are
+// started there and awaited only until they are allocated.
 Task<int> WriteRuns(CopyJob& job, AlignedBuffer& buf, uint64_t offset, uint64_t from, uint64_t to,
-                    uint64_t length, bool skip_zeros, uint64_t& written_end, std::string& what) {
+                    uint64_t length, bool skip_zeros, uint64_t& written_end, std::string& what,
+                    InOrderWrites* in_order = nullptr) {
   uint64_t pos = from;
   while (pos < to) {
     const std::span<const std::byte> rest = buf.span().subspan(pos, to - pos);
@@ -189,6 +212,12 @@ Task<int> WriteRuns(CopyJob& job, AlignedBuffer& buf, uint64_t offset, uint64_t 
     if (run.data) {
       co_await job.rate_limiter.Admit(*job.loop, end - begin);
       iovec w = buf.Iov(begin, end - begin);
+      if (in_order != nullptr) {
+        engine::AllocationNotice& allocated = in_order->notices.emplace_back();
+        in_order->writes.Start(StartedWrite(job, offset + begin, w, allocated, what));
+        co_await allocated.Wait();
+        continue;
+      }
       r = co_await job.dst->Write(offset + begin, std::span<const iovec>(&w, 1), /*fua=*/false);
       if (r < 0) what = absl::StrCat("writing destination at offset ", offset + begin);
     } else {
@@ -316,8 +345,18 @@ Task<int> CopyChunk(CopyJob& job, AlignedBuffer& buf, CompressScratch* scratch, 
   }
   if (!job.extents.empty()) co_return co_await WriteByExtent(job, buf, offset, length, what);
   uint64_t written_end = 0;
-  co_return co_await WriteRuns(job, buf, offset, 0, length, length, job.dst_reads_zero, written_end,
-                               what);
+  if (!job.in_order) {
+    co_return co_await WriteRuns(job, buf, offset, 0, length, length, job.dst_reads_zero,
+                                 written_end, what);
+  }
+  // In order: the next chunk's writes may start once this chunk's clusters
+  // are allocated; its data need not be on the way yet.
+  InOrderWrites in_order;
+  int r = co_await WriteRuns(job, buf, offset, 0, length, length, job.dst_reads_zero, written_end,
+                             what, &in_order);
+  if (r >= 0) PassTurn(job, index);
+  const int w = co_await in_order.writes.Wait();
+  co_return r < 0 ? r : w;
 }
 
 Task<void> CopyWorker(CopyJob& job) {
