@@ -13,7 +13,9 @@
 #   scripts/bench-convert.sh [path/to/qcow2-img]
 #
 # Environment: RUNS (default 3), WORKDIR (default a fresh temp dir on /tmp,
-# which must be a real disk file system, not tmpfs, to mean anything).
+# which must be a real disk file system, not tmpfs, to mean anything),
+# WARM_MIB (memory filled and freed before each timed run, default 2048; 0:
+# none; see fresh below).
 set -euo pipefail
 
 ours=${1:-${QCOW2_IMG:-build/tools/qcow2-img}}
@@ -24,7 +26,7 @@ command -v mke2fs >/dev/null || { echo "bench-convert: mke2fs not found (e2fspro
 
 work=${WORKDIR:-$(mktemp -d /tmp/uq-bench-convert-XXXXXX)}
 mkdir -p "$work"
-trap 'rm -rf "$work"' EXIT
+trap 'rm -rf "$work" "/dev/shm/uq-bench-convert-warm.$$"' EXIT
 
 # Seconds taken by one command (its output is discarded).
 seconds() {
@@ -37,13 +39,26 @@ seconds() {
 best() { sort -g | head -1; }
 
 # Untimed, before each timed run: remove the command's target (its last
-# argument) and write back every dirty page. Without this a run pays for the
-# previous run's gigabyte of dirty page cache (writeback, and truncating the
-# old target), so whichever tool runs second in a pair looked slower: the
-# raw -> qcow2 row read 0.90x in one order and about 1.5x in the other.
+# argument), write back every dirty page, then fill and free WARM_MIB of
+# memory. Without the first two a run pays for the previous run's gigabyte
+# of dirty page cache (writeback, and truncating the old target), so
+# whichever tool ran second in a pair looked slower: the raw -> qcow2 row
+# read 0.90x in one order and about 1.5x in the other. The third is for
+# virtual machines whose kernel hands free memory back to the host (free
+# page reporting, virtio-balloon): a run whose page cache lands on memory
+# the host took back pays a host fault per page, and the same convert took
+# 0.15 s or 1 s by whether the run before it had just freed a gigabyte.
+# Memory freed just now is not handed back yet, so each run gets the same.
+warm_mib=${WARM_MIB:-2048}
+warm_file=/dev/shm/uq-bench-convert-warm.$$
+[[ -d /dev/shm ]] || warm_mib=0
 fresh() {
   rm -f "${@: -1}"
   sync
+  if ((warm_mib > 0)); then
+    head -c "${warm_mib}M" /dev/zero > "$warm_file" || true
+    rm -f "$warm_file"
+  fi
 }
 
 # row LABEL TARGET QEMU_CMD... -- OUR_CMD...: best of RUNS for each, interleaved.
