@@ -241,7 +241,24 @@ Task<int> RefcountStore::Cursor::At(RefcountStore* store, uint64_t cluster_index
   co_return 0;
 }
 
+bool RefcountStore::BlockGoesAt(uint64_t cluster_index) const {
+  if ((cluster_index & ((uint64_t{1} << geo_.refblock_bits) - 1)) != 0) return false;
+  const uint64_t block = cluster_index >> geo_.refblock_bits;
+  return block >= table_.size() || table_[block] == 0;
+}
+
 Task<int64_t> RefcountStore::Allocate(uint64_t count) {
+  uint64_t got = 0;
+  co_return co_await AllocateRun(count, count, &got);
+}
+
+Task<int64_t> RefcountStore::AllocateUpTo(uint64_t max_count, uint64_t* count) {
+  co_return co_await AllocateRun(1, max_count, count);
+}
+
+Task<int64_t> RefcountStore::AllocateRun(uint64_t min_count, uint64_t max_count,
+                                         uint64_t* run_count) {
+  const bool up_to = min_count < max_count;
   for (;;) {
     // Find a free run, keeping the slice under the scan pinned: each slice
     // is looked up once, and the one-cluster case (nearly every allocation)
@@ -250,7 +267,7 @@ Task<int64_t> RefcountStore::Allocate(uint64_t count) {
     uint64_t start = free_hint_;
     uint64_t run = 0;
     uint64_t first_free = kNone;
-    for (uint64_t c = free_hint_; run < count; ++c) {
+    for (uint64_t c = free_hint_; run < max_count; ++c) {
       uint64_t rc;
       int r = co_await cursor.At(this, c, &rc);
       if (r < 0) co_return r;
@@ -260,13 +277,17 @@ Task<int64_t> RefcountStore::Allocate(uint64_t count) {
         co_return co_await meta_->MarkCorrupt("the header cluster has refcount 0");
       }
       if (rc == 0) {
+        // A shorter run rather than one the next refcount block would cut.
+        if (up_to && run > 0 && BlockGoesAt(c)) break;
         if (run == 0) start = c;
         if (first_free == kNone) first_free = c;
         ++run;
       } else {
+        if (run >= min_count) break;
         run = 0;
       }
     }
+    const uint64_t count = run;
     // Nothing below first_free is free.
     free_hint_ = first_free;
     // Blocks must count the run. Placing a block (or growing the table) may
@@ -299,6 +320,7 @@ Task<int64_t> RefcountStore::Allocate(uint64_t count) {
     if (start == free_hint_) free_hint_ = start + count;  // else a short free run remains below
     host_end_clusters_ = std::max(host_end_clusters_, start + count);
     allocated_.fetch_add(count, std::memory_order_relaxed);
+    *run_count = count;
     co_return static_cast<int64_t>(geo_.ClusterOffset(start));
   }
 }

@@ -63,6 +63,14 @@ class RefcountStore {
   // Finds `count` contiguous free clusters, sets their refcounts to 1 and
   // returns the host offset of the first, or -errno.
   Task<int64_t> Allocate(uint64_t count);
+  // Takes the first free clusters, up to `max_count` in one contiguous run,
+  // and sets *count to how many (>= 1): the run ends before a cluster in
+  // use, and before the first cluster of a range no refcount block counts
+  // yet (where that block will go). A long write thus fills the space up to
+  // a refcount block instead of leaving it and searching past it (with 4 KiB
+  // clusters that left a quarter of the file unused). Returns the host
+  // offset of the first, or -errno.
+  Task<int64_t> AllocateUpTo(uint64_t max_count, uint64_t* count);
   // Gives back one cluster from Allocate whose first use failed.
   Task<void> Unallocate(uint64_t host_offset_bytes);
   // Finds room for `bytes` (<= one cluster) of compressed data, as QEMU's
@@ -114,6 +122,13 @@ class RefcountStore {
     // the pinned one.
     Task<int> At(RefcountStore* store, uint64_t cluster_index, uint64_t* refcount);
   };
+  // Allocate and AllocateUpTo: the first run of at least min_count and at
+  // most max_count free clusters (min_count < max_count: the first free
+  // stretch, cut before a cluster that will hold a refcount block).
+  Task<int64_t> AllocateRun(uint64_t min_count, uint64_t max_count, uint64_t* count);
+  // No refcount block counts the clusters starting at `cluster_index`, the
+  // first of a block's range: the block will go there.
+  bool BlockGoesAt(uint64_t cluster_index) const;
   // Places a refcount block covering the cluster if none does (*placed set,
   // also when the table had to grow).
   Task<int> EnsureBlock(uint64_t cluster_index, bool* placed);

@@ -125,26 +125,29 @@ Task<int> FillRun(ImageParts& p, uint64_t h, uint64_t bytes, GrowPreallocation m
   co_return r;
 }
 
-// Gives guest clusters [first, first + count) one contiguous run of new host
-// clusters, filled as FillRun says, and names them in their L2 entries
+// Gives guest clusters from `first` one contiguous run of new host clusters,
+// up to `count` of them (*done: how many; the allocator's AllocateUpTo),
+// filled as FillRun says, and names them in their L2 entries
 // (normal, COPIED; a zero cluster under metadata preallocation stays zero;
 // an extended entry keeps its subcluster bits, its zero subclusters becoming
 // allocated ones under falloc and full, so what its subclusters read does
 // not change).
-Task<int> PreallocateRun(ImageParts& p, uint64_t first, uint64_t count, GrowPreallocation mode,
-                         uint64_t* end_bytes) {
+Task<int> PreallocateRun(ImageParts& p, uint64_t first, uint64_t max_count, GrowPreallocation mode,
+                         uint64_t* end_bytes, uint64_t* done) {
   const Geometry& geo = p.geo;
-  const uint64_t bytes = count * geo.cluster_bytes;
   // An external data file holds each cluster at its guest offset, and takes
   // no refcounts.
   const bool external = p.meta->external_data();
   int64_t host = static_cast<int64_t>(geo.ClusterOffset(first));
+  uint64_t count = max_count;
   if (!external) {
     co_await p.meta->lock().Lock();
     cache::MutexGuard guard(&p.meta->lock());
-    host = co_await p.refs->Allocate(count);
+    host = co_await p.refs->AllocateUpTo(max_count, &count);
   }
   if (host < 0) co_return static_cast<int>(host);
+  *done = count;
+  const uint64_t bytes = count * geo.cluster_bytes;
   const uint64_t h = static_cast<uint64_t>(host);
   int r = 0;
   if (const std::optional<Metadata> hit = p.meta->DataOverlap(h, bytes)) {
@@ -239,10 +242,12 @@ Task<int> Preallocate(Qcow2Image& image, ImageParts& p, uint64_t from_bytes, uin
       const format::ClusterType t = ce.entry.type;
       eligible = t == format::ClusterType::kUnallocated || t == format::ClusterType::kZeroPlain;
     }
-    if (run_count > 0 && (!eligible || run_count == max_run)) {
-      int r = co_await PreallocateRun(p, run_first, run_count, mode, &end_bytes);
+    while (run_count > 0 && (!eligible || run_count == max_run)) {
+      uint64_t done = 0;
+      int r = co_await PreallocateRun(p, run_first, run_count, mode, &end_bytes, &done);
       if (r < 0) co_return r;
-      run_count = 0;
+      run_first += done;
+      run_count -= done;
     }
     if (eligible) {
       if (run_count == 0) run_first = c;

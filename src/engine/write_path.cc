@@ -152,29 +152,37 @@ Task<int> WritePath::TryAllocateRange(uint64_t offset_bytes, std::span<const iov
   // allocator must place a refcount block inside is searched again, and a
   // run that long could never fit beside its block.
   const size_t max_run = size_t{1} << (geo.refblock_bits >= 2 ? geo.refblock_bits - 2 : 0);
-  for (size_t first = 0; first < range.clusters.size(); first += max_run) {
+  for (size_t first = 0; first < range.clusters.size();) {
     const size_t count = std::min(max_run, range.clusters.size() - first);
-    const bool last = first + count == range.clusters.size();
-    int r = co_await AllocateRun(range, first, count, iov, last ? allocated : nullptr);
+    size_t got = 0;
+    int r = co_await AllocateRun(range, first, count, iov, allocated, &got);
     if (r < 0) co_return r;
+    first += got;
   }
   co_return 0;
 }
 
-Task<int> WritePath::AllocateRun(LockedRange& range, size_t first, size_t count,
-                                 std::span<const iovec> iov, AllocationNotice* allocated) {
+Task<int> WritePath::AllocateRun(LockedRange& range, size_t first, size_t max_count,
+                                 std::span<const iovec> iov, AllocationNotice* allocated,
+                                 size_t* done) {
   const Geometry& geo = p_->geo;
-  const uint64_t bytes = count * geo.cluster_bytes;
   int64_t host;
   uint64_t end_before;
+  uint64_t got = 0;
   {
     co_await p_->meta->lock().Lock();
     cache::MutexGuard guard(&p_->meta->lock());
     end_before = p_->refs->host_end_clusters();
-    host = co_await p_->refs->Allocate(count);
+    host = co_await p_->refs->AllocateUpTo(max_count, &got);
   }
-  if (allocated != nullptr) allocated->Tell();
-  if (host < 0) co_return static_cast<int>(host);
+  if (host < 0) {
+    if (allocated != nullptr) allocated->Tell();
+    co_return static_cast<int>(host);
+  }
+  const size_t count = static_cast<size_t>(got);
+  *done = count;
+  if (allocated != nullptr && first + count == range.clusters.size()) allocated->Tell();
+  const uint64_t bytes = count * geo.cluster_bytes;
   const uint64_t h = static_cast<uint64_t>(host);
   int r = 0;
   if (const std::optional<Metadata> hit = p_->meta->DataOverlap(h, bytes)) {

@@ -97,11 +97,12 @@ class WritePath {
   Task<int> SyncBeforeEntry(const GuestAddress& a, uint64_t n, const format::L2Entry& old,
                             const Target& t, const Cow& cow);
   Task<void> GiveBack(const Target& t);
-  // TryAllocateRange for clusters [first, first + count) of the locked
-  // range: one allocation (then `allocated`, if not null, is told), one
-  // data write, then the entries.
-  Task<int> AllocateRun(LockedRange& range, size_t first, size_t count, std::span<const iovec> iov,
-                        AllocationNotice* allocated);
+  // TryAllocateRange for clusters from `first` of the locked range: one
+  // allocation of up to max_count contiguous clusters (*done: how many; once
+  // they reach the range's end, `allocated`, if not null, is told), one data
+  // write, then the entries.
+  Task<int> AllocateRun(LockedRange& range, size_t first, size_t max_count,
+                        std::span<const iovec> iov, AllocationNotice* allocated, size_t* done);
   // One data write with its iovec in the frame (for io::Join).
   Task<int> WriteData(uint64_t host_offset_bytes, io::IovVec iov);
 

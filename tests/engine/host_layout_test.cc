@@ -260,6 +260,34 @@ TEST(HostLayoutTest, WholeClusterRunsLongerThanARefcountBlockAreSplit) {
   (void)io::RunSync(nullptr, reopened->Close());
 }
 
+// A long write fills the space up to the next refcount block and goes on
+// behind it, instead of leaving that space and searching past the block:
+// with 4 KiB clusters (a block counts 2048 clusters, 8 MiB) a stream of
+// 2 MiB writes left a quarter of the file unused (qemu-img convert of a
+// 1 GiB disk: 1.43 GB against QEMU's 1.08 GB).
+TEST(HostLayoutTest, LongWritesLeaveNoSpaceBesideRefcountBlocks) {
+  auto file = MakeImage(testing::Qcow2Options(64 << 20, /*cluster_bits=*/12));
+  auto img = OpenQcow2(file.get());
+  ASSERT_NE(img, nullptr);
+  constexpr uint64_t kChunk = 2 << 20;
+  constexpr uint64_t kData = 40 << 20;  // five blocks' worth of clusters
+  std::vector<std::byte> data = Pattern(kData, 12);
+  for (uint64_t at = 0; at < kData; at += kChunk) {
+    ASSERT_EQ(WriteSync(*img, at, std::span(data).subspan(at, kChunk)), 0) << at;
+  }
+  ASSERT_TRUE(io::RunSync(nullptr, img->Close()).ok());
+  ExpectClean(*file);
+  // Data, 20 L2 tables, 6 refcount blocks, the header, L1 and refcount
+  // tables: nothing else.
+  EXPECT_LE(file->size_bytes(), kData + 32 * 4096);
+  auto reopened = OpenQcow2(file.get());
+  ASSERT_NE(reopened, nullptr);
+  std::vector<std::byte> got(kData);
+  ASSERT_EQ(ReadSync(*reopened, 0, got), 0);
+  EXPECT_EQ(got, data);
+  (void)io::RunSync(nullptr, reopened->Close());
+}
+
 // A run whose data write fails gives its clusters back: the request fails,
 // no entry points at them, and nothing leaks. (The clusters it takes are
 // ones a discard freed, inside the file, where the check counts them.)
