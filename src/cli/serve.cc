@@ -189,22 +189,16 @@ int RunServer(const Command& cmd, bool recover, Notifier& notify) {
     options.dev_id = id;
     options.depth = info->queue_depth;
   } else {
-    char* real = ::realpath(spec.image.c_str(), nullptr);
-    if (real == nullptr) {
-      return notify.Error(absl::NotFoundError(
-          absl::StrCat("cannot open ", spec.image, ": ", std::strerror(errno))));
-    }
-    spec.image = real;
-    std::free(real);
     // recover serves the same files whatever the working directory then.
-    if (!spec.data_file.empty()) {
-      char* data = ::realpath(spec.data_file.c_str(), nullptr);
-      if (data == nullptr) {
-        return notify.Error(absl::NotFoundError(
-            absl::StrCat("cannot open ", spec.data_file, ": ", std::strerror(errno))));
+    for (std::string* path : {&spec.image, &spec.data_file}) {
+      if (path == &spec.data_file && path->empty()) continue;  // none named
+      char* real = ::realpath(path->c_str(), nullptr);
+      if (real == nullptr) {
+        return notify.Error(
+            absl::NotFoundError(absl::StrCat("cannot open ", *path, ": ", std::strerror(errno))));
       }
-      spec.data_file = data;
-      std::free(data);
+      *path = real;
+      std::free(real);
     }
     // The kernel gives at most one queue per possible CPU.
     queues =
