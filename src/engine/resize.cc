@@ -190,8 +190,9 @@ Task<int> PreallocateRun(ImageParts& p, uint64_t first, uint64_t max_count, Grow
 
 // Preallocates the guest range [from, to), grown from `from`, as QEMU's
 // qcow2_co_truncate does: every cluster touching it that has no host cluster
-// gets one (in runs, each at most a quarter of what one refcount block
-// counts, as the write path's), and what the disk reads does not change.
+// gets one (in runs of at most a quarter of what one refcount block counts,
+// which the allocator may cut shorter, as the write path's), and what the
+// disk reads does not change.
 // Before it: a range a longer backing file would show through is zeroed.
 Task<int> Preallocate(Qcow2Image& image, ImageParts& p, uint64_t from_bytes, uint64_t to_bytes,
                       GrowPreallocation mode) {

@@ -148,9 +148,9 @@ Task<int> WritePath::TryAllocateRange(uint64_t offset_bytes, std::span<const iov
     if (t != ClusterType::kUnallocated && t != ClusterType::kZeroPlain) co_return 0;
   }
   *done = true;
-  // Runs of at most a quarter of what one refcount block counts: a run the
-  // allocator must place a refcount block inside is searched again, and a
-  // run that long could never fit beside its block.
+  // Runs of at most a quarter of what one refcount block counts, each one
+  // I/O; the allocator may cut a run shorter (AllocateUpTo: before a
+  // cluster in use or a refcount block's place), and the rest follows.
   const size_t max_run = size_t{1} << (geo.refblock_bits >= 2 ? geo.refblock_bits - 2 : 0);
   for (size_t first = 0; first < range.clusters.size();) {
     const size_t count = std::min(max_run, range.clusters.size() - first);
@@ -175,10 +175,7 @@ Task<int> WritePath::AllocateRun(LockedRange& range, size_t first, size_t max_co
     end_before = p_->refs->host_end_clusters();
     host = co_await p_->refs->AllocateUpTo(max_count, &got);
   }
-  if (host < 0) {
-    if (allocated != nullptr) allocated->Tell();
-    co_return static_cast<int>(host);
-  }
+  if (host < 0) co_return static_cast<int>(host);  // WriteTelling tells then
   const size_t count = static_cast<size_t>(got);
   *done = count;
   if (allocated != nullptr && first + count == range.clusters.size()) allocated->Tell();

@@ -233,10 +233,10 @@ TEST(HostLayoutTest, WholeClusterWriteTellsWhenAllocatedBeforeItsData) {
   ExpectClean(*file);
 }
 
-// Runs are cut to a quarter of what one refcount block counts: with 512-byte
-// clusters and 64-bit refcounts a block counts 64 clusters, so a 64 KiB
-// write (128 clusters) is eight runs, and the allocator places new refcount
-// blocks between them.
+// Runs are cut to a quarter of what one refcount block counts, and shorter
+// where a refcount block goes: with 512-byte clusters and 64-bit refcounts a
+// block counts 64 clusters, so a 64 KiB write (128 clusters) is several
+// runs, and the allocator places new refcount blocks between them.
 TEST(HostLayoutTest, WholeClusterRunsLongerThanARefcountBlockAreSplit) {
   format::CreateOptions o = testing::Qcow2Options(4 << 20, /*cluster_bits=*/9);
   o.refcount_order = 6;
