@@ -115,6 +115,39 @@ Task<absl::Status> RebuildRefcounts(io::BlockFile& file, format::Header& header)
 Task<absl::Status> ChangeRefcountOrder(io::BlockFile& file, format::Header& header,
                                        uint32_t new_order);
 
+// The tables a snapshot change leaves the header naming (SwitchTrees).
+struct NewTrees {
+  // The new active L1 table's entries (flags are recomputed). Every L2 table
+  // they name is copied, so no table the old state uses is written.
+  std::vector<uint64_t> active_l1;
+  // The new snapshot table (the L1 tables it names already in the file), or
+  // null to keep the header's.
+  const std::vector<format::Snapshot>* snapshots = nullptr;
+};
+
+// A snapshot change of an image without a dirty bit (version 2), where
+// refcounts and COPIED flags, which live in different clusters, cannot be
+// changed in place without a crash leaving them at odds (`qemu-img check`
+// counts that as corruption). So nothing the old state references is
+// written: the references of the old state are counted first (its refcount
+// structures included; refused with DataLoss if inconsistent), and
+// everything new goes where it references nothing, the holes earlier frees
+// left first, then past the end of the file: a copy of every L2 table the
+// new active L1 table names, that L1 table, the new snapshot table, then
+// refcount blocks and a table counted from the new state (what the
+// dirty-image rebuild counts: the old active tables and refcount structures
+// become free), with COPIED flags set from those counts. All of it is
+// flushed, then one header write (l1_size through snapshots_offset, all in
+// the first sector) switches L1 table, refcount table and snapshot table
+// together, and is flushed. A crash leaves the old image or the new one,
+// with zero corruptions either way. Before the header write a failure
+// changes nothing the old state uses (the file is cut back if it grew);
+// *header_written tells whether that write was issued (after a failure the
+// state on disk is then unknown). `header` is updated. REQUIRES: nothing else
+// writes the file meanwhile, and every earlier change is on disk.
+Task<absl::Status> SwitchTrees(io::BlockFile& file, format::Header& header, const NewTrees& trees,
+                               bool* header_written);
+
 // Reads and decodes the internal snapshot table.
 Task<absl::StatusOr<std::vector<format::Snapshot>>> ReadSnapshotTable(io::BlockFile& file,
                                                                       const format::Header& header);

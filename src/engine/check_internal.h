@@ -1,6 +1,7 @@
 // Internals of the qcow2 check (check.h), shared by check.cc (the sequence of
 // steps), check_refs.cc (counting references) and check_refcounts.cc (reading,
-// repairing and rebuilding the stored refcounts). Not for other users.
+// repairing and rebuilding the stored refcounts), and by the two writers
+// built on them: refcount_order.cc and switch_trees.cc. Not for other users.
 //
 // Thread-safety: a Scan belongs to one coroutine.
 #ifndef UQ_SRC_ENGINE_CHECK_INTERNAL_H_
@@ -120,11 +121,35 @@ Task<absl::Status> SetStoredRefcount(Scan& s, uint64_t cluster, uint64_t value);
 // refcount. *highest_cluster: the last cluster stored or counted in use.
 Task<absl::Status> CompareRefcounts(Scan& s, RepairMode fix, uint64_t* highest_cluster);
 // Writes refcount blocks and a table for s.refs (plus themselves) past the
-// end of the file, flushes, then points the header at them (and clears the
-// dirty bit if asked) in one write, flushes, and reloads s.reftable. The
-// blocks use s.h.refcount_order; with `write_order` that one write reaches
-// through the header's refcount_order field (bytes 48..99, v3 only), so a
-// change of refcount width switches in the same write.
+// end of the file and every counted cluster, in s.h.refcount_order, and
+// flushes; sets h's refcount table offset and clusters to them. The header
+// on disk is not touched.
+Task<absl::Status> WriteRefcountBlocks(Scan& s, format::Header* h);
+// Refcounts one refcount block holds.
+uint64_t RefcountsPerBlock(const Scan& s);
+// Writes refcount blocks for s.refs at clusters block_at[0..] (block b
+// counting clusters from b * RefcountsPerBlock) and a table naming them at
+// table_clusters clusters from cluster `table_at`, after setting their own
+// refcounts to 1; flushes; sets h's refcount table offset and clusters.
+// REQUIRES: the blocks cover every cluster in use, themselves and the table
+// included.
+Task<absl::Status> WriteRefcountStructureAt(Scan& s, std::span<const uint64_t> block_at,
+                                            uint64_t table_at, uint64_t table_clusters,
+                                            format::Header* h);
+// Which header fields SwitchHeader writes besides the refcount table's
+// offset and size, the snapshot table's count and offset, and (v3) the
+// incompatible feature word (bytes 48..79).
+struct HeaderFields {
+  bool l1_table = false;        // l1_size and l1_table_offset (from byte 36)
+  bool refcount_order = false;  // through refcount_order (to byte 100, v3)
+};
+// Points the header at `h`'s tables with one write (all the fields lie in
+// the first sector, so a crash leaves the old header or the new one),
+// flushes, sets s.h = h and reloads s.reftable.
+Task<absl::Status> SwitchHeader(Scan& s, const format::Header& h, HeaderFields fields);
+// WriteRefcountBlocks then SwitchHeader (clearing the dirty bit if asked;
+// with `write_order` a change of refcount width switches in the same
+// write).
 Task<absl::Status> WriteNewRefcountStructure(Scan& s, bool clear_dirty, bool write_order = false);
 
 }  // namespace uq::engine::check_internal

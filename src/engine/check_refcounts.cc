@@ -3,6 +3,7 @@
 // writing a fresh refcount structure when they cannot be repaired in place.
 #include <algorithm>
 #include <cstring>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -142,9 +143,9 @@ Task<absl::Status> CompareRefcounts(Scan& s, RepairMode fix, uint64_t* highest_c
   co_return absl::OkStatus();
 }
 
-Task<absl::Status> WriteNewRefcountStructure(Scan& s, bool clear_dirty, bool write_order) {
+Task<absl::Status> WriteRefcountBlocks(Scan& s, format::Header* h) {
   const uint64_t cs = s.cluster_bytes;
-  const uint64_t per_block = uint64_t{1} << BlockBits(s);
+  const uint64_t per_block = RefcountsPerBlock(s);
   // Everything goes past both the end of the file and every counted cluster.
   const uint64_t base = std::max(s.refs.size(), s.file_clusters());
   uint64_t blocks = std::max<uint64_t>(1, (base + per_block - 1) / per_block);
@@ -155,52 +156,80 @@ Task<absl::Status> WriteNewRefcountStructure(Scan& s, bool clear_dirty, bool wri
     if (need <= blocks) break;
     blocks = need;
   }
+  // Blocks first, then the table after them.
+  std::vector<uint64_t> block_at(blocks);
+  for (uint64_t b = 0; b < blocks; ++b) block_at[b] = base + b;
+  co_return co_await WriteRefcountStructureAt(s, block_at, base + blocks, table_clusters, h);
+}
+
+uint64_t RefcountsPerBlock(const Scan& s) { return uint64_t{1} << BlockBits(s); }
+
+Task<absl::Status> WriteRefcountStructureAt(Scan& s, std::span<const uint64_t> block_at,
+                                            uint64_t table_at, uint64_t table_clusters,
+                                            format::Header* h) {
+  const uint64_t cs = s.cluster_bytes;
+  const uint64_t per_block = RefcountsPerBlock(s);
   if (table_clusters * cs > format::kMaxRefcountTableBytes) {
     co_return absl::ResourceExhaustedError("the new refcount table would exceed 8 MiB");
   }
-  const uint64_t end = base + blocks + table_clusters;
+  uint64_t end = table_at + table_clusters;
+  for (const uint64_t c : block_at) end = std::max(end, c + 1);
   s.refs.Grow(end);
-  for (uint64_t c = base; c < end; ++c) s.refs.Set(c, 1);
+  for (const uint64_t c : block_at) s.refs.Set(c, 1);
+  for (uint64_t c = table_at; c < table_at + table_clusters; ++c) s.refs.Set(c, 1);
 
-  // Blocks first, then the table after them.
   std::vector<std::byte> table(table_clusters * cs);
   std::vector<std::byte> block(cs);
-  for (uint64_t b = 0; b < blocks; ++b) {
+  for (uint64_t b = 0; b < block_at.size(); ++b) {
     std::fill(block.begin(), block.end(), std::byte{0});
-    for (uint64_t i = 0; i < per_block && b * per_block + i < end; ++i) {
+    for (uint64_t i = 0; i < per_block && b * per_block + i < s.refs.size(); ++i) {
       format::SetRefcount(block, s.h.refcount_order, i, s.refs.Get(b * per_block + i));
     }
-    const uint64_t offset = (base + b) * cs;
+    const uint64_t offset = block_at[b] * cs;
     UQ_CO_RETURN_IF_ERROR(co_await WriteAt(s.file, offset, block));
     format::StoreBE64(&table[b * 8], offset);
   }
-  const uint64_t table_offset = (base + blocks) * cs;
-  UQ_CO_RETURN_IF_ERROR(co_await WriteAt(s.file, table_offset, table));
-  if (co_await s.file.Flush() < 0) co_return absl::DataLossError("flush failed");
+  UQ_CO_RETURN_IF_ERROR(co_await WriteAt(s.file, table_at * cs, table));
+  const int flushed = co_await s.file.Flush();
+  if (flushed < 0) co_return absl::DataLossError("flush failed");
+  h->refcount_table_offset = table_at * cs;
+  h->refcount_table_clusters = static_cast<uint32_t>(table_clusters);
+  co_return absl::OkStatus();
+}
 
-  // Only now does the header name the new structure: header bytes 48..79
-  // (refcount table offset and clusters, snapshot count and offset,
-  // incompatible features) in one write.
-  format::Header h = s.h;
-  h.refcount_table_offset = table_offset;
-  h.refcount_table_clusters = static_cast<uint32_t>(table_clusters);
-  if (clear_dirty) h.incompatible_features &= ~format::kIncompatDirty;
-  std::byte fields[52];
-  format::StoreBE64(fields, h.refcount_table_offset);
-  format::StoreBE32(fields + 8, h.refcount_table_clusters);
-  format::StoreBE32(fields + 12, h.nb_snapshots);
-  format::StoreBE64(fields + 16, h.snapshots_offset);
-  format::StoreBE64(fields + 24, h.version >= 3 ? h.incompatible_features : 0);
-  format::StoreBE64(fields + 32, h.compatible_features);
-  format::StoreBE64(fields + 40, h.autoclear_features);
-  format::StoreBE32(fields + 48, h.refcount_order);
+Task<absl::Status> SwitchHeader(Scan& s, const format::Header& h, HeaderFields fields) {
+  // Bytes 36..99: l1_size, l1_table_offset, refcount table offset and
+  // clusters, snapshot count and offset, the three feature words,
+  // refcount_order; the write covers what `fields` asks for.
+  std::byte buf[64];
+  format::StoreBE32(buf, h.l1_size);
+  format::StoreBE64(buf + 4, h.l1_table_offset);
+  format::StoreBE64(buf + 12, h.refcount_table_offset);
+  format::StoreBE32(buf + 20, h.refcount_table_clusters);
+  format::StoreBE32(buf + 24, h.nb_snapshots);
+  format::StoreBE64(buf + 28, h.snapshots_offset);
+  format::StoreBE64(buf + 36, h.version >= 3 ? h.incompatible_features : 0);
+  format::StoreBE64(buf + 44, h.compatible_features);
+  format::StoreBE64(buf + 52, h.autoclear_features);
+  format::StoreBE32(buf + 60, h.refcount_order);
+  const uint64_t first =
+      fields.l1_table ? format::kHeaderL1SizeAt : format::kHeaderRefcountTableOffsetAt;
   // v2 headers end at byte 72.
-  const uint64_t length = h.version < 3 ? 24 : write_order ? 52 : 32;
-  UQ_CO_RETURN_IF_ERROR(co_await WriteAt(s.file, format::kHeaderRefcountTableOffsetAt,
-                                         std::span<const std::byte>(fields, length)));
-  if (co_await s.file.Flush() < 0) co_return absl::DataLossError("flush failed");
+  const uint64_t end = h.version < 3 ? 72 : fields.refcount_order ? 100 : 80;
+  const std::span<const std::byte> bytes(buf + (first - format::kHeaderL1SizeAt), end - first);
+  UQ_CO_RETURN_IF_ERROR(co_await WriteAt(s.file, first, bytes));
+  const int flushed = co_await s.file.Flush();
+  if (flushed < 0) co_return absl::DataLossError("flush failed");
   s.h = h;
   co_return co_await LoadRefcountTable(s);
+}
+
+Task<absl::Status> WriteNewRefcountStructure(Scan& s, bool clear_dirty, bool write_order) {
+  format::Header h = s.h;
+  UQ_CO_RETURN_IF_ERROR(co_await WriteRefcountBlocks(s, &h));
+  // Only now does the header name the new structure, in one write.
+  if (clear_dirty) h.incompatible_features &= ~format::kIncompatDirty;
+  co_return co_await SwitchHeader(s, h, {.refcount_order = write_order});
 }
 
 }  // namespace uq::engine::check_internal

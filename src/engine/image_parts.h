@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "absl/container/inlined_vector.h"
+#include "absl/status/status.h"
 #include "cache/wait_list.h"
 #include "format/tables.h"
 #include "src/engine/device.h"
@@ -181,6 +182,14 @@ struct ImageParts {
   template <typename Eligible, typename Run, typename Other>
   void ForEachDataRun(const LockedRange& range, Eligible eligible, Run run, Other other) const;
 };
+
+// After another writer of the image file switched the header's L1, refcount
+// and snapshot tables (SwitchTrees, given `h`): the in-memory header takes
+// them, and the refcount store, the L2 map and the write order start over
+// from the file, with empty caches of the same sizes (a cached slice of a
+// table the switch freed must not outlive it). qcow2_open.cc. REQUIRES: no
+// request in flight, every cache clean.
+Task<absl::Status> ReloadTables(ImageParts& p, const format::Header& h);
 
 template <typename Eligible, typename Run, typename Other>
 void ImageParts::ForEachDataRun(const LockedRange& range, Eligible eligible, Run run,

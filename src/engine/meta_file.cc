@@ -117,6 +117,15 @@ Task<int> MetaFile::SetSnapshotTable(uint64_t offset_bytes, uint32_t count) {
                          &header_.nb_snapshots, count, true, "header write (snapshot table)");
 }
 
+void MetaFile::AdoptTables(const format::Header& h) {
+  header_.l1_size = h.l1_size;
+  header_.l1_table_offset = h.l1_table_offset;
+  header_.refcount_table_offset = h.refcount_table_offset;
+  header_.refcount_table_clusters = h.refcount_table_clusters;
+  header_.nb_snapshots = h.nb_snapshots;
+  header_.snapshots_offset = h.snapshots_offset;
+}
+
 Task<int> MetaFile::SetDiskSize(uint64_t size_bytes) {
   co_await header_lock_.Lock();
   cache::MutexGuard guard(&header_lock_);

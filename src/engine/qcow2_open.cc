@@ -285,6 +285,32 @@ Task<absl::Status> ClearAutoclear(MetaFile& meta) {
 
 }  // namespace
 
+Task<absl::Status> ReloadTables(ImageParts& p, const format::Header& h) {
+  io::BlockFile& f = p.meta->file();
+  const L1Location location{h.l1_table_offset, h.l1_size, p.size_bytes};
+  UQ_CO_ASSIGN_OR_RETURN(std::vector<uint64_t> l1_table, co_await LoadL1(f, location, p.geo));
+  UQ_CO_ASSIGN_OR_RETURN(std::vector<uint64_t> reftable, co_await LoadRefcountTable(f, h, p.geo));
+  UQ_CO_ASSIGN_OR_RETURN(std::vector<format::Snapshot> snapshots, co_await ReadSnapshotTable(f, h));
+  const uint64_t l2_budget = p.l2->cache().capacity_slices() * p.geo.slice_bytes;
+  const uint64_t rc_budget = p.refs->cache().capacity_slices() * p.geo.slice_bytes;
+  const bool writethrough = p.order->writethrough();
+  const bool lazy_refcounts = (h.compatible_features & format::kCompatLazyRefcounts) != 0;
+  p.meta->AdoptTables(h);
+  OverlapMap& overlaps = p.meta->overlaps();
+  overlaps.Reset(MetadataRegions(overlaps, h, l1_table, reftable, snapshots));
+  // Users first: the write order and the L2 map point at the store.
+  p.order.reset();
+  p.l2.reset();
+  p.refs.reset();
+  p.refs = std::make_unique<RefcountStore>(p.meta.get(), p.geo, std::move(reftable), rc_budget,
+                                           writethrough);
+  p.l2 = std::make_unique<L2Map>(p.meta.get(), p.refs.get(), p.geo, std::move(l1_table),
+                                 h.l1_table_offset, l2_budget, writethrough);
+  p.order = std::make_unique<WriteOrder>(p.meta.get(), p.refs.get(), p.l2.get(), writethrough,
+                                         lazy_refcounts);
+  co_return absl::OkStatus();
+}
+
 Task<absl::StatusOr<std::unique_ptr<Qcow2Image>>> Qcow2Image::Open(
     std::unique_ptr<io::BlockFile> file, const OpenOptions& options) {
   io::BlockFile& f = *file;

@@ -279,6 +279,40 @@ Task<absl::Status> ReplaceTable(Qcow2Image& image, const std::vector<format::Sna
   co_return absl::OkStatus();
 }
 
+// A version 2 image has no dirty bit: its snapshot changes are made out of
+// place and switched with one header write (SwitchTrees).
+bool OutOfPlace(ImageParts& p) { return p.meta->version() < 3; }
+
+// Switches a version 2 image to the active L1 entries `l1` and the snapshot
+// table `snaps` (null: the table stays), then reloads the parts that held
+// the old tables.
+Task<absl::Status> SwitchOutOfPlace(Qcow2Image& image, std::vector<uint64_t> l1,
+                                    const std::vector<format::Snapshot>* snaps) {
+  ImageParts& p = SnapshotParts(image);
+  // Every earlier change on disk (the second flush applies the frees the
+  // first one queued), and the file ending where its clusters do.
+  int r = co_await image.Flush();
+  if (r >= 0) r = co_await image.Flush();
+  if (r < 0) co_return Errno("Failed to flush the image", r);
+  {
+    co_await p.meta->lock().Lock();
+    cache::MutexGuard guard(&p.meta->lock());
+    co_await p.refs->TrimReserve();
+  }
+  format::Header h = p.meta->header();
+  bool header_written = false;
+  // A named local: GCC 12 destroys an aggregate temporary in a co_await
+  // expression twice.
+  const NewTrees trees{std::move(l1), snaps};
+  absl::Status st = co_await SwitchTrees(p.meta->file(), h, trees, &header_written);
+  if (st.ok()) st = co_await ReloadTables(p, h);
+  if (!st.ok() && header_written) {
+    // The header may name the old tables or the new ones: fail-stop.
+    p.meta->Fail(-EIO, "switching to the new snapshot tables");
+  }
+  co_return st;
+}
+
 // Dirty bit durable (version 3) and every earlier change on disk.
 Task<absl::Status> Begin(Qcow2Image& image) {
   ImageParts& p = SnapshotParts(image);
@@ -318,7 +352,7 @@ Task<absl::Status> CreateSnapshot(Qcow2Image& image, const NewSnapshot& request)
   // One-bit refcounts cannot count a second reference (QEMU fails with
   // EINVAL half-way, leaking a cluster; this refuses up front).
   if (p.geo.refcount_order == 0) co_return absl::InvalidArgumentError(std::strerror(EINVAL));
-  UQ_CO_RETURN_IF_ERROR(co_await Begin(image));
+  if (!OutOfPlace(p)) UQ_CO_RETURN_IF_ERROR(co_await Begin(image));
 
   format::Snapshot s;
   s.id = NextId(snaps);
@@ -330,6 +364,14 @@ Task<absl::Status> CreateSnapshot(Qcow2Image& image, const NewSnapshot& request)
   // The snapshot's L1 table: the active one as it is (COPIED flags of an
   // inactive table mean nothing).
   const std::vector<uint64_t> active = ActiveL1(p);
+  if (OutOfPlace(p)) {
+    // The old active L1 table becomes the snapshot's as it stands; the new
+    // active tree is a copy.
+    s.l1_table_offset = p.l2->l1_offset_bytes();
+    s.l1_size = static_cast<uint32_t>(active.size());
+    snaps.push_back(s);
+    co_return co_await SwitchOutOfPlace(image, active, &snaps);
+  }
   const std::vector<std::byte> l1_bytes = EncodeL1(active);
   const int64_t l1_offset = co_await WriteNew(p, l1_bytes);
   if (l1_offset < 0)
@@ -359,6 +401,10 @@ Task<absl::Status> DeleteSnapshot(Qcow2Image& image, const std::string& name) {
   if (it == snaps.end()) co_return absl::NotFoundError("snapshot not found");
   const format::Snapshot gone = *it;
   UQ_CO_ASSIGN_OR_RETURN(std::vector<uint64_t> l1, co_await ReadL1(p, gone));
+  if (OutOfPlace(p)) {
+    snaps.erase(it);
+    co_return co_await SwitchOutOfPlace(image, ActiveL1(p), &snaps);
+  }
   UQ_CO_RETURN_IF_ERROR(co_await Begin(image));
   snaps.erase(it);
   UQ_CO_RETURN_IF_ERROR(co_await ReplaceTable(image, snaps));
@@ -403,6 +449,11 @@ Task<absl::Status> RevertSnapshot(Qcow2Image& image, const std::string& id_or_na
   const uint64_t disk_size = target.disk_size_bytes();
   if (disk_size != p.size_bytes) {
     UQ_CO_RETURN_IF_ERROR(co_await ResizeImage(image, disk_size, GrowPreallocation::kOff));
+  }
+  if (OutOfPlace(p)) {
+    std::vector<uint64_t> l1(std::max<uint64_t>(p.l2->l1_entries(), sn_l1.size()), 0);
+    std::copy(sn_l1.begin(), sn_l1.end(), l1.begin());
+    co_return co_await SwitchOutOfPlace(image, std::move(l1), nullptr);
   }
   UQ_CO_RETURN_IF_ERROR(co_await Begin(image));
   if (sn_l1.size() > p.l2->l1_entries()) {

@@ -27,8 +27,17 @@
 //    recomputed. A snapshot of another disk size resizes the image first, and
 //    a snapshot L1 table longer than the active one grows the active one to
 //    its length (both as QEMU does).
-// A version 2 image has no dirty bit: a crash in the middle may leave COPIED
-// flags that `qemu-img check -r all` repairs, as with QEMU.
+// A version 2 image has no dirty bit, and a crash between a refcount change
+// and the COPIED flag that depends on it would leave them at odds, which
+// `qemu-img check` counts as corruption (QEMU has that window). So on
+// version 2 each operation is made out of place instead (SwitchTrees in
+// check.h): the new active tree is a copy of every L2 table it names (create:
+// the old active L1 table becomes the snapshot's as it stands), written with
+// the new snapshot table and refcount structures counted from the new state
+// past the end of the file, and one header write switches all of it. A crash
+// leaves the old image or the new one, with zero corruptions either way. The
+// cost: each operation writes every active L2 table once more, and the old
+// tables and refcount structures become free space.
 //
 // Refused (before any change): read-only images and images with an external
 // data file (QEMU: Operation not supported), a missing snapshot, more than
