@@ -338,11 +338,7 @@ Task<absl::Status> RebuildRefcounts(io::BlockFile& file, format::Header& header)
   s.snapshots_size = s.snapshots.empty() ? 0 : format::SnapshotTableSize(s.snapshots);
   s.refs.Grow(s.file_clusters());
   UQ_CO_RETURN_IF_ERROR(co_await check_internal::CountReferences(s, RepairMode::kNone));
-  if (s.counts.corruptions > 0) {
-    co_return absl::DataLossError(
-        absl::StrCat("cannot rebuild refcounts: ", s.counts.corruptions, " corruptions, first: ",
-                     s.kept_messages.empty() ? std::string() : s.kept_messages.front()));
-  }
+  UQ_CO_RETURN_IF_ERROR(check_internal::NoCorruptions(s, "cannot rebuild refcounts"));
   absl::Status written = co_await check_internal::WriteNewRefcountStructure(s, false);
   if (!written.ok()) {
     co_return absl::Status(written.code(),

@@ -106,6 +106,9 @@ Task<absl::Status> WriteEntry(io::BlockFile& file, uint64_t offset, uint64_t val
 // With kAll it turns unaligned preallocated zero clusters into plain zero
 // clusters. Errors: I/O, or a bitmap directory that cannot be decoded.
 Task<absl::Status> CountReferences(Scan& s, RepairMode fix);
+// For the writers that count before they change anything: OK if the count
+// found no corruption, else DataLoss "<what>: N corruptions, first: <line>".
+absl::Status NoCorruptions(const Scan& s, const std::string& what);
 
 // check_refcounts.cc.
 // Loads the refcount table of s.h into s.reftable and drops cached blocks.

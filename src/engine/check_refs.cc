@@ -353,6 +353,13 @@ void CountRefcountBlocks(Scan& s, RepairMode fix) {
 
 }  // namespace
 
+absl::Status NoCorruptions(const Scan& s, const std::string& what) {
+  if (s.counts.corruptions == 0) return absl::OkStatus();
+  return absl::DataLossError(absl::StrCat(
+      what, ": ", s.counts.corruptions,
+      " corruptions, first: ", s.kept_messages.empty() ? std::string() : s.kept_messages.front()));
+}
+
 Task<absl::Status> CountReferences(Scan& s, RepairMode fix) {
   Inc(s, 0, s.cluster_bytes);  // the header
   UQ_CO_RETURN_IF_ERROR(

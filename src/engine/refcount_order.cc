@@ -3,7 +3,6 @@
 #include <cstdint>
 #include <string>
 
-#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "format/snapshot.h"
 #include "format/status_macros.h"
@@ -23,11 +22,7 @@ Task<absl::Status> ChangeRefcountOrder(io::BlockFile& file, format::Header& head
   s.snapshots_size = s.snapshots.empty() ? 0 : format::SnapshotTableSize(s.snapshots);
   s.refs.Grow(s.file_clusters());
   UQ_CO_RETURN_IF_ERROR(co_await check_internal::CountReferences(s, RepairMode::kNone));
-  if (s.counts.corruptions > 0) {
-    co_return absl::DataLossError(absl::StrCat(
-        "cannot change the refcount width: ", s.counts.corruptions, " corruptions, first: ",
-        s.kept_messages.empty() ? std::string() : s.kept_messages.front()));
-  }
+  UQ_CO_RETURN_IF_ERROR(check_internal::NoCorruptions(s, "cannot change the refcount width"));
   const uint32_t bits = 1u << new_order;
   const uint64_t max = bits == 64 ? UINT64_MAX : (uint64_t{1} << bits) - 1;
   for (uint64_t c = 0; c < s.refs.size(); ++c) {

@@ -124,11 +124,7 @@ Task<absl::Status> Switch(io::BlockFile& file, format::Header& header, const New
   UQ_CO_RETURN_IF_ERROR(co_await check_internal::LoadRefcountTable(old));
   old.refs.Grow(old.file_clusters());
   UQ_CO_RETURN_IF_ERROR(co_await check_internal::CountReferences(old, RepairMode::kNone));
-  if (old.counts.corruptions > 0) {
-    co_return absl::DataLossError(
-        absl::StrCat("the image has ", old.counts.corruptions, " corruptions, first: ",
-                     old.kept_messages.empty() ? std::string() : old.kept_messages.front()));
-  }
+  UQ_CO_RETURN_IF_ERROR(check_internal::NoCorruptions(old, "cannot change the snapshots"));
   Placer place(old.refs);
 
   // A copy of every L2 table the new active L1 table names.
@@ -176,11 +172,7 @@ Task<absl::Status> Switch(io::BlockFile& file, format::Header& header, const New
   s.snapshots_size = snapshots.empty() ? 0 : format::SnapshotTableSize(snapshots);
   s.refs.Grow(s.file_clusters());
   UQ_CO_RETURN_IF_ERROR(co_await check_internal::CountReferences(s, RepairMode::kNone));
-  if (s.counts.corruptions > 0) {
-    co_return absl::DataLossError(
-        absl::StrCat("the image has ", s.counts.corruptions, " corruptions, first: ",
-                     s.kept_messages.empty() ? std::string() : s.kept_messages.front()));
-  }
+  UQ_CO_RETURN_IF_ERROR(check_internal::NoCorruptions(s, "cannot change the snapshots"));
   // COPIED flags from those counts, in tables nothing names yet.
   for (const uint64_t at : copies) {
     UQ_CO_RETURN_IF_ERROR(co_await ReadAt(file, at, table));
