@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "format/status_macros.h"
+#include "src/io/file_lock.h"
 #include "src/io/uring_file.h"
 #include "tools/engine_util.h"
 #include "tools/image_lock.h"
@@ -43,17 +44,10 @@ absl::Status Preallocate(io::EventLoop& loop, io::UringFile& file, const std::st
   return absl::OkStatus();
 }
 
-}  // namespace
-
-absl::Status PrepareDestination(io::EventLoop& loop, const std::string& path,
-                                const format::ImageLayout* layout, uint64_t raw_size_bytes,
-                                TargetPreallocation prealloc) {
-  io::OpenFlags flags;
-  flags.create = true;
-  auto file = io::UringFile::Open(&loop, path, flags);
-  if (!file.ok()) return file.status();
-  io::UringFile& f = **file;
-  UQ_RETURN_IF_ERROR(LockImageFile(f.fd(), LockMode::kExclusive));
+// PrepareDestination's writes, into the locked `f`.
+absl::Status WriteDestination(io::EventLoop& loop, io::UringFile& f, const std::string& path,
+                              const format::ImageLayout* layout, uint64_t raw_size_bytes,
+                              TargetPreallocation prealloc) {
   int r = RunOnLoop(loop, f.Truncate(0));
   if (r < 0) return Failed(path, "truncate", -r);
   uint64_t data_start = 0;
@@ -75,6 +69,27 @@ absl::Status PrepareDestination(io::EventLoop& loop, const std::string& path,
   r = RunOnLoop(loop, f.Flush());
   if (r < 0) return Failed(path, "flush", -r);
   return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status PrepareDestination(io::EventLoop& loop, const std::string& path,
+                                const format::ImageLayout* layout, uint64_t raw_size_bytes,
+                                TargetPreallocation prealloc) {
+  io::OpenFlags flags;
+  flags.create = true;
+  auto file = io::UringFile::Open(&loop, path, flags);
+  if (!file.ok()) return file.status();
+  io::UringFile& f = **file;
+  UQ_RETURN_IF_ERROR(LockImageFile(f.fd(), LockMode::kExclusive));
+  absl::Status written = WriteDestination(loop, f, path, layout, raw_size_bytes, prealloc);
+  // The lock belongs to the open file description, which io_uring can keep
+  // alive for a moment after close() (a request done by a worker thread
+  // holds a reference until that worker lets go): convert's own open of the
+  // target right after then found it still locked, "Failed to get "write"
+  // lock" (once in a CI run under load). Released here, before the close.
+  (void)io::UnlockImage(f.fd());
+  return written;
 }
 
 CreatedTarget::~CreatedTarget() {
