@@ -29,7 +29,7 @@
 #include "format/header.h"
 #include "format/status_macros.h"
 #include "src/engine/check.h"
-#include "tools/amend_zero.h"
+#include "src/engine/expand_zeros.h"
 #include "tools/chain_edit.h"
 #include "tools/commands.h"
 #include "tools/convert_copy.h"
@@ -204,9 +204,9 @@ absl::StatusOr<AmendOptionValues> ParseOptionValues(const std::string& text) {
 
 // qcow2_downgrade's refusals, in its order, then ours (bitmaps, plain zero
 // clusters over a backing file), all before anything changes. True when zero
-// clusters must be expanded.
-absl::StatusOr<bool> CheckDowngrade(const PosixFile& file, const ImageDescription& d,
-                                    uint32_t refcount_order) {
+// clusters must be expanded. The L2 census reads `path` through the engine.
+absl::StatusOr<bool> CheckDowngrade(io::EventLoop& loop, const std::string& path,
+                                    const ImageDescription& d, uint32_t refcount_order) {
   const format::Header& h = *d.header;
   if (refcount_order != 4) {
     return absl::UnimplementedError("compat=0.10 requires refcount_bits=16");
@@ -230,7 +230,10 @@ absl::StatusOr<bool> CheckDowngrade(const PosixFile& file, const ImageDescriptio
     return absl::UnimplementedError(
         "downgrading an image with persistent bitmaps is not supported by qcow2-img");
   }
-  UQ_ASSIGN_OR_RETURN(L2Census census, CensusL2(file, h, d.snapshots));
+  UQ_ASSIGN_OR_RETURN(std::unique_ptr<io::UringFile> file,
+                      io::UringFile::Open(&loop, path, io::OpenFlags{}));
+  UQ_ASSIGN_OR_RETURN(engine::L2Census census,
+                      RunOnLoop(loop, engine::CensusL2(*file, h, d.snapshots)));
   if (census.zero_plain && !h.backing_file.empty()) {
     return absl::UnimplementedError(
         "downgrading an image with a backing file and zero clusters is not supported by "
@@ -245,8 +248,8 @@ absl::StatusOr<bool> CheckDowngrade(const PosixFile& file, const ImageDescriptio
 
 // qcow2_amend_options' checks against the image as it is. True when a
 // downgrade must expand zero clusters.
-absl::StatusOr<bool> CheckAmend(const PosixFile& file, const ImageDescription& d,
-                                const AmendOptionValues& v) {
+absl::StatusOr<bool> CheckAmend(io::EventLoop& loop, const std::string& path,
+                                const ImageDescription& d, const AmendOptionValues& v) {
   const format::Header& h = *d.header;
   if (h.incompatible_features & format::kIncompatCorrupt) {
     return absl::FailedPreconditionError("Image is corrupt; cannot be opened read/write");
@@ -302,7 +305,7 @@ absl::StatusOr<bool> CheckAmend(const PosixFile& file, const ImageDescription& d
         "Refcount widths other than 16 bits require compatibility level 1.1 or above (use "
         "compat=1.1 or greater)");
   }
-  if (version < h.version) return CheckDowngrade(file, d, order);
+  if (version < h.version) return CheckDowngrade(loop, path, d, order);
   return false;
 }
 
@@ -374,7 +377,7 @@ absl::Status ResizeThroughEngine(io::EventLoop& loop, const std::string& path, u
 absl::Status Amend(io::EventLoop& loop, const AmendArgs& a, const AmendOptionValues& v,
                    LockedImage& locked) {
   UQ_ASSIGN_OR_RETURN(ImageDescription d, DescribeImage(a.file, "qcow2", LockMode::kNone));
-  UQ_ASSIGN_OR_RETURN(const bool expand_zeros, CheckAmend(locked.header, d, v));
+  UQ_ASSIGN_OR_RETURN(const bool expand_zeros, CheckAmend(loop, a.file, d, v));
   if (d.header->incompatible_features & format::kIncompatDirty) {
     EngineOpenOptions open;
     open.format = engine::ImageFormat::kQcow2;
@@ -404,7 +407,9 @@ absl::Status Amend(io::EventLoop& loop, const AmendArgs& a, const AmendOptionVal
   }
   if (expand_zeros) {
     UQ_RETURN_IF_ERROR(CheckClean(loop, a.file));
-    UQ_RETURN_IF_ERROR(ExpandZeroClusters(locked.header, h, d.snapshots));
+    UQ_ASSIGN_OR_RETURN(std::unique_ptr<io::UringFile> file,
+                        io::UringFile::Open(&loop, a.file, io::OpenFlags{}));
+    UQ_RETURN_IF_ERROR(RunOnLoop(loop, engine::ExpandZeroClusters(*file, h, d.snapshots)));
   }
   // Written only if it changes: an amend that restates the current values
   // leaves the file as it was, as qemu-img does.
