@@ -195,8 +195,10 @@ const Command kSnapshotCommand = {
     "the disk to the snapshot's size if it differs (and growing the L1 table if the snapshot's is "
     "longer). -d deletes the first snapshot with that "
     "name and frees the clusters only it used. One action at a time; without one nothing "
-    "changes. -c, -a and -d take the image's write lock and are crash-safe (a version 3 image "
-    "carries the dirty bit while they run).\n\n"
+    "changes. -c, -a and -d take the image's write lock and are crash-safe: a version 3 image "
+    "carries the dirty bit while they run; a version 2 image, and a revert that changes the "
+    "disk size, get new tables beside the old ones and switch to them with one header write "
+    "(the size included).\n\n"
     "Not supported (refused before any change): images with an external data file (qemu-img "
     "refuses them too) and raw images.",
     kSnapshotOptions,

@@ -43,6 +43,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -123,6 +124,10 @@ struct NewTrees {
   // The new snapshot table (the L1 tables it names already in the file), or
   // null to keep the header's.
   const std::vector<format::Snapshot>* snapshots = nullptr;
+  // The new disk size, switched in the same header write (a revert to a
+  // snapshot of another size), or nullopt to keep it. REQUIRES: active_l1
+  // has the entries it needs.
+  std::optional<uint64_t> size_bytes;
 };
 
 // A snapshot change of an image without a dirty bit (version 2), where

@@ -143,6 +143,7 @@ Task<absl::Status> WriteRefcountStructureAt(Scan& s, std::span<const uint64_t> b
 // offset and size, the snapshot table's count and offset, and (v3) the
 // incompatible feature word (bytes 48..79).
 struct HeaderFields {
+  bool size = false;            // the disk size (from byte 24; crypt_method as it is)
   bool l1_table = false;        // l1_size and l1_table_offset (from byte 36)
   bool refcount_order = false;  // through refcount_order (to byte 100, v3)
 };

@@ -198,25 +198,28 @@ Task<absl::Status> WriteRefcountStructureAt(Scan& s, std::span<const uint64_t> b
 }
 
 Task<absl::Status> SwitchHeader(Scan& s, const format::Header& h, HeaderFields fields) {
-  // Bytes 36..99: l1_size, l1_table_offset, refcount table offset and
-  // clusters, snapshot count and offset, the three feature words,
-  // refcount_order; the write covers what `fields` asks for.
-  std::byte buf[64];
-  format::StoreBE32(buf, h.l1_size);
-  format::StoreBE64(buf + 4, h.l1_table_offset);
-  format::StoreBE64(buf + 12, h.refcount_table_offset);
-  format::StoreBE32(buf + 20, h.refcount_table_clusters);
-  format::StoreBE32(buf + 24, h.nb_snapshots);
-  format::StoreBE64(buf + 28, h.snapshots_offset);
-  format::StoreBE64(buf + 36, h.version >= 3 ? h.incompatible_features : 0);
-  format::StoreBE64(buf + 44, h.compatible_features);
-  format::StoreBE64(buf + 52, h.autoclear_features);
-  format::StoreBE32(buf + 60, h.refcount_order);
-  const uint64_t first =
-      fields.l1_table ? format::kHeaderL1SizeAt : format::kHeaderRefcountTableOffsetAt;
+  // Bytes 24..99: size, crypt_method, l1_size, l1_table_offset, refcount
+  // table offset and clusters, snapshot count and offset, the three feature
+  // words, refcount_order; the write covers what `fields` asks for.
+  std::byte buf[76];
+  format::StoreBE64(buf, h.size_bytes);
+  format::StoreBE32(buf + 8, h.crypt_method);
+  format::StoreBE32(buf + 12, h.l1_size);
+  format::StoreBE64(buf + 16, h.l1_table_offset);
+  format::StoreBE64(buf + 24, h.refcount_table_offset);
+  format::StoreBE32(buf + 32, h.refcount_table_clusters);
+  format::StoreBE32(buf + 36, h.nb_snapshots);
+  format::StoreBE64(buf + 40, h.snapshots_offset);
+  format::StoreBE64(buf + 48, h.version >= 3 ? h.incompatible_features : 0);
+  format::StoreBE64(buf + 56, h.compatible_features);
+  format::StoreBE64(buf + 64, h.autoclear_features);
+  format::StoreBE32(buf + 72, h.refcount_order);
+  const uint64_t first = fields.size       ? format::kHeaderSizeAt
+                         : fields.l1_table ? format::kHeaderL1SizeAt
+                                           : format::kHeaderRefcountTableOffsetAt;
   // v2 headers end at byte 72.
   const uint64_t end = h.version < 3 ? 72 : fields.refcount_order ? 100 : 80;
-  const std::span<const std::byte> bytes(buf + (first - format::kHeaderL1SizeAt), end - first);
+  const std::span<const std::byte> bytes(buf + (first - format::kHeaderSizeAt), end - first);
   UQ_CO_RETURN_IF_ERROR(co_await WriteAt(s.file, first, bytes));
   const int flushed = co_await s.file.Flush();
   if (flushed < 0) co_return absl::DataLossError("flush failed");

@@ -184,11 +184,11 @@ struct ImageParts {
 };
 
 // After another writer of the image file switched the header's L1, refcount
-// and snapshot tables (SwitchTrees, given `h`): the in-memory header takes
-// them, and the refcount store, the L2 map and the write order start over
-// from the file, with empty caches of the same sizes (a cached slice of a
-// table the switch freed must not outlive it). qcow2_open.cc. REQUIRES: no
-// request in flight, every cache clean.
+// and snapshot tables and maybe the disk size (SwitchTrees, given `h`): the
+// in-memory header and the disk size take them, and the refcount store, the L2 map and the write
+// order start over from the file, with empty caches of the same sizes (a cached slice of a table
+// the switch freed must not outlive it). qcow2_open.cc. REQUIRES: no request in flight, every cache
+// clean.
 Task<absl::Status> ReloadTables(ImageParts& p, const format::Header& h);
 
 template <typename Eligible, typename Run, typename Other>

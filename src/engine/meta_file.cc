@@ -118,6 +118,8 @@ Task<int> MetaFile::SetSnapshotTable(uint64_t offset_bytes, uint32_t count) {
 }
 
 void MetaFile::AdoptTables(const format::Header& h) {
+  header_.size_bytes = h.size_bytes;
+  header_.incompatible_features = h.incompatible_features;
   header_.l1_size = h.l1_size;
   header_.l1_table_offset = h.l1_table_offset;
   header_.refcount_table_offset = h.refcount_table_offset;

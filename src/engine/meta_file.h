@@ -98,8 +98,9 @@ class MetaFile {
   // Points the header at a new snapshot table of `count` entries: both fields
   // in one write, so a crash leaves the old table or the new one (no fsync).
   Task<int> SetSnapshotTable(uint64_t offset_bytes, uint32_t count);
-  // Takes the L1, refcount and snapshot table fields of `h`, which another
-  // writer of the file has already made durable (SwitchTrees); memory only.
+  // Takes the disk size, the incompatible features and the L1, refcount and
+  // snapshot table fields of `h`, which another writer of the file has already made durable
+  // (SwitchTrees); memory only.
   // REQUIRES: no request in flight.
   void AdoptTables(const format::Header& h);
 

@@ -287,7 +287,7 @@ Task<absl::Status> ClearAutoclear(MetaFile& meta) {
 
 Task<absl::Status> ReloadTables(ImageParts& p, const format::Header& h) {
   io::BlockFile& f = p.meta->file();
-  const L1Location location{h.l1_table_offset, h.l1_size, p.size_bytes};
+  const L1Location location{h.l1_table_offset, h.l1_size, h.size_bytes};
   UQ_CO_ASSIGN_OR_RETURN(std::vector<uint64_t> l1_table, co_await LoadL1(f, location, p.geo));
   UQ_CO_ASSIGN_OR_RETURN(std::vector<uint64_t> reftable, co_await LoadRefcountTable(f, h, p.geo));
   UQ_CO_ASSIGN_OR_RETURN(std::vector<format::Snapshot> snapshots, co_await ReadSnapshotTable(f, h));
@@ -296,6 +296,7 @@ Task<absl::Status> ReloadTables(ImageParts& p, const format::Header& h) {
   const bool writethrough = p.order->writethrough();
   const bool lazy_refcounts = (h.compatible_features & format::kCompatLazyRefcounts) != 0;
   p.meta->AdoptTables(h);
+  p.size_bytes = h.size_bytes;
   OverlapMap& overlaps = p.meta->overlaps();
   overlaps.Reset(MetadataRegions(overlaps, h, l1_table, reftable, snapshots));
   // Users first: the write order and the L2 map point at the store.

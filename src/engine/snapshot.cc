@@ -4,6 +4,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -283,11 +284,13 @@ Task<absl::Status> ReplaceTable(Qcow2Image& image, const std::vector<format::Sna
 // place and switched with one header write (SwitchTrees).
 bool OutOfPlace(ImageParts& p) { return p.meta->version() < 3; }
 
-// Switches a version 2 image to the active L1 entries `l1` and the snapshot
-// table `snaps` (null: the table stays), then reloads the parts that held
-// the old tables.
+// Switches the image to the active L1 entries `l1`, the snapshot table
+// `snaps` (null: the table stays) and the disk size `size_bytes` (nullopt:
+// it stays), then reloads the parts that held the old tables. The new state
+// is counted afresh, so the same write clears a version 3 image's dirty bit.
 Task<absl::Status> SwitchOutOfPlace(Qcow2Image& image, std::vector<uint64_t> l1,
-                                    const std::vector<format::Snapshot>* snaps) {
+                                    const std::vector<format::Snapshot>* snaps,
+                                    std::optional<uint64_t> size_bytes = std::nullopt) {
   ImageParts& p = SnapshotParts(image);
   // Every earlier change on disk (the second flush applies the frees the
   // first one queued), and the file ending where its clusters do.
@@ -300,10 +303,11 @@ Task<absl::Status> SwitchOutOfPlace(Qcow2Image& image, std::vector<uint64_t> l1,
     co_await p.refs->TrimReserve();
   }
   format::Header h = p.meta->header();
+  h.incompatible_features &= ~format::kIncompatDirty;
   bool header_written = false;
   // A named local: GCC 12 destroys an aggregate temporary in a co_await
   // expression twice.
-  const NewTrees trees{std::move(l1), snaps};
+  const NewTrees trees{std::move(l1), snaps, size_bytes};
   absl::Status st = co_await SwitchTrees(p.meta->file(), h, trees, &header_written);
   if (st.ok()) st = co_await ReloadTables(p, h);
   if (!st.ok() && header_written) {
@@ -447,13 +451,28 @@ Task<absl::Status> RevertSnapshot(Qcow2Image& image, const std::string& id_or_na
   // as QEMU's qcow2_snapshot_goto grows it. Checked before anything changes.
   UQ_CO_RETURN_IF_ERROR(CheckL1Growth(p.geo, p.l2->l1_entries(), sn_l1.size()));
   const uint64_t disk_size = target.disk_size_bytes();
-  if (disk_size != p.size_bytes) {
-    UQ_CO_RETURN_IF_ERROR(co_await ResizeImage(image, disk_size, GrowPreallocation::kOff));
+  const bool resized = disk_size != p.size_bytes;
+  if (resized) {
+    // QEMU resizes first and then reverts, so a crash between the two leaves
+    // the resized disk with the old contents. Here the size changes in the
+    // header write that switches the tables; the refusals are resize's.
+    if (disk_size % 512 != 0) {
+      co_return absl::InvalidArgumentError("The new size must be a multiple of 512");
+    }
+    if (OutOfPlace(p)) {
+      co_return absl::FailedPreconditionError("Can't resize a v2 image which has snapshots");
+    }
   }
-  if (OutOfPlace(p)) {
-    std::vector<uint64_t> l1(std::max<uint64_t>(p.l2->l1_entries(), sn_l1.size()), 0);
+  if (OutOfPlace(p) || resized) {
+    const uint64_t span = p.geo.table_span_bytes();
+    const uint64_t entries = std::max<uint64_t>(
+        {p.l2->l1_entries(), sn_l1.size(), disk_size / span + (disk_size % span != 0)});
+    UQ_CO_RETURN_IF_ERROR(CheckL1Growth(p.geo, p.l2->l1_entries(), entries));
+    std::vector<uint64_t> l1(entries, 0);
     std::copy(sn_l1.begin(), sn_l1.end(), l1.begin());
-    co_return co_await SwitchOutOfPlace(image, std::move(l1), nullptr);
+    std::optional<uint64_t> new_size;
+    if (resized) new_size = disk_size;
+    co_return co_await SwitchOutOfPlace(image, std::move(l1), nullptr, new_size);
   }
   UQ_CO_RETURN_IF_ERROR(co_await Begin(image));
   if (sn_l1.size() > p.l2->l1_entries()) {

@@ -24,9 +24,11 @@
 //  - revert: the snapshot's tree gains a reference and that is flushed, the
 //    active L1 table is overwritten in place with the snapshot's, the old
 //    tree's references are dropped once that is durable, and COPIED flags are
-//    recomputed. A snapshot of another disk size resizes the image first, and
-//    a snapshot L1 table longer than the active one grows the active one to
-//    its length (both as QEMU does).
+//    recomputed. A snapshot L1 table longer than the active one grows the
+//    active one to its length first (as QEMU does). A revert to a snapshot of
+//    another disk size is made out of place, as on version 2 below, with the
+//    size in the same header write (QEMU resizes first and reverts then, so a
+//    crash between the two leaves the resized disk with the old contents).
 // A version 2 image has no dirty bit, and a crash between a refcount change
 // and the COPIED flag that depends on it would leave them at odds, which
 // `qemu-img check` counts as corruption (QEMU has that window). So on

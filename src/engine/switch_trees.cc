@@ -127,6 +127,7 @@ Task<absl::Status> Switch(io::BlockFile& file, format::Header& header, const New
   UQ_CO_RETURN_IF_ERROR(check_internal::NoCorruptions(old, "cannot change the snapshots"));
   Placer place(old.refs);
 
+  if (trees.size_bytes) h.size_bytes = *trees.size_bytes;
   // A copy of every L2 table the new active L1 table names.
   std::vector<uint64_t> l1 = trees.active_l1;
   std::vector<uint64_t> copies;
@@ -188,10 +189,11 @@ Task<absl::Status> Switch(io::BlockFile& file, format::Header& header, const New
 
   // Refcount blocks for the new state, flushed with all of it; then the one
   // header write that switches L1 table, refcount table and snapshot table
-  // together.
+  // (and the disk size, if it changes) together.
   UQ_CO_RETURN_IF_ERROR(co_await PlaceRefcountStructure(s, place, &h));
   *header_written = true;
-  UQ_CO_RETURN_IF_ERROR(co_await check_internal::SwitchHeader(s, h, {.l1_table = true}));
+  const check_internal::HeaderFields fields{.size = trees.size_bytes.has_value(), .l1_table = true};
+  UQ_CO_RETURN_IF_ERROR(co_await check_internal::SwitchHeader(s, h, fields));
   header = h;
   co_return absl::OkStatus();
 }

@@ -10,7 +10,9 @@
 //
 // A version 2 image has no dirty bit (see snapshot.h): its operations are
 // switched with one header write, and a crash must leave zero corruptions
-// without a reopen.
+// without a reopen. So is a revert to a snapshot of another disk size: the
+// old state is then the old size with the old contents, the new one the
+// snapshot's size with its contents.
 // Environment: UQ_POWER_BASE_SEED (default random, printed) seeds the random
 // subsets.
 #include <gtest/gtest.h>
@@ -28,6 +30,7 @@
 #include "src/engine/check.h"
 #include "src/engine/image.h"
 #include "src/engine/qcow2_image.h"
+#include "src/engine/resize.h"
 #include "src/engine/snapshot.h"
 #include "src/io/mem_file.h"
 #include "src/io/power_loss_file.h"
@@ -46,6 +49,12 @@ struct Scenario {
   std::string name;
   format::CreateOptions create;
   Op op;
+  // > 0: the disk grows by this much after snapshot "one", so snapshot "two"
+  // and the active disk are larger than "one".
+  uint64_t grow_bytes = 0;
+  // The snapshot a revert goes to; "two" after the start image has reverted
+  // to "one" and been written again (a revert that grows the disk).
+  std::string target = "one";
 };
 
 void PrintTo(const Scenario& s, std::ostream* os) { *os << s.name; }
@@ -92,9 +101,22 @@ Bytes MakeStart(const Scenario& s, State* before, State* after) {
   before->active.assign(s.create.size_bytes, std::byte{0});
   Scribble(**dev, &before->active, 96 * 1024, 1);
   Snap(**dev, "one", before);
+  if (s.grow_bytes > 0) {
+    const uint64_t size = before->active.size() + s.grow_bytes;
+    absl::Status grown =
+        io::RunSync(nullptr, ResizeImage(AsQcow2(**dev), size, GrowPreallocation::kOff));
+    EXPECT_TRUE(grown.ok()) << grown;
+    before->active.resize(size, std::byte{0});
+  }
   Scribble(**dev, &before->active, 160 * 1024, 2);
   Snap(**dev, "two", before);
   Scribble(**dev, &before->active, 224 * 1024, 3);
+  if (s.op == Op::kRevert && s.target != "one") {
+    absl::Status reverted = io::RunSync(nullptr, RevertSnapshot(AsQcow2(**dev), "one"));
+    EXPECT_TRUE(reverted.ok()) << reverted;
+    before->active = before->snapshots["one"];
+    Scribble(**dev, &before->active, 288 * 1024, 4);
+  }
   EXPECT_TRUE(io::RunSync(nullptr, (*dev)->Close()).ok());
   *after = *before;
   switch (s.op) {
@@ -105,7 +127,7 @@ Bytes MakeStart(const Scenario& s, State* before, State* after) {
       after->snapshots.erase("one");
       break;
     case Op::kRevert:
-      after->active = before->snapshots["one"];
+      after->active = before->snapshots[s.target];
       break;
   }
   return file->data();
@@ -118,7 +140,7 @@ absl::Status RunOp(const Scenario& s, Qcow2Image& image) {
     case Op::kDelete:
       return io::RunSync(nullptr, DeleteSnapshot(image, "one"));
     case Op::kRevert:
-      return io::RunSync(nullptr, RevertSnapshot(image, "one"));
+      return io::RunSync(nullptr, RevertSnapshot(image, s.target));
   }
   return absl::InternalError("unknown op");
 }
@@ -231,6 +253,14 @@ std::vector<Scenario> Scenarios() {
   v.push_back({"create_v2", c, Op::kCreate});
   v.push_back({"delete_v2", c, Op::kDelete});
   v.push_back({"revert_v2", c, Op::kRevert});
+  c.version = 3;
+  c.size_bytes = 3 << 20;
+  v.push_back({"revert_shrinks_64k", c, Op::kRevert, 2 << 20});
+  v.push_back({"revert_grows_64k", c, Op::kRevert, 2 << 20, "two"});
+  c.cluster_bits = 12;
+  c.size_bytes = 2 << 20;
+  c.lazy_refcounts = true;
+  v.push_back({"revert_shrinks_4k_lazy", c, Op::kRevert, 1 << 20});
   return v;
 }
 
