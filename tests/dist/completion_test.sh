@@ -57,6 +57,8 @@ expect "$img convert -O qcow2 --al" "--allow-devices"
 expect "$img dd --al" "--allow-devices"
 expect "$img rebase --al" "--allow-devices"
 expect "$img commit --al" "--allow-devices"
+expect "$img rebase --fo" "--force-share --format"
+expect "$img convert --force" "--force-share"
 
 ((fails == 0)) || exit 1
 echo "completion ok"
