@@ -16,12 +16,19 @@
 #include "format/tables.h"
 #include "src/engine/check.h"
 #include "src/engine/resize.h"
+#include "src/engine/snapshot_tree.h"
 
 namespace uq::engine {
 
 ImageParts& SnapshotParts(Qcow2Image& image) { return *image.p_; }
 
 namespace {
+
+using snapshot_internal::ActiveL1;
+using snapshot_internal::RecomputeCopied;
+using snapshot_internal::StoreActiveL1;
+using snapshot_internal::TreeOp;
+using snapshot_internal::WalkTree;
 
 // QEMU's QCOW_MAX_SNAPSHOTS and the length of its name buffer (less the NUL).
 constexpr uint32_t kMaxSnapshots = 65536;
@@ -55,134 +62,6 @@ void CompleteExtraData(format::Snapshot& s, uint64_t disk_size_bytes) {
   if (have < 8) format::StoreBE64(s.extra_data.data(), s.vm_state_size);
   if (have < 16) format::StoreBE64(s.extra_data.data() + 8, disk_size_bytes);
   format::StoreBE64(s.extra_data.data() + 16, ~uint64_t{0});
-}
-
-// The host clusters one L2 entry references (none for an external data file).
-struct Referenced {
-  uint64_t first = 0;
-  uint64_t count = 0;
-  bool copied_applies = false;  // COPIED is meaningful (not compressed)
-};
-
-Task<int> EntryClusters(ImageParts& p, uint64_t raw, uint64_t bitmap, Referenced* out) {
-  const Geometry& geo = p.geo;
-  *out = Referenced{};
-  auto e = format::DecodeL2Entry(raw, bitmap, geo.cluster_bits, geo.extended_l2);
-  if (!e.ok())
-    co_return co_await p.meta->MarkCorrupt(absl::StrCat("L2 entry: ", e.status().message()));
-  const uint64_t end = p.meta->file().size_bytes();
-  if ((e->type == format::ClusterType::kNormal || e->type == format::ClusterType::kZeroAlloc) &&
-      e->host_offset != 0) {
-    if (e->host_offset >= end) {
-      co_return co_await p.meta->MarkCorrupt(
-          absl::StrCat("L2 entry points at ", e->host_offset, ", past the end of the file"));
-    }
-    *out = {geo.ClusterIndex(e->host_offset), 1, true};
-  } else if (e->type == format::ClusterType::kCompressed && e->compressed_length > 0) {
-    if (e->compressed_offset >= end) {
-      co_return co_await p.meta->MarkCorrupt(absl::StrCat(
-          "compressed L2 entry points at ", e->compressed_offset, ", past the end of the file"));
-    }
-    const uint64_t first = geo.ClusterIndex(e->compressed_offset);
-    const uint64_t last = geo.ClusterIndex(e->compressed_offset + e->compressed_length - 1);
-    *out = {first, last - first + 1, false};
-  }
-  co_return 0;
-}
-
-// The L2 table an L1 entry names (0: none), checked against the file.
-Task<int64_t> TableOf(ImageParts& p, uint64_t l1_raw) {
-  const uint64_t table = l1_raw & format::kOffsetMask;
-  if (table == 0) co_return 0;
-  if (!p.geo.ClusterAligned(table) || table >= p.meta->file().size_bytes()) {
-    co_return co_await p.meta->MarkCorrupt(
-        absl::StrCat("L1 entry names an L2 table at ", table, ", unaligned or past the file"));
-  }
-  co_return static_cast<int64_t>(table);
-}
-
-// What a walk of a tree does (QEMU's qcow2_update_snapshot_refcount with
-// addend 1, 0 and -1).
-enum class TreeOp {
-  // Every referenced cluster and L2 table gains a reference; COPIED flags
-  // are then set where the refcount is 1 (so cleared everywhere).
-  kAddReference,
-  // COPIED flags set exactly where the refcount is 1.
-  kRecomputeCopied,
-  // One reference to everything is queued for the next flush, which applies
-  // it once the change that unnamed the tree is durable. Cached slices of
-  // tables about to be freed are dropped, so a later write-back cannot land
-  // on a reused cluster.
-  kDropReference,
-};
-
-// Refcount of `cluster` after `op` (kAddReference: incremented).
-Task<int> Count(ImageParts& p, TreeOp op, uint64_t cluster, uint64_t* refcount) {
-  if (op == TreeOp::kAddReference) co_return co_await p.refs->Add(cluster, 1, refcount);
-  co_return co_await p.refs->Get(cluster, refcount);
-}
-
-// Walks the tree `l1` names through the L2 cache and applies `op`. COPIED
-// flags change in the L2 entries (stored) and in `l1` (the caller's to
-// store). REQUIRES: MetaFile::lock().
-Task<int> WalkTree(ImageParts& p, std::vector<uint64_t>& l1, TreeOp op) {
-  const Geometry& geo = p.geo;
-  const uint32_t per_slice = geo.slice_bytes / geo.l2_entry_bytes;
-  for (uint64_t& l1e : l1) {
-    const int64_t table = co_await TableOf(p, l1e);
-    if (table <= 0) {
-      if (table < 0) co_return static_cast<int>(table);
-      continue;
-    }
-    for (uint64_t s = 0; s < geo.cluster_bytes; s += geo.slice_bytes) {
-      cache::SliceCache::Ref ref;
-      int r = co_await p.l2->cache().Get(static_cast<uint64_t>(table) + s, &ref);
-      if (r < 0) co_return r;
-      bool changed = false;
-      for (uint32_t j = 0; j < per_slice; ++j) {
-        std::byte* at = ref.data().data() + j * geo.l2_entry_bytes;
-        const uint64_t raw = format::LoadBE64(at);
-        Referenced c;
-        r = co_await EntryClusters(p, raw, geo.extended_l2 ? format::LoadBE64(at + 8) : 0, &c);
-        if (r < 0) co_return r;
-        if (op == TreeOp::kDropReference) {
-          if (c.count > 0) p.refs->QueueFree(c.first, c.count);
-          continue;
-        }
-        uint64_t refcount = 0;
-        for (uint64_t k = 0; k < c.count && r >= 0; ++k) {
-          r = co_await Count(p, op, c.first + k, &refcount);
-        }
-        if (r < 0) co_return r;
-        if (!c.copied_applies) continue;
-        const uint64_t want =
-            refcount == 1 ? raw | format::kOflagCopied : raw & ~format::kOflagCopied;
-        if (want == raw) continue;
-        {
-          auto data_lock = ref.LockData();
-          format::StoreBE64(at, want);
-        }
-        changed = true;
-      }
-      if (changed) {
-        ref.MarkDirty();
-        p.meta->NoteChange();
-      }
-    }
-    const uint64_t index = geo.ClusterIndex(static_cast<uint64_t>(table));
-    uint64_t refcount = 0;
-    int r = co_await Count(p, op, index, &refcount);
-    if (r < 0) co_return r;
-    if (op == TreeOp::kDropReference) {
-      if (refcount <= 1) {
-        co_await p.l2->cache().Drop(static_cast<uint64_t>(table), geo.cluster_bytes);
-      }
-      p.refs->QueueFree(index, 1);
-      continue;
-    }
-    l1e = refcount == 1 ? l1e | format::kOflagCopied : l1e & ~format::kOflagCopied;
-  }
-  co_return 0;
 }
 
 // Allocates and writes `bytes` of metadata; returns its offset (0 for an
@@ -222,30 +101,6 @@ Task<absl::StatusOr<std::vector<uint64_t>>> ReadL1(ImageParts& p, const format::
   std::vector<uint64_t> l1(s.l1_size);
   for (size_t i = 0; i < l1.size(); ++i) l1[i] = format::LoadBE64(&buf[i * 8]);
   co_return l1;
-}
-
-std::vector<uint64_t> ActiveL1(ImageParts& p) {
-  std::vector<uint64_t> l1(p.l2->l1_entries());
-  for (size_t i = 0; i < l1.size(); ++i) l1[i] = p.l2->L1Raw(i);
-  return l1;
-}
-
-// Stores the entries of `l1` that differ from the active table's.
-// REQUIRES: MetaFile::lock().
-void StoreActiveL1(ImageParts& p, const std::vector<uint64_t>& l1) {
-  for (size_t i = 0; i < l1.size(); ++i) {
-    if (p.l2->L1Raw(i) != l1[i]) p.l2->SetL1Entry(i, l1[i]);
-  }
-}
-
-// Recomputes the active COPIED flags from the refcounts (after frees).
-Task<int> RecomputeCopied(ImageParts& p) {
-  co_await p.meta->lock().Lock();
-  cache::MutexGuard guard(&p.meta->lock());
-  std::vector<uint64_t> l1 = ActiveL1(p);
-  int r = co_await WalkTree(p, l1, TreeOp::kRecomputeCopied);
-  if (r >= 0) StoreActiveL1(p, l1);
-  co_return r;
 }
 
 // Writes `snaps` as the new snapshot table, makes everything durable, points
