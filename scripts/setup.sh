@@ -4,7 +4,7 @@
 #   scripts/setup.sh --vm     also what the test-VM tier needs (kernel build, qemu-system)
 set -euo pipefail
 
-pkgs=(build-essential cmake ninja-build pkg-config git
+pkgs=(build-essential cmake ninja-build pkg-config git ccache
       liburing-dev zlib1g-dev libzstd-dev libabsl-dev
       libgtest-dev libgmock-dev libbenchmark-dev
       qemu-utils clang clang-format
